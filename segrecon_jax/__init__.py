@@ -1,0 +1,1 @@
+"""segrecon_jax: segmentation-aware MRI reconstruction in JAX/Flax."""
