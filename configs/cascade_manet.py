@@ -1,0 +1,24 @@
+"""Segmentation-aware reconstruction, CascadeNet -> MANet (Table 2): the paper's flagship model.
+
+  python main.py --config=configs/cascade_manet.py:x8_stab --workdir=/tmp/segrecon/cascade_manet_x8_stab
+  python main.py --config=configs/cascade_manet.py:x4 --workdir=/tmp/segrecon/cascade_manet_x4
+Presets: x4, x8, x4_stab, x8_stab ("(S)" rows); switch `runlocal` for a CPU smoke run (the README's main job:
+`:x8_stab,runlocal`).
+"""
+
+import ml_collections
+
+from configs import default
+
+
+def get_config(arg=None):
+  config, switches = default.build({}, arg)
+  runlocal = 'runlocal' in switches
+  config.model = ml_collections.ConfigDict({
+      'name': 'cascade_manet',
+      'recon': {'num_cascades': 6, 'num_layers': 5, 'features': 16 if runlocal else 64},
+      # The paper's MANet: ResNet34 encoder of depth 4, decoder filters (256, 128, 64, 32); see models/manet.py.
+      'seg': {'encoder_depth': 4, 'decoder_channels': (256, 128, 64, 32), 'num_classes': config.num_classes},
+      'stop_gradient': False,  # The segmentation loss reaches the reconstruction network: the paper's point.
+  })
+  return config

@@ -1,0 +1,119 @@
+"""Base configuration shared by every experiment; experiment files override fields, never redefine them.
+
+Presets and switches (`configs/<experiment>.py:<preset>[,<switch>...]`) are parsed by `parse_arg` below:
+  presets   x4, x8 (acceleration; no stabilization), x4_stab, x8_stab (the paper's "(S)" rows, joint models only)
+  switches  runlocal (a CPU smoke run: small phantom, 64x64 images, narrow networks, a few epochs)
+"""
+
+import ml_collections
+
+ACCELERATION_PRESETS = {
+    'x4': dict(acceleration=4, stabilization=False),
+    'x8': dict(acceleration=8, stabilization=False),
+    'x4_stab': dict(acceleration=4, stabilization=True),
+    'x8_stab': dict(acceleration=8, stabilization=True),
+}
+SWITCHES = ('runlocal',)
+
+
+def get_config():
+  """The fields every experiment has, with paper defaults (section 2.4) where the paper gives them."""
+  config = ml_collections.ConfigDict()
+
+  # Data.
+  config.dataset = 'ocmr'  # TFDS dataset name (tfds_ocmr/).
+  config.dataset_config = 'phantom'  # TFDS builder config: 'phantom' (built-in data) or 'real' (your OCMR files).
+  config.data_dir = ''  # TFDS data_dir; '' means the TFDS default ($TFDS_DATA_DIR or ~/tensorflow_datasets).
+  config.manual_dir = ''  # For 'real': the folder with OCMR fs_*.h5 files and labels/ (tfds_ocmr/README.md).
+  config.train_split = 'train'  # Split trained on.
+  config.eval_split = 'test'  # Split evaluated on.
+  config.num_classes = 4  # Background, LV blood pool, LV myocardium, RV blood pool.
+
+  # Undersampling.
+  config.acceleration = 8  # R: each training/eval mask keeps round(W / R) phase-encode lines.
+  config.num_acs = 8  # Central autocalibration lines in every mask (paper: 8).
+  config.eval_mask_seed = 1234  # Test masks come from this seed and the example index: identical for every model.
+
+  # Stabilization curriculum (paper eq. 1).
+  config.stabilization = False  # Ramp the sampled fraction from 1 - eps down to 1 / R over `patience` epochs.
+  config.patience = 20  # P: epochs of the ramp (the paper gives no value; 20 of 100 epochs is our choice).
+  config.eps = 0.01  # The ramp starts at sampled fraction 1 - eps (paper: "a small number close to 0").
+  config.schedule_levels = 6  # Distinct fractions in the quantized ramp, each compiles the train step once.
+
+  # Model: a plain dict read by segrecon_jax.models.get_model; experiment files set it.
+  config.model = ml_collections.ConfigDict({'name': 'unet'})
+
+  # Loss (paper: l1-l2 reconstruction term + Dice segmentation term, equal weights).
+  config.recon_loss_weight = 1.0  # Weight of the l1 + l2 reconstruction loss.
+  config.seg_loss_weight = 1.0  # Weight of the generalized Dice loss (ignored by solo reconstruction models).
+  config.l1_weight = 1.0  # Weight of l1 inside the reconstruction loss.
+  config.l2_weight = 1.0  # Weight of l2 inside the reconstruction loss.
+
+  # Optimization (paper section 2.4).
+  config.optimizer = 'adam'  # Only Adam is used in the paper.
+  config.learning_rate = 1e-4  # Adam learning rate.
+  config.b1 = 0.99  # Adam beta1 (paper: 0.99).
+  config.b2 = 0.999  # Adam beta2.
+  config.batch_size = 16  # Global batch, split evenly over all devices of all hosts.
+  config.num_epochs = 100  # Training epochs over the train split (the paper does not say; our choice).
+  config.half_precision = False  # Compute in bfloat16 (params stay float32).
+
+  # Evaluation and metrics.
+  config.focus_margin = 8  # Pixels added around the heart bounding box for the F- metrics.
+  config.eval_every_epochs = 10  # Evaluate on eval_split every N epochs (and always at the end).
+  config.eval_batch_size = 16  # Global eval batch.
+
+  # Bookkeeping.
+  config.seed = 0  # Seeds initialization, masks, data order.
+  config.log_every_steps = 10  # Train scalars to TensorBoard every N steps.
+  config.checkpoint_every_epochs = 5  # Orbax checkpoint every N epochs (and always at the end).
+  config.max_checkpoints_to_keep = 2  # Older checkpoints are deleted.
+  config.compilation_cache_dir = '~/.cache/segrecon_jax/jax_cache'  # Persistent XLA cache; '' disables it.
+  config.distributed = False  # Call jax.distributed.initialize() (multi-host GPU/TPU).
+  config.progress_bar = True  # tqdm bar on a terminal.
+  config.num_summary_images = 2  # Examples shown in TensorBoard image summaries.
+  return config
+
+
+def parse_arg(arg, presets, allow_stabilization=True):
+  """Splits 'preset[,switch...]' and checks every part against the valid names.
+
+  Returns:
+    (preset fields dict, set of switches).
+  """
+  valid = {k: v for k, v in presets.items() if allow_stabilization or not v.get('stabilization')}
+  parts = [p.strip() for p in (arg or '').split(',') if p.strip()]
+  if not parts or parts[0] not in valid:
+    raise ValueError(f'Unknown or missing preset {parts[0] if parts else arg!r}: valid presets are '
+                     f'{sorted(valid)} (switches after a comma: {list(SWITCHES)}).')
+  switches = set(parts[1:])
+  unknown = switches - set(SWITCHES)
+  if unknown:
+    raise ValueError(f'Unknown switch(es) {sorted(unknown)} in {arg!r}: valid switches are {list(SWITCHES)}.')
+  return dict(valid[parts[0]]), switches
+
+
+def apply_runlocal(config):
+  """Shrinks data, image size, widths and epochs so a run finishes in minutes on a 2-core CPU."""
+  config.dataset_config = 'phantom_small'
+  config.batch_size = 8
+  config.eval_batch_size = 8
+  config.num_epochs = 6
+  config.patience = 4
+  config.schedule_levels = 3
+  config.eval_every_epochs = 3
+  config.checkpoint_every_epochs = 2
+  config.log_every_steps = 5
+  config.num_summary_images = 1
+  return config
+
+
+def build(base_fields, arg, presets=ACCELERATION_PRESETS, allow_stabilization=True):
+  """Base config + experiment fields + preset + switches; the common body of every experiment's get_config."""
+  config = get_config()
+  preset, switches = parse_arg(arg, presets, allow_stabilization)
+  config.update(base_fields)
+  config.update(preset)
+  if 'runlocal' in switches:
+    apply_runlocal(config)
+  return config, switches
