@@ -1,0 +1,42 @@
+"""Entry point: trains, evaluates or predicts with one experiment config.
+
+  python main.py --config=configs/cascade_manet.py:x8_stab --workdir=/tmp/segrecon/cascade_manet_x8_stab
+  python main.py --config=configs/cascade_manet.py:x8_stab --workdir=... --mode=eval
+  python main.py --config=configs/cascade_manet.py:x8_stab --workdir=... --mode=predict [--input=fs_0001_1_5T.h5]
+
+Intentionally kept short: everything happens in segrecon_jax.train.
+"""
+
+import logging
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from segrecon_jax import train
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', None, 'Experiment config file, e.g. configs/cascade_manet.py:x8_stab.',
+                                lock_config=True)
+flags.DEFINE_string('workdir', None, 'Directory for checkpoints, TensorBoard files, tables and figures.')
+flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict'], 'train (ends with an evaluation), eval or predict.')
+flags.DEFINE_string('input', '', 'predict: an OCMR-format .h5 file (labels optional) instead of the eval split.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  del argv
+  logging.getLogger().setLevel(logging.INFO)
+  if FLAGS.mode == 'train':
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    print(f'Done: tables in {FLAGS.workdir}/results.md and metrics.json, TensorBoard in {FLAGS.workdir}/tensorboard')
+  elif FLAGS.mode == 'eval':
+    train.evaluate(FLAGS.config, FLAGS.workdir)
+    print(f'Wrote {FLAGS.workdir}/results.md and {FLAGS.workdir}/metrics.json')
+  else:
+    out_dir = train.predict(FLAGS.config, FLAGS.workdir, FLAGS.input)
+    print(f'Wrote predictions (.npy) and figures (.png) to {out_dir}')
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,100 @@
+"""Input pipeline: grain over the TFDS `ocmr` array_record data source, per host, batched on the host.
+
+Examples stay on the host as fully sampled complex images; undersampling happens on the device inside the step.
+Each batch is a dict of numpy arrays with a leading per-host batch axis:
+  `image`: complex64 `[b, H, W]` (fully sampled, normalized), `segmentation`: int32 `[b, H, W]`,
+  `index`: int32 `[b]` (position in the split; eval masks are keyed by it), `valid`: float32 `[b]` (0 for padding).
+"""
+
+import logging
+import os
+from typing import Any, Dict, Iterator, Mapping
+
+import grain
+import jax
+import numpy as np
+
+from segrecon_jax import parallel
+
+
+def load_split(config, split: str):
+  """Prepares (builds once) the TFDS dataset of `config` and returns the random-access source of `split`."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  import tfds_ocmr  # pylint: disable=g-import-not-at-top,unused-import  (registers the 'ocmr' builder)
+  data_dir = os.path.expanduser(config.data_dir) if config.data_dir else None
+  builder = tfds.builder(config.dataset, config=config.dataset_config, data_dir=data_dir)
+  download_config = tfds.download.DownloadConfig(
+      manual_dir=os.path.expanduser(config.manual_dir) if config.manual_dir else None)
+  if not builder.is_prepared():
+    logging.info('Building TFDS %s/%s in %s (once).', config.dataset, config.dataset_config, builder.data_dir)
+  builder.download_and_prepare(file_format='array_record', download_config=download_config)
+  sources = builder.as_data_source()
+  if split not in sources:
+    raise ValueError(f'config.{"eval_split" if split != config.train_split else "train_split"}={split!r} is '
+                     f'not a split of {config.dataset}/{config.dataset_config}: {sorted(sources)}')
+  return sources[split]
+
+
+def data_info(config) -> Dict[str, Any]:
+  """The data and preprocessing description stored with every checkpoint."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  import tfds_ocmr  # pylint: disable=g-import-not-at-top,unused-import
+  builder = tfds.builder(config.dataset, config=config.dataset_config,
+                         data_dir=os.path.expanduser(config.data_dir) if config.data_dir else None)
+  builder_config = builder.builder_config
+  fields = {k: v for k, v in vars(builder_config).items() if isinstance(v, (int, float, str, tuple, list))}
+  return {'dataset': config.dataset, 'dataset_config': config.dataset_config, 'version': str(builder.version),
+          'builder_config': {k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()}}
+
+
+def decode(example: Mapping[str, Any], index: int) -> Dict[str, np.ndarray]:
+  """One TFDS example -> the arrays the step needs."""
+  image = np.asarray(example['image'])
+  if not np.iscomplexobj(image):
+    if image.shape[-1] != 2:
+      raise ValueError(f'example {index}: image must be complex [H, W] or real [H, W, 2], got {image.shape}')
+    image = image[..., 0] + 1j * image[..., 1]
+  return {
+      'image': image.astype(np.complex64),
+      'segmentation': np.asarray(example['segmentation']).astype(np.int32),
+      'index': np.int32(index),
+      'valid': np.float32(1.0),
+  }
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+  """The data-order seed of one epoch: a pure function of (seed, epoch), so a resumed run sees the same order."""
+  return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+def train_batches(source, config, epoch: int) -> Iterator[Dict[str, np.ndarray]]:
+  """This host's batches of one training epoch: a global shuffle from (seed, epoch), then every
+  `process_count`-th example, in batches of `per_host_batch_size(config.batch_size)`; the remainder is dropped."""
+  per_host = parallel.per_host_batch_size(config.batch_size)
+  num_examples = len(source)
+  if num_examples < config.batch_size:
+    raise ValueError(f'the {config.train_split!r} split has {num_examples} examples, fewer than '
+                     f'config.batch_size={config.batch_size}')
+  dataset = (grain.MapDataset.range(num_examples)
+             .shuffle(seed=epoch_seed(config.seed, epoch))
+             [jax.process_index()::jax.process_count()]
+             .map(lambda i: decode(source[int(i)], int(i)))
+             .batch(per_host, drop_remainder=True))
+  return iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=2 * per_host)))
+
+
+def num_train_steps_per_epoch(source, config) -> int:
+  return (len(source) // jax.process_count()) // parallel.per_host_batch_size(config.batch_size)
+
+
+def eval_batches(source, config) -> Iterator[Dict[str, np.ndarray]]:
+  """This host's share of the split in order, in batches of `per_host_batch_size(config.eval_batch_size)`;
+  the last batch is padded with copies of its last example marked `valid = 0`."""
+  per_host = parallel.per_host_batch_size(config.eval_batch_size)
+  indices = np.arange(len(source))[jax.process_index()::jax.process_count()]
+  for start in range(0, len(indices), per_host):
+    chunk = list(indices[start:start + per_host])
+    examples = [decode(source[int(i)], int(i)) for i in chunk]
+    while len(examples) < per_host:
+      examples.append(dict(examples[-1], valid=np.float32(0.0)))
+    yield {key: np.stack([e[key] for e in examples]) for key in examples[0]}

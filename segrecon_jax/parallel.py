@@ -1,0 +1,84 @@
+"""Device layout: the one place that knows about pmap, replication and batch sharding.
+
+Training data-parallelizes with `jax.pmap` over all local devices under the axis name `AXIS_NAME`; each host
+feeds its own share of the global batch (`per_host_batch_size`), reshaped here to `[devices, per_device, ...]`.
+A later move to `jit` + sharding touches only this file.
+"""
+
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+AXIS_NAME = 'batch'  # The pmap axis: gradients, BatchNorm statistics and metrics are averaged over it.
+
+
+class BatchSizeError(ValueError):
+  """A batch size that does not divide evenly over hosts and devices."""
+
+
+def check_batch_size(global_batch_size: int, field: str = 'batch_size') -> None:
+  """Raises BatchSizeError unless the global batch splits evenly over all devices of all hosts."""
+  num_devices = jax.device_count()
+  if global_batch_size <= 0 or global_batch_size % num_devices:
+    raise BatchSizeError(f'config.{field}={global_batch_size} must be a positive multiple of the number of '
+                         f'devices ({num_devices}: {jax.local_device_count()} local x {jax.process_count()} '
+                         'hosts).')
+
+
+def per_host_batch_size(global_batch_size: int) -> int:
+  """The part of the global batch this host loads."""
+  return global_batch_size // jax.process_count()
+
+
+def shard(batch: Any) -> Any:
+  """Reshapes every leaf `[per_host_batch, ...]` to `[local_devices, per_device, ...]`."""
+  num_devices = jax.local_device_count()
+
+  def _shard(x):
+    x = np.asarray(x)
+    if x.shape[0] % num_devices:
+      raise BatchSizeError(f'a batch of {x.shape[0]} does not split over {num_devices} local devices')
+    return x.reshape((num_devices, x.shape[0] // num_devices) + x.shape[1:])
+
+  return jax.tree.map(_shard, batch)
+
+
+def unshard(tree: Any) -> Any:
+  """Inverse of `shard` for device outputs: `[devices, per_device, ...]` -> numpy `[devices * per_device, ...]`."""
+  return jax.tree.map(lambda x: np.asarray(x).reshape((-1,) + x.shape[2:]), tree)
+
+
+def replicate(tree: Any) -> Any:
+  """Puts one copy of `tree` on every local device (leading axis = local devices)."""
+  devices = jax.local_devices()
+  return jax.device_put_replicated(tree, devices)
+
+
+def unreplicate(tree: Any) -> Any:
+  """The copy on the first local device, as host numpy arrays."""
+  return jax.tree.map(lambda x: np.asarray(x[0]), tree)
+
+
+def pmap(fn: Callable, static_broadcasted_argnums: Sequence[int] = (),
+         donate_argnums: Sequence[int] = ()) -> Callable:
+  """`jax.pmap` over all local devices with axis name `AXIS_NAME`."""
+  return jax.pmap(fn, axis_name=AXIS_NAME, static_broadcasted_argnums=tuple(static_broadcasted_argnums),
+                  donate_argnums=tuple(donate_argnums))
+
+
+def pmean(tree: Any) -> Any:
+  """Mean over the devices of the pmap axis (call inside a pmapped function)."""
+  return jax.lax.pmean(tree, axis_name=AXIS_NAME)
+
+
+def device_index() -> jax.Array:
+  """This device's position on the pmap axis (call inside a pmapped function)."""
+  return jax.lax.axis_index(AXIS_NAME)
+
+
+def all_finite(tree: Any) -> jax.Array:
+  """True when every element of every leaf is finite."""
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)

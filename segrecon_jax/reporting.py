@@ -1,0 +1,160 @@
+"""Outputs of a run: TensorBoard event files, the progress bar, metrics.json / results.md, prediction figures."""
+
+import json
+import os
+from typing import Any, Dict, Optional
+
+import jax
+import matplotlib
+import numpy as np
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
+from matplotlib import patches  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+# The paper's table columns (Table 2 order), MSE scaled by 10^3 as the paper prints it.
+TABLE_COLUMNS = (('MSE (x10^3)', 'mse_x1e3'), ('PSNR', 'psnr'), ('SSIM', 'ssim'), ('F-MSE (x10^3)', 'f_mse_x1e3'),
+                 ('F-PSNR', 'f_psnr'), ('F-SSIM', 'f_ssim'), ('Dice', 'dice_mean'))
+LABEL_COLORS = np.array([[0, 0, 0, 0], [1.0, 0.2, 0.2, 0.45], [0.2, 1.0, 0.2, 0.45], [0.2, 0.4, 1.0, 0.45]])
+
+
+class SummaryWriter:
+  """TensorBoard event files under `workdir/tensorboard` (tensorboardX, no TensorFlow); process 0 writes."""
+
+  def __init__(self, workdir: str):
+    self._writer = None
+    if jax.process_index() == 0:
+      from tensorboardX import SummaryWriter as _Writer  # pylint: disable=g-import-not-at-top
+      self._writer = _Writer(os.path.join(workdir, 'tensorboard'))
+
+  def write_scalars(self, step: int, scalars: Dict[str, float]) -> None:
+    if self._writer:
+      for key, value in scalars.items():
+        self._writer.add_scalar(key, float(value), step)
+
+  def write_hparams(self, config) -> None:
+    if self._writer:
+      self._writer.add_text('config', '```\n' + str(config) + '\n```', 0)
+
+  def write_images(self, step: int, images: Optional[Dict[str, np.ndarray]], config) -> None:
+    """Fully sampled, zero-filled, reconstruction (magnitudes) and segmentations of the first examples."""
+    if not self._writer or images is None:
+      return
+    for i in range(min(config.num_summary_images, len(images['image']))):
+      row = [np.abs(images[k][i]) for k in ('image', 'zero_filled', 'recon')]
+      scale = max(row[0].max(), 1e-8)
+      panel = np.concatenate([np.clip(r / scale, 0, 1) for r in row], axis=1)
+      self._writer.add_image(f'eval_images/{i}', panel, step, dataformats='HW')
+      labels = [images['segmentation'][i]] + ([images['seg'][i]] if 'seg' in images else [])
+      colored = np.concatenate([LABEL_COLORS[l][..., :3] for l in labels], axis=1)
+      self._writer.add_image(f'eval_segmentation/{i}', colored, step, dataformats='HWC')
+
+  def close(self) -> None:
+    if self._writer:
+      self._writer.close()
+
+
+def progress_bar(config, total: int, initial: int):
+  from tqdm import auto as tqdm  # pylint: disable=g-import-not-at-top
+  return tqdm.tqdm(total=total, initial=initial, unit='step', dynamic_ncols=True,
+                   disable=not config.progress_bar or jax.process_index() != 0)
+
+
+def method_name(config) -> str:
+  names = {'unet': 'UNet', 'cascade': 'CascadeNet', 'multidecoder_unet': 'Multi-Decoder UNet',
+           'unet_unet': 'UNet -> UNet', 'cascade_manet': 'CascadeNet -> MANet'}
+  name = names.get(config.model.name, config.model.name)
+  return name + (' (S)' if config.stabilization else '')
+
+
+def results_table(rows) -> str:
+  """Markdown table with the paper's columns; `rows` is a list of (method, metrics dict)."""
+  lines = ['| Method | ' + ' | '.join(c for c, _ in TABLE_COLUMNS) + ' |',
+           '|---|' + '---|' * len(TABLE_COLUMNS)]
+  for method, results in rows:
+    cells = []
+    for _, key in TABLE_COLUMNS:
+      value = results.get(key)
+      cells.append('-' if value is None or not np.isfinite(value) else f'{value:.4f}')
+    lines.append(f'| {method} | ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines) + '\n'
+
+
+def write_results(workdir: str, config, results: Dict[str, float], extra: Optional[Dict[str, Any]] = None) -> None:
+  """`metrics.json` (every metric) and `results.md` (one row with the paper's columns plus Dice)."""
+  if jax.process_index() != 0:
+    return
+  record = {'method': method_name(config), 'acceleration': config.acceleration, 'metrics': results,
+            **(extra or {})}
+  with open(os.path.join(workdir, 'metrics.json'), 'w') as f:
+    json.dump(record, f, indent=2, sort_keys=True)
+  text = (f'# {method_name(config)}, x{config.acceleration} acceleration\n\n'
+          f'{int(results.get("num_examples", 0))} {config.eval_split} slices of '
+          f'{config.dataset}/{config.dataset_config}; MSE columns are scaled by 10^3 as in the paper; F- metrics '
+          f'use the ground-truth heart bounding box + {config.focus_margin} px.\n\n'
+          + results_table([(method_name(config), results)]))
+  with open(os.path.join(workdir, 'results.md'), 'w') as f:
+    f.write(text)
+
+
+def heart_box(segmentation: np.ndarray, margin: int):
+  """(row0, row1, col0, col1), end-exclusive, of the heart labels (classes > 0) plus `margin`, or None."""
+  rows, cols = np.nonzero(segmentation > 0)
+  if rows.size == 0:
+    return None
+  height, width = segmentation.shape
+  return (max(rows.min() - margin, 0), min(rows.max() + 1 + margin, height),
+          max(cols.min() - margin, 0), min(cols.max() + 1 + margin, width))
+
+
+def comparison_figure(path: str, columns, segmentation: np.ndarray, margin: int, title: str = '') -> None:
+  """A Fig. 2-like figure: magnitudes in the top row with the focus rectangle in red, the zoom on it below.
+
+  Args:
+    path: PNG to write.
+    columns: list of (name, complex or magnitude image `[H, W]`, optional predicted segmentation `[H, W]`); the
+      first column is the fully sampled reference and sets the grey scale.
+    segmentation: ground-truth labels `[H, W]` defining the focus box.
+  """
+  box = heart_box(segmentation, margin)
+  vmax = np.abs(columns[0][1]).max()
+  fig, axes = plt.subplots(2, len(columns), figsize=(2.6 * len(columns), 5.4), squeeze=False)
+  for j, (name, image, labels) in enumerate(columns):
+    magnitude = np.abs(image)
+    for i in range(2):
+      ax = axes[i, j]
+      ax.axis('off')
+      shown, seg = magnitude, labels
+      if i == 1 and box is not None:
+        shown = magnitude[box[0]:box[1], box[2]:box[3]]
+        seg = None if labels is None else labels[box[0]:box[1], box[2]:box[3]]
+      ax.imshow(shown, cmap='gray', vmin=0, vmax=vmax)
+      if seg is not None:
+        ax.imshow(LABEL_COLORS[seg], interpolation='nearest')
+      if i == 0:
+        ax.set_title(name, fontsize=9)
+        if box is not None:
+          ax.add_patch(patches.Rectangle((box[2] - 0.5, box[0] - 0.5), box[3] - box[2], box[1] - box[0],
+                                         fill=False, edgecolor='red', linewidth=1.2))
+  if title:
+    fig.suptitle(title, fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def write_predictions(workdir: str, config, arrays: Dict[str, np.ndarray]) -> str:
+  """Saves `.npy` arrays and a figure per example (the first few) under `workdir/predictions`."""
+  out_dir = os.path.join(workdir, 'predictions')
+  os.makedirs(out_dir, exist_ok=True)
+  for key, value in arrays.items():
+    np.save(os.path.join(out_dir, f'{key}.npy'), value)
+  for i in range(min(4, len(arrays['image']))):
+    columns = [('Fully sampled', arrays['image'][i], None),
+               (f'Zero-filled x{config.acceleration}', arrays['zero_filled'][i], None),
+               (method_name(config), arrays['recon'][i], None)]
+    if 'seg' in arrays:
+      columns.append(('Segmentation', arrays['recon'][i], arrays['seg'][i]))
+    comparison_figure(os.path.join(out_dir, f'figure_{i}.png'), columns, arrays['segmentation'][i],
+                      config.focus_margin, title=f'{method_name(config)}, x{config.acceleration}')
+  return out_dir
