@@ -5,7 +5,7 @@ feeds its own share of the global batch (`per_host_batch_size`), reshaped here t
 A later move to `jit` + sharding touches only this file.
 """
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -32,9 +32,9 @@ def per_host_batch_size(global_batch_size: int) -> int:
   return global_batch_size // jax.process_count()
 
 
-def shard(batch: Any) -> Any:
-  """Reshapes every leaf `[per_host_batch, ...]` to `[local_devices, per_device, ...]`."""
-  num_devices = jax.local_device_count()
+def shard(batch: Any, num_devices: Optional[int] = None) -> Any:
+  """Reshapes every leaf `[per_host_batch, ...]` to `[num_devices, per_device, ...]` (default: all local devices)."""
+  num_devices = num_devices or jax.local_device_count()
 
   def _shard(x):
     x = np.asarray(x)
@@ -50,10 +50,17 @@ def unshard(tree: Any) -> Any:
   return jax.tree.map(lambda x: np.asarray(x).reshape((-1,) + x.shape[2:]), tree)
 
 
-def replicate(tree: Any) -> Any:
-  """Puts one copy of `tree` on every local device (leading axis = local devices)."""
-  devices = jax.local_devices()
-  return jax.device_put_replicated(tree, devices)
+def replicate(tree: Any, devices: Optional[Sequence[jax.Device]] = None) -> Any:
+  """Puts one copy of `tree` on every device of `devices` (default: all local devices; leading axis = devices)."""
+  devices = list(devices or jax.local_devices())
+  sharding = jax.sharding.NamedSharding(jax.sharding.Mesh(np.array(devices), (AXIS_NAME,)),
+                                        jax.sharding.PartitionSpec(AXIS_NAME))
+
+  def _replicate(x):
+    x = np.asarray(x)
+    return jax.device_put(np.broadcast_to(x[None], (len(devices),) + x.shape), sharding)
+
+  return jax.tree.map(_replicate, tree)
 
 
 def unreplicate(tree: Any) -> Any:
@@ -61,11 +68,11 @@ def unreplicate(tree: Any) -> Any:
   return jax.tree.map(lambda x: np.asarray(x[0]), tree)
 
 
-def pmap(fn: Callable, static_broadcasted_argnums: Sequence[int] = (),
-         donate_argnums: Sequence[int] = ()) -> Callable:
-  """`jax.pmap` over all local devices with axis name `AXIS_NAME`."""
+def pmap(fn: Callable, static_broadcasted_argnums: Sequence[int] = (), donate_argnums: Sequence[int] = (),
+         devices: Optional[Sequence[jax.Device]] = None) -> Callable:
+  """`jax.pmap` with axis name `AXIS_NAME` over all local devices, or over `devices` (scaling benchmarks)."""
   return jax.pmap(fn, axis_name=AXIS_NAME, static_broadcasted_argnums=tuple(static_broadcasted_argnums),
-                  donate_argnums=tuple(donate_argnums))
+                  donate_argnums=tuple(donate_argnums), devices=None if devices is None else list(devices))
 
 
 def pmean(tree: Any) -> Any:

@@ -1,0 +1,124 @@
+"""Tests for segrecon_jax.losses against float64 NumPy references."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.test_util import check_grads
+import numpy as np
+import pytest
+
+from segrecon_jax import losses
+
+NUM_CLASSES = 4
+
+
+def np_l1_l2(pred, target, l1_weight, l2_weight):
+  error = pred.astype(np.float64) - target.astype(np.float64)
+  return l1_weight * np.abs(error).mean(axis=(1, 2, 3)) + l2_weight * (error**2).mean(axis=(1, 2, 3))
+
+
+def np_generalized_dice(logits, labels, num_classes, eps=1e-5):
+  """MONAI GeneralizedDiceLoss(softmax=True, to_onehot_y=True, batch=False), written out in float64."""
+  logits = logits.astype(np.float64)
+  probs = np.exp(logits - logits.max(-1, keepdims=True))
+  probs /= probs.sum(-1, keepdims=True)
+  onehot = np.eye(num_classes)[labels]
+  intersection = (onehot * probs).sum(axis=(1, 2))
+  label_volume = onehot.sum(axis=(1, 2))
+  denominator = label_volume + probs.sum(axis=(1, 2))
+  with np.errstate(divide='ignore'):
+    weights = 1.0 / label_volume**2
+  infinite = np.isinf(weights)
+  weights[infinite] = 0.0
+  weights += infinite * weights.max(axis=1, keepdims=True)
+  return 1.0 - (2.0 * (weights * intersection).sum(1) + eps) / ((weights * denominator).sum(1) + eps)
+
+
+def random_logits(shape, seed=0, scale=2.0):
+  return (scale * np.random.default_rng(seed).standard_normal(shape)).astype(np.float32)
+
+
+def heart_labels(batch=2, size=16, seed=0):
+  """Background with a random patch of foreground classes in the middle, so every class is present."""
+  labels = np.zeros((batch, size, size), np.int32)
+  rng = np.random.default_rng(seed)
+  start, stop = size // 4, size // 4 + size // 2
+  labels[:, start:stop, start:stop] = rng.integers(1, NUM_CLASSES, (batch, size // 2, size // 2))
+  labels[:, start, start:start + 3] = [1, 2, 3]
+  return labels
+
+
+def test_l1_l2_matches_numpy():
+  pred, target = random_logits((2, 16, 12, 2), 1), random_logits((2, 16, 12, 2), 2)
+  for l1_weight, l2_weight in [(1.0, 1.0), (0.3, 2.0), (0.0, 1.0)]:
+    loss = jax.jit(functools.partial(losses.l1_l2_loss, l1_weight=l1_weight, l2_weight=l2_weight))(pred, target)
+    assert loss.shape == (2,) and loss.dtype == jnp.float32
+    np.testing.assert_allclose(loss, np_l1_l2(pred, target, l1_weight, l2_weight), rtol=1e-5)
+
+
+def test_l1_l2_is_zero_at_target_and_accepts_bfloat16():
+  target = random_logits((2, 16, 16, 2), 3)
+  np.testing.assert_allclose(losses.l1_l2_loss(target, target), 0.0)
+  pred = jnp.asarray(random_logits((2, 16, 16, 2), 4), jnp.bfloat16)
+  loss = losses.l1_l2_loss(pred, target)
+  assert loss.dtype == jnp.float32
+  np.testing.assert_allclose(loss, np_l1_l2(np.asarray(pred, np.float32), target, 1.0, 1.0), rtol=1e-5)
+
+
+def test_generalized_dice_matches_numpy():
+  logits, labels = random_logits((2, 16, 16, NUM_CLASSES)), heart_labels()
+  loss = jax.jit(losses.generalized_dice_loss, static_argnums=2)(logits, labels, NUM_CLASSES)
+  assert loss.shape == (2,) and loss.dtype == jnp.float32
+  np.testing.assert_allclose(loss, np_generalized_dice(logits, labels, NUM_CLASSES), rtol=1e-5, atol=1e-6)
+  assert np.all((np.asarray(loss) >= 0) & (np.asarray(loss) <= 1))
+
+
+def test_generalized_dice_weights_are_per_example():
+  logits, labels = random_logits((2, 16, 16, NUM_CLASSES), 5), heart_labels(seed=5)
+  labels[1, 8:, :] = 0  # Different class volumes in the second example.
+  loss = losses.generalized_dice_loss(logits, labels, NUM_CLASSES)
+  alone = [losses.generalized_dice_loss(logits[i:i + 1], labels[i:i + 1], NUM_CLASSES)[0] for i in range(2)]
+  np.testing.assert_allclose(loss, alone, rtol=1e-6)
+
+
+def test_generalized_dice_is_zero_for_perfect_logits():
+  labels = heart_labels()
+  logits = 30.0 * np.eye(NUM_CLASSES, dtype=np.float32)[labels]
+  np.testing.assert_allclose(losses.generalized_dice_loss(logits, labels, NUM_CLASSES), 0.0, atol=1e-5)
+  # The worst prediction (every pixel a wrong class) is close to 1.
+  wrong = 30.0 * np.eye(NUM_CLASSES, dtype=np.float32)[(labels + 1) % NUM_CLASSES]
+  assert np.all(np.asarray(losses.generalized_dice_loss(wrong, labels, NUM_CLASSES)) > 0.99)
+
+
+@pytest.mark.parametrize('case', ['absent_class', 'no_heart'])
+def test_generalized_dice_is_finite_with_absent_classes(case):
+  labels = heart_labels()
+  if case == 'absent_class':
+    labels[labels == 2] = 1  # Example 0 and 1 lose the myocardium.
+  else:
+    labels[1] = 0  # Example 1 is all background.
+  logits = random_logits((2, 16, 16, NUM_CLASSES), 6)
+  loss_fn = functools.partial(losses.generalized_dice_loss, num_classes=NUM_CLASSES)
+  loss = loss_fn(logits, labels)
+  np.testing.assert_allclose(loss, np_generalized_dice(logits, labels, NUM_CLASSES), rtol=1e-5, atol=1e-6)
+  grad = jax.jit(jax.grad(lambda x: jnp.sum(loss_fn(x, labels))))(logits)
+  assert np.all(np.isfinite(grad)) and np.any(np.asarray(grad) != 0)
+  # An absent class takes the largest present weight: predicting it everywhere costs almost everything.
+  absent = 2 if case == 'absent_class' else 1
+  all_absent = 30.0 * np.eye(NUM_CLASSES, dtype=np.float32)[np.full_like(labels, absent)]
+  assert np.asarray(loss_fn(all_absent, labels))[1] > 0.9
+
+
+def test_generalized_dice_gradient_matches_finite_differences():
+  logits, labels = random_logits((1, 8, 8, NUM_CLASSES), 7, scale=1.0), heart_labels(1, 8)
+  check_grads(lambda x: losses.generalized_dice_loss(x, labels, NUM_CLASSES), (logits,), order=1, modes=['rev'],
+              atol=1e-2, rtol=1e-2)
+
+
+def test_generalized_dice_accepts_bfloat16_logits():
+  logits, labels = jnp.asarray(random_logits((2, 16, 16, NUM_CLASSES), 8), jnp.bfloat16), heart_labels()
+  loss = losses.generalized_dice_loss(logits, labels, NUM_CLASSES)
+  assert loss.dtype == jnp.float32
+  expected = np_generalized_dice(np.asarray(logits, np.float32), labels, NUM_CLASSES)
+  np.testing.assert_allclose(loss, expected, rtol=1e-5, atol=1e-6)
