@@ -1,0 +1,156 @@
+"""Reconstruction and segmentation networks, and `get_model`, which builds one from a config's `model` dict.
+
+Every top-level model is called as `model.apply(variables, zero_filled, kspace, mask, train=...)` with
+`zero_filled` float32 `[B, H, W, 2]` (real, imaginary), `kspace` complex64 `[B, H, W]` (measured, zero outside the
+mask) and `mask` bool `[B, 1, W]`. Solo reconstruction models ('unet', 'cascade') return `recon` float32
+`[B, H, W, 2]`; joint models return `(recon, seg_logits float32 [B, H, W, num_classes])`.
+
+Model dicts (`config.model`), by name; every field but 'name' is optional and defaults to the module's:
+  unet               features, norm, residual                                   -> UNet (out_channels=2)
+  cascade            num_cascades, num_layers, features, activation, dc_noise_level, learnable_noise_level
+                                                                                -> CascadeNet
+  multidecoder_unet  features, num_classes, norm                                -> MultiDecoderUNet
+  unet_unet          recon: {features, norm, residual}, seg: {features, out_channels, norm}, stop_gradient
+                                                                                -> SegRecon(UNet, UNet)
+  cascade_manet      recon: {CascadeNet fields}, seg: {preset, MANet fields}, stop_gradient
+                                                                                -> SegRecon(CascadeNet, MANet)
+`seg.preset` of 'cascade_manet' names a `manet.MANET_PRESETS` entry ('paper', 'smp_default', 'tiny'); fields given
+next to it override the preset's.
+"""
+
+import dataclasses
+from typing import Any, Callable, Dict, Mapping
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from segrecon_jax.models.cascade import CascadeNet
+from segrecon_jax.models.cascade import CascadeNetTiny
+from segrecon_jax.models.manet import MANET_PRESETS
+from segrecon_jax.models.manet import MANet
+from segrecon_jax.models.multidecoder import MultiDecoderUNet
+from segrecon_jax.models.segrecon import SegRecon
+from segrecon_jax.models.segrecon import safe_magnitude
+from segrecon_jax.models.unet import UNet
+from segrecon_jax.models.unet import UNetDecoder
+from segrecon_jax.models.unet import UNetEncoder
+from segrecon_jax.models.unet import UNetRecon
+from segrecon_jax.models.unet import UNetReconTiny
+from segrecon_jax.models.unet import UNetTiny
+
+# Module fields that get_model sets itself (never from the config dict).
+_MANAGED_FIELDS = ('parent', 'name', 'dtype', 'bn_axis_name')
+_JOINT_FIELDS = ('recon', 'seg', 'stop_gradient')
+
+
+def _module_fields(cls) -> tuple:
+  return tuple(f.name for f in dataclasses.fields(cls) if f.name not in _MANAGED_FIELDS)
+
+
+def _check_fields(fields: Mapping[str, Any], valid, where: str) -> None:
+  unknown = sorted(set(fields) - set(valid))
+  if unknown:
+    raise ValueError(f'{where}: unknown field(s) {unknown}; valid fields are {sorted(valid)}.')
+
+
+def _hashable(value):
+  return tuple(value) if isinstance(value, list) else value
+
+
+def _build(cls, fields: Mapping[str, Any], where: str, dtype, bn_axis_name, defaults=None, fixed=None) -> nn.Module:
+  """`cls(**defaults, **fields, **fixed)` after checking `fields` against the module's fields less `fixed`."""
+  fixed = dict(fixed or {})
+  _check_fields(fields, set(_module_fields(cls)) - set(fixed), where)
+  kwargs = dict(defaults or {})
+  kwargs.update({k: _hashable(v) for k, v in fields.items()})
+  kwargs.update(fixed)
+  return cls(**kwargs, dtype=dtype, bn_axis_name=bn_axis_name)
+
+
+def _sub(fields: Mapping[str, Any], key: str, where: str) -> Dict[str, Any]:
+  value = fields.get(key, {})
+  if not isinstance(value, Mapping):
+    raise ValueError(f'{where}: field {key!r} must be a dict of sub-network fields, got {value!r}.')
+  return dict(value)
+
+
+def _unet_recon(fields, dtype, bn_axis_name, where="model 'unet'"):
+  return _build(UNet, fields, where, dtype, bn_axis_name, defaults={'residual': True}, fixed={'out_channels': 2})
+
+
+def _unet(fields, dtype, bn_axis_name):
+  return _unet_recon(fields, dtype, bn_axis_name)
+
+
+def _cascade(fields, dtype, bn_axis_name, where="model 'cascade'"):
+  return _build(CascadeNet, fields, where, dtype, bn_axis_name)
+
+
+def _multidecoder_unet(fields, dtype, bn_axis_name):
+  return _build(MultiDecoderUNet, fields, "model 'multidecoder_unet'", dtype, bn_axis_name)
+
+
+def _segrecon(fields, dtype, bn_axis_name, recon_net, seg_net, where):
+  _check_fields(fields, _JOINT_FIELDS, where)
+  return SegRecon(recon_net=recon_net, seg_net=seg_net, stop_gradient=bool(fields.get('stop_gradient', False)),
+                  dtype=dtype, bn_axis_name=bn_axis_name)
+
+
+def _unet_unet(fields, dtype, bn_axis_name):
+  where = "model 'unet_unet'"
+  recon = _unet_recon(_sub(fields, 'recon', where), dtype, bn_axis_name, where=f'{where} recon')
+  seg = _build(UNet, _sub(fields, 'seg', where), f'{where} seg', dtype, bn_axis_name, defaults={'out_channels': 4},
+               fixed={'residual': False})
+  return _segrecon(fields, dtype, bn_axis_name, recon, seg, where)
+
+
+def _manet(fields, dtype, bn_axis_name, where):
+  fields = dict(fields)
+  preset = fields.pop('preset', None)
+  if preset is not None and preset not in MANET_PRESETS:
+    raise ValueError(f'{where}: unknown MANet preset {preset!r}; valid presets are {sorted(MANET_PRESETS)}.')
+  _check_fields(fields, set(_module_fields(MANet)) | {'preset'}, where)
+  return _build(MANet, fields, where, dtype, bn_axis_name, defaults=MANET_PRESETS[preset] if preset else None)
+
+
+def _cascade_manet(fields, dtype, bn_axis_name):
+  where = "model 'cascade_manet'"
+  recon = _cascade(_sub(fields, 'recon', where), dtype, bn_axis_name, where=f'{where} recon')
+  seg = _manet(_sub(fields, 'seg', where), dtype, bn_axis_name, f'{where} seg')
+  return _segrecon(fields, dtype, bn_axis_name, recon, seg, where)
+
+
+# name -> builder(fields without 'name', dtype, bn_axis_name) -> module.
+MODELS: Dict[str, Callable[..., nn.Module]] = {
+    'unet': _unet,
+    'cascade': _cascade,
+    'multidecoder_unet': _multidecoder_unet,
+    'unet_unet': _unet_unet,
+    'cascade_manet': _cascade_manet,
+}
+
+
+def get_model(model_config, dtype=jnp.float32, bn_axis_name=None) -> nn.Module:
+  """The model named by `model_config['name']`, built from the other fields (see the module docstring).
+
+  Args:
+    model_config: a Mapping or an ml_collections ConfigDict with 'name' and the model's fields.
+    dtype: computation dtype of every network (e.g. jnp.bfloat16); parameters stay float32.
+    bn_axis_name: the pmap axis name over which BatchNorm averages batch statistics ('batch'), or None.
+
+  Raises:
+    ValueError: unknown name or field, listing the valid ones.
+  """
+  if hasattr(model_config, 'to_dict'):
+    model_config = model_config.to_dict()
+  fields = dict(model_config)
+  name = fields.pop('name', None)
+  if name not in MODELS:
+    raise ValueError(f'unknown model name {name!r}; valid names are {sorted(MODELS)}.')
+  return MODELS[name](fields, dtype, bn_axis_name)
+
+
+__all__ = [
+    'CascadeNet', 'CascadeNetTiny', 'MANet', 'MANET_PRESETS', 'MODELS', 'MultiDecoderUNet', 'SegRecon', 'UNet',
+    'UNetDecoder', 'UNetEncoder', 'UNetRecon', 'UNetReconTiny', 'UNetTiny', 'get_model', 'safe_magnitude',
+]
