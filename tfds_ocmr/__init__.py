@@ -1,0 +1,5 @@
+"""TFDS dataset `ocmr`: `import tfds_ocmr` registers the builder (phantom, phantom_small, phantom_tiny, real)."""
+
+from tfds_ocmr.ocmr import Ocmr, OcmrConfig, OCMRManualDirError, split_subjects
+
+__all__ = ['Ocmr', 'OcmrConfig', 'OCMRManualDirError', 'split_subjects']
