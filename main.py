@@ -27,9 +27,12 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   del argv
   logging.getLogger().setLevel(logging.INFO)
+  logging.getLogger('absl').setLevel(logging.WARNING)  # Orbax and TFDS log every save and shard at INFO.
   if FLAGS.mode == 'train':
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    print(f'Done: tables in {FLAGS.workdir}/results.md and metrics.json, TensorBoard in {FLAGS.workdir}/tensorboard')
+    out_dir = train.predict(FLAGS.config, FLAGS.workdir)
+    print(f'Done: table in {FLAGS.workdir}/results.md (all metrics in metrics.json), figures in {out_dir}, '
+          f'TensorBoard in {FLAGS.workdir}/tensorboard')
   elif FLAGS.mode == 'eval':
     train.evaluate(FLAGS.config, FLAGS.workdir)
     print(f'Wrote {FLAGS.workdir}/results.md and {FLAGS.workdir}/metrics.json')

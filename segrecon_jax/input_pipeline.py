@@ -6,6 +6,7 @@ Each batch is a dict of numpy arrays with a leading per-host batch axis:
   `index`: int32 `[b]` (position in the split; eval masks are keyed by it), `valid`: float32 `[b]` (0 for padding).
 """
 
+import json
 import logging
 import os
 from typing import Any, Dict, Iterator, Mapping
@@ -43,8 +44,9 @@ def data_info(config) -> Dict[str, Any]:
                          data_dir=os.path.expanduser(config.data_dir) if config.data_dir else None)
   builder_config = builder.builder_config
   fields = {k: v for k, v in vars(builder_config).items() if isinstance(v, (int, float, str, tuple, list))}
-  return {'dataset': config.dataset, 'dataset_config': config.dataset_config, 'version': str(builder.version),
-          'builder_config': {k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()}}
+  info = {'dataset': config.dataset, 'dataset_config': config.dataset_config, 'version': str(builder.version),
+          'builder_config': fields}
+  return json.loads(json.dumps(info))  # The form a checkpoint's JSON gives back (nested tuples -> lists).
 
 
 def decode(example: Mapping[str, Any], index: int) -> Dict[str, np.ndarray]:

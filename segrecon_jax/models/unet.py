@@ -33,6 +33,8 @@ from typing import Any, List, Optional, Sequence, Tuple
 import flax.linen as nn
 import jax.numpy as jnp
 
+from segrecon_jax.models import layers
+
 Array = Any
 Dtype = Any
 
@@ -112,6 +114,9 @@ class UNetDecoder(nn.Module):
   norm: str = 'batch'
   dtype: Dtype = jnp.float32
   bn_axis_name: Optional[str] = None
+  # 'auto': on CPU the up-convolutions are a dense + depth-to-space (`layers.UpConv2x2`, equal to nn.ConvTranspose
+  # with the same parameters, 4x to 9x faster there: benchmarks/conv_bench.py); elsewhere nn.ConvTranspose.
+  upconv_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x: Array, skips: Sequence[Array], *, train: bool) -> Array:
@@ -120,8 +125,9 @@ class UNetDecoder(nn.Module):
                        f'got {len(skips)}.')
     for level in reversed(range(len(self.features) - 1)):
       width = self.features[level]
-      x = nn.ConvTranspose(width, (2, 2), strides=(2, 2), padding='VALID', dtype=self.dtype, param_dtype=jnp.float32,
-                           name=f'upconv{level}')(x)
+      upconv = layers.conv_transpose_module(self.upconv_impl)
+      x = upconv(width, (2, 2), strides=(2, 2), padding='VALID', dtype=self.dtype, param_dtype=jnp.float32,
+                 name=f'upconv{level}')(x)
       x = jnp.concatenate([x, skips[level].astype(self.dtype)], axis=-1)
       x = DoubleConv(width, self.norm, self.dtype, self.bn_axis_name, name=f'up{level}')(x, train=train)
     return nn.Conv(self.out_channels, (1, 1), dtype=self.dtype, param_dtype=jnp.float32, name='head')(x)

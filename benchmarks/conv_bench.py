@@ -1,0 +1,201 @@
+"""Speed of convolution forward+backward: Flax/XLA layers against `segrecon_jax.models.layers` (im2col backward).
+
+  python benchmarks/conv_bench.py                      # every layer case and the 6x5x64 Deep Cascade conv stack
+  python benchmarks/conv_bench.py --no_stack --repeats=3
+  python benchmarks/conv_bench.py --chunk_rows=16384 --cases=cascade
+  XLA_FLAGS=--xla_cpu_use_thunk_runtime=false python benchmarks/conv_bench.py
+
+Each case times one jitted `jax.value_and_grad` of `sum(layer(x)**2)` with respect to the input and the parameters
+(median of `--repeats` runs after a warm-up run, the two implementations timed alternately so that load
+from other processes hits both alike) and reports GFLOP/s counted as 3 convolution passes (forward,
+input gradient, weight gradient) of `2*B*Ho*Wo*kh*kw*Cin*Cout` FLOPs each (for the up-convolution, `B*H*W` input
+positions). The stack is a Deep Cascade's CNNs without data consistency: `cascades` x [conv 2->F, (layers-2) x conv
+F->F, conv F->2] with ReLUs and a residual per cascade, in the layout of `models/cascade.py`.
+"""
+
+import argparse
+import os
+import sys
+import time
+from typing import Callable, List, NamedTuple, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from segrecon_jax.models import layers  # pylint: disable=g-import-not-at-top
+
+
+class Case(NamedTuple):
+  name: str
+  group: str
+  batch: int
+  size: int
+  in_channels: int
+  out_channels: int
+  kernel: int = 3
+  stride: int = 1
+  dilation: int = 1
+  transpose: bool = False
+
+
+CASES = (
+    Case('cascade 64->64 3x3', 'cascade', 16, 128, 64, 64),
+    Case('cascade 2->64 3x3', 'cascade', 16, 128, 2, 64),
+    Case('cascade 64->2 3x3', 'cascade', 16, 128, 64, 2),
+    Case('unet 32->32 3x3', 'unet', 16, 128, 32, 32),
+    Case('unet 64->64 3x3', 'unet', 16, 64, 64, 64),
+    Case('unet 128->128 3x3', 'unet', 16, 32, 128, 128),
+    Case('unet 256->256 3x3', 'unet', 16, 16, 256, 256),
+    Case('unet dec 64->32 3x3', 'unet', 16, 128, 64, 32),
+    Case('unet head 32->2 1x1', 'unet', 16, 128, 32, 2, kernel=1),
+    Case('up 256->128 2x2/2', 'upconv', 16, 16, 256, 128, kernel=2, stride=2, transpose=True),
+    Case('up 128->64 2x2/2', 'upconv', 16, 32, 128, 64, kernel=2, stride=2, transpose=True),
+    Case('up 64->32 2x2/2', 'upconv', 16, 64, 64, 32, kernel=2, stride=2, transpose=True),
+    Case('manet 64->64 3x3 d2', 'other', 16, 64, 64, 64, dilation=2),
+    Case('resnet stem 2->64 7x7/2', 'other', 16, 128, 2, 64, kernel=7, stride=2),
+    Case('resnet 64->128 3x3/2', 'other', 16, 64, 64, 128, stride=2),
+)
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--repeats', type=int, default=5, help='timed runs per case (median reported)')
+  parser.add_argument('--cases', default='cascade,unet,upconv,other', help='comma-separated case groups')
+  parser.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'))
+  parser.add_argument('--chunk_rows', type=int, default=layers.DEFAULT_CHUNK_ROWS,
+                      help='output positions per weight-gradient GEMM of the im2col layers')
+  parser.add_argument('--no_stack', action='store_true', help='skip the Deep Cascade conv stack')
+  parser.add_argument('--stack_repeats', type=int, default=3, help='timed runs of the stack')
+  parser.add_argument('--cascades', type=int, default=6)
+  parser.add_argument('--layers', type=int, default=5)
+  parser.add_argument('--features', type=int, default=64)
+  parser.add_argument('--stack_batch', type=int, default=16)
+  parser.add_argument('--stack_size', type=int, default=128)
+  return parser.parse_args(argv)
+
+
+def interleaved_medians(fns: Sequence[Callable[[], object]], repeats: int) -> List[float]:
+  """Median seconds of each function, timed in turn (A B A B ...) so that load from other processes hits all alike."""
+  for fn in fns:
+    jax.block_until_ready(fn())  # Warm-up: compile and first run.
+  times = [[] for _ in fns]
+  for _ in range(repeats):
+    for fn, fn_times in zip(fns, times):
+      start = time.perf_counter()
+      jax.block_until_ready(fn())
+      fn_times.append(time.perf_counter() - start)
+  return [float(np.median(t)) for t in times]
+
+
+def layer_for(case: Case, impl: str, dtype, chunk_rows: int) -> nn.Module:
+  if case.transpose:
+    return layers.conv_transpose_module(impl)(case.out_channels, (case.kernel, case.kernel),
+                                              strides=(case.stride, case.stride), dtype=dtype)
+  extra = {'chunk_rows': chunk_rows} if impl == 'im2col' else {}
+  return layers.conv_module(impl)(case.out_channels, (case.kernel, case.kernel), strides=case.stride,
+                                  padding='SAME', kernel_dilation=case.dilation, dtype=dtype, **extra)
+
+
+def layer_step(case: Case, impl: str, dtype, chunk_rows: int) -> Callable[[], object]:
+  module = layer_for(case, impl, dtype, chunk_rows)
+  x = jax.random.normal(jax.random.key(0), (case.batch, case.size, case.size, case.in_channels), dtype)
+  params = module.init(jax.random.key(1), x)
+
+  @jax.jit
+  def step(params, x):
+    return jax.value_and_grad(lambda p, x: jnp.sum(module.apply(p, x).astype(jnp.float32)**2), argnums=(0, 1))(
+        params, x)
+
+  return lambda: step(params, x)
+
+
+def layer_flops(case: Case) -> float:
+  if case.transpose:
+    positions = case.batch * case.size * case.size
+  else:
+    out_size = -(-case.size // case.stride)
+    positions = case.batch * out_size * out_size
+  return 3 * 2 * positions * case.kernel**2 * case.in_channels * case.out_channels
+
+
+class ConvStack(nn.Module):
+  """A Deep Cascade's CNNs without data consistency: `[B, H, W, 2]` -> `[B, H, W, 2]`."""
+  cascades: int
+  num_layers: int
+  features: int
+  conv_impl: str = 'xla'
+  chunk_rows: int = layers.DEFAULT_CHUNK_ROWS
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    conv = layers.conv_module(self.conv_impl)
+    extra = {'chunk_rows': self.chunk_rows} if conv is layers.Conv else {}
+    for cascade in range(self.cascades):
+      y = x.astype(self.dtype)
+      for layer in range(self.num_layers):
+        last = layer == self.num_layers - 1
+        y = conv(2 if last else self.features, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,
+                 name=f'cascade{cascade}_conv{layer}', **extra)(y)
+        if not last:
+          y = nn.relu(y)
+      x = x + y.astype(x.dtype)
+    return x
+
+
+def stack_flops(args) -> float:
+  f, positions = args.features, args.stack_batch * args.stack_size**2
+  per_cascade = 9 * (2 * f + (args.layers - 2) * f * f + f * 2)
+  return 3 * 2 * positions * per_cascade * args.cascades
+
+
+def stack_step(args, impl: str, dtype) -> Callable[[], object]:
+  model = ConvStack(args.cascades, args.layers, args.features, impl, args.chunk_rows, dtype)
+  x = jax.random.normal(jax.random.key(0), (args.stack_batch, args.stack_size, args.stack_size, 2), jnp.float32)
+  params = model.init(jax.random.key(1), x)
+
+  @jax.jit
+  def step(params, x):
+    return jax.value_and_grad(lambda p: jnp.mean((model.apply(p, x) - x)**2))(params)
+
+  return lambda: step(params, x)
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+  args = parse_args(argv)
+  dtype = jnp.dtype(args.dtype)
+  print(f'jax {jax.__version__}, jaxlib {jax.lib.__version__}, backend {jax.default_backend()}, '
+        f'device {jax.devices()[0].device_kind} x{jax.device_count()}, {os.cpu_count()} CPUs, dtype {args.dtype}, '
+        f"chunk_rows {args.chunk_rows}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+  auto = [layers.conv_module('auto'), layers.conv_transpose_module('auto')]
+  print(f"conv_impl='auto' resolves to {auto[0].__module__}.{auto[0].__name__} and "
+        f'{auto[1].__module__}.{auto[1].__name__}')
+  groups = set(args.cases.split(','))
+  header = (f"{'case':26s} {'B':>3s} {'HxW':>7s} {'xla ms':>9s} {'GF/s':>6s} {'im2col ms':>9s} {'GF/s':>6s} "
+            f"{'speed-up':>8s}")
+  print(header)
+  print('-' * len(header))
+  for case in CASES:
+    if case.group not in groups:
+      continue
+    flops = layer_flops(case)
+    xla, im2col = interleaved_medians([layer_step(case, impl, dtype, args.chunk_rows) for impl in ('xla', 'im2col')],
+                                      args.repeats)
+    print(f'{case.name:26s} {case.batch:3d} {case.size:3d}x{case.size:<3d} {xla * 1e3:9.1f} {flops / xla / 1e9:6.1f} '
+          f'{im2col * 1e3:9.1f} {flops / im2col / 1e9:6.1f} {xla / im2col:7.2f}x', flush=True)
+  if not args.no_stack:
+    flops = stack_flops(args)
+    name = f'stack {args.cascades}x{args.layers}x{args.features}'
+    xla, im2col = interleaved_medians([stack_step(args, impl, dtype) for impl in ('xla', 'im2col')],
+                                      args.stack_repeats)
+    size = args.stack_size
+    print(f'{name:26s} {args.stack_batch:3d} {size:3d}x{size:<3d} {xla * 1e3:9.1f} {flops / xla / 1e9:6.1f} '
+          f'{im2col * 1e3:9.1f} {flops / im2col / 1e9:6.1f} {xla / im2col:7.2f}x  ({flops / 1e12:.2f} TFLOP/step, '
+          f'median of {args.stack_repeats})', flush=True)
+
+
+if __name__ == '__main__':
+  main()

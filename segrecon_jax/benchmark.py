@@ -1,0 +1,266 @@
+"""Speed benchmark of the paper's experiments: compile and step time, FLOP/s against this machine's ceiling, memory.
+
+  python -m segrecon_jax.benchmark                                   # every experiment, paper widths, 128x128, batch 16
+  python -m segrecon_jax.benchmark --experiments=cascade --image_size=128 --batch=16 --steps=5 --json=bench.json
+  python -m segrecon_jax.benchmark --experiments=unet --devices=2      # 1..2 devices, same global batch
+
+For each experiment (the model of `configs/<experiment>.py` at its paper settings, no `runlocal`) it measures the
+train step exactly as training runs it (`train.train_step` under `parallel.pmap`, masks sampled on the device):
+compile time, steady-state step time (median of `--steps` timed steps after warm-up, with min and max), slices/s,
+FLOPs per step from XLA's cost analysis and the achieved FLOP/s as a fraction of the float32 matmul ceiling measured
+in the same run, peak memory, the input pipeline's examples/s against the rate the step consumes them, and the
+number of compiles of a full stabilization schedule with their share of the wall time at paper scale. Synthetic
+phantom-like batches feed the step; the input pipeline is timed on its own over the TFDS `ocmr` data source.
+On CPU, `--devices N` fakes N host devices (correctness of the layout, not speed); on a multi-GPU host it prints
+the scaling efficiency of the same global batch over 1..N devices.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any, Dict, List, Optional
+
+EXPERIMENTS = ('unet', 'multidecoder_unet', 'unet_unet', 'cascade', 'cascade_manet')
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--experiments', default=','.join(EXPERIMENTS),
+                      help=f'comma-separated configs/<name>.py experiments, of {EXPERIMENTS}')
+  parser.add_argument('--preset', default='x8_stab', help='config preset; solo models use its acceleration only')
+  parser.add_argument('--image_size', type=int, default=128, help='square image side H = W')
+  parser.add_argument('--batch', type=int, default=16, help='global batch (the paper: 16)')
+  parser.add_argument('--steps', type=int, default=5, help='timed steps after one warm-up step')
+  parser.add_argument('--devices', type=int, default=1, help='run the same global batch over 1..N local devices')
+  parser.add_argument('--half_precision', action='store_true', help='bfloat16 compute')
+  parser.add_argument('--pipeline_config', default='phantom',
+                      help="TFDS ocmr config whose input pipeline is timed ('' skips it)")
+  parser.add_argument('--data_dir', default='', help='TFDS data_dir for the input-pipeline timing')
+  parser.add_argument('--json', default='', help='also write the results as JSON to this path')
+  return parser.parse_args(argv)
+
+
+def _force_host_devices(num_devices: int) -> None:
+  """Fake CPU devices must be requested before jax starts its CPU backend."""
+  if num_devices > 1 and 'xla_force_host_platform_device_count' not in os.environ.get('XLA_FLAGS', ''):
+    os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                               f' --xla_force_host_platform_device_count={num_devices}').strip()
+
+
+if __name__ == '__main__':
+  _force_host_devices(parse_args(sys.argv[1:]).devices)
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import functools
+import importlib
+import resource
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from segrecon_jax import input_pipeline
+from segrecon_jax import parallel
+from segrecon_jax import train
+# pylint: enable=g-import-not-at-top,wrong-import-position
+
+
+def matmul_ceiling(device: jax.Device, size: int = 2048, repeats: int = 5) -> float:
+  """Measured float32 matmul FLOP/s of one device: the best of `repeats` square `size` x `size` products."""
+  a = jax.device_put(jnp.asarray(np.random.default_rng(0).standard_normal((size, size)), jnp.float32), device)
+  matmul = jax.jit(lambda x: x @ x)
+  matmul(a).block_until_ready()
+  best = float('inf')
+  for _ in range(repeats):
+    start = time.perf_counter()
+    matmul(a).block_until_ready()
+    best = min(best, time.perf_counter() - start)
+  return 2.0 * size**3 / best
+
+
+def synthetic_batch(batch: int, size: int, seed: int = 0) -> Dict[str, np.ndarray]:
+  """A host batch shaped like the input pipeline's: smooth complex images in [0, 1] and a disc of labels."""
+  rng = np.random.default_rng(seed)
+  yy, xx = np.mgrid[:size, :size] / size - 0.5
+  radius = np.sqrt(yy**2 + xx**2)
+  images = np.stack([np.clip(1.0 - 2.0 * radius, 0, 1) * np.exp(1j * rng.uniform(-1, 1))
+                     for _ in range(batch)]).astype(np.complex64)
+  labels = np.zeros((batch, size, size), np.int32)
+  labels[:, radius < 0.1] = 1
+  labels[:, (radius >= 0.1) & (radius < 0.15)] = 2
+  return {'image': images, 'segmentation': labels, 'index': np.arange(batch, dtype=np.int32),
+          'valid': np.ones((batch,), np.float32)}
+
+
+def experiment_config(experiment: str, preset: str, args: argparse.Namespace):
+  module = importlib.import_module(f'configs.{experiment}')
+  solo = experiment in ('unet', 'cascade')
+  config = module.get_config(preset.replace('_stab', '') if solo else preset)
+  config.batch_size = args.batch
+  config.half_precision = args.half_precision
+  return config
+
+
+def _flops(compiled) -> float:
+  analysis = compiled.cost_analysis()
+  if isinstance(analysis, (list, tuple)):
+    analysis = analysis[0]
+  return float(analysis.get('flops', float('nan'))) if analysis else float('nan')
+
+
+def _peak_memory_bytes(devices, compiled) -> Dict[str, Optional[float]]:
+  """Device peak bytes where the runtime reports them (GPU/TPU), XLA's planned bytes, and the host's max RSS."""
+  stats = devices[0].memory_stats() or {}
+  planned = None
+  try:
+    analysis = compiled.memory_analysis()
+    planned = float(analysis.temp_size_in_bytes + analysis.argument_size_in_bytes + analysis.output_size_in_bytes
+                    - analysis.alias_size_in_bytes)
+  except Exception:  # pylint: disable=broad-except  (not every backend implements it)
+    pass
+  return {'device_peak_bytes': stats.get('peak_bytes_in_use'), 'xla_planned_bytes': planned,
+          'host_max_rss_bytes': float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024}
+
+
+def time_train_step(config, image_size: int, num_devices: int, steps: int) -> Dict[str, Any]:
+  """Compile and steady-state times of the real train step on the first `num_devices` local devices."""
+  devices = jax.local_devices()[:num_devices]
+  if config.batch_size % num_devices:
+    raise ValueError(f'--batch={config.batch_size} does not split over {num_devices} devices')
+  model, tx = train.create_model(config), train.create_optimizer(config)
+  state = train.initial_state(config, model, tx, (image_size, image_size))
+  step_fn = parallel.pmap(functools.partial(train.train_step, model=model, tx=tx, config=config),
+                          static_broadcasted_argnums=(3,), donate_argnums=(0,), devices=devices)
+  state = parallel.replicate(state, devices)
+  rng = parallel.replicate(jax.random.PRNGKey(0), devices)
+  batch = parallel.shard(synthetic_batch(config.batch_size, image_size), num_devices)
+  fraction = 1.0 / config.acceleration
+
+  start = time.perf_counter()
+  compiled = step_fn.lower(state, batch, rng, fraction).compile()
+  compile_seconds = time.perf_counter() - start
+  flops_per_device = _flops(compiled)
+  state, terms = step_fn(state, batch, rng, fraction)  # Warm-up (also compiles the dispatch path once).
+  jax.block_until_ready(terms)
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    state, terms = step_fn(state, batch, rng, fraction)
+    jax.block_until_ready(terms)
+    times.append(time.perf_counter() - start)
+  if not np.isfinite(float(np.asarray(terms['loss'])[0])):
+    raise FloatingPointError(f'{config.model.name}: non-finite loss in the benchmark step')
+  median = float(np.median(times))
+  return {
+      'devices': num_devices, 'compile_s': compile_seconds, 'step_median_s': median, 'step_min_s': float(min(times)),
+      'step_max_s': float(max(times)), 'slices_per_s': config.batch_size / median,
+      'flops_per_step': flops_per_device * num_devices, 'flops_per_s': flops_per_device * num_devices / median,
+      **_peak_memory_bytes(devices, compiled)}
+
+
+def time_input_pipeline(config, pipeline_config: str, data_dir: str, max_batches: int = 20) -> Dict[str, float]:
+  """Examples/s of this host's training batches (decode + shuffle + batch), over at most `max_batches`."""
+  config = config.copy_and_resolve_references()
+  config.dataset_config = pipeline_config
+  if data_dir:
+    config.data_dir = data_dir
+  source = input_pipeline.load_split(config, config.train_split)
+  config.batch_size = min(config.batch_size, len(source))
+  start, examples = time.perf_counter(), 0
+  for epoch in range(1, 1000):
+    for batch in input_pipeline.train_batches(source, config, epoch):
+      examples += len(batch['image'])
+      if examples >= max_batches * config.batch_size:
+        return {'pipeline_examples_per_s': examples / (time.perf_counter() - start)}
+  return {'pipeline_examples_per_s': examples / (time.perf_counter() - start)}
+
+
+def schedule_cost(config, compile_s: float, step_s: float, train_examples: int = 155) -> Dict[str, float]:
+  """Compiles of the config's full stabilization schedule and their share of the wall time of a paper-scale run
+  (`train_examples` slices per epoch as the paper's train split, `config.num_epochs` epochs)."""
+  fractions = {train.sampled_fraction_for_epoch(config, epoch) for epoch in range(1, config.num_epochs + 1)}
+  steps = config.num_epochs * (train_examples // config.batch_size)
+  compile_total = len(fractions) * compile_s
+  return {'schedule_compiles': len(fractions), 'schedule_compile_s': compile_total,
+          'schedule_compile_share': compile_total / (compile_total + steps * step_s)}
+
+
+def format_table(rows: List[Dict[str, Any]], ceiling: float) -> str:
+  columns = (('experiment', '{}'), ('dev', '{}'), ('compile s', '{:.1f}'), ('step s (med)', '{:.3f}'),
+             ('min', '{:.3f}'), ('max', '{:.3f}'), ('slices/s', '{:.1f}'), ('GFLOP/step', '{:.1f}'),
+             ('GFLOP/s', '{:.1f}'), ('% ceiling', '{:.0f}'), ('peak MiB', '{}'), ('pipeline ex/s', '{}'),
+             ('sched compiles', '{}'), ('compile share', '{:.1%}'))
+  lines = ['| ' + ' | '.join(c for c, _ in columns) + ' |', '|' + '---|' * len(columns)]
+  for row in rows:
+    peak = row.get('device_peak_bytes') or row.get('xla_planned_bytes')
+    pipeline = row.get('pipeline_examples_per_s')
+    values = (row['experiment'], row['devices'], row['compile_s'], row['step_median_s'], row['step_min_s'],
+              row['step_max_s'], row['slices_per_s'], row['flops_per_step'] / 1e9, row['flops_per_s'] / 1e9,
+              100 * row['flops_per_s'] / (ceiling * row['devices']), '-' if peak is None else f'{peak / 2**20:.0f}',
+              '-' if pipeline is None else f'{pipeline:.0f}', row['schedule_compiles'],
+              row['schedule_compile_share'])
+    lines.append('| ' + ' | '.join(fmt.format(v) for (_, fmt), v in zip(columns, values)) + ' |')
+  return '\n'.join(lines)
+
+
+def run(args: argparse.Namespace) -> Dict[str, Any]:
+  experiments = [e.strip() for e in args.experiments.split(',') if e.strip()]
+  unknown = sorted(set(experiments) - set(EXPERIMENTS))
+  if unknown:
+    raise ValueError(f'--experiments: unknown {unknown}; valid are {list(EXPERIMENTS)}')
+  if args.devices > jax.local_device_count():
+    raise ValueError(f'--devices={args.devices} but this host has {jax.local_device_count()} local devices')
+  device = jax.local_devices()[0]
+  ceiling = matmul_ceiling(device)
+  print(f'Device: {device.device_kind} ({device.platform}), {jax.local_device_count()} local; float32 matmul '
+        f'ceiling {ceiling / 1e9:.1f} GFLOP/s per device; image {args.image_size}x{args.image_size}, global batch '
+        f'{args.batch}, {"bfloat16" if args.half_precision else "float32"}.', flush=True)
+  rows = []
+  for experiment in experiments:
+    config = experiment_config(experiment, args.preset, args)
+    pipeline = {}
+    if args.pipeline_config:
+      pipeline = time_input_pipeline(config, args.pipeline_config, args.data_dir)
+    for num_devices in range(1, args.devices + 1):
+      if args.batch % num_devices:
+        continue
+      row = {'experiment': experiment, **time_train_step(config, args.image_size, num_devices, args.steps),
+             **pipeline}
+      row.update(schedule_cost(experiment_config(experiment, args.preset.split('_')[0] + '_stab', args)
+                               if experiment not in ('unet', 'cascade') else config,
+                               row['compile_s'], row['step_median_s']))
+      if num_devices > 1:
+        single = next(r for r in rows if r['experiment'] == experiment and r['devices'] == 1)
+        row['scaling_efficiency'] = single['step_median_s'] / (num_devices * row['step_median_s'])
+      rows.append(row)
+      print(f'{experiment} on {num_devices} device(s): step {row["step_median_s"]:.3f} s, '
+            f'{row["slices_per_s"]:.1f} slices/s, compile {row["compile_s"]:.1f} s', flush=True)
+  print()
+  print(format_table(rows, ceiling))
+  scaling = [r for r in rows if 'scaling_efficiency' in r]
+  if scaling:
+    fake = device.platform == 'cpu'
+    print('\nScaling efficiency (same global batch)' + (' -- fake CPU devices share the same cores: layout check, '
+                                                         'not a speed figure' if fake else '') + ':')
+    for row in scaling:
+      print(f'  {row["experiment"]}: {row["devices"]} devices {row["scaling_efficiency"]:.0%}')
+  for row in rows:
+    if row.get('pipeline_examples_per_s') and row['pipeline_examples_per_s'] < row['slices_per_s']:
+      print(f'WARNING: the input pipeline ({row["pipeline_examples_per_s"]:.0f} ex/s) is slower than the '
+            f'{row["experiment"]} step consumes ({row["slices_per_s"]:.0f} slices/s)')
+  result = {'device': device.device_kind, 'platform': device.platform, 'matmul_ceiling_flops_per_s': ceiling,
+            'image_size': args.image_size, 'batch': args.batch, 'half_precision': args.half_precision, 'rows': rows}
+  if args.json:
+    with open(args.json, 'w') as f:
+      json.dump(result, f, indent=2)
+  return result
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+  run(parse_args(argv))
+
+
+if __name__ == '__main__':
+  main(sys.argv[1:])

@@ -1,0 +1,323 @@
+"""Drop-ins for Flax's `nn.Conv` / `nn.ConvTranspose` with other backward (or forward) computations, for CPU speed.
+
+`conv2d` keeps XLA's forward and input gradient (a transposed convolution) and computes the weight gradient as an
+im2col matmul in a `jax.custom_vjp`, for XLA versions whose CPU weight gradients run far below the matmul ceiling:
+the (padded, dilated, strided) input patches `[B*Ho*Wo, kh*kw*Cin]` are contracted with the output cotangent
+`[B*Ho*Wo, Cout]`. Patches are built from shifted slices of the input, `chunk_rows` output positions at a time (a
+`lax.scan` over batch chunks that accumulates in float32), which bounds their memory at `chunk_rows * kh*kw*Cin`
+elements and keeps each GEMM in cache-friendly sizes.
+
+`UpConv2x2` replaces a transposed convolution whose kernel equals its stride (the U-Net's 2x2, stride-2
+up-convolution) by a dense layer and a depth-to-space; with the same `kernel [2, 2, Cin, Cout]` it is numerically
+the same function as `nn.ConvTranspose`.
+
+Model files pick the implementation with a field `conv_impl: str = 'xla'` and `conv_module(conv_impl)` /
+`conv_transpose_module(conv_impl)`; 'auto' picks what measured fastest: `nn.Conv` everywhere (the im2col weight
+gradient did not beat XLA's with jaxlib 0.10.2 on CPU), `UpConv2x2` on CPU and `nn.ConvTranspose` elsewhere.
+Parameter names, shapes and initializers are those of Flax's layers, so checkpoints are interchangeable.
+Arrays are NHWC, kernels HWIO.
+"""
+
+import functools
+from typing import Any, Optional, Sequence, Tuple, Union
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+Array = Any
+Dtype = Any
+PaddingLike = Union[str, int, Sequence[Union[int, Tuple[int, int]]]]
+Pads = Tuple[Tuple[int, int], Tuple[int, int]]
+
+IMPLS = ('xla', 'im2col', 'auto')
+
+# Output positions per weight-gradient GEMM: the patches of one chunk are `chunk_rows x kh*kw*Cin`.
+DEFAULT_CHUNK_ROWS = 32768
+
+_DIMENSION_NUMBERS = ('NHWC', 'HWIO', 'NHWC')
+
+
+def _pair(value: Union[int, Sequence[int]], what: str) -> Tuple[int, int]:
+  if isinstance(value, int):
+    return (value, value)
+  value = tuple(int(v) for v in value)
+  if len(value) != 2:
+    raise ValueError(f'{what} must be an int or a pair for a 2D convolution, got {value}.')
+  return value
+
+
+def explicit_padding(padding: PaddingLike, spatial_shape: Sequence[int], kernel_shape: Sequence[int],
+                     strides: Tuple[int, int], dilation: Tuple[int, int]) -> Pads:
+  """Turns 'SAME', 'SAME_LOWER', 'VALID', an int or per-axis ints/pairs into `((top, bottom), (left, right))`."""
+  if isinstance(padding, str):
+    dilated_kernel = [(k - 1) * d + 1 for k, d in zip(kernel_shape, dilation)]
+    pads = lax.padtype_to_pads(tuple(spatial_shape), dilated_kernel, strides, padding.upper())
+  elif isinstance(padding, int):
+    pads = [(padding, padding)] * 2
+  else:
+    pads = [(p, p) if isinstance(p, int) else tuple(p) for p in padding]
+  pads = tuple((int(lo), int(hi)) for lo, hi in pads)
+  if len(pads) != 2 or any(len(p) != 2 for p in pads):
+    raise ValueError(f'padding must give (low, high) for the 2 spatial axes, got {padding!r}.')
+  return pads
+
+
+def _accumulation_dtype(dtype: Dtype) -> Dtype:
+  """float32 for bfloat16/float16/float32 inputs, float64 for float64."""
+  return jnp.promote_types(dtype, jnp.float32)
+
+
+def _stock_conv(x: Array, kernel: Array, strides: Tuple[int, int], pads: Pads, dilation: Tuple[int, int],
+                precision: Any) -> Array:
+  return lax.conv_general_dilated(x, kernel, strides, pads, rhs_dilation=dilation,
+                                  dimension_numbers=_DIMENSION_NUMBERS, precision=precision)
+
+
+def _patches(x: Array, kernel_shape: Tuple[int, int], out_shape: Tuple[int, int], strides: Tuple[int, int],
+             pads: Pads, dilation: Tuple[int, int]) -> Array:
+  """im2col of `x` `[b, H, W, C]`: `[b * Ho * Wo, kh * kw * C]`, columns ordered (kh, kw, C) as an HWIO kernel."""
+  batch, channels = x.shape[0], x.shape[-1]
+  (kh, kw), (out_h, out_w) = kernel_shape, out_shape
+  if (kh, kw) == (1, 1) and strides == (1, 1) and pads == ((0, 0), (0, 0)):
+    return x.reshape(batch * out_h * out_w, channels)  # A 1x1 convolution's patches are its input: no copy.
+  # lax.pad also takes negative (cropping) explicit pads, as lax.conv_general_dilated does.
+  padded = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0),) + tuple((lo, hi, 0) for lo, hi in pads) + ((0, 0, 0),))
+  taps = []
+  for i in range(kh):
+    for j in range(kw):
+      start = (0, i * dilation[0], j * dilation[1], 0)
+      limit = (batch, start[1] + (out_h - 1) * strides[0] + 1, start[2] + (out_w - 1) * strides[1] + 1, channels)
+      taps.append(lax.slice(padded, start, limit, (1, strides[0], strides[1], 1)))
+  return jnp.stack(taps, axis=3).reshape(batch * out_h * out_w, kh * kw * channels)
+
+
+def _chunk_size(batch: int, rows_per_example: int, chunk_rows: int) -> int:
+  """The largest divisor of `batch` whose chunk has at most `chunk_rows` output positions (at least 1)."""
+  for size in range(batch, 0, -1):
+    if batch % size == 0 and size * rows_per_example <= chunk_rows:
+      return size
+  return 1
+
+
+def im2col_weight_grad(x: Array, cotangent: Array, kernel_shape: Tuple[int, int], strides: Tuple[int, int],
+                       pads: Pads, dilation: Tuple[int, int], chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Array:
+  """Weight gradient of a 2D convolution as im2col GEMMs.
+
+  Args:
+    x: input `[B, H, W, Cin]`.
+    cotangent: output cotangent `[B, Ho, Wo, Cout]`, same dtype as `x`.
+    kernel_shape: `(kh, kw)`.
+    strides, pads, dilation: of the forward convolution (explicit pads).
+    chunk_rows: output positions per GEMM; the batch is split into chunks of at most this many (a whole number of
+      examples) and their products are accumulated.
+
+  Returns:
+    `[kh, kw, Cin, Cout]`, accumulated in float32 (float64 for float64 inputs).
+  """
+  batch, out_h, out_w, out_channels = cotangent.shape
+  in_channels = x.shape[-1]
+  accumulate = _accumulation_dtype(x.dtype)
+  contract_rows = (((0,), (0,)), ((), ()))
+
+  def chunk_grad(x_chunk, cotangent_chunk):
+    patches = _patches(x_chunk, kernel_shape, (out_h, out_w), strides, pads, dilation)
+    return lax.dot_general(patches, cotangent_chunk.reshape(-1, out_channels), contract_rows,
+                           preferred_element_type=accumulate)  # [kh*kw*Cin, Cout]
+
+  chunk = _chunk_size(batch, out_h * out_w, chunk_rows)
+  if chunk == batch:
+    grad = chunk_grad(x, cotangent)
+  else:
+    num_chunks = batch // chunk
+
+    def step(total, chunks):
+      return total + chunk_grad(*chunks), None
+
+    grad, _ = lax.scan(step, jnp.zeros((np.prod(kernel_shape) * in_channels, out_channels), accumulate),
+                       (x.reshape((num_chunks, chunk) + x.shape[1:]),
+                        cotangent.reshape((num_chunks, chunk) + cotangent.shape[1:])))
+  return grad.reshape(kernel_shape + (in_channels, out_channels))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7))
+def _im2col_conv(x: Array, kernel: Array, bias: Optional[Array], strides: Tuple[int, int], pads: Pads,
+                 dilation: Tuple[int, int], precision: Any, chunk_rows: int) -> Array:
+  y = _stock_conv(x, kernel, strides, pads, dilation, precision)
+  return y if bias is None else y + bias.reshape((1, 1, 1, -1))
+
+
+def _im2col_conv_fwd(x, kernel, bias, strides, pads, dilation, precision, chunk_rows):
+  y = _im2col_conv(x, kernel, bias, strides, pads, dilation, precision, chunk_rows)
+  return y, (x, kernel, bias)
+
+
+def _im2col_conv_bwd(strides, pads, dilation, precision, chunk_rows, residuals, cotangent):
+  x, kernel, bias = residuals
+  # Input gradient: XLA's transposed convolution (its forward, dead in the VJP, is removed by the compiler).
+  _, input_vjp = jax.vjp(lambda x_: _stock_conv(x_, kernel, strides, pads, dilation, precision), x)
+  (x_grad,) = input_vjp(cotangent)
+  kernel_grad = im2col_weight_grad(x, cotangent.astype(x.dtype), kernel.shape[:2], strides, pads, dilation,
+                                   chunk_rows)
+  bias_grad = None
+  if bias is not None:
+    bias_grad = jnp.sum(cotangent, axis=(0, 1, 2), dtype=_accumulation_dtype(cotangent.dtype)).astype(bias.dtype)
+  return x_grad, kernel_grad.astype(kernel.dtype), bias_grad
+
+
+_im2col_conv.defvjp(_im2col_conv_fwd, _im2col_conv_bwd)
+
+
+def conv2d(x: Array, kernel: Array, bias: Optional[Array] = None, *, strides: Union[int, Sequence[int]] = 1,
+           padding: PaddingLike = 'SAME', dilation: Union[int, Sequence[int]] = 1, precision: Any = None,
+           chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Array:
+  """2D convolution with XLA's forward and input gradient and an im2col-matmul weight gradient.
+
+  The same function as `lax.conv_general_dilated(x, kernel, strides, padding, rhs_dilation=dilation)` in NHWC/HWIO
+  (plus `bias`), for any kernel size, stride, dilation and padding; only the way the weight gradient is computed
+  differs. The bias gradient is the sum of the cotangent over batch and space, accumulated in float32.
+
+  Args:
+    x: `[B, H, W, Cin]`; the same dtype as `kernel`.
+    kernel: `[kh, kw, Cin, Cout]`.
+    bias: optional `[Cout]`, cast to the dtype of `x` (its gradient comes back in the bias's own dtype).
+    strides: int or `(sh, sw)`.
+    padding: 'SAME', 'SAME_LOWER', 'VALID', an int, or per-axis ints / `(low, high)` pairs.
+    dilation: kernel dilation, int or `(dh, dw)`.
+    precision: passed to the XLA convolutions.
+    chunk_rows: output positions per weight-gradient GEMM (see `im2col_weight_grad`).
+
+  Returns:
+    `[B, Ho, Wo, Cout]` in the dtype of `x`.
+  """
+  if x.ndim != 4 or kernel.ndim != 4:
+    raise ValueError(f'conv2d needs x [B, H, W, Cin] and kernel [kh, kw, Cin, Cout], got {x.shape} and '
+                     f'{kernel.shape}.')
+  if x.shape[-1] != kernel.shape[2]:
+    raise ValueError(f'conv2d: x has {x.shape[-1]} channels but kernel {kernel.shape} expects {kernel.shape[2]}.')
+  strides, dilation = _pair(strides, 'strides'), _pair(dilation, 'dilation')
+  pads = explicit_padding(padding, x.shape[1:3], kernel.shape[:2], strides, dilation)
+  if bias is not None:
+    bias = bias.astype(x.dtype)
+  return _im2col_conv(x, kernel, bias, strides, pads, dilation, precision, int(chunk_rows))
+
+
+class Conv(nn.Module):
+  """Drop-in for `nn.Conv` on 2D NHWC inputs, computed by `conv2d` (im2col weight gradient).
+
+  Same fields, defaults, parameter names (`kernel [kh, kw, Cin, features]`, `bias [features]`) and initial values as
+  `nn.Conv`; `feature_group_count`, `input_dilation`, `mask` and 'CAUSAL' padding are not supported. Inputs with
+  more than one leading batch axis are flattened into one, as `nn.Conv` does. Circular and reflect padding pad the
+  input first, as `nn.Conv` does.
+  """
+  features: int
+  kernel_size: Sequence[int]
+  strides: Union[None, int, Sequence[int]] = 1
+  padding: PaddingLike = 'SAME'
+  kernel_dilation: Union[None, int, Sequence[int]] = 1
+  use_bias: bool = True
+  dtype: Optional[Dtype] = None
+  param_dtype: Dtype = jnp.float32
+  precision: Any = None
+  kernel_init: nn.initializers.Initializer = nn.linear.default_kernel_init
+  bias_init: nn.initializers.Initializer = nn.initializers.zeros_init()
+  chunk_rows: int = DEFAULT_CHUNK_ROWS
+
+  @nn.compact
+  def __call__(self, inputs: Array) -> Array:
+    """`inputs [..., H, W, Cin]` -> `[..., Ho, Wo, features]`."""
+    if isinstance(self.kernel_size, int) or len(self.kernel_size) != 2:
+      raise ValueError(f'Conv is 2D: kernel_size must be a pair, got {self.kernel_size!r}.')
+    kernel_size = tuple(self.kernel_size)
+    strides = _pair(1 if self.strides is None else self.strides, 'strides')
+    dilation = _pair(1 if self.kernel_dilation is None else self.kernel_dilation, 'kernel_dilation')
+    batch_shape = inputs.shape[:-3]
+    x = inputs.reshape((-1,) + inputs.shape[-3:])
+    padding = self.padding
+    if isinstance(padding, str) and padding.upper() in ('CIRCULAR', 'REFLECT'):
+      dilated = [(k - 1) * d + 1 for k, d in zip(kernel_size, dilation)]
+      mode = {'CIRCULAR': 'wrap', 'REFLECT': 'reflect'}[padding.upper()]
+      x = jnp.pad(x, [(0, 0)] + [((k - 1) // 2, k // 2) for k in dilated] + [(0, 0)], mode=mode)
+      padding = 'VALID'
+    elif isinstance(padding, str) and padding.upper() == 'CAUSAL':
+      raise ValueError("Conv does not support 'CAUSAL' padding (1D only in nn.Conv).")
+    kernel = self.param('kernel', self.kernel_init, kernel_size + (x.shape[-1], self.features), self.param_dtype)
+    bias = self.param('bias', self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    y = conv2d(x, kernel, bias, strides=strides, padding=padding, dilation=dilation, precision=self.precision,
+               chunk_rows=self.chunk_rows)
+    return y.reshape(batch_shape + y.shape[1:])
+
+
+class UpConv2x2(nn.Module):
+  """Drop-in for `nn.ConvTranspose(features, (s, s), strides=(s, s))` (the U-Net's 2x2 up-convolution, s = 2).
+
+  A transposed convolution whose kernel equals its stride writes non-overlapping `s x s` blocks, so it is a dense
+  layer `[B, H, W, Cin] x [Cin, s*s*Cout]` followed by a depth-to-space to `[B, s*H, s*W, Cout]`. The parameter is
+  `nn.ConvTranspose`'s `kernel [s, s, Cin, Cout]` (and `bias [Cout]`); since `nn.ConvTranspose` does not flip its
+  kernel (`transpose_kernel=False`), output pixel `(s*i + a, s*j + b)` gets `x[i, j] @ kernel[s-1-a, s-1-b]`.
+  'VALID' and 'SAME' padding give the same result for kernel == stride (both are accepted).
+  """
+  features: int
+  kernel_size: Sequence[int] = (2, 2)
+  strides: Optional[Sequence[int]] = None  # None: equal to kernel_size.
+  padding: PaddingLike = 'SAME'
+  use_bias: bool = True
+  dtype: Optional[Dtype] = None
+  param_dtype: Dtype = jnp.float32
+  precision: Any = None
+  kernel_init: nn.initializers.Initializer = nn.linear.default_kernel_init
+  bias_init: nn.initializers.Initializer = nn.initializers.zeros_init()
+
+  @nn.compact
+  def __call__(self, inputs: Array) -> Array:
+    """`inputs [..., H, W, Cin]` -> `[..., s*H, s*W, features]`."""
+    kernel_size = _pair(self.kernel_size, 'kernel_size')
+    strides = kernel_size if self.strides is None else _pair(self.strides, 'strides')
+    if strides != kernel_size:
+      raise ValueError(f'UpConv2x2 needs strides == kernel_size, got {strides} and {kernel_size}.')
+    if not (isinstance(self.padding, str) and self.padding.upper() in ('SAME', 'VALID')):
+      raise ValueError(f"UpConv2x2 supports padding 'SAME' or 'VALID', got {self.padding!r}.")
+    kernel = self.param('kernel', self.kernel_init, kernel_size + (inputs.shape[-1], self.features),
+                        self.param_dtype)
+    bias = self.param('bias', self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
+    x, kernel, bias = nn.dtypes.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
+    # [..., H, W, Cin] x [sh, sw, Cin, Cout] -> [..., H, sh, W, sw, Cout]: one GEMM, then a reshape.
+    y = jnp.einsum('...hwc,abco->...hawbo', x, kernel[::-1, ::-1], precision=self.precision,
+                   preferred_element_type=_accumulation_dtype(x.dtype)).astype(x.dtype)
+    height, width = x.shape[-3:-1]
+    y = y.reshape(x.shape[:-3] + (height * kernel_size[0], width * kernel_size[1], self.features))
+    if bias is not None:
+      y = y + bias
+    return y
+
+
+def _check_impl(impl: str) -> None:
+  if impl not in IMPLS:
+    raise ValueError(f'conv_impl must be one of {IMPLS}, got {impl!r}.')
+
+
+def conv_module(impl: str = 'xla') -> type:
+  """The convolution class for `impl`: 'xla' and 'auto' -> `nn.Conv`, 'im2col' -> `Conv`.
+
+  'auto' keeps `nn.Conv` on every platform: with jax/jaxlib 0.10.2 on a 2-core CPU, the im2col weight gradient
+  measured no faster than XLA's (0.94x to 1.1x on 3x3 layers of 32 to 256 channels, 0.45x for 64 -> 2; see
+  benchmarks/conv_bench.py), and on GPU cuDNN is the reference.
+  """
+  _check_impl(impl)
+  return Conv if impl == 'im2col' else nn.Conv
+
+
+def conv_transpose_module(impl: str = 'xla') -> type:
+  """The up-convolution class: 'xla' -> `nn.ConvTranspose`, 'im2col' -> `UpConv2x2`, 'auto' -> `UpConv2x2` on CPU.
+
+  `UpConv2x2` runs the U-Net's 2x2 stride-2 up-convolutions' forward+backward 4x to 9x faster than
+  `nn.ConvTranspose` on CPU (benchmarks/conv_bench.py); elsewhere 'auto' keeps Flax's layer. Call the result with
+  `strides` equal to `kernel_size` (what `UpConv2x2` supports).
+  """
+  _check_impl(impl)
+  if impl == 'auto':
+    return UpConv2x2 if jax.default_backend() == 'cpu' else nn.ConvTranspose
+  return UpConv2x2 if impl == 'im2col' else nn.ConvTranspose

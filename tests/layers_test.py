@@ -1,0 +1,219 @@
+"""Tests for models/layers.py: `conv2d`, `Conv` and `UpConv2x2` against the stock XLA / Flax layers."""
+
+import jax
+import jax.test_util
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+import flax.linen as nn
+from segrecon_jax.models import layers
+
+# (kernel_size, strides, padding, dilation, in_channels, out_channels)
+CONFIGS = [
+    ((3, 3), 1, 'SAME', 1, 3, 5),
+    ((1, 1), 1, 'SAME', 1, 4, 2),
+    ((7, 7), 1, 'SAME', 1, 2, 3),
+    ((3, 3), 1, 'SAME', 2, 6, 4),
+    ((3, 3), 1, ((1, 1), (1, 1)), 1, 1, 8),
+    ((3, 3), 2, 'SAME', 1, 4, 6),
+    ((7, 7), 2, ((3, 3), (3, 3)), 1, 2, 4),
+    ((2, 3), (2, 1), 'VALID', (1, 2), 3, 3),
+]
+
+
+def _stock(x, kernel, bias, kernel_size, strides, padding, dilation):
+  """The reference: `lax.conv_general_dilated` with its own autodiff."""
+  del kernel_size
+  strides, dilation = layers._pair(strides, 's'), layers._pair(dilation, 'd')  # pylint: disable=protected-access
+  if not isinstance(padding, str):
+    padding = tuple(tuple(p) for p in padding)
+  y = lax.conv_general_dilated(x, kernel, strides, padding, rhs_dilation=dilation,
+                               dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  return y + bias.astype(y.dtype)
+
+
+def _im2col(x, kernel, bias, kernel_size, strides, padding, dilation, chunk_rows=layers.DEFAULT_CHUNK_ROWS):
+  del kernel_size
+  return layers.conv2d(x, kernel, bias, strides=strides, padding=padding, dilation=dilation, chunk_rows=chunk_rows)
+
+
+def _inputs(config, dtype=jnp.float32, batch=2, size=(10, 9), seed=0):
+  kernel_size, _, _, _, in_channels, out_channels = config
+  rng = np.random.default_rng(seed)
+  x = rng.normal(size=(batch,) + size + (in_channels,))
+  kernel = rng.normal(size=tuple(kernel_size) + (in_channels, out_channels)) / np.sqrt(np.prod(kernel_size))
+  bias = rng.normal(size=(out_channels,))
+  return tuple(jnp.asarray(a, dtype) for a in (x, kernel, bias))
+
+
+def _value_and_grads(conv, config, x, kernel, bias):
+  """Output and the gradients wrt (x, kernel, bias) of `sum(y * w)` for a fixed random `w`."""
+  kernel_size, strides, padding, dilation = config[:4]
+  fn = lambda x, k, b: conv(x, k, b, kernel_size, strides, padding, dilation)
+  y = fn(x, kernel, bias)
+  weights = jnp.asarray(np.random.default_rng(1).normal(size=y.shape), y.dtype)
+  grads = jax.grad(lambda *a: jnp.sum(fn(*a).astype(jnp.float32) * weights.astype(jnp.float32)), argnums=(0, 1, 2))(
+      x, kernel, bias)
+  return (y,) + grads
+
+
+# 90 output positions per weight-gradient GEMM: a scan over batch chunks of one example.
+@pytest.mark.parametrize('config,chunk_rows', [(c, layers.DEFAULT_CHUNK_ROWS) for c in CONFIGS] +
+                         [(CONFIGS[i], 90) for i in (0, 3, 6)])
+def test_conv2d_equals_stock_float32(config, chunk_rows):
+  args = _inputs(config)
+  conv = lambda *a: _im2col(*a, chunk_rows=chunk_rows)
+  expected = _value_and_grads(_stock, config, *args)
+  actual = jax.jit(lambda *a: _value_and_grads(conv, config, *a))(*args)
+  for name, got, want in zip(('y', 'dx', 'dkernel', 'dbias'), actual, expected):
+    assert got.shape == want.shape and got.dtype == want.dtype, name
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4, err_msg=name)
+
+
+@pytest.mark.parametrize('config', [CONFIGS[0], CONFIGS[3]])
+def test_conv2d_equals_stock_bfloat16(config):
+  expected = _value_and_grads(_stock, config, *_inputs(config, jnp.float32))
+  actual = jax.jit(lambda *a: _value_and_grads(_im2col, config, *a))(*_inputs(config, jnp.bfloat16))
+  for name, got, want in zip(('y', 'dx', 'dkernel', 'dbias'), actual, expected):
+    assert got.dtype == jnp.bfloat16, name
+    scale = float(jnp.abs(want).max())
+    np.testing.assert_allclose(np.asarray(got, np.float32), want, rtol=0, atol=0.03 * scale, err_msg=name)
+
+
+def test_conv2d_weight_gradient_is_a_matmul():
+  """The custom VJP is in use: the kernel gradient's jaxpr holds a dot_general and no convolution."""
+  x, kernel, _ = _inputs(CONFIGS[0])
+  jaxpr = str(jax.make_jaxpr(jax.grad(lambda k: jnp.sum(layers.conv2d(x, k)**2)))(kernel))
+  assert 'dot_general' in jaxpr
+  stock = str(jax.make_jaxpr(jax.grad(lambda k: jnp.sum(_stock(x, k, jnp.zeros(()), None, 1, 'SAME', 1)**2)))(kernel))
+  assert 'dot_general' not in stock
+
+
+def test_conv2d_check_grads_float64():
+  with jax.enable_x64(True):
+    x, kernel, bias = _inputs(CONFIGS[3], jnp.float64, batch=1, size=(6, 5))
+    fn = lambda x, k, b: layers.conv2d(x, k, b, padding='SAME', dilation=2, chunk_rows=10)
+    assert fn(x, kernel, bias).dtype == jnp.float64
+    jax.test_util.check_grads(fn, (x, kernel, bias), order=1, modes=('rev',))
+
+
+def test_conv2d_vmap_and_pmap():
+  config = CONFIGS[0]
+  x, kernel, bias = _inputs(config, batch=4)
+  grad_fn = jax.jit(jax.grad(lambda x, k: jnp.sum(jnp.sin(layers.conv2d(x, k, bias))), argnums=(0, 1)))
+  per_example = [grad_fn(x[i:i + 1], kernel) for i in range(4)]
+  # vmap over a leading axis of examples (each call sees [1, H, W, C]).
+  dx, dk = jax.vmap(grad_fn, in_axes=(0, None))(x[:, None], kernel)
+  np.testing.assert_allclose(dx[:, 0], jnp.concatenate([g[0] for g in per_example]), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(dk, jnp.stack([g[1] for g in per_example]), rtol=1e-5, atol=1e-4)
+  # pmap over the 2 fake CPU devices (tests/conftest.py), 2 examples each; the kernel gradient is summed over
+  # the device axis 'devices', as a data-parallel train step does.
+  assert jax.local_device_count() == 2
+  def device_grads(x):
+    dx, dk = grad_fn(x, kernel)
+    return dx, lax.psum(dk, 'devices')
+
+  dx_p, dk_p = jax.pmap(device_grads, axis_name='devices')(x.reshape(2, 2, *x.shape[1:]))
+  dx_all, dk_all = grad_fn(x, kernel)
+  np.testing.assert_allclose(dx_p.reshape(x.shape), dx_all, rtol=1e-5, atol=1e-4)
+  np.testing.assert_allclose(dk_p[0], dk_all, rtol=1e-5, atol=1e-4)
+
+
+def test_conv_module_initializes_as_nn_conv():
+  """Same tree, shapes and initial values as nn.Conv: checkpoints and parameter counts carry over."""
+  x = jnp.zeros((1, 8, 8, 3))
+  variables = nn.Conv(5, (3, 3)).init(jax.random.key(0), x)
+  jax.tree.map(np.testing.assert_array_equal, layers.Conv(5, (3, 3)).init(jax.random.key(0), x), variables)
+
+
+@pytest.mark.parametrize('kwargs', [
+    dict(features=5, kernel_size=(3, 3)),
+    dict(features=3, kernel_size=(3, 3), padding=((1, 1), (1, 1)), kernel_dilation=2, use_bias=False),
+    dict(features=6, kernel_size=(7, 7), strides=2, padding=((3, 3), (3, 3))),
+    dict(features=2, kernel_size=(3, 3), padding='CIRCULAR'),
+])
+def test_conv_module_is_a_drop_in(kwargs):
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 12, 12, 3)), jnp.float32)
+  stock, ours = nn.Conv(**kwargs), layers.Conv(**kwargs)
+  shapes = jax.eval_shape(stock.init, jax.random.key(0), x)
+  assert jax.eval_shape(ours.init, jax.random.key(0), x) == shapes
+  rng = np.random.default_rng(1)
+  variables = jax.tree.map(lambda s: jnp.asarray(rng.normal(size=s.shape), s.dtype), shapes)
+
+  def value_and_grads(module):
+    return jax.jit(jax.value_and_grad(lambda v, x: jnp.sum(jnp.tanh(module.apply(v, x))), argnums=(0, 1)))(
+        variables, x)
+
+  got, want = value_and_grads(ours), value_and_grads(stock)
+  np.testing.assert_allclose(ours.apply(variables, x), stock.apply(variables, x), rtol=1e-5, atol=1e-5)
+  jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-4), got, want)
+
+
+def test_conv_module_bfloat16_and_extra_batch_axes():
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 2, 8, 8, 3)), jnp.float32)
+  stock = nn.Conv(4, (3, 3), dtype=jnp.bfloat16)
+  ours = layers.Conv(4, (3, 3), dtype=jnp.bfloat16)
+  variables = stock.init(jax.random.key(0), x)
+  y = ours.apply(variables, x)
+  assert y.shape == (2, 2, 8, 8, 4) and y.dtype == jnp.bfloat16
+  assert variables['params']['kernel'].dtype == jnp.float32
+  np.testing.assert_allclose(np.asarray(y, np.float32), np.asarray(stock.apply(variables, x), np.float32),
+                             atol=0.05)
+  grads = jax.grad(lambda v: jnp.sum(ours.apply(v, x).astype(jnp.float32)**2))(variables)
+  want = jax.grad(lambda v: jnp.sum(nn.Conv(4, (3, 3)).apply(v, x)**2))(variables)
+  assert grads['params']['kernel'].dtype == jnp.float32
+  jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=0, atol=0.03 * float(jnp.abs(w).max())), grads,
+               want)
+
+
+@pytest.mark.parametrize('kernel,padding', [(2, 'VALID'), (3, 'SAME')])
+def test_upconv_equals_conv_transpose(padding, kernel):
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 5, 4, 6)), jnp.float32)
+  kwargs = dict(features=3, kernel_size=(kernel, kernel), strides=(kernel, kernel), padding=padding)
+  stock, ours = nn.ConvTranspose(**kwargs), layers.UpConv2x2(**kwargs)
+  variables = stock.init(jax.random.key(0), x)
+  variables = jax.tree.map(lambda v: v + 0.1, variables)  # A non-zero bias.
+  ours_variables = ours.init(jax.random.key(0), x)
+  assert jax.tree.map(jnp.shape, ours_variables) == jax.tree.map(jnp.shape, stock.init(jax.random.key(0), x))
+  y = ours.apply(variables, x)
+  assert y.shape == (2, 5 * kernel, 4 * kernel, 3)
+  np.testing.assert_allclose(y, stock.apply(variables, x), rtol=1e-5, atol=1e-5)
+  loss = lambda module: lambda v, x: jnp.sum(jnp.tanh(module.apply(v, x)))
+  want = jax.grad(loss(stock), argnums=(0, 1))(variables, x)
+  got = jax.jit(jax.grad(loss(ours), argnums=(0, 1)))(variables, x)
+  jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5), got, want)
+
+
+def test_upconv_bfloat16_vmap_pmap():
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 4, 4, 8)), jnp.float32)
+  stock = nn.ConvTranspose(4, (2, 2), strides=(2, 2), padding='VALID')
+  variables = stock.init(jax.random.key(0), x)
+  ours = layers.UpConv2x2(4, dtype=jnp.bfloat16)
+  y = ours.apply(variables, x)
+  assert y.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(y, np.float32), stock.apply(variables, x), atol=0.05)
+  ours = layers.UpConv2x2(4)
+  want = stock.apply(variables, x)
+  np.testing.assert_allclose(jax.vmap(lambda x: ours.apply(variables, x))(x[:, None])[:, 0], want, atol=1e-5)
+  np.testing.assert_allclose(jax.pmap(lambda x: ours.apply(variables, x))(x[:, None])[:, 0], want, atol=1e-5)
+
+
+def test_upconv_rejects_overlapping_kernels():
+  with pytest.raises(ValueError, match='strides == kernel_size'):
+    layers.UpConv2x2(3, (3, 3), strides=(2, 2)).init(jax.random.key(0), jnp.zeros((1, 4, 4, 2)))
+
+
+def test_selectors():
+  assert layers.conv_module('xla') is nn.Conv
+  assert layers.conv_module('im2col') is layers.Conv
+  assert layers.conv_transpose_module('xla') is nn.ConvTranspose
+  assert layers.conv_transpose_module('im2col') is layers.UpConv2x2
+  assert jax.default_backend() == 'cpu'
+  assert layers.conv_module('auto') is nn.Conv
+  assert layers.conv_transpose_module('auto') is layers.UpConv2x2
+  with pytest.raises(ValueError, match='conv_impl'):
+    layers.conv_module('cudnn')
+  with pytest.raises(ValueError, match='conv_impl'):
+    layers.conv_transpose_module('Im2col')

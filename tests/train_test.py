@@ -1,0 +1,154 @@
+"""End-to-end tests of the training system on 2 fake CPU devices with a tiny phantom dataset."""
+
+import functools
+import importlib
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from segrecon_jax import input_pipeline
+from segrecon_jax import parallel
+from segrecon_jax import train
+
+EXPERIMENTS = ('unet', 'cascade', 'multidecoder_unet', 'unet_unet', 'cascade_manet')
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp('tfds'))
+
+
+def tiny_config(data_dir, experiment='unet_unet', preset='x4_stab', **overrides):
+  config = importlib.import_module(f'configs.{experiment}').get_config(f'{preset},runlocal')
+  config.dataset_config = 'phantom_tiny'
+  config.data_dir = data_dir
+  config.batch_size = 4
+  config.eval_batch_size = 4
+  config.num_epochs = 4
+  config.patience = 3
+  config.schedule_levels = 3
+  config.eval_every_epochs = 4
+  config.checkpoint_every_epochs = 2
+  config.log_every_steps = 1
+  config.compilation_cache_dir = ''
+  config.num_acs = 2  # 32x32 images: x8 keeps 4 lines.
+  config.progress_bar = False
+  if config.model.name in ('unet_unet',):
+    config.model.recon.features = (4, 8)
+    config.model.seg.features = (4, 8)
+  for key, value in overrides.items():
+    setattr(config, key, value)
+  return config
+
+
+def latest_params(workdir, config):
+  manager = train.checkpoint_manager(workdir, config)
+  source = input_pipeline.load_split(config, config.train_split)
+  model, tx = train.create_model(config), train.create_optimizer(config)
+  template = train.initial_state(config, model, tx, train.image_shape(source))
+  state, meta = train.restore_checkpoint(manager, template)
+  return state, meta
+
+
+def test_two_fake_devices():
+  assert jax.local_device_count() == 2
+
+
+def test_traces_once_per_distinct_fraction(data_dir, tmp_path):
+  config = tiny_config(data_dir)
+  fractions = {train.sampled_fraction_for_epoch(config, e) for e in range(1, config.num_epochs + 1)}
+  assert len(fractions) == 3  # the schedule's static fraction changes during the run
+  train.TRAIN_STEP_TRACES.clear()
+  results = train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert set(train.TRAIN_STEP_TRACES) == fractions
+  assert all(count == 1 for count in train.TRAIN_STEP_TRACES.values())
+  assert np.isfinite(results['psnr']) and np.isfinite(results['dice_mean'])
+  record = json.loads((tmp_path / 'run' / 'metrics.json').read_text())
+  assert record['train_compiles'] == len(fractions)
+  table = (tmp_path / 'run' / 'results.md').read_text()
+  for column in ('MSE (x10^3)', 'PSNR', 'SSIM', 'F-MSE (x10^3)', 'F-PSNR', 'F-SSIM', 'Dice'):
+    assert column in table
+  assert 'UNet -> UNet (S)' in table
+  assert any(name.startswith('events') for name in os.listdir(tmp_path / 'run' / 'tensorboard'))
+
+
+def test_resume_matches_straight_run(data_dir, tmp_path):
+  straight = tiny_config(data_dir, num_epochs=4)
+  train.train_and_evaluate(straight, str(tmp_path / 'straight'))
+  first_half = tiny_config(data_dir, num_epochs=2)
+  train.train_and_evaluate(first_half, str(tmp_path / 'resumed'))
+  _, meta = latest_params(str(tmp_path / 'resumed'), first_half)
+  assert meta['epoch'] == 2
+  train.train_and_evaluate(tiny_config(data_dir, num_epochs=4), str(tmp_path / 'resumed'))
+  a, meta_a = latest_params(str(tmp_path / 'straight'), straight)
+  b, meta_b = latest_params(str(tmp_path / 'resumed'), straight)
+  assert meta_a['epoch'] == meta_b['epoch'] == 4 and int(a.step) == int(b.step)
+  jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-6), a.params, b.params)
+  jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-6), a.opt_state, b.opt_state)
+
+
+def test_eval_and_predict_write_table_and_figure(data_dir, tmp_path):
+  config = tiny_config(data_dir, 'cascade', 'x8', num_epochs=1)
+  config.model.num_cascades = 2
+  config.model.features = 4
+  workdir = str(tmp_path / 'cascade')
+  train.train_and_evaluate(config, workdir)
+  os.remove(os.path.join(workdir, 'results.md'))
+  results = train.evaluate(config, workdir)
+  assert 'dice_mean' not in results and np.isfinite(results['f_psnr'])
+  assert '| CascadeNet |' in open(os.path.join(workdir, 'results.md')).read()
+  out_dir = train.predict(config, workdir)
+  assert os.path.exists(os.path.join(out_dir, 'figure_0.png'))
+  recon = np.load(os.path.join(out_dir, 'recon.npy'))
+  image = np.load(os.path.join(out_dir, 'image.npy'))
+  assert recon.shape == image.shape and np.iscomplexobj(recon)
+
+
+def test_joint_training_beats_untrained_dice(data_dir, tmp_path):
+  config = tiny_config(data_dir, 'unet_unet', 'x4', num_epochs=30, eval_every_epochs=30, checkpoint_every_epochs=30)
+  config.learning_rate, config.b1 = 3e-3, 0.9  # 150 steps of a tiny model: a faster optimizer than the paper's.
+  config.model.recon.features = config.model.seg.features = (8, 16)
+  eval_source = input_pipeline.load_split(config, config.eval_split)
+  model, tx = train.create_model(config), train.create_optimizer(config)
+  untrained = train.initial_state(config, model, tx, train.image_shape(eval_source))
+  p_eval_step = parallel.pmap(functools.partial(train.eval_step, model=model, config=config))
+  before, _ = train.evaluate_state(p_eval_step, parallel.replicate(untrained), eval_source, config)
+  after = train.train_and_evaluate(config, str(tmp_path / 'joint'))
+  assert after['dice_mean'] > before['dice_mean'] + 0.1
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(data_dir, tmp_path):
+  workdir = str(tmp_path / 'nan')
+  train.train_and_evaluate(tiny_config(data_dir, num_epochs=2), workdir)
+  manager = train.checkpoint_manager(workdir, tiny_config(data_dir))
+  good_step = manager.latest_step()
+  with pytest.raises(train.NonFiniteError, match='non-finite'):
+    train.train_and_evaluate(tiny_config(data_dir, num_epochs=4, recon_loss_weight=float('nan')), workdir)
+  assert train.checkpoint_manager(workdir, tiny_config(data_dir)).latest_step() == good_step
+
+
+def test_batch_size_must_divide_over_devices(data_dir, tmp_path):
+  with pytest.raises(parallel.BatchSizeError, match='batch_size=3'):
+    train.train_and_evaluate(tiny_config(data_dir, batch_size=3), str(tmp_path / 'bad'))
+
+
+@pytest.mark.parametrize('experiment', EXPERIMENTS)
+def test_every_config_and_preset_builds(experiment):
+  module = importlib.import_module(f'configs.{experiment}')
+  presets = ('x4', 'x8') if experiment in ('unet', 'cascade') else ('x4', 'x8', 'x4_stab', 'x8_stab')
+  for preset in presets:
+    for arg in (preset, f'{preset},runlocal'):
+      config = module.get_config(arg)
+      assert config.acceleration == int(preset[1])
+      assert config.stabilization == preset.endswith('_stab')
+      train.create_model(config)  # every model config is valid for get_model
+  with pytest.raises(ValueError, match='valid presets'):
+    module.get_config('x16')
+  with pytest.raises(ValueError, match='valid switches'):
+    module.get_config('x4,runlokal')
+  if experiment in ('unet', 'cascade'):
+    with pytest.raises(ValueError, match='valid presets'):
+      module.get_config('x4_stab')
