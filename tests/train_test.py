@@ -140,7 +140,7 @@ def test_every_config_and_preset_builds(experiment):
   module = importlib.import_module(f'configs.{experiment}')
   presets = ('x4', 'x8') if experiment in ('unet', 'cascade') else ('x4', 'x8', 'x4_stab', 'x8_stab')
   for preset in presets:
-    for arg in (preset, f'{preset},runlocal'):
+    for arg in (preset, f'{preset},runlocal', f'{preset},cpu_study'):
       config = module.get_config(arg)
       assert config.acceleration == int(preset[1])
       assert config.stabilization == preset.endswith('_stab')

@@ -1,0 +1,47 @@
+"""Tests of the reproduction-study report on synthetic run folders (no training)."""
+
+import json
+import os
+
+from segrecon_jax import study
+
+
+def write_run(root, experiment, acceleration, stabilized, seed, value):
+  """A run whose every metric is `value` (so 'better' is decided by the sign of each metric)."""
+  workdir = study.run_dir(root, experiment, acceleration, stabilized, seed)
+  os.makedirs(workdir)
+  metrics = {key: value for _, key, _ in study.METRICS}
+  metrics.update({f'zero_filled_{key}': 0.5 for _, key, _ in study.METRICS}, dice_mean=0.7)
+  with open(os.path.join(workdir, 'metrics.json'), 'w') as f:
+    json.dump({'metrics': metrics}, f)
+
+
+def test_report_tables_seeds_and_claims(tmp_path):
+  root = str(tmp_path / 'runs')
+  for seed, offset in ((0, 0.0), (1, 0.2)):
+    write_run(root, 'cascade', 4, False, seed, 1.0 + offset)
+    write_run(root, 'cascade_manet', 4, False, seed, 2.0 + offset)
+    write_run(root, 'cascade_manet', 4, True, seed, 3.0 + offset)
+  results = study.collect(root)
+  assert len(results[('CascadeNet -> MANet (S)', 4)]) == 2
+  mean, std, count = study.summarize(results[('CascadeNet', 4)], 'psnr')
+  assert count == 2 and abs(mean - 1.1) < 1e-9 and abs(std - 0.1414) < 1e-3
+  out = str(tmp_path / 'results.md')
+  study.report(root, out, 'cpu_study')
+  text = open(out).read()
+  assert '| CascadeNet | 2 | ' in text and '1.1000 ± 0.1414' in text
+  assert '*paper: CascadeNet -> MANet (S)*' in text and '*30.0000*' in text  # The paper's F-PSNR at x4.
+  assert '| Zero-filled input | 2 |' in text
+  # Higher is better for PSNR/SSIM but lower for MSE, so a run that is higher everywhere wins 2 of 3 metrics.
+  assert 'x4: Stabilization helps CascadeNet -> MANet on the F- metrics: **partly (2 of 3 metrics)**' in text
+  assert 'x8: Stabilization helps CascadeNet -> MANet on the F- metrics: **not run yet**' in text
+  assert 'reduced-scale study' in text and 'phantom_small' in text
+
+
+def test_run_skips_finished_runs(tmp_path, monkeypatch):
+  root = str(tmp_path / 'runs')
+  write_run(root, 'unet', 4, False, 0, 1.0)
+  calls = []
+  monkeypatch.setattr(study.subprocess, 'run', lambda command, **kwargs: calls.append(command))
+  study.run(root, 'cpu_study', seeds=[0], experiments=['unet'], accelerations=[4, 8])
+  assert len(calls) == 1 and '--config=configs/unet.py:x8,cpu_study' in calls[0]
