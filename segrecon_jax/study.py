@@ -188,6 +188,7 @@ def claims(results) -> str:
 def figures(root: str, out_dir: str, switch: str) -> List[str]:
   """Fig. 2-like figures: fully sampled, zero-filled and each row's reconstruction of one test slice, seed 0."""
   from segrecon_jax import reporting  # pylint: disable=g-import-not-at-top
+  os.makedirs(out_dir, exist_ok=True)
   paths = []
   for table_number in (1, 2):
     for acceleration in ACCELERATIONS:

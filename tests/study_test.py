@@ -3,6 +3,8 @@
 import json
 import os
 
+import numpy as np
+
 from segrecon_jax import study
 
 
@@ -22,6 +24,13 @@ def test_report_tables_seeds_and_claims(tmp_path):
     write_run(root, 'cascade', 4, False, seed, 1.0 + offset)
     write_run(root, 'cascade_manet', 4, False, seed, 2.0 + offset)
     write_run(root, 'cascade_manet', 4, True, seed, 3.0 + offset)
+  predictions = os.path.join(study.run_dir(root, 'cascade', 4, False, 0), 'predictions')
+  os.makedirs(predictions)
+  labels = np.zeros((2, 16, 16), np.uint8)
+  labels[1, 6:9, 6:10] = 2
+  for key, value in (('image', np.ones((2, 16, 16), np.complex64)), ('zero_filled', np.ones((2, 16, 16))),
+                     ('segmentation', labels), ('recon', np.ones((2, 16, 16), np.complex64))):
+    np.save(os.path.join(predictions, f'{key}.npy'), value)
   results = study.collect(root)
   assert len(results[('CascadeNet -> MANet (S)', 4)]) == 2
   mean, std, count = study.summarize(results[('CascadeNet', 4)], 'psnr')
@@ -36,6 +45,8 @@ def test_report_tables_seeds_and_claims(tmp_path):
   assert 'x4: Stabilization helps CascadeNet -> MANet on the F- metrics: **partly (2 of 3 metrics)**' in text
   assert 'x8: Stabilization helps CascadeNet -> MANet on the F- metrics: **not run yet**' in text
   assert 'reduced-scale study' in text and 'phantom_small' in text
+  assert '![fig2_table2_x4.png](figures/fig2_table2_x4.png)' in text
+  assert os.path.exists(tmp_path / 'figures' / 'fig2_table2_x4.png')
 
 
 def test_run_skips_finished_runs(tmp_path, monkeypatch):
