@@ -143,9 +143,9 @@ def comparison_figure(path: str, columns, segmentation: np.ndarray, margin: int,
   plt.close(fig)
 
 
-def write_predictions(workdir: str, config, arrays: Dict[str, np.ndarray]) -> str:
-  """Saves `.npy` arrays and a figure per example (the first few) under `workdir/predictions`."""
-  out_dir = os.path.join(workdir, 'predictions')
+def write_predictions(workdir: str, config, arrays: Dict[str, np.ndarray], name: str = '') -> str:
+  """Saves `.npy` arrays and a figure per example (the first few) under `workdir/predictions[/name]`."""
+  out_dir = os.path.join(workdir, 'predictions', name)
   os.makedirs(out_dir, exist_ok=True)
   for key, value in arrays.items():
     np.save(os.path.join(out_dir, f'{key}.npy'), value)

@@ -406,7 +406,9 @@ def evaluate(config, workdir: str) -> Dict[str, float]:
 def predict(config, workdir: str, input_path: str = '') -> str:
   """Reconstructs and segments the eval split (or one OCMR-format .h5 file) with the latest checkpoint.
 
-  Writes `predictions/*.npy` and a Fig. 2-like PNG to the workdir; returns the predictions folder.
+  Writes `.npy` arrays and Fig. 2-like PNGs to `workdir/predictions` (the eval split) or
+  `workdir/predictions/<file stem>` (a file; without its label file the segmentation maps are all background and
+  the figures have no focus box); returns that folder.
   """
   parallel.check_batch_size(config.eval_batch_size, 'eval_batch_size')
   model, state, eval_source, _ = restore_for_inference(config, workdir)
@@ -428,4 +430,5 @@ def predict(config, workdir: str, input_path: str = '') -> str:
     for key, value in outputs.items():
       collected[key].append(value[valid])
   arrays = {k: np.concatenate(v) for k, v in collected.items()}
-  return reporting.write_predictions(workdir, config, arrays)
+  name = os.path.splitext(os.path.basename(input_path))[0] if input_path else ''
+  return reporting.write_predictions(workdir, config, arrays, name)

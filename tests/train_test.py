@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from segrecon_jax import input_pipeline
+from segrecon_jax.data import phantom
 from segrecon_jax import parallel
 from segrecon_jax import train
 
@@ -105,6 +106,18 @@ def test_eval_and_predict_write_table_and_figure(data_dir, tmp_path):
   recon = np.load(os.path.join(out_dir, 'recon.npy'))
   image = np.load(os.path.join(out_dir, 'image.npy'))
   assert recon.shape == image.shape and np.iscomplexobj(recon)
+  # An OCMR-format file, as a user would pass with --input, with and then without its label file.
+  kspace_path, label_path = phantom.write_subject(str(tmp_path / 'ocmr'), 1, seed=5, recon_size=(40, 28),
+                                                  num_coils=4, num_slices=1, num_frames=2)
+  for labelled in (True, False):
+    if not labelled:
+      os.remove(label_path)
+    file_dir = train.predict(config, workdir, kspace_path)
+    assert file_dir.endswith('fs_0001_phantom') and os.path.exists(os.path.join(file_dir, 'figure_0.png'))
+    recon = np.load(os.path.join(file_dir, 'recon.npy'))
+    labels = np.load(os.path.join(file_dir, 'segmentation.npy'))
+    assert recon.shape == (2, 32, 32) and np.all(np.isfinite(recon))
+    assert (labels.max() > 0) == labelled
 
 
 def test_joint_training_beats_untrained_dice(data_dir, tmp_path):
