@@ -127,6 +127,7 @@ def _peak_memory_bytes(devices, compiled) -> Dict[str, Optional[float]]:
 def time_train_step(config, image_size: int, num_devices: int, steps: int) -> Dict[str, Any]:
   """Compile and steady-state times of the real train step on the first `num_devices` local devices."""
   devices = jax.local_devices()[:num_devices]
+  train.check_masks_fit(config, image_size, f'--image_size={image_size}')
   if config.batch_size % num_devices:
     raise ValueError(f'--batch={config.batch_size} does not split over {num_devices} devices')
   model, tx = train.create_model(config), train.create_optimizer(config)

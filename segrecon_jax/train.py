@@ -71,12 +71,17 @@ def image_shape(source, config=None) -> Tuple[int, int]:
   """`(H, W)` of the split's images; with `config`, also checks that its masks fit the width."""
   shape = tuple(input_pipeline.decode(source[0], 0)['image'].shape)
   if config is not None:
-    lines = mri.num_sampled_lines(shape[-1], 1.0 / config.acceleration)
-    if lines < config.num_acs:
-      raise ValueError(f'config.acceleration={config.acceleration} keeps {lines} of the {shape[-1]} phase-encode '
-                       f'lines of {config.dataset}/{config.dataset_config}, fewer than config.num_acs='
-                       f'{config.num_acs} autocalibration lines: lower num_acs or use larger images')
+    check_masks_fit(config, shape[-1], f'{config.dataset}/{config.dataset_config}')
   return shape
+
+
+def check_masks_fit(config, width: int, what: str) -> None:
+  """A clear config error, before any tracing, when the target masks would keep fewer lines than the ACS block."""
+  lines = mri.num_sampled_lines(width, 1.0 / config.acceleration)
+  if lines < config.num_acs:
+    raise ValueError(f'config.acceleration={config.acceleration} keeps {lines} of the {width} phase-encode lines '
+                     f'of {what}, fewer than config.num_acs={config.num_acs} autocalibration lines: lower num_acs '
+                     'or use larger images')
 
 
 def initial_state(config, model, tx, shape: Tuple[int, int]) -> TrainState:
