@@ -77,8 +77,12 @@ def train_batches(source, config, epoch: int) -> Iterator[Dict[str, np.ndarray]]
   if num_examples < config.batch_size:
     raise ValueError(f'the {config.train_split!r} split has {num_examples} examples, fewer than '
                      f'config.batch_size={config.batch_size}')
+  # Trim to whole global batches before striding, so every host runs the same number of steps (a host with one
+  # more step would wait forever in the gradient pmean).
+  used = num_train_steps_per_epoch(source, config) * per_host * jax.process_count()
   dataset = (grain.MapDataset.range(num_examples)
              .shuffle(seed=epoch_seed(config.seed, epoch))
+             [:used]
              [jax.process_index()::jax.process_count()]
              .map(lambda i: decode(source[int(i)], int(i)))
              .batch(per_host, drop_remainder=True))
@@ -90,13 +94,16 @@ def num_train_steps_per_epoch(source, config) -> int:
 
 
 def eval_batches(source, config) -> Iterator[Dict[str, np.ndarray]]:
-  """This host's share of the split in order, in batches of `per_host_batch_size(config.eval_batch_size)`;
-  the last batch is padded with copies of its last example marked `valid = 0`."""
+  """This host's share of the split in order, in batches of `per_host_batch_size(config.eval_batch_size)`.
+
+  Every host yields the same number of batches (multi-host evaluation stays in step); batches are filled up with
+  copies of an example marked `valid = 0`.
+  """
   per_host = parallel.per_host_batch_size(config.eval_batch_size)
   indices = np.arange(len(source))[jax.process_index()::jax.process_count()]
-  for start in range(0, len(indices), per_host):
-    chunk = list(indices[start:start + per_host])
-    examples = [decode(source[int(i)], int(i)) for i in chunk]
-    while len(examples) < per_host:
-      examples.append(dict(examples[-1], valid=np.float32(0.0)))
+  num_batches = -(-len(source) // (per_host * jax.process_count()))
+  for start in range(0, num_batches * per_host, per_host):
+    examples = [decode(source[int(i)], int(i)) for i in indices[start:start + per_host]]
+    filler = examples[-1] if examples else decode(source[0], 0)
+    examples += [dict(filler, valid=np.float32(0.0))] * (per_host - len(examples))
     yield {key: np.stack([e[key] for e in examples]) for key in examples[0]}

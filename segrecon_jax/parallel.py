@@ -86,6 +86,8 @@ def device_index() -> jax.Array:
 
 
 def all_finite(tree: Any) -> jax.Array:
-  """True when every element of every leaf is finite."""
+  """True when every element of every leaf is finite on every device (call inside a pmapped function), so all
+  replicas take the same decision and stay identical."""
   leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
-  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+  finite = jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+  return jax.lax.pmin(finite.astype(jnp.int32), AXIS_NAME) > 0

@@ -89,7 +89,8 @@ def initial_state(config, model, tx, shape: Tuple[int, int]) -> TrainState:
 
   The init key is an 'rbg' key: XLA compiles threefry's bit generation for every parameter shape, which made
   `init` take longer to compile than the train step on CPU (5.5 s against 4.3 s for a small UNet -> UNet); 'rbg'
-  compiles about 3x faster. Masks and data order keep the default threefry keys.
+  compiles about 3x faster. Masks and data order keep the default threefry keys. JAX does not promise the same
+  'rbg' stream on every backend, so one seed may give other initial weights on CPU and GPU.
   """
   height, width = shape
   image = jnp.zeros((1, height, width, 2), jnp.float32)
@@ -236,10 +237,18 @@ def _jsonable(tree):
 # Loops.
 
 
+_DISTRIBUTED = {'initialized': False}  # jax.distributed.initialize() runs once per process.
+
+
 def setup_runtime(config) -> None:
-  """Multi-host initialization and the persistent compilation cache (before any computation)."""
-  if config.distributed and jax.process_count() == 1:
+  """Multi-host initialization and the persistent compilation cache (before any computation).
+
+  `jax.distributed.initialize()` must come before anything starts the XLA backend (even `jax.process_count()`), so
+  whether it ran is kept here rather than asked of JAX.
+  """
+  if config.distributed and not _DISTRIBUTED['initialized']:
     jax.distributed.initialize()
+    _DISTRIBUTED['initialized'] = True
   if config.compilation_cache_dir:
     cache_dir = os.path.expanduser(config.compilation_cache_dir)
     os.makedirs(cache_dir, exist_ok=True)
@@ -276,6 +285,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   restored, meta = restore_checkpoint(manager, state)
   start_epoch = 1
   if restored is not None:
+    _check_same_data(meta, data_info, manager)
     state, start_epoch = restored, meta['epoch'] + 1
     logging.info('Resumed from %s at step %d (epoch %d done).', manager.directory, int(state.step), meta['epoch'])
   writer = reporting.SummaryWriter(workdir)
@@ -293,12 +303,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
                                     initial=(start_epoch - 1) * steps_per_epoch)
   for epoch in range(start_epoch, config.num_epochs + 1):
     fraction = sampled_fraction_for_epoch(config, epoch)
-    epoch_start, examples = time.time(), 0
+    epoch_start, examples, finite_flags = time.time(), 0, []
     for batch in input_pipeline.train_batches(train_source, config, epoch):
       first_of_fraction = fraction not in compile_seconds
       step_start = time.time()
       state, terms = p_train_step(state, parallel.shard(batch), rng, fraction)
       examples += config.batch_size
+      finite_flags.append(terms['finite'])  # Read at the next log step: no host sync per step.
       if first_of_fraction:
         jax.block_until_ready(terms)
         compile_seconds[fraction] = time.time() - step_start
@@ -307,13 +318,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       progress.update(1)
       if progress.n % config.log_every_steps == 0:
         scalars = _host_scalars(terms)
-        _check_finite(scalars, progress.n, epoch, manager)
+        _check_finite(finite_flags, progress.n, epoch, manager)
         scalars['slices_per_second'] = examples / max(time.time() - epoch_start, 1e-9)
         progress.set_postfix(loss=f"{scalars['loss']:.4f}", frac=f'{fraction:.3f}',
                              slices_s=f"{scalars['slices_per_second']:.1f}")
         writer.write_scalars(progress.n, {f'train_{k}': v for k, v in scalars.items()})
-    scalars = _host_scalars(terms)
-    _check_finite(scalars, progress.n, epoch, manager)
+    _check_finite(finite_flags, progress.n, epoch, manager)  # Before this epoch's checkpoint can be written.
     writer.write_scalars(progress.n, {'train_epoch': epoch, 'train_compiles': len(compile_seconds),
                                       'train_compile_seconds': sum(compile_seconds.values()),
                                       'train_epoch_slices_per_second': examples / (time.time() - epoch_start)})
@@ -340,8 +350,11 @@ def _host_scalars(terms) -> Dict[str, float]:
   return {k: float(v) for k, v in parallel.unreplicate(terms).items()}
 
 
-def _check_finite(scalars, step, epoch, manager) -> None:
-  if scalars['finite'] < 1.0:
+def _check_finite(finite_flags, step, epoch, manager) -> None:
+  """Raises NonFiniteError if any step since the last check was skipped as non-finite; empties `finite_flags`."""
+  flags = [np.asarray(f) for f in finite_flags]
+  finite_flags.clear()
+  if flags and np.min(flags) < 1.0:
     manager.wait_until_finished()
     raise NonFiniteError(f'non-finite loss or gradient at step {step} (epoch {epoch}); the update was skipped and '
                          f'training stopped. The last good checkpoint is step {manager.latest_step()} in '
@@ -390,12 +403,15 @@ def restore_for_inference(config, workdir: str):
   model, tx = create_model(config), create_optimizer(config)
   template = initial_state(config, model, tx, image_shape(eval_source, config))
   state, meta = restore_checkpoint(manager, template)
-  stored = meta['data']
-  current = input_pipeline.data_info(config)
-  if stored != current:
-    raise ValueError(f'the checkpoint in {manager.directory} was trained on data {stored}, but config asks for '
-                     f'{current}; evaluate with the training configuration')
+  _check_same_data(meta, input_pipeline.data_info(config), manager)
   return model, parallel.replicate(state), eval_source, meta
+
+
+def _check_same_data(meta, current, manager) -> None:
+  """A checkpoint is resumed or used only with the data and preprocessing it was trained on."""
+  if meta['data'] != current:
+    raise ValueError(f'the checkpoint in {manager.directory} was trained on data {meta["data"]}, but the config asks '
+                     f'for {current}; use the training configuration (or a new workdir)')
 
 
 def evaluate(config, workdir: str) -> Dict[str, float]:
@@ -416,6 +432,8 @@ def predict(config, workdir: str, input_path: str = '') -> str:
   the figures have no focus box); returns that folder.
   """
   parallel.check_batch_size(config.eval_batch_size, 'eval_batch_size')
+  if jax.process_count() > 1:
+    raise ValueError('predict writes every example from one process: run it on a single host')
   model, state, eval_source, _ = restore_for_inference(config, workdir)
   if input_path:
     from segrecon_jax.data import ocmr  # pylint: disable=g-import-not-at-top

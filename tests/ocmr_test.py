@@ -121,8 +121,8 @@ def test_read_ocmr_layout(tmp_path, kx_prezp, pilot_tone):
   kdata, info = ocmr.read_ocmr(path)
   expected = _ocmr_layout(kspace).copy()
   expected[:kx_prezp] = 0  # asymmetric echo: zeros before the stored samples
-  if pilot_tone:
-    expected[[0, 1, 2, -1]] = 0
+  if pilot_tone:  # OCMR zeroes the first three acquired samples and the last, after the asymmetric-echo offset.
+    expected[[kx_prezp, kx_prezp + 1, kx_prezp + 2, -1]] = 0
   assert kdata.dtype == np.complex64
   assert kdata.shape == (32, 12, 1, 4, 3, 1, 2, 1, 2)
   np.testing.assert_array_equal(kdata, expected)

@@ -40,8 +40,8 @@ from segrecon_jax import mri
 KSPACE_AXES = ('kx', 'ky', 'kz', 'coil', 'phase', 'set', 'slice', 'rep', 'avg')
 CLASSES = ('background', 'lv_blood_pool', 'lv_myocardium', 'rv_blood_pool')
 NUM_CLASSES = len(CLASSES)
-# OCMR's reader zeroes these readout samples of every line when the PilotTone user parameter is 1 (the pilot-tone
-# signal sits at the edges of the readout).
+# OCMR's reader zeroes these samples of every ACQUIRED line (`acq.data[:, [0, 1, 2, last]]`) when the PilotTone user
+# parameter is 1 (the pilot-tone signal sits at the edges of the readout), before placing the line at `kx_prezp`.
 _PILOT_TONE_SAMPLES = (0, 1, 2, -1)
 _NOISE_FLAG_BIT = np.uint64(1 << (ismrmrd.ACQ_IS_NOISE_MEASUREMENT - 1))
 
@@ -189,7 +189,8 @@ def read_ocmr(path: str, require_fully_sampled: bool = True) -> Tuple[np.ndarray
 
   Noise scans (`ACQ_IS_NOISE_MEASUREMENT`) are skipped. With an asymmetric echo (`center_sample * 2 < kx` for the
   first imaging line) the lines are right-aligned: `kx_prezp = kx - number_of_samples` zeros at the start. With the
-  PilotTone user parameter set, readout samples 0, 1, 2 and the last are zeroed. Lines below the header's
+  PilotTone user parameter set, the first three acquired samples of each line (`kx_prezp` to `kx_prezp + 2`) and
+  the last are zeroed. Lines below the header's
   `kspace_encoding_step_1.minimum` (partial Fourier) stay zero, as in OCMR's reader.
 
   Args:
@@ -252,8 +253,8 @@ def read_ocmr(path: str, require_fully_sampled: bool = True) -> Tuple[np.ndarray
   kdata_lines = np.moveaxis(kdata[kx_prezp:], 0, -1)  # [ky, kz, coil, phase, set, slice, rep, avg, kx] view
   kdata_lines = np.moveaxis(kdata_lines, 2, -2)  # [ky, kz, phase, set, slice, rep, avg, coil, kx] view
   kdata_lines[ky, kz, phase, set_, slc, rep, avg] = lines
-  if info['pilot_tone'] == 1:
-    kdata[list(_PILOT_TONE_SAMPLES)] = 0
+  if info['pilot_tone'] == 1:  # Offsets into the acquired samples, which start at kx_prezp.
+    kdata[[kx_prezp + i if i >= 0 else i for i in _PILOT_TONE_SAMPLES]] = 0
   if require_fully_sampled:
     acquired = np.zeros(sizes, bool)
     acquired[ky, kz, phase, set_, slc, rep, avg] = True
