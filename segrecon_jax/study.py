@@ -230,6 +230,11 @@ def scale_description(switch: str) -> str:
   return head + '\n' + '\n'.join(lines) + '\n'
 
 
+def _test_size(results) -> str:
+  sizes = sorted({int(r['num_examples']) for runs in results.values() for r in runs if 'num_examples' in r})
+  return f'Test split: {", ".join(map(str, sizes))} slices. ' if sizes else ''
+
+
 def report(root: str, out: str, switch: str) -> str:
   results = collect(root)
   out_dir = os.path.dirname(os.path.abspath(out))
@@ -244,10 +249,13 @@ def report(root: str, out: str, switch: str) -> str:
       'orderings, not values.\n',
       '## Scale\n',
       ('This is a reduced-scale study on the CPU of the development machines, not the paper\'s scale. ' if switch
-       else 'Paper scale. ') + scale_description(switch),
+       else 'Paper scale. ') + _test_size(results) + scale_description(switch),
       '## Table 1 (U-Net family)\n', table(results, 1),
       '## Table 2 (CascadeNet and MANet)\n', table(results, 2),
-      '## Do the paper\'s claims hold here?\n', claims(results),
+      '## Do the paper\'s claims hold here?\n',
+      'Each verdict compares the means over seeds, metric by metric (a lower MSE counts as better); a difference '
+      'smaller than the spread in the tables above is not evidence either way.\n',
+      claims(results),
   ]
   if fig_paths:
     text.append('## Figures\n')
