@@ -94,10 +94,16 @@ def synthetic_batch(batch: int, size: int, seed: int = 0) -> Dict[str, np.ndarra
           'valid': np.ones((batch,), np.float32)}
 
 
-def experiment_config(experiment: str, preset: str, args: argparse.Namespace):
-  module = importlib.import_module(f'configs.{experiment}')
-  solo = experiment in ('unet', 'cascade')
-  config = module.get_config(preset.replace('_stab', '') if solo else preset)
+def experiment_config(experiment: str, preset: str, args: argparse.Namespace, stabilized: Optional[bool] = None):
+  """`configs/<experiment>.py` at `preset` (e.g. 'x8_stab'; solo models drop '_stab'), with the benchmark's batch.
+
+  `stabilized` overrides the preset's stabilization (joint models only).
+  """
+  acceleration, _, suffix = preset.partition('_')
+  stabilized = suffix == 'stab' if stabilized is None else stabilized
+  solo = experiment in train.RECON_ONLY_MODELS
+  config = importlib.import_module(f'configs.{experiment}').get_config(
+      acceleration + ('_stab' if stabilized and not solo else ''))
   config.batch_size = args.batch
   config.half_precision = args.half_precision
   return config
@@ -221,6 +227,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
   rows = []
   for experiment in experiments:
     config = experiment_config(experiment, args.preset, args)
+    schedule_config = experiment_config(experiment, args.preset, args, stabilized=True)  # A full schedule's cost.
     pipeline = {}
     if args.pipeline_config:
       pipeline = time_input_pipeline(config, args.pipeline_config, args.data_dir)
@@ -229,9 +236,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         continue
       row = {'experiment': experiment, **time_train_step(config, args.image_size, num_devices, args.steps),
              **pipeline}
-      row.update(schedule_cost(experiment_config(experiment, args.preset.split('_')[0] + '_stab', args)
-                               if experiment not in ('unet', 'cascade') else config,
-                               row['compile_s'], row['step_median_s']))
+      row.update(schedule_cost(schedule_config, row['compile_s'], row['step_median_s']))
       if num_devices > 1:
         single = next(r for r in rows if r['experiment'] == experiment and r['devices'] == 1)
         row['scaling_efficiency'] = single['step_median_s'] / (num_devices * row['step_median_s'])

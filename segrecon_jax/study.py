@@ -21,6 +21,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from segrecon_jax import reporting
+from segrecon_jax import train
+
 # (table, method as the paper names it, experiment config, stabilization)
 ROWS = (
     (1, 'UNet', 'unet', False),
@@ -187,7 +190,6 @@ def claims(results) -> str:
 
 def figures(root: str, out_dir: str, switch: str) -> List[str]:
   """Fig. 2-like figures: fully sampled, zero-filled and each row's reconstruction of one test slice, seed 0."""
-  from segrecon_jax import reporting  # pylint: disable=g-import-not-at-top
   os.makedirs(out_dir, exist_ok=True)
   paths = []
   for table_number in (1, 2):
@@ -205,9 +207,9 @@ def figures(root: str, out_dir: str, switch: str) -> List[str]:
         columns.append((method, np.load(os.path.join(pred, 'recon.npy'))[index], None))
       if reference is None:
         continue
-      config = importlib.import_module('configs.unet').get_config(f'x{acceleration}' + (f',{switch}' if switch else ''))
+      margin = importlib.import_module('configs.default').get_config().focus_margin  # The F- box of the tables.
       path = os.path.join(out_dir, f'fig2_table{table_number}_x{acceleration}.png')
-      reporting.comparison_figure(path, columns, reference['segmentation'][index], config.focus_margin,
+      reporting.comparison_figure(path, columns, reference['segmentation'][index], margin,
                                   title=f'Table {table_number} models, x{acceleration} (seed 0, phantom test slice)')
       paths.append(path)
   return paths
@@ -219,7 +221,7 @@ def scale_description(switch: str) -> str:
   lines = []
   for _, method, experiment, stabilized in ROWS:
     if not stabilized:
-      preset = 'x8' if experiment in ('unet', 'cascade') else 'x8_stab'
+      preset = 'x8' if experiment in train.RECON_ONLY_MODELS else 'x8_stab'
       config = importlib.import_module(f'configs.{experiment}').get_config(preset + suffix)
       lines.append(f'- {method}: model `{json.dumps(config.model.to_dict())}`')
   config = importlib.import_module('configs.unet_unet').get_config('x8_stab' + suffix)
