@@ -44,7 +44,7 @@ def test_report_tables_seeds_and_claims(tmp_path):
   # Higher is better for PSNR/SSIM but lower for MSE, so a run that is higher everywhere wins 2 of 3 metrics.
   assert 'x4: Stabilization helps CascadeNet -> MANet on the F- metrics: **partly (2 of 3 metrics)**' in text
   assert 'x8: Stabilization helps CascadeNet -> MANet on the F- metrics: **not run yet**' in text
-  assert 'reduced-scale study' in text and 'phantom_small' in text
+  assert 'reduced-scale study' in text and 'phantom_medium' in text
   assert '![fig2_table2_x4.png](figures/fig2_table2_x4.png)' in text
   assert os.path.exists(tmp_path / 'figures' / 'fig2_table2_x4.png')
 

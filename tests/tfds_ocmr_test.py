@@ -121,7 +121,7 @@ def test_split_rule():
 
 
 @pytest.mark.parametrize('name,expected', [('phantom', (155, 28)), ('phantom_small', (51, 9)),
-                                           ('phantom_tiny', (20, 4))])
+                                           ('phantom_medium', (204, 36)), ('phantom_tiny', (20, 4))])
 def test_phantom_config_split_sizes(name, expected):
   config = next(c for c in tfds_ocmr.Ocmr.BUILDER_CONFIGS if c.name == name)
   counts = {f'fs_{s:04d}_phantom': tfds_ocmr.ocmr.phantom_subject_examples(config, s)

@@ -1,4 +1,4 @@
-"""TFDS dataset `ocmr`: `import tfds_ocmr` registers the builder (phantom, phantom_small, phantom_tiny, real)."""
+"""TFDS dataset `ocmr`: `import tfds_ocmr` registers the builder (phantom, phantom_small, phantom_medium, phantom_tiny, real)."""
 
 from tfds_ocmr.ocmr import Ocmr, OcmrConfig, OCMRManualDirError, split_subjects
 

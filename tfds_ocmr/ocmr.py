@@ -150,7 +150,7 @@ class Ocmr(tfds.core.GeneratorBasedBuilder):
   """Coil-combined OCMR cine slices (complex, as float32 real/imag channels) with LV/RV segmentation maps."""
 
   VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Initial release: phantom, phantom_small, phantom_tiny and real configs.'}
+  RELEASE_NOTES = {'1.0.0': 'Initial release: phantom, phantom_small, phantom_medium, phantom_tiny and real configs.'}
   MANUAL_DOWNLOAD_INSTRUCTIONS = _MANUAL_INSTRUCTIONS
   BUILDER_CONFIGS = [
       # 183 labelled slices (155 train / 28 test) as in the paper. Readouts of 136..160 are cropped to 128 and
@@ -161,6 +161,12 @@ class Ocmr(tfds.core.GeneratorBasedBuilder):
                  phantom_num_slices=(2, 2, 3, 2), phantom_num_frames=(4, 2, 3), phantom_num_coils=(4, 6)),
       OcmrConfig(name='phantom_small', description='Small phantom for a CPU smoke run: 60 slices, 64x64.',
                  image_size=(64, 64), num_phantom_subjects=12, phantom_seed=1,
+                 phantom_recon_sizes=((72, 56), (80, 48), (68, 60)),
+                 phantom_num_slices=(2, 1, 2), phantom_num_frames=(3,), phantom_num_coils=(4,)),
+      # The CPU reproduction study (configs/default.py `cpu_study`): phantom_small's sizes with 4x the subjects, so
+      # the networks see enough anatomy not to memorise it and the test split holds ~40 slices.
+      OcmrConfig(name='phantom_medium', description='Phantom for the CPU study: ~240 slices, 64x64.',
+                 image_size=(64, 64), num_phantom_subjects=48, phantom_seed=3,
                  phantom_recon_sizes=((72, 56), (80, 48), (68, 60)),
                  phantom_num_slices=(2, 1, 2), phantom_num_frames=(3,), phantom_num_coils=(4,)),
       OcmrConfig(name='phantom_tiny', description='Tiny phantom for tests: 24 slices, 32x32.',
