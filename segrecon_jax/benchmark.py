@@ -3,6 +3,7 @@
   python -m segrecon_jax.benchmark                                   # every experiment, paper widths, 128x128, batch 16
   python -m segrecon_jax.benchmark --experiments=cascade --image_size=128 --batch=16 --steps=5 --json=bench.json
   python -m segrecon_jax.benchmark --experiments=unet --devices=2      # 1..2 devices, same global batch
+  python -m segrecon_jax.benchmark --experiments=unet,cascade --conv_impl=xla,auto,im2col   # layer choices
 
 For each experiment (the model of `configs/<experiment>.py` at its paper settings, no `runlocal`) it measures the
 train step exactly as training runs it (`train.train_step` under `parallel.pmap`, masks sampled on the device):
@@ -12,7 +13,10 @@ in the same run, peak memory, the input pipeline's examples/s against the rate t
 number of compiles of a full stabilization schedule with their share of the wall time at paper scale. Synthetic
 phantom-like batches feed the step; the input pipeline is timed on its own over the TFDS `ocmr` data source.
 On CPU, `--devices N` fakes N host devices (correctness of the layout, not speed); on a multi-GPU host it prints
-the scaling efficiency of the same global batch over 1..N devices.
+the scaling efficiency of the same global batch over 1..N devices. `--conv_impl` times the step with each layer
+choice of `models/layers.py` in the same run ('xla': Flax's stock nn.Conv / nn.ConvTranspose; 'im2col': our
+`layers.Conv` and `layers.UpConv2x2`; 'auto': the models' default), where the models take one: the U-Nets'
+up-convolutions and CascadeNet's convolutions (MANet and the U-Nets' 3x3 convolutions are always nn.Conv).
 """
 
 import argparse
@@ -23,6 +27,15 @@ import time
 from typing import Any, Dict, List, Optional
 
 EXPERIMENTS = ('unet', 'multidecoder_unet', 'unet_unet', 'cascade', 'cascade_manet')
+CONV_IMPLS = ('auto', 'xla', 'im2col')  # models/layers.py's choices.
+# Where each experiment's model dict takes the layer choice: (sub-network or None, field).
+_CONV_IMPL_FIELDS = {
+    'unet': ((None, 'upconv_impl'),),
+    'multidecoder_unet': ((None, 'upconv_impl'),),
+    'unet_unet': (('recon', 'upconv_impl'), ('seg', 'upconv_impl')),
+    'cascade': ((None, 'conv_impl'),),
+    'cascade_manet': (('recon', 'conv_impl'),),
+}
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -35,6 +48,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
   parser.add_argument('--steps', type=int, default=5, help='timed steps after one warm-up step')
   parser.add_argument('--devices', type=int, default=1, help='run the same global batch over 1..N local devices')
   parser.add_argument('--half_precision', action='store_true', help='bfloat16 compute')
+  parser.add_argument('--conv_impl', default='auto',
+                      help=f'comma-separated layer choices timed in the same run, of {CONV_IMPLS}')
   parser.add_argument('--pipeline_config', default='phantom',
                       help="TFDS ocmr config whose input pipeline is timed ('' skips it)")
   parser.add_argument('--data_dir', default='', help='TFDS data_dir for the input-pipeline timing')
@@ -94,10 +109,11 @@ def synthetic_batch(batch: int, size: int, seed: int = 0) -> Dict[str, np.ndarra
           'valid': np.ones((batch,), np.float32)}
 
 
-def experiment_config(experiment: str, preset: str, args: argparse.Namespace, stabilized: Optional[bool] = None):
+def experiment_config(experiment: str, preset: str, args: argparse.Namespace, stabilized: Optional[bool] = None,
+                      conv_impl: str = 'auto'):
   """`configs/<experiment>.py` at `preset` (e.g. 'x8_stab'; solo models drop '_stab'), with the benchmark's batch.
 
-  `stabilized` overrides the preset's stabilization (joint models only).
+  `stabilized` overrides the preset's stabilization (joint models only); `conv_impl` sets the model's layer choice.
   """
   acceleration, _, suffix = preset.partition('_')
   stabilized = suffix == 'stab' if stabilized is None else stabilized
@@ -106,6 +122,8 @@ def experiment_config(experiment: str, preset: str, args: argparse.Namespace, st
       acceleration + ('_stab' if stabilized and not solo else ''))
   config.batch_size = args.batch
   config.half_precision = args.half_precision
+  for sub, field in _CONV_IMPL_FIELDS[experiment]:
+    (config.model[sub] if sub else config.model)[field] = conv_impl
   return config
 
 
@@ -195,7 +213,7 @@ def schedule_cost(config, compile_s: float, step_s: float, train_examples: int =
 
 
 def format_table(rows: List[Dict[str, Any]], ceiling: float) -> str:
-  columns = (('experiment', '{}'), ('dev', '{}'), ('compile s', '{:.1f}'), ('step s (med)', '{:.3f}'),
+  columns = (('experiment', '{}'), ('layers', '{}'), ('dev', '{}'), ('compile s', '{:.1f}'), ('step s (med)', '{:.3f}'),
              ('min', '{:.3f}'), ('max', '{:.3f}'), ('slices/s', '{:.1f}'), ('GFLOP/step', '{:.1f}'),
              ('GFLOP/s', '{:.1f}'), ('% ceiling', '{:.0f}'), ('peak MiB', '{}'), ('pipeline ex/s', '{}'),
              ('sched compiles', '{}'), ('compile share', '{:.1%}'))
@@ -203,7 +221,7 @@ def format_table(rows: List[Dict[str, Any]], ceiling: float) -> str:
   for row in rows:
     peak = row.get('device_peak_bytes') or row.get('xla_planned_bytes')
     pipeline = row.get('pipeline_examples_per_s')
-    values = (row['experiment'], row['devices'], row['compile_s'], row['step_median_s'], row['step_min_s'],
+    values = (row['experiment'], row.get('conv_impl', 'auto'), row['devices'], row['compile_s'], row['step_median_s'], row['step_min_s'],
               row['step_max_s'], row['slices_per_s'], row['flops_per_step'] / 1e9, row['flops_per_s'] / 1e9,
               100 * row['flops_per_s'] / (ceiling * row['devices']), '-' if peak is None else f'{peak / 2**20:.0f}',
               '-' if pipeline is None else f'{pipeline:.0f}', row['schedule_compiles'],
@@ -217,6 +235,10 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
   unknown = sorted(set(experiments) - set(EXPERIMENTS))
   if unknown:
     raise ValueError(f'--experiments: unknown {unknown}; valid are {list(EXPERIMENTS)}')
+  impls = [i.strip() for i in args.conv_impl.split(',') if i.strip()]
+  unknown = sorted(set(impls) - set(CONV_IMPLS))
+  if unknown or not impls:
+    raise ValueError(f'--conv_impl={args.conv_impl!r}: unknown {unknown}; valid are {list(CONV_IMPLS)}')
   if args.devices > jax.local_device_count():
     raise ValueError(f'--devices={args.devices} but this host has {jax.local_device_count()} local devices')
   device = jax.local_devices()[0]
@@ -226,23 +248,25 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         f'{args.batch}, {"bfloat16" if args.half_precision else "float32"}.', flush=True)
   rows = []
   for experiment in experiments:
-    config = experiment_config(experiment, args.preset, args)
     schedule_config = experiment_config(experiment, args.preset, args, stabilized=True)  # A full schedule's cost.
     pipeline = {}
     if args.pipeline_config:
-      pipeline = time_input_pipeline(config, args.pipeline_config, args.data_dir)
-    for num_devices in range(1, args.devices + 1):
-      if args.batch % num_devices:
-        continue
-      row = {'experiment': experiment, **time_train_step(config, args.image_size, num_devices, args.steps),
-             **pipeline}
-      row.update(schedule_cost(schedule_config, row['compile_s'], row['step_median_s']))
-      if num_devices > 1:
-        single = next(r for r in rows if r['experiment'] == experiment and r['devices'] == 1)
-        row['scaling_efficiency'] = single['step_median_s'] / (num_devices * row['step_median_s'])
-      rows.append(row)
-      print(f'{experiment} on {num_devices} device(s): step {row["step_median_s"]:.3f} s, '
-            f'{row["slices_per_s"]:.1f} slices/s, compile {row["compile_s"]:.1f} s', flush=True)
+      pipeline = time_input_pipeline(schedule_config, args.pipeline_config, args.data_dir)
+    for impl in impls:
+      config = experiment_config(experiment, args.preset, args, conv_impl=impl)
+      for num_devices in range(1, args.devices + 1):
+        if args.batch % num_devices:
+          continue
+        row = {'experiment': experiment, 'conv_impl': impl,
+               **time_train_step(config, args.image_size, num_devices, args.steps), **pipeline}
+        row.update(schedule_cost(schedule_config, row['compile_s'], row['step_median_s']))
+        if num_devices > 1:
+          single = next(r for r in rows
+                        if r['experiment'] == experiment and r['conv_impl'] == impl and r['devices'] == 1)
+          row['scaling_efficiency'] = single['step_median_s'] / (num_devices * row['step_median_s'])
+        rows.append(row)
+        print(f'{experiment} ({impl} layers) on {num_devices} device(s): step {row["step_median_s"]:.3f} s, '
+              f'{row["slices_per_s"]:.1f} slices/s, compile {row["compile_s"]:.1f} s', flush=True)
   print()
   print(format_table(rows, ceiling))
   scaling = [r for r in rows if 'scaling_efficiency' in r]
@@ -251,7 +275,16 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     print('\nScaling efficiency (same global batch)' + (' -- fake CPU devices share the same cores: layout check, '
                                                          'not a speed figure' if fake else '') + ':')
     for row in scaling:
-      print(f'  {row["experiment"]}: {row["devices"]} devices {row["scaling_efficiency"]:.0%}')
+      print(f'  {row["experiment"]} ({row["conv_impl"]} layers): {row["devices"]} devices '
+            f'{row["scaling_efficiency"]:.0%}')
+  if len(impls) > 1 and 'xla' in impls:
+    print('\nLayer choices against Flax\'s stock layers (xla), step times of this run:')
+    for row in rows:
+      base = next((r for r in rows if r['experiment'] == row['experiment'] and r['devices'] == row['devices']
+                   and r['conv_impl'] == 'xla'), None)
+      if base is not None and row is not base:
+        print(f'  {row["experiment"]} on {row["devices"]} device(s), {row["conv_impl"]}: '
+              f'{base["step_median_s"] / row["step_median_s"]:.2f}x the speed of xla')
   for row in rows:
     if row.get('pipeline_examples_per_s') and row['pipeline_examples_per_s'] < row['slices_per_s']:
       print(f'WARNING: the input pipeline ({row["pipeline_examples_per_s"]:.0f} ex/s) is slower than the '

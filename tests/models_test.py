@@ -338,3 +338,36 @@ def test_get_model_accepts_config_dicts_and_mappings():
 def test_get_model_rejects_unknown_names_and_fields(config, match):
   with pytest.raises(ValueError, match=match):
     models.get_model(config)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Layer choices (models/layers.py): the same function and parameters whichever implementation a model picks.
+
+
+def _with(config, sub, field, value):
+  config = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items()}
+  (config[sub] if sub else config)[field] = value
+  return config
+
+
+@pytest.mark.parametrize('name,sub,field', [('unet', None, 'upconv_impl'), ('multidecoder_unet', None, 'upconv_impl'),
+                                            ('unet_unet', 'recon', 'upconv_impl'), ('cascade', None, 'conv_impl'),
+                                            ('cascade_manet', 'recon', 'conv_impl')])
+def test_layer_choices_give_the_same_model(name, sub, field):
+  inputs = make_inputs()
+  variables = tiny_variables(name)
+
+  def loss(params, impl):
+    model = models.get_model(_with(TINY_CONFIGS[name], sub, field, impl))
+    out = model.apply({**variables, 'params': params}, *inputs, train=False)
+    return sum(jnp.sum(jnp.sin(o)) for o in jax.tree.leaves(out))
+
+  stock_params = param_shapes(models.get_model(_with(TINY_CONFIGS[name], sub, field, 'xla')), inputs)
+  assert jax.tree.map(lambda a: a.shape, stock_params) == jax.tree.map(lambda a: a.shape, variables['params'])
+  stock_value, stock_grads = jax.value_and_grad(loss)(variables['params'], 'xla')
+  ours_value, ours_grads = jax.value_and_grad(loss)(variables['params'], 'im2col')
+  np.testing.assert_allclose(ours_value, stock_value, rtol=1e-4)
+  for ours, stock in zip(jax.tree.leaves(ours_grads), jax.tree.leaves(stock_grads)):
+    np.testing.assert_allclose(ours, stock, rtol=1e-3, atol=1e-4 * float(jnp.max(jnp.abs(stock))) + 1e-6)
+  with pytest.raises(ValueError, match='conv_impl must be one of'):
+    models.get_model(_with(TINY_CONFIGS[name], sub, field, 'cudnn')).apply(variables, *inputs, train=False)

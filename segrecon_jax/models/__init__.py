@@ -6,16 +6,17 @@ mask) and `mask` bool `[B, 1, W]`. Solo reconstruction models ('unet', 'cascade'
 `[B, H, W, 2]`; joint models return `(recon, seg_logits float32 [B, H, W, num_classes])`.
 
 Model dicts (`config.model`), by name; every field but 'name' is optional and defaults to the module's:
-  unet               features, norm, residual                                   -> UNet (out_channels=2)
-  cascade            num_cascades, num_layers, features, activation, dc_noise_level, learnable_noise_level
-                                                                                -> CascadeNet
-  multidecoder_unet  features, num_classes, norm                                -> MultiDecoderUNet
-  unet_unet          recon: {features, norm, residual}, seg: {features, out_channels, norm}, stop_gradient
+  unet               features, norm, residual, upconv_impl                      -> UNet (out_channels=2)
+  cascade            num_cascades, num_layers, features, activation, dc_noise_level, learnable_noise_level,
+                     conv_impl                                                  -> CascadeNet
+  multidecoder_unet  features, num_classes, norm, upconv_impl                   -> MultiDecoderUNet
+  unet_unet          recon: {UNet fields}, seg: {UNet fields but residual}, stop_gradient
                                                                                 -> SegRecon(UNet, UNet)
   cascade_manet      recon: {CascadeNet fields}, seg: {preset, MANet fields}, stop_gradient
                                                                                 -> SegRecon(CascadeNet, MANet)
 `seg.preset` of 'cascade_manet' names a `manet.MANET_PRESETS` entry ('paper', 'smp_default', 'tiny'); fields given
-next to it override the preset's.
+next to it override the preset's. `upconv_impl` / `conv_impl` ('auto', 'xla', 'im2col') pick the layer
+implementation of models/layers.py; every choice computes the same function with the same parameters.
 """
 
 import dataclasses

@@ -11,9 +11,11 @@ elements and keeps each GEMM in cache-friendly sizes.
 up-convolution) by a dense layer and a depth-to-space; with the same `kernel [2, 2, Cin, Cout]` it is numerically
 the same function as `nn.ConvTranspose`.
 
-Model files pick the implementation with a field `conv_impl: str = 'xla'` and `conv_module(conv_impl)` /
-`conv_transpose_module(conv_impl)`; 'auto' picks what measured fastest: `nn.Conv` everywhere (the im2col weight
-gradient did not beat XLA's with jaxlib 0.10.2 on CPU), `UpConv2x2` on CPU and `nn.ConvTranspose` elsewhere.
+Models pick the implementation with a field (`CascadeNet.conv_impl`; `UNet.upconv_impl`,
+`MultiDecoderUNet.upconv_impl`) resolved by `conv_module` / `conv_transpose_module`; 'auto' (the default) picks
+what measured fastest: `nn.Conv` everywhere (the im2col weight gradient did not beat XLA's with jaxlib 0.10.2 on
+CPU), `UpConv2x2` on CPU and `nn.ConvTranspose` elsewhere. `python -m segrecon_jax.benchmark --conv_impl=...`
+times the whole train step with each choice.
 Parameter names, shapes and initializers are those of Flax's layers, so checkpoints are interchangeable.
 Arrays are NHWC, kernels HWIO.
 """

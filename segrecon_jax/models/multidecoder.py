@@ -31,6 +31,7 @@ class MultiDecoderUNet(nn.Module):
   norm: str = 'batch'
   dtype: Dtype = jnp.float32
   bn_axis_name: Optional[str] = None  # Set to the pmap axis ('batch') to average batch statistics across devices.
+  upconv_impl: str = 'auto'  # Both decoders' up-convolutions: 'auto', 'xla' (nn.ConvTranspose), 'im2col' (UpConv2x2).
 
   @nn.compact
   def __call__(self, x: Array, kspace: Optional[Array] = None, mask: Optional[Array] = None, *,
@@ -41,9 +42,9 @@ class MultiDecoderUNet(nn.Module):
     features = tuple(self.features)
     bottleneck, skips = unet.UNetEncoder(features, self.norm, self.dtype, self.bn_axis_name, name='encoder')(
         x, train=train)
-    correction = unet.UNetDecoder(features, 2, self.norm, self.dtype, self.bn_axis_name, name='recon_decoder')(
-        bottleneck, skips, train=train)
+    correction = unet.UNetDecoder(features, 2, self.norm, self.dtype, self.bn_axis_name, self.upconv_impl,
+                                  name='recon_decoder')(bottleneck, skips, train=train)
     seg_logits = unet.UNetDecoder(features, self.num_classes, self.norm, self.dtype, self.bn_axis_name,
-                                  name='seg_decoder')(bottleneck, skips, train=train)
+                                  self.upconv_impl, name='seg_decoder')(bottleneck, skips, train=train)
     recon = x.astype(jnp.float32) + correction.astype(jnp.float32)
     return recon, seg_logits.astype(jnp.float32)

@@ -145,6 +145,7 @@ class UNet(nn.Module):
   residual: bool = False
   dtype: Dtype = jnp.float32
   bn_axis_name: Optional[str] = None  # Set to the pmap axis ('batch') to average batch statistics across devices.
+  upconv_impl: str = 'auto'  # The decoder's up-convolution: 'auto', 'xla' (nn.ConvTranspose), 'im2col' (UpConv2x2).
 
   @nn.compact
   def __call__(self, x: Array, kspace: Optional[Array] = None, mask: Optional[Array] = None, *,
@@ -156,7 +157,8 @@ class UNet(nn.Module):
     features = tuple(self.features)
     bottleneck, skips = UNetEncoder(features, self.norm, self.dtype, self.bn_axis_name, name='encoder')(
         x, train=train)
-    y = UNetDecoder(features, self.out_channels, self.norm, self.dtype, self.bn_axis_name, name='decoder')(
+    y = UNetDecoder(features, self.out_channels, self.norm, self.dtype, self.bn_axis_name, self.upconv_impl,
+                    name='decoder')(
         bottleneck, skips, train=train)
     y = y.astype(jnp.float32)
     if self.residual:
