@@ -27,7 +27,6 @@ import time
 from typing import Any, Dict, List, Optional
 
 EXPERIMENTS = ('unet', 'multidecoder_unet', 'unet_unet', 'cascade', 'cascade_manet')
-CONV_IMPLS = ('auto', 'xla', 'im2col')  # models/layers.py's choices.
 # Where each experiment's model dict takes the layer choice: (sub-network or None, field).
 _CONV_IMPL_FIELDS = {
     'unet': ((None, 'upconv_impl'),),
@@ -49,7 +48,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
   parser.add_argument('--devices', type=int, default=1, help='run the same global batch over 1..N local devices')
   parser.add_argument('--half_precision', action='store_true', help='bfloat16 compute')
   parser.add_argument('--conv_impl', default='auto',
-                      help=f'comma-separated layer choices timed in the same run, of {CONV_IMPLS}')
+                      help="comma-separated layer choices timed in the same run, of 'auto', 'xla', 'im2col'")
   parser.add_argument('--pipeline_config', default='phantom',
                       help="TFDS ocmr config whose input pipeline is timed ('' skips it)")
   parser.add_argument('--data_dir', default='', help='TFDS data_dir for the input-pipeline timing')
@@ -79,6 +78,7 @@ import numpy as np
 from segrecon_jax import input_pipeline
 from segrecon_jax import parallel
 from segrecon_jax import train
+from segrecon_jax.models import layers
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 
@@ -221,8 +221,8 @@ def format_table(rows: List[Dict[str, Any]], ceiling: float) -> str:
   for row in rows:
     peak = row.get('device_peak_bytes') or row.get('xla_planned_bytes')
     pipeline = row.get('pipeline_examples_per_s')
-    values = (row['experiment'], row.get('conv_impl', 'auto'), row['devices'], row['compile_s'], row['step_median_s'], row['step_min_s'],
-              row['step_max_s'], row['slices_per_s'], row['flops_per_step'] / 1e9, row['flops_per_s'] / 1e9,
+    values = (row['experiment'], row['conv_impl'], row['devices'], row['compile_s'], row['step_median_s'],
+              row['step_min_s'], row['step_max_s'], row['slices_per_s'], row['flops_per_step'] / 1e9, row['flops_per_s'] / 1e9,
               100 * row['flops_per_s'] / (ceiling * row['devices']), '-' if peak is None else f'{peak / 2**20:.0f}',
               '-' if pipeline is None else f'{pipeline:.0f}', row['schedule_compiles'],
               row['schedule_compile_share'])
@@ -235,10 +235,10 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
   unknown = sorted(set(experiments) - set(EXPERIMENTS))
   if unknown:
     raise ValueError(f'--experiments: unknown {unknown}; valid are {list(EXPERIMENTS)}')
-  impls = [i.strip() for i in args.conv_impl.split(',') if i.strip()]
-  unknown = sorted(set(impls) - set(CONV_IMPLS))
+  impls = list(dict.fromkeys(i.strip() for i in args.conv_impl.split(',') if i.strip()))
+  unknown = sorted(set(impls) - set(layers.IMPLS))
   if unknown or not impls:
-    raise ValueError(f'--conv_impl={args.conv_impl!r}: unknown {unknown}; valid are {list(CONV_IMPLS)}')
+    raise ValueError(f'--conv_impl={args.conv_impl!r}: unknown {unknown}; valid are {list(layers.IMPLS)}')
   if args.devices > jax.local_device_count():
     raise ValueError(f'--devices={args.devices} but this host has {jax.local_device_count()} local devices')
   device = jax.local_devices()[0]
@@ -250,7 +250,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
   for experiment in experiments:
     schedule_config = experiment_config(experiment, args.preset, args, stabilized=True)  # A full schedule's cost.
     pipeline = {}
-    if args.pipeline_config:
+    if args.pipeline_config:  # The pipeline reads only the batch and data fields, the same in every variant.
       pipeline = time_input_pipeline(schedule_config, args.pipeline_config, args.data_dir)
     for impl in impls:
       config = experiment_config(experiment, args.preset, args, conv_impl=impl)

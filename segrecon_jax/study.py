@@ -136,18 +136,20 @@ def table(results, table_number: int) -> str:
         continue
       runs = results.get((method, acceleration), [])
       cells = [_cell(*summarize(runs, key)[:2]) for _, key, _ in METRICS]
-      lines.append(f'| {method} | {len(runs)} | ' + ' | '.join(cells) + f' | {_cell(*summarize(runs, "dice_mean")[:2])} |')
+      dice = _cell(*summarize(runs, 'dice_mean')[:2])
+      lines.append(f'| {method} | {len(runs)} | ' + ' | '.join(cells) + f' | {dice} |')
       paper = PAPER[(method, acceleration)]
       lines.append(f'| *paper: {method}* | | ' + ' | '.join(f'*{v:.4f}*' for v in paper) + ' | |')
   return '\n'.join(lines) + '\n'
 
 
 def _compare(results, better: str, worse: str, acceleration: int,
-             keys: Sequence[str]) -> Tuple[int, int, int, int, str]:
+             keys: Sequence[str]) -> Tuple[int, Optional[int], Optional[int], int, str]:
   """Of `keys`: how many have `better` ahead of `worse` (a lower MSE counts as ahead), how many of those by more
   than the larger of the two standard deviations over seeds ("beyond the spread"), how many have `worse` ahead
-  beyond the spread, how many were compared, and the numbers."""
+  beyond the spread (None for both without a spread: one seed), how many were compared, and the numbers."""
   wins, clear, against, total, parts = 0, 0, 0, 0, []
+  spread_known = True
   for _, key, sign in METRICS:
     if key not in keys:
       continue
@@ -162,7 +164,11 @@ def _compare(results, better: str, worse: str, acceleration: int,
     if spreads:
       clear += int(margin > max(spreads))
       against += int(-margin > max(spreads))
+    else:
+      spread_known = False
     parts.append(f'{key} {a:.4f} vs {b:.4f}')
+  if not spread_known:  # One seed: no spread to compare with.
+    clear = against = None
   return wins, clear, against, total, '; '.join(parts)
 
 
@@ -190,10 +196,13 @@ def claims(results) -> str:
         verdict = 'does not hold'
       else:
         verdict = f'partly ({wins} of {total} metrics)'
-      if wins:
-        verdict += f'; {clear} of {total} beyond the spread'
-      if wins < total:
-        verdict += f'; {against} of {total} against it beyond the spread'
+      if total and clear is None:
+        verdict += '; one seed, no spread'
+      else:
+        if wins:
+          verdict += f'; {clear} of {total} beyond the spread'
+        if wins < total:
+          verdict += f'; {against} of {total} against it beyond the spread'
       lines.append(f'- x{acceleration}: {text}: **{verdict}**' + (f' ({numbers}).' if numbers else '.'))
   return '\n'.join(lines) + '\n'
 

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from segrecon_jax import benchmark
+from segrecon_jax import train
 
 
 def test_benchmark_runs_over_one_and_two_devices_and_writes_json(tmp_path):
@@ -21,10 +22,12 @@ def test_benchmark_runs_over_one_and_two_devices_and_writes_json(tmp_path):
 
 def test_benchmark_times_each_layer_choice_of_each_model(monkeypatch):
   defaults = benchmark.parse_args([])
-  for experiment, paths in benchmark._CONV_IMPL_FIELDS.items():  # pylint: disable=protected-access
-    model = benchmark.experiment_config(experiment, 'x8_stab', defaults, conv_impl='im2col').model
-    for sub, field in paths:
-      assert (model[sub] if sub else model)[field] == 'im2col'
+  # The built model (not the config) carries the choice, in every sub-network that has one.
+  built = {name: train.create_model(benchmark.experiment_config(name, 'x8_stab', defaults, conv_impl='im2col'))
+           for name in benchmark.EXPERIMENTS}
+  assert built['unet'].upconv_impl == built['multidecoder_unet'].upconv_impl == 'im2col'
+  assert built['unet_unet'].recon_net.upconv_impl == built['unet_unet'].seg_net.upconv_impl == 'im2col'
+  assert built['cascade'].conv_impl == built['cascade_manet'].recon_net.conv_impl == 'im2col'
 
   paper_config = benchmark.experiment_config
 
@@ -41,3 +44,11 @@ def test_benchmark_times_each_layer_choice_of_each_model(monkeypatch):
   assert all(r['step_median_s'] > 0 and r['flops_per_step'] > 0 for r in result['rows'])
   with pytest.raises(ValueError, match='--conv_impl'):
     benchmark.run(benchmark.parse_args(['--experiments=unet', '--conv_impl=cudnn']))
+
+
+def test_benchmark_rejects_unknown_experiments_and_too_narrow_images():
+  with pytest.raises(ValueError, match='valid are'):
+    benchmark.run(benchmark.parse_args(['--experiments=unett']))
+  with pytest.raises(ValueError, match='num_acs'):
+    benchmark.run(benchmark.parse_args(['--experiments=unet', '--image_size=32', '--batch=2', '--steps=1',
+                                        '--pipeline_config=']))

@@ -369,5 +369,5 @@ def test_layer_choices_give_the_same_model(name, sub, field):
   np.testing.assert_allclose(ours_value, stock_value, rtol=1e-4)
   for ours, stock in zip(jax.tree.leaves(ours_grads), jax.tree.leaves(stock_grads)):
     np.testing.assert_allclose(ours, stock, rtol=1e-3, atol=1e-4 * float(jnp.max(jnp.abs(stock))) + 1e-6)
-  with pytest.raises(ValueError, match='conv_impl must be one of'):
+  with pytest.raises(ValueError, match='layer implementation'):
     models.get_model(_with(TINY_CONFIGS[name], sub, field, 'cudnn')).apply(variables, *inputs, train=False)

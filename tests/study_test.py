@@ -24,6 +24,11 @@ def test_report_tables_seeds_and_claims(tmp_path):
     write_run(root, 'cascade', 4, False, seed, 1.0 + offset)
     write_run(root, 'cascade_manet', 4, False, seed, 2.0 + offset)
     write_run(root, 'cascade_manet', 4, True, seed, 3.0 + offset)
+  for seed, offset in ((0, 0.0), (1, 0.4)):  # x8: (S) ahead by 0.1, within the seed spread of 0.28.
+    write_run(root, 'cascade', 8, False, seed, 1.0 + offset)
+    write_run(root, 'cascade_manet', 8, True, seed, 1.1 + offset)
+  write_run(root, 'unet', 4, False, 0, 2.0)  # One seed each: no spread.
+  write_run(root, 'multidecoder_unet', 4, False, 0, 1.0)
   predictions = os.path.join(study.run_dir(root, 'cascade', 4, False, 0), 'predictions')
   os.makedirs(predictions)
   labels = np.zeros((2, 16, 16), np.uint8)
@@ -45,7 +50,12 @@ def test_report_tables_seeds_and_claims(tmp_path):
   # The (S) runs are ahead by 1.0 against spreads of 0.14: beyond the spread on both metrics it wins.
   assert ('x4: Stabilization helps CascadeNet -> MANet on the F- metrics: **partly (2 of 3 metrics); 2 of 3 beyond '
           'the spread; 1 of 3 against it beyond the spread**') in text
-  assert 'x4: Solo CascadeNet beats CascadeNet -> MANet on the global metrics: **partly (1 of 3 metrics); 1 of 3 beyond the spread; 2 of 3 against it' in text
+  assert ('x4: Solo CascadeNet beats CascadeNet -> MANet on the global metrics: **partly (1 of 3 metrics); 1 of 3 '
+          'beyond the spread; 2 of 3 against it beyond the spread**') in text
+  assert ('x8: Segmentation-aware CascadeNet -> MANet (S) beats solo CascadeNet on the F- metrics: **partly (2 of 3 '
+          'metrics); 0 of 3 beyond the spread; 0 of 3 against it beyond the spread**') in text
+  assert ('x4: Solo UNet beats Multi-Decoder UNet on the global metrics: **partly (2 of 3 metrics); one seed, no '
+          'spread**') in text
   assert 'x8: Stabilization helps CascadeNet -> MANet on the F- metrics: **not run yet**' in text
   assert 'reduced-scale study' in text and 'phantom_medium' in text
   assert '![fig2_table2_x4.png](figures/fig2_table2_x4.png)' in text

@@ -134,8 +134,8 @@ class CascadeNet(nn.Module):
       raise ValueError(f'CascadeNet: kspace shape {kspace.shape} does not match the image {x.shape[:-1]}.')
     x = x.astype(jnp.float32)
     for cascade in range(self.num_cascades):
-      residual = CascadeCNN(self.num_layers, self.features, 2, self.activation, self.dtype, self.conv_impl,
-                            name=f'cnn{cascade}')(x)
+      residual = CascadeCNN(self.num_layers, self.features, 2, self.activation, self.dtype,
+                            conv_impl=self.conv_impl, name=f'cnn{cascade}')(x)
       x = x + residual.astype(jnp.float32)
       x = DataConsistency(self.dc_noise_level, self.learnable_noise_level, name=f'dc{cascade}')(x, kspace, mask)
     return x

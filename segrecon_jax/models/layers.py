@@ -12,7 +12,7 @@ up-convolution) by a dense layer and a depth-to-space; with the same `kernel [2,
 the same function as `nn.ConvTranspose`.
 
 Models pick the implementation with a field (`CascadeNet.conv_impl`; `UNet.upconv_impl`,
-`MultiDecoderUNet.upconv_impl`) resolved by `conv_module` / `conv_transpose_module`; 'auto' (the default) picks
+`MultiDecoderUNet.upconv_impl`) resolved by `conv_module` / `conv_transpose_module`; 'auto' (the models' default) picks
 what measured fastest: `nn.Conv` everywhere (the im2col weight gradient did not beat XLA's with jaxlib 0.10.2 on
 CPU), `UpConv2x2` on CPU and `nn.ConvTranspose` elsewhere. `python -m segrecon_jax.benchmark --conv_impl=...`
 times the whole train step with each choice.
@@ -298,7 +298,8 @@ class UpConv2x2(nn.Module):
 
 def _check_impl(impl: str) -> None:
   if impl not in IMPLS:
-    raise ValueError(f'conv_impl must be one of {IMPLS}, got {impl!r}.')
+    raise ValueError(f'the layer implementation (a model\'s conv_impl / upconv_impl) must be one of {IMPLS}, '
+                     f'got {impl!r}.')
 
 
 def conv_module(impl: str = 'xla') -> type:

@@ -42,9 +42,9 @@ class MultiDecoderUNet(nn.Module):
     features = tuple(self.features)
     bottleneck, skips = unet.UNetEncoder(features, self.norm, self.dtype, self.bn_axis_name, name='encoder')(
         x, train=train)
-    correction = unet.UNetDecoder(features, 2, self.norm, self.dtype, self.bn_axis_name, self.upconv_impl,
-                                  name='recon_decoder')(bottleneck, skips, train=train)
+    correction = unet.UNetDecoder(features, 2, self.norm, self.dtype, self.bn_axis_name,
+                                  upconv_impl=self.upconv_impl, name='recon_decoder')(bottleneck, skips, train=train)
     seg_logits = unet.UNetDecoder(features, self.num_classes, self.norm, self.dtype, self.bn_axis_name,
-                                  self.upconv_impl, name='seg_decoder')(bottleneck, skips, train=train)
+                                  upconv_impl=self.upconv_impl, name='seg_decoder')(bottleneck, skips, train=train)
     recon = x.astype(jnp.float32) + correction.astype(jnp.float32)
     return recon, seg_logits.astype(jnp.float32)

@@ -157,9 +157,9 @@ class UNet(nn.Module):
     features = tuple(self.features)
     bottleneck, skips = UNetEncoder(features, self.norm, self.dtype, self.bn_axis_name, name='encoder')(
         x, train=train)
-    y = UNetDecoder(features, self.out_channels, self.norm, self.dtype, self.bn_axis_name, self.upconv_impl,
-                    name='decoder')(
-        bottleneck, skips, train=train)
+    decoder = UNetDecoder(features, self.out_channels, self.norm, self.dtype, self.bn_axis_name,
+                          upconv_impl=self.upconv_impl, name='decoder')
+    y = decoder(bottleneck, skips, train=train)
     y = y.astype(jnp.float32)
     if self.residual:
       y = x.astype(jnp.float32) + y
