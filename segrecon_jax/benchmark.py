@@ -222,7 +222,8 @@ def format_table(rows: List[Dict[str, Any]], ceiling: float) -> str:
     peak = row.get('device_peak_bytes') or row.get('xla_planned_bytes')
     pipeline = row.get('pipeline_examples_per_s')
     values = (row['experiment'], row['conv_impl'], row['devices'], row['compile_s'], row['step_median_s'],
-              row['step_min_s'], row['step_max_s'], row['slices_per_s'], row['flops_per_step'] / 1e9, row['flops_per_s'] / 1e9,
+              row['step_min_s'], row['step_max_s'], row['slices_per_s'], row['flops_per_step'] / 1e9,
+              row['flops_per_s'] / 1e9,
               100 * row['flops_per_s'] / (ceiling * row['devices']), '-' if peak is None else f'{peak / 2**20:.0f}',
               '-' if pipeline is None else f'{pipeline:.0f}', row['schedule_compiles'],
               row['schedule_compile_share'])
