@@ -4,7 +4,7 @@
   python main.py --config=configs/cascade_manet.py:x8_stab --workdir=... --mode=eval
   python main.py --config=configs/cascade_manet.py:x8_stab --workdir=... --mode=predict [--input=fs_0001_1_5T.h5]
 
-Intentionally kept short: everything happens in segrecon_jax.train.
+Intentionally kept short: everything happens in segrecon_jax.train (training) and segrecon_jax.inference.
 """
 
 import logging
@@ -13,6 +13,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from segrecon_jax import inference
 from segrecon_jax import train
 
 FLAGS = flags.FLAGS
@@ -30,14 +31,14 @@ def main(argv):
   logging.getLogger('absl').setLevel(logging.WARNING)  # Orbax and TFDS log every save and shard at INFO.
   if FLAGS.mode == 'train':
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    out_dir = train.predict(FLAGS.config, FLAGS.workdir)
+    out_dir = inference.predict(FLAGS.config, FLAGS.workdir)
     print(f'Done: table in {FLAGS.workdir}/results.md (all metrics in metrics.json), figures in {out_dir}, '
           f'TensorBoard in {FLAGS.workdir}/tensorboard')
   elif FLAGS.mode == 'eval':
-    train.evaluate(FLAGS.config, FLAGS.workdir)
+    inference.evaluate(FLAGS.config, FLAGS.workdir)
     print(f'Wrote {FLAGS.workdir}/results.md and {FLAGS.workdir}/metrics.json')
   else:
-    out_dir = train.predict(FLAGS.config, FLAGS.workdir, FLAGS.input)
+    out_dir = inference.predict(FLAGS.config, FLAGS.workdir, FLAGS.input)
     print(f'Wrote predictions (.npy) and figures (.png) to {out_dir}')
 
 

@@ -6,7 +6,7 @@
   python -m segrecon_jax.benchmark --experiments=unet,cascade --conv_impl=xla,auto,im2col   # layer choices
 
 For each experiment (the model of `configs/<experiment>.py` at its paper settings, no `runlocal`) it measures the
-train step exactly as training runs it (`train.train_step` under `parallel.pmap`, masks sampled on the device):
+train step exactly as training runs it (`steps.train_step` under `parallel.pmap`, masks sampled on the device):
 compile time, steady-state step time (median of `--steps` timed steps after warm-up, with min and max), slices/s,
 FLOPs per step from XLA's cost analysis and the achieved FLOP/s as a fraction of the float32 matmul ceiling measured
 in the same run, peak memory, the input pipeline's examples/s against the rate the step consumes them, and the
@@ -27,14 +27,7 @@ import time
 from typing import Any, Dict, List, Optional
 
 EXPERIMENTS = ('unet', 'multidecoder_unet', 'unet_unet', 'cascade', 'cascade_manet')
-# Where each experiment's model dict takes the layer choice: (sub-network or None, field).
-_CONV_IMPL_FIELDS = {
-    'unet': ((None, 'upconv_impl'),),
-    'multidecoder_unet': ((None, 'upconv_impl'),),
-    'unet_unet': (('recon', 'upconv_impl'), ('seg', 'upconv_impl')),
-    'cascade': ((None, 'conv_impl'),),
-    'cascade_manet': (('recon', 'conv_impl'),),
-}
+
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -77,7 +70,8 @@ import numpy as np
 
 from segrecon_jax import input_pipeline
 from segrecon_jax import parallel
-from segrecon_jax import train
+from segrecon_jax import models
+from segrecon_jax import steps
 from segrecon_jax.models import layers
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -117,12 +111,12 @@ def experiment_config(experiment: str, preset: str, args: argparse.Namespace, st
   """
   acceleration, _, suffix = preset.partition('_')
   stabilized = suffix == 'stab' if stabilized is None else stabilized
-  solo = experiment in train.RECON_ONLY_MODELS
-  config = importlib.import_module(f'configs.{experiment}').get_config(
-      acceleration + ('_stab' if stabilized and not solo else ''))
+  module = importlib.import_module(f'configs.{experiment}')
+  solo = not models.segments(module.get_config(acceleration).model)
+  config = module.get_config(acceleration + ('_stab' if stabilized and not solo else ''))
   config.batch_size = args.batch
   config.half_precision = args.half_precision
-  for sub, field in _CONV_IMPL_FIELDS[experiment]:
+  for sub, field in models.layer_choice_fields(config.model):
     (config.model[sub] if sub else config.model)[field] = conv_impl
   return config
 
@@ -151,12 +145,12 @@ def _peak_memory_bytes(devices, compiled) -> Dict[str, Optional[float]]:
 def time_train_step(config, image_size: int, num_devices: int, steps: int) -> Dict[str, Any]:
   """Compile and steady-state times of the real train step on the first `num_devices` local devices."""
   devices = jax.local_devices()[:num_devices]
-  train.check_masks_fit(config, image_size, f'--image_size={image_size}')
+  steps.check_masks_fit(config, image_size, f'--image_size={image_size}')
   if config.batch_size % num_devices:
     raise ValueError(f'--batch={config.batch_size} does not split over {num_devices} devices')
-  model, tx = train.create_model(config), train.create_optimizer(config)
-  state = train.initial_state(config, model, tx, (image_size, image_size))
-  step_fn = parallel.pmap(functools.partial(train.train_step, model=model, tx=tx, config=config),
+  model, tx = steps.create_model(config), steps.create_optimizer(config)
+  state = steps.initial_state(config, model, tx, (image_size, image_size))
+  step_fn = parallel.pmap(functools.partial(steps.train_step, model=model, tx=tx, config=config),
                           static_broadcasted_argnums=(3,), donate_argnums=(0,), devices=devices)
   state = parallel.replicate(state, devices)
   rng = parallel.replicate(jax.random.PRNGKey(0), devices)
@@ -205,7 +199,7 @@ def time_input_pipeline(config, pipeline_config: str, data_dir: str, max_batches
 def schedule_cost(config, compile_s: float, step_s: float, train_examples: int = 155) -> Dict[str, float]:
   """Compiles of the config's full stabilization schedule and their share of the wall time of a paper-scale run
   (`train_examples` slices per epoch as the paper's train split, `config.num_epochs` epochs)."""
-  fractions = {train.sampled_fraction_for_epoch(config, epoch) for epoch in range(1, config.num_epochs + 1)}
+  fractions = {steps.sampled_fraction_for_epoch(config, epoch) for epoch in range(1, config.num_epochs + 1)}
   steps = config.num_epochs * (train_examples // config.batch_size)
   compile_total = len(fractions) * compile_s
   return {'schedule_compiles': len(fractions), 'schedule_compile_s': compile_total,

@@ -2,7 +2,7 @@
 
 Every function is pure `jnp`, works under `jit`, `vmap` and `pmap`, returns one float32 value per example (`[B]`)
 and casts its inputs to float32 first, so bfloat16 outputs are scored like float32 ones. Training logs and the
-final evaluation (`train.eval_step`) call the same functions, so their numbers follow the same conventions:
+final evaluation (`steps.eval_step`) call the same functions, so their numbers follow the same conventions:
 
 - Images are compared as magnitudes, `|recon|` against `|target|`.
 - `data_range` (the peak of PSNR and the `L` of SSIM's constants) is the maximum of the fully sampled magnitude
@@ -150,7 +150,7 @@ def reconstruction_metrics(recon: Array, target: Array, segmentation: Array, mar
   data_range. F-SSIM is the mean of the whole-image SSIM map over the box pixels whose 7x7 window lies inside the
   image; it equals skimage's SSIM of the cropped box except near the box edges, where our windows see the real
   image around the box instead of being dropped. A slice without heart labels (`has_heart = 0`) gets its focused
-  metrics computed on the whole image (so they equal the global ones and stay finite); `train.evaluate_state`
+  metrics computed on the whole image (so they equal the global ones and stay finite); `inference.evaluate_state`
   averages focused metrics over slices with heart only.
 
   Args:

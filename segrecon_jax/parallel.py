@@ -5,6 +5,7 @@ feeds its own share of the global batch (`per_host_batch_size`), reshaped here t
 A later move to `jit` + sharding touches only this file.
 """
 
+import os
 from typing import Any, Callable, Optional, Sequence
 
 import jax
@@ -50,6 +51,14 @@ def unshard(tree: Any) -> Any:
   return jax.tree.map(lambda x: np.asarray(x).reshape((-1,) + x.shape[2:]), tree)
 
 
+def gather_to_host(tree: Any) -> Any:
+  """Every host's `[n, ...]` numpy leaves concatenated in process order `[hosts * n, ...]`, on every host."""
+  if jax.process_count() == 1:
+    return tree
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return jax.tree.map(lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True)), tree)
+
+
 def replicate(tree: Any, devices: Optional[Sequence[jax.Device]] = None) -> Any:
   """Puts one copy of `tree` on every device of `devices` (default: all local devices; leading axis = devices)."""
   devices = list(devices or jax.local_devices())
@@ -91,3 +100,30 @@ def all_finite(tree: Any) -> jax.Array:
   leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
   finite = jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
   return jax.lax.pmin(finite.astype(jnp.int32), AXIS_NAME) > 0
+
+
+_DISTRIBUTED = {'initialized': False}  # jax.distributed.initialize() runs once per process.
+
+
+def setup_runtime(config) -> None:
+  """Multi-host initialization and the persistent compilation cache (before any computation).
+
+  `jax.distributed.initialize()` must come before anything starts the XLA backend (even `jax.process_count()`), so
+  whether it ran is kept here rather than asked of JAX. With `coordinator_address` empty it detects the cluster
+  (SLURM, Open MPI, TPU pods); otherwise it uses the given coordinator, process count and id (e.g. several
+  processes on one machine). On CPU, cross-process collectives go through gloo.
+  """
+  if config.distributed and not _DISTRIBUTED['initialized']:
+    kwargs = {}
+    if config.get('coordinator_address'):
+      kwargs = dict(coordinator_address=config.coordinator_address, num_processes=config.num_processes,
+                    process_id=config.process_id)
+    if 'cpu' in os.environ.get('JAX_PLATFORMS', ''):
+      jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+    jax.distributed.initialize(**kwargs)
+    _DISTRIBUTED['initialized'] = True
+  if config.compilation_cache_dir:
+    cache_dir = os.path.expanduser(config.compilation_cache_dir)
+    os.makedirs(cache_dir, exist_ok=True)
+    jax.config.update('jax_compilation_cache_dir', cache_dir)
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)

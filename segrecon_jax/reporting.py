@@ -8,6 +8,8 @@ import jax
 import matplotlib
 import numpy as np
 
+from segrecon_jax import models
+
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 from matplotlib import patches  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -61,9 +63,7 @@ def progress_bar(config, total: int, initial: int):
 
 
 def method_name(config) -> str:
-  names = {'unet': 'UNet', 'cascade': 'CascadeNet', 'multidecoder_unet': 'Multi-Decoder UNet',
-           'unet_unet': 'UNet -> UNet', 'cascade_manet': 'CascadeNet -> MANet'}
-  name = names.get(config.model.name, config.model.name)
+  name = models.display_name(config.model)
   return name + (' (S)' if config.stabilization else '')
 
 

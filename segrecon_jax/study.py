@@ -22,19 +22,15 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from segrecon_jax import reporting
-from segrecon_jax import train
+from segrecon_jax import models
 
-# (table, method as the paper names it, experiment config, stabilization)
-ROWS = (
-    (1, 'UNet', 'unet', False),
-    (1, 'Multi-Decoder UNet', 'multidecoder_unet', False),
-    (1, 'Multi-Decoder UNet (S)', 'multidecoder_unet', True),
-    (1, 'UNet -> UNet', 'unet_unet', False),
-    (1, 'UNet -> UNet (S)', 'unet_unet', True),
-    (2, 'CascadeNet', 'cascade', False),
-    (2, 'CascadeNet -> MANet', 'cascade_manet', False),
-    (2, 'CascadeNet -> MANet (S)', 'cascade_manet', True),
-)
+# (table, experiment config, stabilization), in the paper's order.
+_EXPERIMENTS = ((1, 'unet', False), (1, 'multidecoder_unet', False), (1, 'multidecoder_unet', True),
+                (1, 'unet_unet', False), (1, 'unet_unet', True), (2, 'cascade', False), (2, 'cascade_manet', False),
+                (2, 'cascade_manet', True))
+# (table, method as the paper names it (the registry's display name), experiment config, stabilization)
+ROWS = tuple((table, models.display_name(experiment) + (' (S)' if stabilized else ''), experiment, stabilized)
+             for table, experiment, stabilized in _EXPERIMENTS)
 ACCELERATIONS = (4, 8)
 METRICS = (('MSE (x10^3)', 'mse_x1e3', -1), ('PSNR', 'psnr', 1), ('SSIM', 'ssim', 1),
            ('F-MSE (x10^3)', 'f_mse_x1e3', -1), ('F-PSNR', 'f_psnr', 1), ('F-SSIM', 'f_ssim', 1))
@@ -240,7 +236,7 @@ def scale_description(switch: str) -> str:
   lines = []
   for _, method, experiment, stabilized in ROWS:
     if not stabilized:
-      preset = 'x8' if experiment in train.RECON_ONLY_MODELS else 'x8_stab'
+      preset = 'x8_stab' if models.segments(importlib.import_module(f'configs.{experiment}').get_config('x8').model) else 'x8'
       config = importlib.import_module(f'configs.{experiment}').get_config(preset + suffix)
       lines.append(f'- {method}: model `{json.dumps(config.model.to_dict())}`')
   config = importlib.import_module('configs.unet_unet').get_config('x8_stab' + suffix)

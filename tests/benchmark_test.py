@@ -5,7 +5,7 @@ import json
 import pytest
 
 from segrecon_jax import benchmark
-from segrecon_jax import train
+from segrecon_jax import steps
 
 
 def test_benchmark_runs_over_one_and_two_devices_and_writes_json(tmp_path):
@@ -23,7 +23,7 @@ def test_benchmark_runs_over_one_and_two_devices_and_writes_json(tmp_path):
 def test_benchmark_times_each_layer_choice_of_each_model(monkeypatch):
   defaults = benchmark.parse_args([])
   # The built model (not the config) carries the choice, in every sub-network that has one.
-  built = {name: train.create_model(benchmark.experiment_config(name, 'x8_stab', defaults, conv_impl='im2col'))
+  built = {name: steps.create_model(benchmark.experiment_config(name, 'x8_stab', defaults, conv_impl='im2col'))
            for name in benchmark.EXPERIMENTS}
   assert built['unet'].upconv_impl == built['multidecoder_unet'].upconv_impl == 'im2col'
   assert built['unet_unet'].recon_net.upconv_impl == built['unet_unet'].seg_net.upconv_impl == 'im2col'

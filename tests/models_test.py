@@ -80,12 +80,12 @@ def test_every_model_runs_under_jit_with_the_train_loop_interface(name, dtype):
     return model.apply(variables, *inputs, train=True, mutable=['batch_stats'])
 
   outputs, updates = forward(variables, *inputs)
+  assert isinstance(outputs, models.ModelOutput)
+  assert (outputs.seg_logits is not None) == models.segments(TINY_CONFIGS[name]) == (name in JOINT)
   if name in JOINT:
-    recon, seg_logits = outputs
-    assert seg_logits.shape == (2, 32, 32, 4) and seg_logits.dtype == jnp.float32
-    assert np.all(np.isfinite(seg_logits))
-  else:
-    recon = outputs
+    assert outputs.seg_logits.shape == (2, 32, 32, 4) and outputs.seg_logits.dtype == jnp.float32
+    assert np.all(np.isfinite(outputs.seg_logits))
+  recon = outputs.recon
   assert recon.shape == (2, 32, 32, 2) and recon.dtype == jnp.float32
   assert np.all(np.isfinite(recon))
   assert set(updates) <= {'batch_stats'}
@@ -320,7 +320,7 @@ def test_get_model_accepts_config_dicts_and_mappings():
   model = models.get_model({'name': 'cascade_manet', 'seg': {'preset': 'paper', 'num_classes': 3}},
                            dtype=jnp.bfloat16)
   assert model.seg_net.encoder_depth == 4 and model.seg_net.num_classes == 3 and model.seg_net.dtype == jnp.bfloat16
-  assert models.get_model({'name': 'cascade', 'dc_noise_level': 0.1}).dc_noise_level == 0.1
+  assert models.get_model({'name': 'cascade', 'dc_noise_level': 0.1}).net.dc_noise_level == 0.1
 
 
 @pytest.mark.parametrize('config,match', [

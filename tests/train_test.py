@@ -6,12 +6,17 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from segrecon_jax import input_pipeline
+from segrecon_jax import losses
 from segrecon_jax.data import phantom
 from segrecon_jax import parallel
+from segrecon_jax import checkpoints
+from segrecon_jax import inference
+from segrecon_jax import steps
 from segrecon_jax import train
 
 EXPERIMENTS = ('unet', 'cascade', 'multidecoder_unet', 'unet_unet', 'cascade_manet')
@@ -46,11 +51,11 @@ def tiny_config(data_dir, experiment='unet_unet', preset='x4_stab', **overrides)
 
 
 def latest_params(workdir, config):
-  manager = train.checkpoint_manager(workdir, config)
+  manager = checkpoints.checkpoint_manager(workdir, config)
   source = input_pipeline.load_split(config, config.train_split)
-  model, tx = train.create_model(config), train.create_optimizer(config)
-  template = train.initial_state(config, model, tx, train.image_shape(source))
-  state, meta = train.restore_checkpoint(manager, template)
+  model, tx = steps.create_model(config), steps.create_optimizer(config)
+  template = steps.initial_state(config, model, tx, steps.image_shape(source))
+  state, meta = checkpoints.restore_checkpoint(manager, template)
   return state, meta
 
 
@@ -60,12 +65,12 @@ def test_two_fake_devices():
 
 def test_traces_once_per_distinct_fraction(data_dir, tmp_path):
   config = tiny_config(data_dir)
-  fractions = {train.sampled_fraction_for_epoch(config, e) for e in range(1, config.num_epochs + 1)}
+  fractions = {steps.sampled_fraction_for_epoch(config, e) for e in range(1, config.num_epochs + 1)}
   assert len(fractions) == 3  # the schedule's static fraction changes during the run
-  train.TRAIN_STEP_TRACES.clear()
+  steps.TRAIN_STEP_TRACES.clear()
   results = train.train_and_evaluate(config, str(tmp_path / 'run'))
-  assert set(train.TRAIN_STEP_TRACES) == fractions
-  assert all(count == 1 for count in train.TRAIN_STEP_TRACES.values())
+  assert set(steps.TRAIN_STEP_TRACES) == fractions
+  assert all(count == 1 for count in steps.TRAIN_STEP_TRACES.values())
   assert np.isfinite(results['psnr']) and np.isfinite(results['dice_mean'])
   record = json.loads((tmp_path / 'run' / 'metrics.json').read_text())
   assert record['train_compiles'] == len(fractions)
@@ -98,10 +103,10 @@ def test_eval_and_predict_write_table_and_figure(data_dir, tmp_path):
   workdir = str(tmp_path / 'cascade')
   train.train_and_evaluate(config, workdir)
   os.remove(os.path.join(workdir, 'results.md'))
-  results = train.evaluate(config, workdir)
+  results = inference.evaluate(config, workdir)
   assert 'dice_mean' not in results and np.isfinite(results['f_psnr'])
   assert '| CascadeNet |' in open(os.path.join(workdir, 'results.md')).read()
-  out_dir = train.predict(config, workdir)
+  out_dir = inference.predict(config, workdir)
   assert os.path.exists(os.path.join(out_dir, 'figure_0.png'))
   recon = np.load(os.path.join(out_dir, 'recon.npy'))
   image = np.load(os.path.join(out_dir, 'image.npy'))
@@ -112,7 +117,7 @@ def test_eval_and_predict_write_table_and_figure(data_dir, tmp_path):
   for labelled in (True, False):
     if not labelled:
       os.remove(label_path)
-    file_dir = train.predict(config, workdir, kspace_path)
+    file_dir = inference.predict(config, workdir, kspace_path)
     assert file_dir.endswith('fs_0001_phantom') and os.path.exists(os.path.join(file_dir, 'figure_0.png'))
     recon = np.load(os.path.join(file_dir, 'recon.npy'))
     labels = np.load(os.path.join(file_dir, 'segmentation.npy'))
@@ -125,22 +130,24 @@ def test_joint_training_beats_untrained_dice(data_dir, tmp_path):
   config.learning_rate, config.b1 = 3e-3, 0.9  # 150 steps of a tiny model: a faster optimizer than the paper's.
   config.model.recon.features = config.model.seg.features = (8, 16)
   eval_source = input_pipeline.load_split(config, config.eval_split)
-  model, tx = train.create_model(config), train.create_optimizer(config)
-  untrained = train.initial_state(config, model, tx, train.image_shape(eval_source))
-  p_eval_step = parallel.pmap(functools.partial(train.eval_step, model=model, config=config))
-  before, _ = train.evaluate_state(p_eval_step, parallel.replicate(untrained), eval_source, config)
+  model, tx = steps.create_model(config), steps.create_optimizer(config)
+  untrained = steps.initial_state(config, model, tx, steps.image_shape(eval_source))
+  p_eval_step = parallel.pmap(functools.partial(steps.eval_step, model=model, config=config))
+  before, _ = inference.evaluate_state(p_eval_step, parallel.replicate(untrained), eval_source, config)
   after = train.train_and_evaluate(config, str(tmp_path / 'joint'))
   assert after['dice_mean'] > before['dice_mean'] + 0.1
 
 
-def test_non_finite_loss_stops_and_keeps_last_checkpoint(data_dir, tmp_path):
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(data_dir, tmp_path, monkeypatch):
   workdir = str(tmp_path / 'nan')
   train.train_and_evaluate(tiny_config(data_dir, num_epochs=2), workdir)
-  manager = train.checkpoint_manager(workdir, tiny_config(data_dir))
+  manager = checkpoints.checkpoint_manager(workdir, tiny_config(data_dir))
   good_step = manager.latest_step()
-  with pytest.raises(train.NonFiniteError, match='non-finite'):
-    train.train_and_evaluate(tiny_config(data_dir, num_epochs=4, recon_loss_weight=float('nan')), workdir)
-  assert train.checkpoint_manager(workdir, tiny_config(data_dir)).latest_step() == good_step
+  monkeypatch.setattr(losses, 'l1_l2_loss', lambda recon, target, **_: jnp.full(recon.shape[:1], jnp.nan))
+  # The first step after the resume is step good_step + 1; the error names it (the loop's own step count).
+  with pytest.raises(train.NonFiniteError, match=f'non-finite loss or gradient at step {good_step + 1} '):
+    train.train_and_evaluate(tiny_config(data_dir, num_epochs=4), workdir)
+  assert checkpoints.checkpoint_manager(workdir, tiny_config(data_dir)).latest_step() == good_step
 
 
 def test_batch_size_must_divide_over_devices(data_dir, tmp_path):
@@ -157,7 +164,7 @@ def test_every_config_and_preset_builds(experiment):
       config = module.get_config(arg)
       assert config.acceleration == int(preset[1])
       assert config.stabilization == preset.endswith('_stab')
-      train.create_model(config)  # every model config is valid for get_model
+      steps.create_model(config)  # every model config is valid for get_model
   with pytest.raises(ValueError, match='valid presets'):
     module.get_config('x16')
   with pytest.raises(ValueError, match='valid switches'):

@@ -20,7 +20,7 @@ implementation of models/layers.py; every choice computes the same function with
 """
 
 import dataclasses
-from typing import Any, Callable, Dict, Mapping
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -30,6 +30,8 @@ from segrecon_jax.models.cascade import CascadeNetTiny
 from segrecon_jax.models.manet import MANET_PRESETS
 from segrecon_jax.models.manet import MANet
 from segrecon_jax.models.multidecoder import MultiDecoderUNet
+from segrecon_jax.models.outputs import ModelOutput
+from segrecon_jax.models.outputs import ReconOnly
 from segrecon_jax.models.segrecon import SegRecon
 from segrecon_jax.models.segrecon import safe_magnitude
 from segrecon_jax.models.unet import UNet
@@ -80,11 +82,15 @@ def _unet_recon(fields, dtype, bn_axis_name, where="model 'unet'"):
 
 
 def _unet(fields, dtype, bn_axis_name):
-  return _unet_recon(fields, dtype, bn_axis_name)
+  return ReconOnly(_unet_recon(fields, dtype, bn_axis_name), dtype=dtype, bn_axis_name=bn_axis_name)
 
 
-def _cascade(fields, dtype, bn_axis_name, where="model 'cascade'"):
+def _cascade_net(fields, dtype, bn_axis_name, where="model 'cascade'"):
   return _build(CascadeNet, fields, where, dtype, bn_axis_name)
+
+
+def _cascade(fields, dtype, bn_axis_name):
+  return ReconOnly(_cascade_net(fields, dtype, bn_axis_name), dtype=dtype, bn_axis_name=bn_axis_name)
 
 
 def _multidecoder_unet(fields, dtype, bn_axis_name):
@@ -116,19 +122,57 @@ def _manet(fields, dtype, bn_axis_name, where):
 
 def _cascade_manet(fields, dtype, bn_axis_name):
   where = "model 'cascade_manet'"
-  recon = _cascade(_sub(fields, 'recon', where), dtype, bn_axis_name, where=f'{where} recon')
+  recon = _cascade_net(_sub(fields, 'recon', where), dtype, bn_axis_name, where=f'{where} recon')
   seg = _manet(_sub(fields, 'seg', where), dtype, bn_axis_name, f'{where} seg')
   return _segrecon(fields, dtype, bn_axis_name, recon, seg, where)
 
 
-# name -> builder(fields without 'name', dtype, bn_axis_name) -> module.
-MODELS: Dict[str, Callable[..., nn.Module]] = {
-    'unet': _unet,
-    'cascade': _cascade,
-    'multidecoder_unet': _multidecoder_unet,
-    'unet_unet': _unet_unet,
-    'cascade_manet': _cascade_manet,
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+  """What the registry knows of a model: its builder and what it can do."""
+  build: Callable[..., nn.Module]  # (fields without 'name', dtype, bn_axis_name) -> module.
+  display_name: str  # The method's name in the paper's tables.
+  segments: bool  # Has a segmentation output (trained with the Dice term, evaluated with Dice).
+  # Where the model dict takes a layer choice of models/layers.py: (sub-network dict or None, field).
+  layer_choices: Tuple[Tuple[Optional[str], str], ...] = ()
+
+
+MODELS: Dict[str, ModelSpec] = {
+    'unet': ModelSpec(_unet, 'UNet', segments=False, layer_choices=((None, 'upconv_impl'),)),
+    'cascade': ModelSpec(_cascade, 'CascadeNet', segments=False, layer_choices=((None, 'conv_impl'),)),
+    'multidecoder_unet': ModelSpec(_multidecoder_unet, 'Multi-Decoder UNet', segments=True,
+                                   layer_choices=((None, 'upconv_impl'),)),
+    'unet_unet': ModelSpec(_unet_unet, 'UNet -> UNet', segments=True,
+                           layer_choices=(('recon', 'upconv_impl'), ('seg', 'upconv_impl'))),
+    'cascade_manet': ModelSpec(_cascade_manet, 'CascadeNet -> MANet', segments=True,
+                               layer_choices=(('recon', 'conv_impl'),)),
 }
+
+
+def spec(model_config) -> ModelSpec:
+  """The registry entry of `model_config` (a name, a Mapping or a ConfigDict with 'name')."""
+  if isinstance(model_config, str) or model_config is None:
+    name = model_config
+  else:
+    name = dict(model_config).get('name')
+  if name not in MODELS:
+    raise ValueError(f'unknown model name {name!r}; valid names are {sorted(MODELS)}.')
+  return MODELS[name]
+
+
+def segments(model_config) -> bool:
+  """Whether the model has a segmentation output."""
+  return spec(model_config).segments
+
+
+def display_name(model_config) -> str:
+  """The method's name as the paper's tables print it (without the '(S)' of stabilization)."""
+  return spec(model_config).display_name
+
+
+def layer_choice_fields(model_config) -> Tuple[Tuple[Optional[str], str], ...]:
+  """(sub-network dict or None, field) of every layer choice the model takes."""
+  return spec(model_config).layer_choices
 
 
 def get_model(model_config, dtype=jnp.float32, bn_axis_name=None) -> nn.Module:
@@ -145,13 +189,12 @@ def get_model(model_config, dtype=jnp.float32, bn_axis_name=None) -> nn.Module:
   if hasattr(model_config, 'to_dict'):
     model_config = model_config.to_dict()
   fields = dict(model_config)
-  name = fields.pop('name', None)
-  if name not in MODELS:
-    raise ValueError(f'unknown model name {name!r}; valid names are {sorted(MODELS)}.')
-  return MODELS[name](fields, dtype, bn_axis_name)
+  entry = spec(fields.pop('name', None))
+  return entry.build(fields, dtype, bn_axis_name)
 
 
 __all__ = [
-    'CascadeNet', 'CascadeNetTiny', 'MANet', 'MANET_PRESETS', 'MODELS', 'MultiDecoderUNet', 'SegRecon', 'UNet',
-    'UNetDecoder', 'UNetEncoder', 'UNetRecon', 'UNetReconTiny', 'UNetTiny', 'get_model', 'safe_magnitude',
+    'CascadeNet', 'CascadeNetTiny', 'MANet', 'MANET_PRESETS', 'MODELS', 'ModelOutput', 'ModelSpec', 'MultiDecoderUNet',
+    'ReconOnly', 'SegRecon', 'UNet', 'UNetDecoder', 'UNetEncoder', 'UNetRecon', 'UNetReconTiny', 'UNetTiny',
+    'display_name', 'get_model', 'layer_choice_fields', 'safe_magnitude', 'segments', 'spec',
 ]

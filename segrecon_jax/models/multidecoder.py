@@ -10,19 +10,20 @@ connections from the shared encoder. The reconstruction decoder outputs 2 channe
 (`recon = x + decoder(x)`, the convention of `UNetRecon`); the segmentation decoder outputs `num_classes` logits.
 """
 
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from segrecon_jax.models import unet
+from segrecon_jax.models.outputs import ModelOutput
 
 Array = Any
 Dtype = Any
 
 
 class MultiDecoderUNet(nn.Module):
-  """Zero-filled `[B, H, W, 2]` -> `(recon float32 [B, H, W, 2], seg_logits float32 [B, H, W, num_classes])`.
+  """Zero-filled `[B, H, W, 2]` -> `ModelOutput(recon [B, H, W, 2], seg_logits [B, H, W, num_classes])`, float32.
 
   `kspace` and `mask` are accepted and ignored (an image-domain network called like every top-level model).
   """
@@ -35,7 +36,7 @@ class MultiDecoderUNet(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, kspace: Optional[Array] = None, mask: Optional[Array] = None, *,
-               train: bool) -> Tuple[Array, Array]:
+               train: bool) -> ModelOutput:
     del kspace, mask
     if x.shape[-1] != 2:
       raise ValueError(f'MultiDecoderUNet expects image channels [B, H, W, 2], got shape {x.shape}.')
@@ -47,4 +48,4 @@ class MultiDecoderUNet(nn.Module):
     seg_logits = unet.UNetDecoder(features, self.num_classes, self.norm, self.dtype, self.bn_axis_name,
                                   upconv_impl=self.upconv_impl, name='seg_decoder')(bottleneck, skips, train=train)
     recon = x.astype(jnp.float32) + correction.astype(jnp.float32)
-    return recon, seg_logits.astype(jnp.float32)
+    return ModelOutput(recon=recon, seg_logits=seg_logits.astype(jnp.float32))

@@ -11,11 +11,13 @@ network, which is the paper's point. `stop_gradient=True` cuts that path (the so
 segmentation loss then trains only the segmentation network.
 """
 
-from typing import Any, Optional, Tuple
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from segrecon_jax.models.outputs import ModelOutput
 
 Array = Any
 Dtype = Any
@@ -30,7 +32,7 @@ def safe_magnitude(x: Array) -> Array:
 
 
 class SegRecon(nn.Module):
-  """`recon_net` then `seg_net` on the reconstruction's magnitude: returns `(recon, seg_logits)`.
+  """`recon_net` then `seg_net` on the reconstruction's magnitude: returns `ModelOutput(recon, seg_logits)`.
 
   `recon_net` is called as `recon_net(x, kspace, mask, train=train)` and returns `[B, H, W, 2]`; `seg_net` as
   `seg_net(magnitude [B, H, W, 1], train=train)` and returns `[B, H, W, num_classes]` logits. Both outputs are
@@ -43,8 +45,8 @@ class SegRecon(nn.Module):
   bn_axis_name: Optional[str] = None  # Informational: the submodules carry their own.
 
   @nn.compact
-  def __call__(self, x: Array, kspace: Array, mask: Array, *, train: bool) -> Tuple[Array, Array]:
+  def __call__(self, x: Array, kspace: Array, mask: Array, *, train: bool) -> ModelOutput:
     recon = self.recon_net(x, kspace, mask, train=train).astype(jnp.float32)
     seg_input = jax.lax.stop_gradient(recon) if self.stop_gradient else recon
     seg_logits = self.seg_net(safe_magnitude(seg_input), train=train)
-    return recon, seg_logits.astype(jnp.float32)
+    return ModelOutput(recon=recon, seg_logits=seg_logits.astype(jnp.float32))

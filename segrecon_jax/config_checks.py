@@ -1,0 +1,56 @@
+"""Checks of an experiment config's values before anything runs: each bad value gets one paragraph naming the field."""
+
+import numbers
+
+from segrecon_jax import models
+
+
+class ConfigError(ValueError):
+  """A config field with a value the run cannot use."""
+
+
+def _number(config, field: str):
+  value = config[field]
+  if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    raise ConfigError(f'config.{field}={value!r}: expected a number.')
+  return value
+
+
+def _at_least(config, field: str, minimum, what: str) -> None:
+  if _number(config, field) < minimum:
+    raise ConfigError(f'config.{field}={config[field]!r}: {what}.')
+
+
+def check_config(config) -> None:
+  """Raises ConfigError for a value that would fail later (or train nonsense); see each message for what is valid."""
+  _at_least(config, 'acceleration', 1, 'the acceleration R must be >= 1 (1 = fully sampled, the paper uses 4 and '
+            '8); each mask keeps round(W / R) phase-encode lines')
+  _at_least(config, 'num_epochs', 1, 'train for at least 1 epoch (eval and predict of a trained workdir need no '
+            'training: use --mode=eval or --mode=predict)')
+  for field in ('batch_size', 'eval_batch_size', 'log_every_steps', 'eval_every_epochs', 'checkpoint_every_epochs',
+                'max_checkpoints_to_keep'):
+    _at_least(config, field, 1, 'must be a positive integer')
+    if int(config[field]) != config[field]:
+      raise ConfigError(f'config.{field}={config[field]!r}: must be a positive integer.')
+  _at_least(config, 'num_acs', 0, 'the number of autocalibration lines must be >= 0 (the paper: 8)')
+  _at_least(config, 'focus_margin', 0, 'the margin around the heart box must be >= 0 pixels')
+  if not _number(config, 'learning_rate') > 0:
+    raise ConfigError(f'config.learning_rate={config.learning_rate!r}: must be > 0 (the paper: 1e-4).')
+  for field in ('b1', 'b2'):
+    if not 0 <= _number(config, field) < 1:
+      raise ConfigError(f'config.{field}={config[field]!r}: Adam betas must lie in [0, 1) (the paper: b1=0.99).')
+  for field in ('recon_loss_weight', 'seg_loss_weight', 'l1_weight', 'l2_weight'):
+    _at_least(config, field, 0, 'loss weights must be >= 0')
+  if config.stabilization:
+    _at_least(config, 'patience', 1, 'the stabilization ramp needs P >= 1 epochs')
+    if not 0 < _number(config, 'eps') < 1:
+      raise ConfigError(f'config.eps={config.eps!r}: the ramp starts at sampled fraction 1 - eps; eps must lie in '
+                        '(0, 1) (a small number close to 0, e.g. 0.01).')
+    _at_least(config, 'schedule_levels', 1, 'the ramp needs at least 1 level')
+  try:
+    segments = models.segments(config.model)
+  except ValueError as e:
+    raise ConfigError(f'config.model: {e}') from None
+  if config.stabilization and not segments:
+    raise ConfigError(f'config.stabilization=True needs a joint model; {config.model.name!r} reconstructs only '
+                      '(use the x4 or x8 preset).')

@@ -1,0 +1,118 @@
+"""Inference from a workdir: evaluation over a split, restore for inference, `evaluate` and `predict`."""
+
+import collections
+import functools
+import logging
+import os
+from typing import Dict
+
+import jax
+import numpy as np
+
+from segrecon_jax import checkpoints
+from segrecon_jax import input_pipeline
+from segrecon_jax import parallel
+from segrecon_jax import reporting
+from segrecon_jax import steps
+
+
+def log_results(what: str, results: Dict[str, float]) -> None:
+  """One line of the headline metrics (and the zero-filled input's) on process 0."""
+  if jax.process_index() != 0:
+    return
+  keys = ('psnr', 'ssim', 'mse_x1e3', 'f_psnr', 'f_ssim', 'dice_mean')
+  shown = ' '.join(f'{k} {results[k]:.4f}' for k in keys if k in results)
+  logging.info('%s: %s | zero-filled psnr %.4f f_psnr %.4f | %d slices', what, shown,
+               results.get('zero_filled_psnr', float('nan')), results.get('zero_filled_f_psnr', float('nan')),
+               int(results.get('num_examples', 0)))
+
+
+def evaluate_state(p_eval_step, state, eval_source, config):
+  """Means over the eval split (F- metrics over examples with heart labels) and a few examples for summaries."""
+  sums, counts, images = collections.defaultdict(float), collections.defaultdict(float), None
+  for batch in input_pipeline.eval_batches(eval_source, config):
+    results, outputs = p_eval_step(state, parallel.shard(batch))
+    results = parallel.unshard(results)
+    valid = batch['valid'] > 0
+    has_heart = valid & (results['has_heart'] > 0)
+    for key, values in results.items():
+      if key == 'has_heart':
+        continue
+      weight = has_heart if key.startswith(('f_', 'zero_filled_f_')) else valid
+      sums[key] += float(np.sum(np.where(weight, values, 0.0)))
+      counts[key] += float(np.sum(weight))
+    if images is None:
+      images = dict(parallel.unshard(outputs), image=batch['image'], segmentation=batch['segmentation'])
+  sums, counts = _allgather_sums(sums, counts)
+  results = {k: sums[k] / counts[k] if counts[k] else float('nan') for k in sorted(sums)}
+  results['num_examples'] = counts['mse']
+  return results, images
+
+
+def _allgather_sums(sums, counts):
+  if jax.process_count() == 1:
+    return sums, counts
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  keys = sorted(sums)
+  totals = multihost_utils.process_allgather(np.array([[sums[k] for k in keys], [counts[k] for k in keys]]))
+  totals = np.asarray(totals).sum(0)
+  return dict(zip(keys, totals[0])), dict(zip(keys, totals[1]))
+
+
+def restore_for_inference(config, workdir: str):
+  """Model, replicated state and the stored data description of the latest checkpoint of `workdir`."""
+  parallel.setup_runtime(config)
+  manager = checkpoints.checkpoint_manager(workdir, config)
+  if manager.latest_step() is None:
+    raise FileNotFoundError(f'no checkpoint in {manager.directory}: train first (--mode=train)')
+  eval_source = input_pipeline.load_split(config, config.eval_split)
+  model, tx = steps.create_model(config), steps.create_optimizer(config)
+  template = steps.initial_state(config, model, tx, steps.image_shape(eval_source, config))
+  state, meta = checkpoints.restore_checkpoint(manager, template)
+  checkpoints.check_inference(meta, config, input_pipeline.data_info(config), manager.directory)
+  return model, parallel.replicate(state), eval_source, meta
+
+
+def evaluate(config, workdir: str) -> Dict[str, float]:
+  """Restores the latest checkpoint and writes metrics.json and results.md to the workdir."""
+  parallel.check_batch_size(config.eval_batch_size, 'eval_batch_size')
+  model, state, eval_source, meta = restore_for_inference(config, workdir)
+  p_eval_step = parallel.pmap(functools.partial(steps.eval_step, model=model, config=config))
+  results, _ = evaluate_state(p_eval_step, state, eval_source, config)
+  reporting.write_results(workdir, config, results, extra={'checkpoint_step': meta['step']})
+  return results
+
+
+def predict(config, workdir: str, input_path: str = '') -> str:
+  """Reconstructs and segments the eval split (or one OCMR-format .h5 file) with the latest checkpoint.
+
+  Writes `.npy` arrays and Fig. 2-like PNGs to `workdir/predictions` (the eval split) or
+  `workdir/predictions/<file stem>` (a file; without its label file the segmentation maps are all background and
+  the figures have no focus box); returns that folder.
+  """
+  parallel.check_batch_size(config.eval_batch_size, 'eval_batch_size')
+  if input_path and jax.process_count() > 1:
+    raise ValueError('predict --input reads one file: run it on a single host')
+  model, state, eval_source, _ = restore_for_inference(config, workdir)
+  if input_path:
+    from segrecon_jax.data import ocmr  # pylint: disable=g-import-not-at-top
+    image_size = steps.image_shape(eval_source)
+    examples = ocmr.load_examples(input_path, image_size)
+    source = [dict(image=e['image'], segmentation=e['segmentation']) for e in examples]
+  else:
+    source = eval_source
+  p_eval_step = parallel.pmap(functools.partial(steps.eval_step, model=model, config=config))
+  collected = collections.defaultdict(list)
+  for batch in input_pipeline.eval_batches(source, config):
+    _, outputs = p_eval_step(state, parallel.shard(batch))
+    outputs = dict(parallel.unshard(outputs), image=batch['image'], segmentation=batch['segmentation'],
+                   valid=batch['valid'])
+    for key, value in parallel.gather_to_host(outputs).items():  # Every host's share, on every host.
+      collected[key].append(value)
+  arrays = {k: np.concatenate(v) for k, v in collected.items()}
+  valid = arrays.pop('valid') > 0
+  arrays = {k: v[valid] for k, v in arrays.items()}
+  if jax.process_index() != 0:
+    return ''
+  name = os.path.splitext(os.path.basename(input_path))[0] if input_path else ''
+  return reporting.write_predictions(workdir, config, arrays, name)
