@@ -19,6 +19,7 @@ from segrecon_jax import metrics as metrics_lib
 from segrecon_jax import models
 from segrecon_jax import mri
 from segrecon_jax import parallel
+from segrecon_jax.models import pretrained
 
 # Traces of the train step, keyed by sampled fraction: each distinct fraction compiles the step once.
 TRAIN_STEP_TRACES = collections.Counter()
@@ -79,6 +80,7 @@ def initial_state(config, model, tx, shape: Tuple[int, int]) -> TrainState:
   init_model = create_model(config, bn_axis_name=None)
   variables = jax.jit(functools.partial(init_model.init, train=False))(
       jax.random.key(config.seed, impl='rbg'), image, kspace, mask)
+  variables = pretrained.apply_pretrained(config.model, variables)  # MANet encoder_weights, if given.
   params = variables['params']
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     batch_stats=variables.get('batch_stats', {}), opt_state=tx.init(params))

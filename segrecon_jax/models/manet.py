@@ -179,6 +179,9 @@ class MANet(nn.Module):
   bn_axis_name: Optional[str] = None  # Set to the pmap axis ('batch') to average batch statistics across devices.
   bn_momentum: float = 0.9  # Flax convention (weight of the old average): PyTorch momentum 0.1.
   bn_epsilon: float = 1e-5
+  # A ResNet34 ImageNet checkpoint (.safetensors, torchvision/timm layout) for the encoder, loaded after init by
+  # `pretrained.apply_pretrained`; '' = random init. Not used by the forward pass.
+  encoder_weights: str = ''
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
