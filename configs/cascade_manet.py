@@ -18,7 +18,11 @@ def get_config(arg=None):
       'name': 'cascade_manet',
       'recon': {'num_cascades': 6, 'num_layers': 5, 'features': 16 if runlocal else 64},
       # The paper's MANet: ResNet34 encoder of depth 4, decoder filters (256, 128, 64, 32); see models/manet.py.
-      'seg': {'encoder_depth': 4, 'decoder_channels': (256, 128, 64, 32), 'num_classes': config.num_classes},
+      # encoder_weights: '' = random init, which every row here uses (the ImageNet file cannot be downloaded on
+      # this machine); smp's MAnet, and so most likely the paper, starts from ImageNet ResNet34 weights: pass a
+      # .safetensors file with --config.model.seg.encoder_weights=PATH (README, Research use).
+      'seg': {'encoder_depth': 4, 'decoder_channels': (256, 128, 64, 32), 'num_classes': config.num_classes,
+              'encoder_weights': ''},
       'stop_gradient': False,  # The segmentation loss reaches the reconstruction network: the paper's point.
   })
   return config
