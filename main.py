@@ -8,13 +8,17 @@ Intentionally kept short: everything happens in segrecon_jax.train (training) an
 """
 
 import logging
+import sys
 
 from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from segrecon_jax import checkpoints
+from segrecon_jax import config_checks
 from segrecon_jax import inference
 from segrecon_jax import train
+from segrecon_jax import workdir as workdir_lib
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Experiment config file, e.g. configs/cascade_manet.py:x8_stab.',
@@ -25,7 +29,34 @@ flags.DEFINE_string('input', '', 'predict: an OCMR-format .h5 file (labels optio
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
+def parse_flags(argv):
+  """absl's flag parsing, with a config override that names no field (a typo) or has a bad value as one paragraph."""
+  try:
+    return FLAGS(argv)
+  except (AttributeError, KeyError, TypeError, ValueError, flags.Error) as e:
+    message = str(e).strip().replace('\\n', ' ').replace('\n', ' ').replace("\\'", "'")
+    if len(message) > 1 and message[0] == message[-1] and message[0] in '\'"':
+      message = message[1:-1]
+    overrides = [a for a in argv[1:] if a.startswith('--config.')]
+    sys.stderr.write(f'main.py: bad flag {" ".join(overrides) or " ".join(argv[1:])}: {message}\n'
+                     'Every field of the config and its meaning is in configs/default.py (and the experiment file).\n')
+    sys.exit(2)
+
+
+# Errors that are the user's input, not a bug: printed as one paragraph, exit code 2, nothing already written lost.
+USER_ERRORS = (config_checks.ConfigError, checkpoints.ResumeError, workdir_lib.WorkdirLockedError, NotADirectoryError,
+               FileNotFoundError)
+
+
 def main(argv):
+  try:
+    run(argv)
+  except USER_ERRORS as e:
+    sys.stderr.write(f'main.py: {e}\n')
+    sys.exit(2)
+
+
+def run(argv):
   del argv
   logging.getLogger().setLevel(logging.INFO)
   logging.getLogger('absl').setLevel(logging.WARNING)  # Orbax and TFDS log every save and shard at INFO.
@@ -43,4 +74,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -71,7 +71,10 @@ def get_config():
   config.checkpoint_every_epochs = 5  # Orbax checkpoint every N epochs (and always at the end).
   config.max_checkpoints_to_keep = 2  # Older checkpoints are deleted.
   config.compilation_cache_dir = '~/.cache/segrecon_jax/jax_cache'  # Persistent XLA cache; '' disables it.
-  config.distributed = False  # Call jax.distributed.initialize() (multi-host GPU/TPU).
+  config.distributed = False  # Call jax.distributed.initialize() (multi-host GPU/TPU; see README, Multi-host).
+  config.coordinator_address = ''  # With distributed: 'host:port' of process 0; '' detects SLURM / TPU pods.
+  config.num_processes = 0  # With coordinator_address: the number of processes.
+  config.process_id = 0  # With coordinator_address: this process's id, 0 .. num_processes - 1.
   config.progress_bar = True  # tqdm bar on a terminal.
   config.num_summary_images = 2  # Examples shown in TensorBoard image summaries.
   return config

@@ -9,7 +9,7 @@ cadence, the progress bar, where caches and data live) may change.
 
 import json
 import os
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import ml_collections
 import orbax.checkpoint as ocp
@@ -46,11 +46,18 @@ def save_checkpoint(manager, state, epoch: int, config, data_info) -> None:
       state=ocp.args.StandardSave(host_state), meta=ocp.args.JsonSave(jsonable(meta))))
 
 
-def restore_checkpoint(manager, template) -> Tuple[Optional[Any], Optional[dict]]:
-  """The latest checkpoint as (host state, meta), or (None, None) when the workdir has none."""
+def restore_checkpoint(manager, template, check: Optional[Callable[[dict], None]] = None
+                       ) -> Tuple[Optional[Any], Optional[dict]]:
+  """The latest checkpoint as (host state, meta), or (None, None) when the workdir has none.
+
+  `check(meta)` runs on the stored meta before the state is read, so a checkpoint of another model is refused with
+  the list of differing fields rather than an array-shape error.
+  """
   step = manager.latest_step()
   if step is None:
     return None, None
+  if check is not None:
+    check(manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta'])
   restored = manager.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(template), meta=ocp.args.JsonRestore()))
   return restored['state'], restored['meta']

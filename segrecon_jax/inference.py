@@ -68,8 +68,9 @@ def restore_for_inference(config, workdir: str):
   eval_source = input_pipeline.load_split(config, config.eval_split)
   model, tx = steps.create_model(config), steps.create_optimizer(config)
   template = steps.initial_state(config, model, tx, steps.image_shape(eval_source, config))
-  state, meta = checkpoints.restore_checkpoint(manager, template)
-  checkpoints.check_inference(meta, config, input_pipeline.data_info(config), manager.directory)
+  data_info = input_pipeline.data_info(config)
+  state, meta = checkpoints.restore_checkpoint(
+      manager, template, check=lambda meta: checkpoints.check_inference(meta, config, data_info, manager.directory))
   return model, parallel.replicate(state), eval_source, meta
 
 

@@ -64,10 +64,10 @@ def _train_and_evaluate(config, workdir: str) -> Dict[str, float]:
   model, tx = steps.create_model(config), steps.create_optimizer(config)
   state = steps.initial_state(config, model, tx, steps.image_shape(train_source, config))
   manager = checkpoints.checkpoint_manager(workdir, config)
-  restored, meta = checkpoints.restore_checkpoint(manager, state)
+  restored, meta = checkpoints.restore_checkpoint(
+      manager, state, check=lambda meta: checkpoints.check_resume(meta, config, data_info, manager.directory))
   start_epoch = 1
   if restored is not None:
-    checkpoints.check_resume(meta, config, data_info, manager.directory)
     state, start_epoch = restored, meta['epoch'] + 1
     logging.info('Resumed from %s at step %d (epoch %d done).', manager.directory, int(state.step), meta['epoch'])
   step = int(state.step)

@@ -15,9 +15,11 @@ from segrecon_jax import losses
 from segrecon_jax.data import phantom
 from segrecon_jax import parallel
 from segrecon_jax import checkpoints
+from segrecon_jax import config_checks
 from segrecon_jax import inference
 from segrecon_jax import steps
 from segrecon_jax import train
+from segrecon_jax import workdir as workdir_lib
 
 EXPERIMENTS = ('unet', 'cascade', 'multidecoder_unet', 'unet_unet', 'cascade_manet')
 
@@ -172,3 +174,137 @@ def test_every_config_and_preset_builds(experiment):
   if experiment in ('unet', 'cascade'):
     with pytest.raises(ValueError, match='valid presets'):
       module.get_config('x4_stab')
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The training system: steps, logs, workdir lock, resume policy, config errors.
+
+
+def read_scalars(workdir):
+  """{tag: [(step, value), ...]} from the TensorBoard event files (TFRecord framing, tensorboardX's protos)."""
+  from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+  scalars = {}
+  folder = os.path.join(workdir, 'tensorboard')
+  for name in sorted(os.listdir(folder)):
+    with open(os.path.join(folder, name), 'rb') as f:
+      data = f.read()
+    offset = 0
+    while offset < len(data):
+      length = int.from_bytes(data[offset:offset + 8], 'little')
+      event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
+      offset += 12 + length + 4
+      for value in event.summary.value:
+        if value.HasField('simple_value'):
+          scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+  return scalars
+
+
+def test_bar_off_writes_scalars_at_the_loops_own_steps(data_dir, tmp_path, caplog):
+  caplog.set_level('INFO')
+  config = tiny_config(data_dir, num_epochs=4, eval_every_epochs=2, log_every_steps=2, progress_bar=False)
+  workdir = str(tmp_path / 'steps')
+  train.train_and_evaluate(config, workdir)
+  source = input_pipeline.load_split(config, config.train_split)
+  per_epoch = input_pipeline.num_train_steps_per_epoch(source, config)
+  total = 4 * per_epoch
+  scalars = read_scalars(workdir)
+  assert [s for s, _ in scalars['train_loss']] == list(range(2, total + 1, 2))
+  assert [s for s, _ in scalars['eval_psnr']] == [2 * per_epoch, 4 * per_epoch]
+  assert all(v > 0 for _, v in scalars['train_steps_per_second'])
+  # One line per log step and per eval, without a terminal.
+  lines = [r.getMessage() for r in caplog.records]
+  assert sum(line.startswith('step ') and 'slices/s, ETA' in line for line in lines) == total // 2
+  assert any(line.startswith(f'step {total}/{total} epoch 4/4') for line in lines)
+  assert sum(line.startswith('eval at step') for line in lines) == 2
+  record = json.load(open(os.path.join(workdir, 'metrics.json')))
+  assert record['seed'] == config.seed and record['config']['learning_rate'] == config.learning_rate
+
+
+def test_train_scalars_are_the_mean_over_the_log_window(data_dir, tmp_path):
+  every_step, every_two = tmp_path / 'one', tmp_path / 'two'
+  train.train_and_evaluate(tiny_config(data_dir, num_epochs=1, log_every_steps=1), str(every_step))
+  train.train_and_evaluate(tiny_config(data_dir, num_epochs=1, log_every_steps=2), str(every_two))
+  one, two = dict(read_scalars(str(every_step))['train_loss']), dict(read_scalars(str(every_two))['train_loss'])
+  for step, value in two.items():
+    np.testing.assert_allclose(value, (one[step - 1] + one[step]) / 2, rtol=1e-5)
+
+
+_HOLD_LOCK = """
+import sys, time
+sys.path.insert(0, {root!r})
+from segrecon_jax import workdir
+lock = workdir.WorkdirLock({workdir!r}).acquire()
+print('locked', flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_second_run_into_a_held_workdir_stops_and_a_killed_holder_does_not_block(data_dir, tmp_path):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / 'held')
+  os.makedirs(workdir)
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  holder = subprocess.Popen([sys.executable, '-c', _HOLD_LOCK.format(root=root, workdir=workdir)],
+                            stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == 'locked'
+    with pytest.raises(workdir_lib.WorkdirLockedError, match=rf'{workdir} is in use by pid {holder.pid} on host'):
+      train.train_and_evaluate(tiny_config(data_dir, num_epochs=1), workdir)
+    assert not os.path.exists(os.path.join(workdir, 'checkpoints'))
+  finally:
+    holder.kill()  # SIGKILL: the holder cannot clear its record.
+    holder.wait()
+  assert str(holder.pid) in open(os.path.join(workdir, '.lock')).read()
+  train.train_and_evaluate(tiny_config(data_dir, num_epochs=1), workdir)  # The dead holder does not block.
+  assert open(os.path.join(workdir, '.lock')).read() == ''  # Cleared on a clean exit.
+
+
+def test_resume_refuses_changed_training_fields_and_allows_more_epochs(data_dir, tmp_path):
+  workdir = str(tmp_path / 'resume')
+  train.train_and_evaluate(tiny_config(data_dir, num_epochs=2), workdir)
+  before = json.load(open(os.path.join(workdir, 'metrics.json')))
+  with pytest.raises(checkpoints.ResumeError, match=r"config.seed: 0 in the checkpoint, 1 now\n"
+                                                    r"(.|\n)*Use a new --workdir"):
+    train.train_and_evaluate(tiny_config(data_dir, num_epochs=2, seed=1), workdir)
+  with pytest.raises(checkpoints.ResumeError, match=r'config.acceleration: 4 in the checkpoint, 8 now\n'
+                                                    r'  config.learning_rate: 0.0001 in the checkpoint, 0.001 now'):
+    train.train_and_evaluate(tiny_config(data_dir, num_epochs=2, acceleration=8, learning_rate=1e-3), workdir)
+  with pytest.raises(checkpoints.ResumeError, match=r'config.model.recon.features: \[4, 8\] in the checkpoint'):
+    config = tiny_config(data_dir, num_epochs=2)
+    config.model.recon.features = (4, 4)
+    train.train_and_evaluate(config, workdir)
+  assert json.load(open(os.path.join(workdir, 'metrics.json'))) == before  # Nothing rewritten.
+  # Cadence, the bar and more epochs may change.
+  train.train_and_evaluate(tiny_config(data_dir, num_epochs=3, log_every_steps=2, eval_every_epochs=1,
+                                       progress_bar=True), workdir)
+  assert checkpoints.checkpoint_manager(workdir, tiny_config(data_dir)).latest_step() > before['step']
+
+
+@pytest.mark.parametrize('field,value,match', [
+    ('acceleration', 0, r'config.acceleration=0: the acceleration R must be >= 1'),
+    ('num_epochs', 0, r'config.num_epochs=0: train for at least 1 epoch'),
+    ('learning_rate', -1.0, r'config.learning_rate=-1.0: must be > 0'),
+    ('eps', 1.5, r'config.eps=1.5: .*must lie in \(0, 1\)'),
+])
+def test_bad_config_values_get_one_paragraph(data_dir, tmp_path, field, value, match):
+  workdir = tmp_path / 'bad'
+  with pytest.raises(config_checks.ConfigError, match=match):
+    train.train_and_evaluate(tiny_config(data_dir, **{field: value}), str(workdir))
+  assert not workdir.exists()  # Checked before anything is written.
+
+
+def test_workdir_that_is_a_file_and_config_typos_are_clear(data_dir, tmp_path):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  path = tmp_path / 'a_file'
+  path.write_text('keep me')
+  with pytest.raises(NotADirectoryError, match=rf'{path} exists and is not a directory'):
+    train.train_and_evaluate(tiny_config(data_dir), str(path))
+  assert path.read_text() == 'keep me'
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  for flag, match in (('--config.sed=1', 'Did you mean "seed"'), ('--config.acceleration=0', 'must be >= 1')):
+    run = subprocess.run([sys.executable, 'main.py', '--config=configs/unet.py:x4,runlocal', flag,
+                          f'--workdir={tmp_path / "typo"}'], cwd=root, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2 and match in run.stderr and 'Traceback' not in run.stderr, run.stderr
+    assert len(run.stderr.strip().splitlines()) <= 3
