@@ -8,6 +8,7 @@ import jax
 import matplotlib
 import numpy as np
 
+from segrecon_jax import metrics
 from segrecon_jax import models
 
 matplotlib.use('Agg')
@@ -98,13 +99,10 @@ def write_results(workdir: str, config, results: Dict[str, float], extra: Option
 
 
 def heart_box(segmentation: np.ndarray, margin: int):
-  """(row0, row1, col0, col1), end-exclusive, of the heart labels (classes > 0) plus `margin`, or None."""
-  rows, cols = np.nonzero(segmentation > 0)
-  if rows.size == 0:
+  """`metrics.heart_box` of labels `[H, W]` as Python ints (row0, row1, col0, col1), or None without heart."""
+  if not np.any(segmentation > 0):
     return None
-  height, width = segmentation.shape
-  return (max(rows.min() - margin, 0), min(rows.max() + 1 + margin, height),
-          max(cols.min() - margin, 0), min(cols.max() + 1 + margin, width))
+  return tuple(int(b) for b in metrics.heart_box(segmentation, margin))
 
 
 def comparison_figure(path: str, columns, segmentation: np.ndarray, margin: int, title: str = '') -> None:

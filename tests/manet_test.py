@@ -79,7 +79,7 @@ def test_parameter_count_depth3_matches_smp():
 
 
 def test_block_parameter_counts_match_formulas():
-  params = _abstract_variables(manet.MANetSmpDefault(), jnp.zeros((1, 64, 64, 1)))['params']
+  params = _abstract_variables(manet.MANet(**manet.MANET_PRESETS['smp_default']), jnp.zeros((1, 64, 64, 1)))['params']
   channels, pab = 512, 64
   # PAB: two 1x1 convs to pab_channels and two 3x3 convs C -> C, all with biases.
   assert _count(params['center']) == 2 * (channels * pab + pab) + 2 * (9 * channels * channels + channels)
@@ -141,7 +141,7 @@ def test_init_with_flax_initialisers():
 
 def test_paper_preset_output_shape():
   x = jnp.zeros((2, 64, 64, 1))
-  model = manet.MANetPaper(num_classes=4)
+  model = manet.MANet(num_classes=4, **manet.MANET_PRESETS['paper'])
   logits = jax.eval_shape(functools.partial(model.apply, train=False), _abstract_variables(model, x), x)
   assert logits.shape == (2, 64, 64, 4)
 

@@ -92,7 +92,7 @@ def test_every_model_runs_under_jit_with_the_train_loop_interface(name, dtype):
 
 
 def test_unet_rejects_sizes_not_divisible_by_its_downsampling():
-  model = models.UNetTiny()  # 3 levels: H and W divisible by 4.
+  model = models.UNet(features=(4, 8, 16))  # 3 levels: H and W divisible by 4.
   with pytest.raises(ValueError, match=r'\(1, 18, 16, 2\)'):
     param_shapes(model, (jnp.zeros((1, 18, 16, 2)),))
 
@@ -155,9 +155,10 @@ def test_unet_param_count_matches_formula(in_channels, out_channels, norm):
 
 
 def test_paper_unet_param_counts():
-  # The formula at the paper's widths, written out for 2 -> 2 (reconstruction) with BatchNorm.
-  assert unet_param_count(PAPER_UNET, 2, 2) == 1_926_754
-  assert unet_param_count(PAPER_UNET, 1, 4) == 1_926_532
+  # The built models at the paper's widths (BatchNorm): 2 -> 2 reconstruction and 1 -> 4 segmentation.
+  for in_channels, out_channels, want in ((2, 2, 1_926_754), (1, 4, 1_926_532)):
+    model = models.UNet(features=PAPER_UNET, out_channels=out_channels)
+    assert count(param_shapes(model, (jnp.zeros((1, 16, 16, in_channels)),))) == want
 
 
 def test_config_models_param_counts_at_paper_settings():
@@ -175,11 +176,10 @@ def test_config_models_param_counts_at_paper_settings():
   for config_module, want in expected.items():
     model = models.get_model(config_module.get_config('x8').model)
     assert count(param_shapes(model, inputs)) == want, config_module.__name__
-  assert cascade_param_count(6, 5, 64) == 678_924
   # CascadeNet -> MANet: the two networks' counts add up (MANet's own count is tested in manet's tests).
   model = models.get_model(cascade_manet_config.get_config('x8').model)
   params = param_shapes(model, inputs)
-  assert count(params['recon_net']) == cascade_param_count(6, 5, 64)
+  assert count(params['recon_net']) == cascade_param_count(6, 5, 64) == 678_924
   assert set(params) == {'recon_net', 'seg_net'}
   manet = models.MANet(**models.MANET_PRESETS['paper'], num_classes=4)
   assert count(params['seg_net']) == count(param_shapes(manet, (jnp.zeros((1, 16, 16, 1)),)))
@@ -197,7 +197,7 @@ def test_cascade_learnable_noise_level_adds_one_parameter_per_cascade():
 def test_cascade_hard_dc_keeps_measured_kspace_at_sampled_locations():
   inputs = make_inputs()
   _, kspace, mask = inputs
-  model = models.CascadeNetTiny()
+  model = models.CascadeNet(num_cascades=2, num_layers=3, features=4)
   variables = init(model, inputs)
   out = jax.jit(functools.partial(model.apply, train=False))(variables, *inputs)
   k_out = np.asarray(mri.fft2c(mri.channels_to_complex(out)))
@@ -287,11 +287,11 @@ def test_unet_batch_stats_are_averaged_across_devices_under_pmap():
   x = make_inputs(batch=4, size=16, seed=3)[0]
   x = x * jnp.arange(1, 5, dtype=jnp.float32)[:, None, None, None]  # Different statistics on each device.
   shards = x.reshape(2, 2, 16, 16, 2)
-  variables = init(models.UNetTiny(features=(4, 8)), (x,))
+  variables = init(models.UNet(features=(4, 8)), (x,))
   replicated = jax.tree.map(lambda a: jnp.stack([a, a]), variables)
 
   def batch_stats(axis_name):
-    model = models.UNetTiny(features=(4, 8), bn_axis_name=axis_name)
+    model = models.UNet(features=(4, 8), bn_axis_name=axis_name)
     apply = lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats'])[1]['batch_stats']
     return jax.pmap(apply, axis_name='batch')(replicated, shards)
 
@@ -299,7 +299,7 @@ def test_unet_batch_stats_are_averaged_across_devices_under_pmap():
   for leaf in jax.tree.leaves(synced):
     np.testing.assert_array_equal(leaf[0], leaf[1])
   # They equal the statistics of the whole batch on one device...
-  whole = jax.jit(lambda v, x: models.UNetTiny(features=(4, 8)).apply(v, x, train=True, mutable=['batch_stats']))(
+  whole = jax.jit(lambda v, x: models.UNet(features=(4, 8)).apply(v, x, train=True, mutable=['batch_stats']))(
       variables, x)[1]
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a[0], b, rtol=1e-4, atol=1e-6), synced, whole['batch_stats'])
   # ...while without the axis name each device keeps its own.

@@ -250,17 +250,23 @@ def test_physics_under_pmap_on_two_devices():
     rng = jax.random.fold_in(rng, jax.lax.axis_index('batch'))
     keys = jax.random.split(rng, image.shape[0])
     masks = jax.vmap(lambda key: mri.sample_mask(key, 16, sampled_fraction, 4))(keys)[:, None, :]
-    kspace = mri.fft2c(image)
-    measured = mri.undersample(kspace, masks)
-    recon = mri.ifft2c(mri.data_consistency(mri.fft2c(mri.zero_filled(kspace, masks)), measured, masks))
-    error = jax.lax.pmean(jnp.mean(jnp.abs(recon - mri.zero_filled(kspace, masks))**2), 'batch')
-    return recon, masks, error
+    measured = mri.undersample(mri.fft2c(image), masks)
+    # A stand-in network output that differs from the measurement on every line.
+    k_pred = mri.fft2c(0.5 * mri.zero_filled(mri.fft2c(image), masks) + 0.1)
+    hard = mri.data_consistency(k_pred, measured, masks)
+    soft = mri.data_consistency(k_pred, measured, masks, 0.7)
+    error = jax.lax.pmean(jnp.mean(jnp.abs(mri.ifft2c(hard) - image)**2), 'batch')
+    return k_pred, hard, soft, masks, error
 
   rngs = jnp.stack([jax.random.PRNGKey(0)] * num_devices)
-  recon, masks, error = step(images, rngs, 0.5)
-  masks = np.asarray(masks)
+  k_pred, hard, soft, masks, error = map(np.asarray, step(images, rngs, 0.5))
   assert masks.shape == (num_devices, 2, 1, 16)
   assert (masks.sum(-1) == 8).all()
   assert not np.array_equal(masks[0], masks[1])  # each device folds in its own index
-  np.testing.assert_allclose(recon, np_ifft2c(np_fft2c(images) * masks), atol=1e-5)
-  np.testing.assert_allclose(error, 0.0, atol=1e-10)
+  measured = np_fft2c(images) * masks
+  assert np.abs(k_pred - measured)[np.broadcast_to(masks, k_pred.shape)].min() > 1e-3  # DC has work to do.
+  sampled = np.broadcast_to(masks, hard.shape)
+  np.testing.assert_allclose(hard[sampled], measured[sampled], atol=1e-5)  # measured lines replaced
+  np.testing.assert_array_equal(hard[~sampled], k_pred[~sampled])  # unmeasured lines untouched
+  np.testing.assert_allclose(soft, np.where(sampled, (k_pred + 0.7 * measured) / 1.7, k_pred), atol=1e-5)
+  np.testing.assert_allclose(error, np.mean(np.abs(np_ifft2c(hard) - images)**2), rtol=1e-5)

@@ -26,7 +26,6 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from segrecon_jax.models.cascade import CascadeNet
-from segrecon_jax.models.cascade import CascadeNetTiny
 from segrecon_jax.models.manet import MANET_PRESETS
 from segrecon_jax.models.manet import MANet
 from segrecon_jax.models.multidecoder import MultiDecoderUNet
@@ -38,8 +37,6 @@ from segrecon_jax.models.unet import UNet
 from segrecon_jax.models.unet import UNetDecoder
 from segrecon_jax.models.unet import UNetEncoder
 from segrecon_jax.models.unet import UNetRecon
-from segrecon_jax.models.unet import UNetReconTiny
-from segrecon_jax.models.unet import UNetTiny
 
 # Module fields that get_model sets itself (never from the config dict).
 _MANAGED_FIELDS = ('parent', 'name', 'dtype', 'bn_axis_name')
@@ -194,7 +191,7 @@ def get_model(model_config, dtype=jnp.float32, bn_axis_name=None) -> nn.Module:
 
 
 __all__ = [
-    'CascadeNet', 'CascadeNetTiny', 'MANet', 'MANET_PRESETS', 'MODELS', 'ModelOutput', 'ModelSpec', 'MultiDecoderUNet',
-    'ReconOnly', 'SegRecon', 'UNet', 'UNetDecoder', 'UNetEncoder', 'UNetRecon', 'UNetReconTiny', 'UNetTiny',
+    'CascadeNet', 'MANet', 'MANET_PRESETS', 'MODELS', 'ModelOutput', 'ModelSpec', 'MultiDecoderUNet',
+    'ReconOnly', 'SegRecon', 'UNet', 'UNetDecoder', 'UNetEncoder', 'UNetRecon',
     'display_name', 'get_model', 'layer_choice_fields', 'safe_magnitude', 'segments', 'spec',
 ]

@@ -139,7 +139,3 @@ class CascadeNet(nn.Module):
       x = x + residual.astype(jnp.float32)
       x = DataConsistency(self.dc_noise_level, self.learnable_noise_level, name=f'dc{cascade}')(x, kspace, mask)
     return x
-
-
-# Narrow variant for tests.
-CascadeNetTiny = functools.partial(CascadeNet, num_cascades=2, num_layers=3, features=4)

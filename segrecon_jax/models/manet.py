@@ -227,7 +227,3 @@ MANET_PRESETS = {
     'tiny': {'encoder_depth': 4, 'encoder_widths': (8, 8, 16, 32), 'encoder_stage_sizes': (1, 1, 1, 1), 'stem_width': 8,
              'decoder_channels': (32, 16, 8, 8), 'pab_channels': 8},
 }
-
-MANetSmpDefault = functools.partial(MANet, **MANET_PRESETS['smp_default'])
-MANetPaper = functools.partial(MANet, **MANET_PRESETS['paper'])
-MANetTiny = functools.partial(MANet, **MANET_PRESETS['tiny'])

@@ -100,7 +100,3 @@ class ResNetEncoder(nn.Module):
                        name=f'layer{stage + 1}_block{block}')(y, train=train)
       features.append(y)
     return features
-
-
-ResNet34Encoder = functools.partial(ResNetEncoder, stage_sizes=(3, 4, 6, 3))
-ResNet18Encoder = functools.partial(ResNetEncoder, stage_sizes=(2, 2, 2, 2))

@@ -168,6 +168,3 @@ class UNet(nn.Module):
 
 # Reconstruction: (real, imaginary) channels in and out, a residual on the zero-filled input.
 UNetRecon = functools.partial(UNet, out_channels=2, residual=True)
-# Narrow variants for tests.
-UNetTiny = functools.partial(UNet, features=(4, 8, 16))
-UNetReconTiny = functools.partial(UNetRecon, features=(4, 8, 16))
