@@ -24,6 +24,8 @@ from typing import Dict, Tuple
 import jax
 import jax.numpy as jnp
 
+from segrecon_jax.data import labels as labels_format
+
 Array = jax.Array
 
 SSIM_WIN_SIZE = 7
@@ -32,7 +34,7 @@ SSIM_K2 = 0.03
 # PSNR of an exact reconstruction; its MSE floor (1e-10 data_range^2) is far below float32 image noise.
 MAX_PSNR_DB = 100.0
 # Class names of the 4-class OCMR labels; other label sets are named `class{c}`.
-CLASS_NAMES = ('background', 'lv_pool', 'myocardium', 'rv_pool')
+CLASS_NAMES = labels_format.CLASS_NAMES
 
 
 def magnitude(image: Array) -> Array:

@@ -13,6 +13,7 @@ from scipy import ndimage
 
 from segrecon_jax import mri
 from segrecon_jax.data import phantom
+from segrecon_jax.data import labels as labels_format
 
 SETTINGS = dict(recon_size=(48, 40), num_coils=5, num_slices=2, num_frames=3)
 AXES = (-2, -1)
@@ -153,7 +154,7 @@ def test_label_file(noiseless):
   with h5py.File(label_path, 'r') as f:
     masks, labelled = f['masks'][()], f['labelled'][()]
     assert f.attrs['source_file'] == os.path.basename(kspace_path)
-    assert f.attrs['classes'] == 'background,lv_blood_pool,lv_myocardium,rv_blood_pool'
+    assert f.attrs['classes'] == ','.join(labels_format.CLASS_NAMES) == 'background,lv_pool,myocardium,rv_pool'
     assert (f.attrs['ed_frame'], f.attrs['es_frame']) == (0, 1)
   assert masks.dtype == np.uint8 and masks.shape == (2, 3, 48, 40)
   assert labelled.shape == (2, 3) and labelled.all()

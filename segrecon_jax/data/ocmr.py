@@ -36,10 +36,11 @@ import jax
 import numpy as np
 
 from segrecon_jax import mri
+from segrecon_jax.data import labels as labels_format
 
 KSPACE_AXES = ('kx', 'ky', 'kz', 'coil', 'phase', 'set', 'slice', 'rep', 'avg')
-CLASSES = ('background', 'lv_blood_pool', 'lv_myocardium', 'rv_blood_pool')
-NUM_CLASSES = len(CLASSES)
+CLASSES = labels_format.CLASS_NAMES
+NUM_CLASSES = labels_format.NUM_CLASSES
 # OCMR's reader zeroes these samples of every ACQUIRED line (`acq.data[:, [0, 1, 2, last]]`) when the PilotTone user
 # parameter is 1 (the pilot-tone signal sits at the edges of the readout), before placing the line at `kx_prezp`.
 _PILOT_TONE_SAMPLES = (0, 1, 2, -1)

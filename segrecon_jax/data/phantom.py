@@ -35,7 +35,9 @@ import ismrmrd.xsd as xsd
 import numpy as np
 import scipy.fft
 
-CLASSES = ('background', 'lv_blood_pool', 'lv_myocardium', 'rv_blood_pool')
+from segrecon_jax.data import labels as labels_format
+
+CLASSES = labels_format.CLASS_NAMES
 BACKGROUND, LV_BLOOD_POOL, LV_MYOCARDIUM, RV_BLOOD_POOL = range(len(CLASSES))
 PROTOCOL_NAME = 'phantom_cine_sax'
 SYSTEM_VENDOR = 'segrecon_jax phantom'
@@ -782,33 +784,26 @@ def write_subject(directory: str, subject: int, seed: int, *, recon_size: Sequen
   stem = f'fs_{info.subject:04d}_phantom'
   kspace_path = os.path.join(directory, stem + '.h5')
   label_path = os.path.join(directory, 'labels', stem + '.h5')
-  os.makedirs(os.path.dirname(label_path), exist_ok=True)
   image, labels = subject_anatomy(info)
   kspace, noise = subject_kspace(info, image)
   rows = _acquisition_rows(info, kspace, noise if noise_scan else None)
   del kspace
   xml = xsd.ToXML(ismrmrd_header(info), 'utf-8')
-  temporary = [_temporary_path(label_path), _temporary_path(kspace_path)]
+  labels_format.write_label_file(label_path, labels, labelled, os.path.basename(kspace_path), ed_frame=0,
+                                 es_frame=info.es_frame)
+  # The label file is complete before the k-space file appears, so a k-space file always has its labels.
+  # The layout `ismrmrd.Dataset` writes (xml as a 1-element vlen string, acquisitions as one resizable table),
+  # written in one call: appending line by line through `ismrmrd.Dataset` costs ~2 ms per line.
+  temporary = _temporary_path(kspace_path)
   try:
-    with h5py.File(temporary[0], 'w') as f:
-      f.create_dataset('masks', data=labels, compression='gzip', compression_opts=4, chunks=(1, 1) + labels.shape[2:])
-      f.create_dataset('labelled', data=labelled)
-      f.attrs['source_file'] = os.path.basename(kspace_path)
-      f.attrs['classes'] = ','.join(CLASSES)
-      f.attrs['ed_frame'] = 0
-      f.attrs['es_frame'] = info.es_frame
-    # The layout `ismrmrd.Dataset` writes (xml as a 1-element vlen string, acquisitions as one resizable table),
-    # written in one call: appending line by line through `ismrmrd.Dataset` costs ~2 ms per line.
-    with h5py.File(temporary[1], 'w') as f:
+    with h5py.File(temporary, 'w') as f:
       group = f.create_group('dataset')
       group.create_dataset('xml', shape=(1,), dtype=h5py.special_dtype(vlen=bytes))[0] = xml
       group.create_dataset('data', data=rows, maxshape=(None,), chunks=(min(len(rows), 256),))
-    os.replace(temporary[0], label_path)
-    os.replace(temporary[1], kspace_path)
+    os.replace(temporary, kspace_path)
   finally:
-    for path in temporary:
-      if os.path.exists(path):
-        os.remove(path)
+    if os.path.exists(temporary):
+      os.remove(temporary)
   return kspace_path, label_path
 
 
