@@ -71,7 +71,7 @@ import numpy as np
 from segrecon_jax import input_pipeline
 from segrecon_jax import parallel
 from segrecon_jax import models
-from segrecon_jax import steps
+from segrecon_jax import steps as step_lib  # `steps` is the timed step count here.
 from segrecon_jax.models import layers
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -111,9 +111,9 @@ def experiment_config(experiment: str, preset: str, args: argparse.Namespace, st
   """
   acceleration, _, suffix = preset.partition('_')
   stabilized = suffix == 'stab' if stabilized is None else stabilized
-  module = importlib.import_module(f'configs.{experiment}')
-  solo = not models.segments(module.get_config(acceleration).model)
-  config = module.get_config(acceleration + ('_stab' if stabilized and not solo else ''))
+  solo = not models.segments(experiment)  # Experiment files are named by their model.
+  config = importlib.import_module(f'configs.{experiment}').get_config(
+      acceleration + ('_stab' if stabilized and not solo else ''))
   config.batch_size = args.batch
   config.half_precision = args.half_precision
   for sub, field in models.layer_choice_fields(config.model):
@@ -145,12 +145,12 @@ def _peak_memory_bytes(devices, compiled) -> Dict[str, Optional[float]]:
 def time_train_step(config, image_size: int, num_devices: int, steps: int) -> Dict[str, Any]:
   """Compile and steady-state times of the real train step on the first `num_devices` local devices."""
   devices = jax.local_devices()[:num_devices]
-  steps.check_masks_fit(config, image_size, f'--image_size={image_size}')
+  step_lib.check_masks_fit(config, image_size, f'--image_size={image_size}')
   if config.batch_size % num_devices:
     raise ValueError(f'--batch={config.batch_size} does not split over {num_devices} devices')
-  model, tx = steps.create_model(config), steps.create_optimizer(config)
-  state = steps.initial_state(config, model, tx, (image_size, image_size))
-  step_fn = parallel.pmap(functools.partial(steps.train_step, model=model, tx=tx, config=config),
+  model, tx = step_lib.create_model(config), step_lib.create_optimizer(config)
+  state = step_lib.initial_state(config, model, tx, (image_size, image_size))
+  step_fn = parallel.pmap(functools.partial(step_lib.train_step, model=model, tx=tx, config=config),
                           static_broadcasted_argnums=(3,), donate_argnums=(0,), devices=devices)
   state = parallel.replicate(state, devices)
   rng = parallel.replicate(jax.random.PRNGKey(0), devices)
@@ -199,7 +199,7 @@ def time_input_pipeline(config, pipeline_config: str, data_dir: str, max_batches
 def schedule_cost(config, compile_s: float, step_s: float, train_examples: int = 155) -> Dict[str, float]:
   """Compiles of the config's full stabilization schedule and their share of the wall time of a paper-scale run
   (`train_examples` slices per epoch as the paper's train split, `config.num_epochs` epochs)."""
-  fractions = {steps.sampled_fraction_for_epoch(config, epoch) for epoch in range(1, config.num_epochs + 1)}
+  fractions = {step_lib.sampled_fraction_for_epoch(config, epoch) for epoch in range(1, config.num_epochs + 1)}
   steps = config.num_epochs * (train_examples // config.batch_size)
   compile_total = len(fractions) * compile_s
   return {'schedule_compiles': len(fractions), 'schedule_compile_s': compile_total,

@@ -236,7 +236,7 @@ def scale_description(switch: str) -> str:
   lines = []
   for _, method, experiment, stabilized in ROWS:
     if not stabilized:
-      preset = 'x8_stab' if models.segments(importlib.import_module(f'configs.{experiment}').get_config('x8').model) else 'x8'
+      preset = 'x8_stab' if models.segments(experiment) else 'x8'  # Experiment files are named by their model.
       config = importlib.import_module(f'configs.{experiment}').get_config(preset + suffix)
       lines.append(f'- {method}: model `{json.dumps(config.model.to_dict())}`')
   config = importlib.import_module('configs.unet_unet').get_config('x8_stab' + suffix)

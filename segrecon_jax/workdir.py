@@ -19,16 +19,6 @@ class WorkdirLockedError(RuntimeError):
   """Another run holds the workdir."""
 
 
-def _pid_alive(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    return True
-  return True
-
-
 class WorkdirLock:
   """`with WorkdirLock(workdir):` holds `<workdir>/.lock` for the block; raises WorkdirLockedError if taken."""
 

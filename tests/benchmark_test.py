@@ -25,9 +25,9 @@ def test_benchmark_times_each_layer_choice_of_each_model(monkeypatch):
   # The built model (not the config) carries the choice, in every sub-network that has one.
   built = {name: steps.create_model(benchmark.experiment_config(name, 'x8_stab', defaults, conv_impl='im2col'))
            for name in benchmark.EXPERIMENTS}
-  assert built['unet'].upconv_impl == built['multidecoder_unet'].upconv_impl == 'im2col'
+  assert built['unet'].net.upconv_impl == built['multidecoder_unet'].upconv_impl == 'im2col'
   assert built['unet_unet'].recon_net.upconv_impl == built['unet_unet'].seg_net.upconv_impl == 'im2col'
-  assert built['cascade'].conv_impl == built['cascade_manet'].recon_net.conv_impl == 'im2col'
+  assert built['cascade'].net.conv_impl == built['cascade_manet'].recon_net.conv_impl == 'im2col'
 
   paper_config = benchmark.experiment_config
 
