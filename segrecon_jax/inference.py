@@ -56,7 +56,7 @@ def _allgather_sums(sums, counts):
   keys = sorted(sums)
   totals = multihost_utils.process_allgather(np.array([[sums[k] for k in keys], [counts[k] for k in keys]]))
   totals = np.asarray(totals).sum(0)
-  return dict(zip(keys, totals[0])), dict(zip(keys, totals[1]))
+  return ({k: float(v) for k, v in zip(keys, totals[0])}, {k: float(v) for k, v in zip(keys, totals[1])})
 
 
 def restore_for_inference(config, workdir: str):
@@ -107,12 +107,13 @@ def predict(config, workdir: str, input_path: str = '') -> str:
   for batch in input_pipeline.eval_batches(source, config):
     _, outputs = p_eval_step(state, parallel.shard(batch))
     outputs = dict(parallel.unshard(outputs), image=batch['image'], segmentation=batch['segmentation'],
-                   valid=batch['valid'])
+                   valid=batch['valid'], index=batch['index'])
     for key, value in parallel.gather_to_host(outputs).items():  # Every host's share, on every host.
       collected[key].append(value)
   arrays = {k: np.concatenate(v) for k, v in collected.items()}
   valid = arrays.pop('valid') > 0
-  arrays = {k: v[valid] for k, v in arrays.items()}
+  order = np.argsort(arrays.pop('index')[valid], kind='stable')  # Hosts hold strided shares: back to split order.
+  arrays = {k: v[valid][order] for k, v in arrays.items()}
   if jax.process_index() != 0:
     return ''
   name = os.path.splitext(os.path.basename(input_path))[0] if input_path else ''

@@ -70,27 +70,32 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 
 def train_batches(source, config, epoch: int) -> Iterator[Dict[str, np.ndarray]]:
-  """This host's batches of one training epoch: a global shuffle from (seed, epoch), then every
-  `process_count`-th example, in batches of `per_host_batch_size(config.batch_size)`; the remainder is dropped."""
+  """This host's batches of one training epoch, in batches of `per_host_batch_size(config.batch_size)`.
+
+  The epoch order is a global shuffle from (seed, epoch), trimmed to whole global batches; global batch k is the
+  k-th block of `config.batch_size` examples of that order and host p loads the p-th contiguous part of it. So
+  device d of the whole job sees the same examples however the devices are spread over hosts (2 hosts x 1 device
+  train exactly as 1 host x 2 devices), and every host runs the same number of steps (a host with one more step
+  would wait forever in the gradient pmean).
+  """
   per_host = parallel.per_host_batch_size(config.batch_size)
   num_examples = len(source)
   if num_examples < config.batch_size:
     raise ValueError(f'the {config.train_split!r} split has {num_examples} examples, fewer than '
                      f'config.batch_size={config.batch_size}')
-  # Trim to whole global batches before striding, so every host runs the same number of steps (a host with one
-  # more step would wait forever in the gradient pmean).
-  used = num_train_steps_per_epoch(source, config) * per_host * jax.process_count()
-  dataset = (grain.MapDataset.range(num_examples)
-             .shuffle(seed=epoch_seed(config.seed, epoch))
-             [:used]
-             [jax.process_index()::jax.process_count()]
+  num_steps = num_train_steps_per_epoch(source, config)
+  order = np.random.default_rng(epoch_seed(config.seed, epoch)).permutation(num_examples)
+  mine = order[:num_steps * config.batch_size].reshape(num_steps, jax.process_count(), per_host)
+  mine = mine[:, jax.process_index()].reshape(-1)
+  dataset = (grain.MapDataset.source(mine)
              .map(lambda i: decode(source[int(i)], int(i)))
              .batch(per_host, drop_remainder=True))
   return iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=2 * per_host)))
 
 
 def num_train_steps_per_epoch(source, config) -> int:
-  return (len(source) // jax.process_count()) // parallel.per_host_batch_size(config.batch_size)
+  """Whole global batches per epoch (the remainder of the shuffled order is dropped)."""
+  return len(source) // (parallel.per_host_batch_size(config.batch_size) * jax.process_count())
 
 
 def eval_batches(source, config) -> Iterator[Dict[str, np.ndarray]]:

@@ -53,3 +53,13 @@ def test_eval_batches_cover_the_split_once_and_keep_hosts_in_step(monkeypatch):
   assert len(hosts[0]) == len(hosts[1]) == 3  # ceil(33 / 16)
   valid = [i for batches in hosts for indices, flags in batches for i, f in zip(indices, flags) if f > 0]
   assert sorted(valid) == list(range(33))
+
+
+def test_hosts_load_contiguous_parts_of_each_global_batch(monkeypatch):
+  """Device d of the job sees the same examples with 2 hosts x 1 device as with 1 host x 2 devices."""
+  source = fake_source(37)
+  one_host = host_batches(monkeypatch, lambda: input_pipeline.train_batches(source, config(8), epoch=2), 1)[0]
+  two_hosts = host_batches(monkeypatch, lambda: input_pipeline.train_batches(source, config(8), epoch=2), 2)
+  assert len(one_host) == len(two_hosts[0]) == 37 // 8
+  for step, (indices, _) in enumerate(one_host):
+    assert indices == two_hosts[0][step][0] + two_hosts[1][step][0]

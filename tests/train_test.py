@@ -52,6 +52,12 @@ def tiny_config(data_dir, experiment='unet_unet', preset='x4_stab', **overrides)
   return config
 
 
+def multihost_config(data_dir):
+  """The config that tests/multihost_test.py trains with 2 processes and with 1 (2 epochs, 2 sampled fractions)."""
+  return tiny_config(data_dir, num_epochs=2, schedule_levels=2, eval_every_epochs=2, checkpoint_every_epochs=1,
+                     log_every_steps=2)
+
+
 def latest_params(workdir, config):
   manager = checkpoints.checkpoint_manager(workdir, config)
   source = input_pipeline.load_split(config, config.train_split)

@@ -1,0 +1,110 @@
+"""A real 2-process job on this machine (jax.distributed on 127.0.0.1, CPU collectives through gloo), against the
+same global batch and device count in one process: same parameters, same predictions, one writer."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from segrecon_jax import inference
+from segrecon_jax import input_pipeline
+from segrecon_jax import train
+import train_test
+
+_WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'multihost_worker.py')
+_TIMEOUT_S = 420
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def run_job(workdir, data_dir, tmp_path, name, num_processes=2):
+  """Runs the worker as every process of one job; returns each process's report (fails with their logs)."""
+  coordinator = f'127.0.0.1:{_free_port()}'
+  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='--xla_force_host_platform_device_count=1')
+  procs, logs, reports = [], [], []
+  for pid in range(num_processes):
+    logs.append(tmp_path / f'{name}_{pid}.log')
+    reports.append(tmp_path / f'{name}_{pid}.json')
+    with open(logs[-1], 'w') as log:
+      procs.append(subprocess.Popen([sys.executable, _WORKER, workdir, data_dir, coordinator, str(num_processes),
+                                     str(pid), str(reports[-1])], stdout=log, stderr=subprocess.STDOUT, env=env))
+  try:
+    codes = [p.wait(timeout=_TIMEOUT_S) for p in procs]
+  except subprocess.TimeoutExpired:
+    codes = None
+  finally:
+    for p in procs:
+      p.kill()
+  if codes != [0] * num_processes:
+    tails = '\n'.join(f'--- process {i} (exit {c}):\n' + log.read_text()[-3000:]
+                      for i, (c, log) in enumerate(zip(codes or ['timeout'] * num_processes, logs)))
+    pytest.fail(f'multi-process job {name} failed:\n{tails}')
+  return [json.loads(r.read_text()) for r in reports], [log.read_text() for log in logs]
+
+
+def workdir_files(workdir):
+  """Relative paths under a workdir: checkpoints by step folder (orbax's layout inside one differs between one
+  and several processes), TensorBoard event files by folder (their names hold host and time)."""
+  files = set()
+  for root, _, names in os.walk(workdir):
+    for name in names:
+      rel = os.path.relpath(os.path.join(root, name), workdir)
+      if rel.startswith('checkpoints' + os.sep):
+        rel = os.sep.join(rel.split(os.sep)[:2])
+      files.add(os.path.join(os.path.dirname(rel), 'events.*') if 'tfevents' in name else rel)
+  return files
+
+
+def test_two_processes_train_like_one_process_with_the_same_devices(tmp_path):
+  assert jax.device_count() == 2  # tests/conftest.py: the 1-process reference has the job's 2 devices.
+  data_dir = str(tmp_path / 'tfds')
+  config = train_test.multihost_config(data_dir)
+  input_pipeline.load_split(config, config.train_split)  # Build the dataset once, before processes share it.
+
+  one = str(tmp_path / 'one_process')
+  one_results = train.train_and_evaluate(config, one)
+  inference.predict(config, one)
+
+  two = str(tmp_path / 'two_processes')
+  reports, logs = run_job(two, data_dir, tmp_path, 'train')
+  assert [(r['process_index'], r['process_count'], r['device_count'], r['local_device_count']) for r in reports] \
+      == [(0, 2, 2, 1), (1, 2, 2, 1)]
+
+  # The same training: parameters and batch statistics of the last checkpoint, eval metrics, predictions.
+  state_one, meta_one = train_test.latest_params(one, config)
+  state_two, meta_two = train_test.latest_params(two, config)
+  assert meta_one['step'] == meta_two['step'] > 0
+  for a, b in zip(jax.tree.leaves((state_one.params, state_one.batch_stats)),
+                  jax.tree.leaves((state_two.params, state_two.batch_stats))):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+  for report in reports:
+    for key in ('psnr', 'ssim', 'dice_mean', 'num_examples'):
+      np.testing.assert_allclose(report['results'][key], one_results[key], rtol=1e-4)
+  for name in sorted(os.listdir(os.path.join(one, 'predictions'))):
+    if name.endswith('.npy'):
+      np.testing.assert_allclose(np.load(os.path.join(two, 'predictions', name)),
+                                 np.load(os.path.join(one, 'predictions', name)), rtol=1e-4, atol=1e-5)
+
+  # One writer: the same files as the 1-process run (one TensorBoard file, one table), none opened by process 1.
+  assert workdir_files(two) == workdir_files(one)
+  assert len([n for n in os.listdir(os.path.join(two, 'tensorboard')) if 'tfevents' in n]) == 1
+  # Every process may create the workdir folder itself (whoever comes first); nothing in it but by process 0.
+  assert [w for w in reports[1]['written'] if w != 'os.mkdir .'] == [], reports[1]['written']
+  assert any('metrics.json' in w for w in reports[0]['written'])
+  total = meta_one['step']
+  assert f'step {total}/{total} ' in logs[0] and 'steps/s' not in logs[1]  # Progress lines: process 0 only.
+
+  # Both processes restore: a rerun finds the finished checkpoint and only evaluates.
+  reports, logs = run_job(two, data_dir, tmp_path, 'resume')
+  assert all('Resumed from' in log for log in logs), logs[1][-2000:]
+  for report in reports:
+    np.testing.assert_allclose(report['results']['psnr'], one_results['psnr'], rtol=1e-4)
