@@ -1,0 +1,247 @@
+"""Reader of labelled magnitude cine folders (ACDC, M&Ms, Sunnybrook-style; NIfTI or HDF5) -> simulated single-coil slices.
+
+These datasets ship magnitude images and label maps, not k-space. Each magnitude slice gets a smooth synthetic
+phase (`synthetic_phase`, seeded by `phase_seed` and the example's key), so the served complex image `x` stands
+for single-coil k-space `fft2c(x)`: the undersampling in the step is real, the acquisition is simulated.
+
+Folder layout (searched recursively, sorted; hidden files skipped):
+  NIfTI   `<stem>.nii.gz` (or `.nii`) with its labels in `<stem>_gt.nii.gz` (or `_gt.nii`) beside it, as ACDC
+          (`patient001/patient001_frame01.nii.gz` + `patient001_frame01_gt.nii.gz`) and M&Ms
+          (`A0S9V9/A0S9V9_sa.nii.gz` + `A0S9V9_sa_gt.nii.gz`) ship them. Voxel axes `[x, y]`, `[x, y, z]` or
+          `[x, y, z, t]`: served images are `[H, W] = [x, y]` in voxel order (no reorientation, the same for image
+          and labels), slices along z, frames along t. Image files without a `_gt` partner are skipped.
+  HDF5    `<stem>.h5` with datasets `image` and `label` of one shape, `[H, W]`, `[slices, H, W]` or
+          `[slices, frames, H, W]`, and optionally `labelled` uint8 `[slices, frames]`.
+Subject (the unit of the train/test split): the file name up to its first `_` (`patient001_frame01` ->
+`patient001`, `A0S9V9_sa` -> `A0S9V9`), so every frame and file of a patient lands in one split.
+Labelled frames: every slice of a file without a time axis; in a 4-D file, the frames whose label volume is not
+all background (M&Ms labels only end-diastole and end-systole); `labelled` when an HDF5 file gives it.
+Label values go through `labels.remap(label, label_mapping)`: value `v` of the file becomes ours `label_mapping[v]`
+(ACDC: 1 RV, 2 myocardium, 3 LV cavity -> `(0, 3, 2, 1)`; M&Ms: 1 LV, 2 myocardium, 3 RV -> `(0, 1, 2, 3)`).
+
+Every problem with an input file raises `MagnitudeFormatError` (a `ValueError`) or `FileNotFoundError`, naming the
+file and what was expected.
+"""
+
+import os
+import zlib
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import h5py
+import numpy as np
+
+from segrecon_jax.data import labels as labels_format
+from segrecon_jax.data import ocmr
+
+NIFTI_SUFFIXES = ('.nii.gz', '.nii')
+LABEL_SUFFIX = '_gt'
+ACDC_LABEL_MAPPING = (0, labels_format.RV_POOL, labels_format.MYOCARDIUM, labels_format.LV_POOL)
+# The affines of an image and its labels may differ by rounding in the writer, not by a voxel.
+_AFFINE_TOLERANCE_MM = 1e-3
+
+
+class MagnitudeFormatError(ValueError):
+  """An input file is not a usable magnitude / label file; the message names the file and what was expected."""
+
+
+def _strip_suffix(name: str) -> Tuple[str, str]:
+  for suffix in NIFTI_SUFFIXES + ('.h5',):
+    if name.endswith(suffix):
+      return name[:-len(suffix)], suffix
+  return name, ''
+
+
+def subject_id(path: str) -> str:
+  """The subject key of a file: its name up to the first `_` (`patient001_frame01.nii.gz` -> `patient001`)."""
+  stem, _ = _strip_suffix(os.path.basename(path))
+  return stem.split('_')[0]
+
+
+def find_pairs(directory: str) -> List[Tuple[str, str]]:
+  """`(image path, label path)` of every NIfTI pair and HDF5 file under `directory`, sorted by path.
+
+  An HDF5 file is its own label file (the pair is `(path, path)`).
+  """
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f'{directory}: no such folder of magnitude cine files')
+  pairs = []
+  for root, dirs, names in os.walk(directory):
+    dirs[:] = sorted(d for d in dirs if not d.startswith('.'))
+    present = set(names)
+    for name in sorted(names):
+      if name.startswith('.'):
+        continue
+      stem, suffix = _strip_suffix(name)
+      if suffix == '.h5':
+        pairs.append((os.path.join(root, name), os.path.join(root, name)))
+      elif suffix and not stem.endswith(LABEL_SUFFIX):
+        partner = next((stem + LABEL_SUFFIX + s for s in NIFTI_SUFFIXES if stem + LABEL_SUFFIX + s in present), None)
+        if partner is not None:
+          pairs.append((os.path.join(root, name), os.path.join(root, partner)))
+  return sorted(pairs)
+
+
+def _load_nifti(path: str, what: str):
+  import nibabel as nib  # pylint: disable=g-import-not-at-top  (only NIfTI users need it)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'{path}: no such {what} file')
+  try:
+    image = nib.load(path)
+    data = np.asanyarray(image.dataobj)
+  except Exception as e:  # nibabel raises several types for truncated or foreign files
+    raise MagnitudeFormatError(f'{path}: expected a NIfTI {what} file, but it cannot be read (truncated, corrupt or '
+                               f'not NIfTI): {e}') from e
+  return data, np.asarray(image.affine, np.float64)
+
+
+def _to_slices_frames(array: np.ndarray, path: str, voxel_order: bool) -> np.ndarray:
+  """`[x, y(, z(, t))]` (NIfTI) or `[(slices, (frames,)) H, W]` (HDF5) -> `[slices, frames, H, W]`."""
+  if not 2 <= array.ndim <= 4:
+    raise MagnitudeFormatError(f'{path}: expected a 2-D, 3-D or 4-D image (in-plane, slices, frames), got shape '
+                               f'{array.shape}')
+  if voxel_order:
+    array = array.reshape(array.shape + (1,) * (4 - array.ndim))
+    return np.transpose(array, (2, 3, 0, 1))
+  return array.reshape((1,) * (4 - array.ndim) + array.shape)
+
+
+def read_pair(image_path: str, label_path: str) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Reads one image file and its label file.
+
+  Returns:
+    `magnitude` float32 `[slices, frames, H, W]` (>= 0), `label` int64 `[slices, frames, H, W]` in the file's own
+    convention (not remapped), `labelled` bool `[slices, frames]` (rule in the module docstring).
+  """
+  labelled = None
+  if image_path.endswith('.h5'):
+    with ocmr._open_h5(image_path, 'HDF5 image/label') as f:  # pylint: disable=protected-access
+      missing = [n for n in ('image', 'label') if n not in f]
+      if missing:
+        raise MagnitudeFormatError(f'{image_path}: expected HDF5 datasets `image` and `label` of one shape '
+                                   f'([H, W], [slices, H, W] or [slices, frames, H, W]); missing {missing}')
+      try:
+        image, label = f['image'][()], f['label'][()]
+        labelled = f['labelled'][()] if 'labelled' in f else None
+      except (OSError, ValueError) as e:
+        raise MagnitudeFormatError(f'{image_path}: the datasets cannot be read (truncated or corrupt file): '
+                                   f'{e}') from e
+    voxel_order = False
+  else:
+    image, image_affine = _load_nifti(image_path, 'image')
+    label, label_affine = _load_nifti(label_path, 'label')
+    if image.shape == label.shape and not np.allclose(image_affine, label_affine, atol=_AFFINE_TOLERANCE_MM):
+      raise MagnitudeFormatError(f'{label_path}: its affine\n{label_affine}\ndiffers from that of its image '
+                                 f'{image_path}\n{image_affine}\nso the labels do not lie on the image voxels')
+    voxel_order = True
+  if image.shape != label.shape:
+    raise MagnitudeFormatError(f'{label_path}: label shape {label.shape} does not match the image shape '
+                               f'{image.shape} of {image_path}')
+  if np.iscomplexobj(image) or not np.issubdtype(image.dtype, np.number):
+    raise MagnitudeFormatError(f'{image_path}: expected real magnitude values, got dtype {image.dtype}')
+  image = image.astype(np.float32)
+  if not np.all(np.isfinite(image)):
+    raise MagnitudeFormatError(f'{image_path}: the image holds NaN or Inf values; expected finite magnitudes')
+  if image.size and image.min() < 0:
+    raise MagnitudeFormatError(f'{image_path}: expected magnitude images (values >= 0), got a minimum of '
+                               f'{image.min():.4g}')
+  if np.issubdtype(label.dtype, np.floating):
+    if not np.all(np.isfinite(label)) or np.any(label != np.round(label)):
+      raise MagnitudeFormatError(f'{label_path}: expected integer label values, got non-integer floats')
+  elif not np.issubdtype(label.dtype, np.integer):
+    raise MagnitudeFormatError(f'{label_path}: expected integer label values, got dtype {label.dtype}')
+  magnitude = _to_slices_frames(image, image_path, voxel_order)
+  label = _to_slices_frames(label.astype(np.int64), label_path, voxel_order)
+  if labelled is not None:
+    labelled = np.asarray(labelled)
+    if labelled.size != int(np.prod(magnitude.shape[:2])):
+      raise MagnitudeFormatError(f'{image_path}: `labelled` shape {labelled.shape} does not match the '
+                                 f'[slices, frames] {magnitude.shape[:2]} of its `image`')
+    labelled = labelled.reshape(magnitude.shape[:2]).astype(bool)
+  elif magnitude.shape[1] == 1:
+    labelled = np.ones(magnitude.shape[:2], bool)
+  else:  # A frame is labelled when its label volume is not all background.
+    labelled = np.broadcast_to(np.any(label != 0, axis=(0, 2, 3))[None], magnitude.shape[:2]).copy()
+  return magnitude, label, labelled
+
+
+def synthetic_phase(shape: Sequence[int], phase_seed: int, key: str) -> np.ndarray:
+  """A smooth image phase (radians) for a magnitude slice, the same for the same `(phase_seed, key)`.
+
+  phi(x, y) = q0 + q1 x + q2 y + q3 x^2 + q4 x y + q5 y^2 over coordinates scaled to [-1, 1) on the larger side, with
+  q0 ~ U(-pi, pi), q1, q2 ~ N(0, 1) and q3..q5 ~ N(0, 0.5): a constant offset, a shift of the k-space centre by a
+  few samples and a slow quadratic, the smooth background phase of a cine image. Drawn from a generator seeded by
+  `phase_seed` and the CRC32 of `key` (the example key), so it does not depend on the build order.
+
+  Returns:
+    float32 `[H, W]`.
+  """
+  height, width = (int(s) for s in shape)
+  rng = np.random.default_rng([int(phase_seed), zlib.crc32(key.encode())])
+  q = np.concatenate([rng.uniform(-np.pi, np.pi, 1), rng.normal(0.0, 1.0, 2), rng.normal(0.0, 0.5, 3)])
+  half = max(height, width) / 2
+  x = (np.arange(height) - height // 2)[:, None] / half
+  y = (np.arange(width) - width // 2)[None, :] / half
+  return (q[0] + q[1] * x + q[2] * y + q[3] * x * x + q[4] * x * y + q[5] * y * y).astype(np.float32)
+
+
+def relative_stem(path: str, root: str) -> str:
+  """The file's path under `root` without its suffix, with `/` separators: the stable part of example keys."""
+  stem, _ = _strip_suffix(os.path.relpath(os.path.abspath(path), os.path.abspath(root)))
+  return stem.replace(os.sep, '/')
+
+
+def example_frames(image_path: str, label_path: str, include_unlabelled: bool = False) -> List[Tuple[int, int]]:
+  """The (slice, frame) pairs `load_examples` serves for a pair of files."""
+  magnitude, _, labelled = read_pair(image_path, label_path)
+  if include_unlabelled:
+    return [(s, t) for s in range(magnitude.shape[0]) for t in range(magnitude.shape[1])]
+  return [tuple(int(i) for i in sf) for sf in np.argwhere(labelled)]
+
+
+def load_examples(image_path: str, label_path: str, image_size: Sequence[int],
+                  label_mapping: Sequence[int] = ACDC_LABEL_MAPPING, phase_seed: int = 0, root: Optional[str] = None,
+                  labelled_only: bool = True) -> List[Dict[str, Any]]:
+  """Reads one image file and its labels into examples like `ocmr.load_examples`.
+
+  Args:
+    image_path, label_path: a pair from `find_pairs`.
+    image_size: `(H, W)` every image and label map is centred-cropped or zero-padded to (`ocmr.crop_or_pad`).
+    label_mapping: value `v` of the label file becomes `label_mapping[v]` (our classes, `labels.CLASS_NAMES`).
+    phase_seed: seed of the synthetic phase.
+    root: the folder the keys and `file_name` are relative to (the file's folder when None).
+    labelled_only: skip unlabelled (slice, frame) pairs (False: serve them with `has_labels=False` and an all-zero
+      segmentation).
+
+  Returns:
+    One dict per example: `image` complex64 `[H, W]` (magnitude times `exp(i synthetic_phase)`, max magnitude 1),
+    `segmentation` uint8 `[H, W]`, `subject_id`, `file_name` (path under root), `slice`, `frame`, `scale` (the
+    magnitude was divided by it), `has_labels`.
+  """
+  magnitude, label, labelled = read_pair(image_path, label_path)
+  ours = labels_format.remap(label, label_mapping, label_path)
+  if np.any(ours >= labels_format.NUM_CLASSES):
+    raise MagnitudeFormatError(f'{label_path}: label_mapping {tuple(label_mapping)} maps to values outside our '
+                               f'classes 0..{labels_format.NUM_CLASSES - 1} {labels_format.CLASS_NAMES}')
+  root = root or os.path.dirname(os.path.abspath(image_path))
+  stem = relative_stem(image_path, root)
+  file_name = os.path.relpath(os.path.abspath(image_path), os.path.abspath(root)).replace(os.sep, '/')
+  examples = []
+  for s in range(magnitude.shape[0]):
+    for t in range(magnitude.shape[1]):
+      if labelled_only and not labelled[s, t]:
+        continue
+      phase = synthetic_phase(magnitude.shape[2:], phase_seed, f'{stem}/slice{s:02d}/frame{t:03d}')
+      image = (magnitude[s, t] * np.exp(1j * phase)).astype(np.complex64)
+      image, scale = ocmr.normalize(ocmr.crop_or_pad(image, image_size))
+      segmentation = ours[s, t] if labelled[s, t] else np.zeros_like(ours[s, t])
+      examples.append({
+          'image': image.astype(np.complex64),
+          'segmentation': ocmr.crop_or_pad(segmentation, image_size).astype(np.uint8),
+          'subject_id': subject_id(image_path),
+          'file_name': file_name,
+          'slice': s,
+          'frame': t,
+          'scale': scale,
+          'has_labels': bool(labelled[s, t]),
+      })
+  return examples
