@@ -8,6 +8,7 @@ Presets and switches (`configs/<experiment>.py:<preset>[,<switch>...]`) are pars
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 ACCELERATION_PRESETS = {
     'x4': dict(acceleration=4, stabilization=False),
@@ -24,12 +25,20 @@ def get_config():
 
   # Data.
   config.dataset = 'ocmr'  # TFDS dataset name (tfds_ocmr/).
-  config.dataset_config = 'phantom'  # TFDS builder config: 'phantom' (built-in data) or 'real' (your OCMR files).
+  config.dataset_config = 'phantom'  # TFDS builder config: 'phantom' (built-in), 'real' (OCMR files) or 'nifti'.
   config.data_dir = ''  # TFDS data_dir; '' means the TFDS default ($TFDS_DATA_DIR or ~/tensorflow_datasets).
-  config.manual_dir = ''  # For 'real': the folder with OCMR fs_*.h5 files and labels/ (tfds_ocmr/README.md).
+  config.manual_dir = ''  # 'real': OCMR fs_*.h5 files + labels/; 'nifti': a NIfTI/HDF5 folder (tfds_ocmr/README.md).
   config.train_split = 'train'  # Split trained on.
   config.eval_split = 'test'  # Split evaluated on.
   config.num_classes = 4  # Background, LV blood pool, LV myocardium, RV blood pool.
+  # Settings of the dataset config (tfds_ocmr.OcmrConfig); None keeps the dataset config's own value. Each distinct
+  # setting is prepared into its own TFDS folder (e.g. ocmr/real_128x128) and stored with the checkpoint.
+  config.image_size = config_dict.placeholder(int)  # Square side H = W served (phantom 128, real / nifti 256).
+  config.test_fraction = config_dict.placeholder(float)  # Target share of examples in test (the paper's 28/183).
+  config.split_seed = config_dict.placeholder(int)  # Seed of the subject shuffle that picks the test subjects (0).
+  config.include_unlabelled = config_dict.placeholder(bool)  # Also serve unlabelled frames (False).
+  config.label_mapping = config_dict.placeholder(tuple)  # nifti: file label v -> ours [v] (ACDC's (0, 3, 2, 1)).
+  config.phase_seed = config_dict.placeholder(int)  # nifti: seed of the simulated smooth image phase (0).
 
   # Undersampling.
   config.acceleration = 8  # R: each training/eval mask keeps round(W / R) phase-encode lines.

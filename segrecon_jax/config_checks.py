@@ -47,6 +47,7 @@ def check_config(config) -> None:
       raise ConfigError(f'config.eps={config.eps!r}: the ramp starts at sampled fraction 1 - eps; eps must lie in '
                         '(0, 1) (a small number close to 0, e.g. 0.01).')
     _at_least(config, 'schedule_levels', 1, 'the ramp needs at least 1 level')
+  _check_data_fields(config)
   try:
     segments = models.segments(config.model)
   except ValueError as e:
@@ -54,3 +55,32 @@ def check_config(config) -> None:
   if config.stabilization and not segments:
     raise ConfigError(f'config.stabilization=True needs a joint model; {config.model.name!r} reconstructs only '
                       '(use the x4 or x8 preset).')
+
+
+def _check_data_fields(config) -> None:
+  """The dataset settings of configs/default.py (None keeps the dataset config's value)."""
+  def value(field):
+    return config.get(field) if hasattr(config, 'get') else None
+  image_size = value('image_size')
+  if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 8):
+    raise ConfigError(f'config.image_size={image_size!r}: expected the square image side in pixels, an integer '
+                      '>= 8 (a multiple of 16 for the 4-level U-Nets, e.g. 64, 128 or 256), or None for the dataset '
+                      'config\'s own size.')
+  test_fraction = value('test_fraction')
+  if test_fraction is not None and not 0 < _number(config, 'test_fraction') < 1:
+    raise ConfigError(f'config.test_fraction={test_fraction!r}: the share of examples in the test split must lie '
+                      'in (0, 1) (the paper: 28/183).')
+  for field in ('split_seed', 'phase_seed'):
+    if value(field) is not None:
+      _at_least(config, field, 0, 'seeds must be integers >= 0')
+      if int(config[field]) != config[field]:
+        raise ConfigError(f'config.{field}={config[field]!r}: seeds must be integers >= 0.')
+  mapping = value('label_mapping')
+  if mapping is not None:
+    num_classes = value('num_classes') or 4
+    if (not isinstance(mapping, (tuple, list)) or not mapping
+        or any(isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < num_classes for v in mapping)):
+      raise ConfigError(f'config.label_mapping={mapping!r}: expected a tuple giving, for each label value v of your '
+                        f'files, our class at position v (0..{num_classes - 1}: background, LV blood pool, '
+                        'myocardium, RV blood pool); ACDC (1 RV, 2 myocardium, 3 LV) is (0, 3, 2, 1), M&Ms '
+                        '(1 LV, 2 myocardium, 3 RV) is (0, 1, 2, 3).')

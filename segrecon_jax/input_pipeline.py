@@ -18,33 +18,56 @@ import numpy as np
 from segrecon_jax import parallel
 
 
-def load_split(config, split: str):
-  """Prepares (builds once) the TFDS dataset of `config` and returns the random-access source of `split`."""
+# The experiment-config fields that change the `ocmr` builder config (None keeps the dataset config's value).
+DATA_FIELDS = ('image_size', 'test_fraction', 'split_seed', 'include_unlabelled', 'label_mapping', 'phase_seed')
+
+
+def builder_config(config):
+  """The TFDS builder config of `config`: `dataset_config` with the experiment's `DATA_FIELDS` that are set.
+
+  For `ocmr` a changed field gives a derived config with a name of its own (`tfds_ocmr.configure`, e.g.
+  `real_128x128`), so each distinct setting is prepared into its own folder; other datasets take the name only.
+  """
+  overrides = {f: getattr(config, f, None) for f in DATA_FIELDS if getattr(config, f, None) is not None}
+  if config.dataset != 'ocmr':
+    if overrides:
+      raise ValueError(f'config fields {sorted(overrides)} apply to the ocmr dataset only, not {config.dataset!r}')
+    return config.dataset_config
+  import tfds_ocmr  # pylint: disable=g-import-not-at-top  (registers the 'ocmr' builder)
+  return tfds_ocmr.configure(config.dataset_config, **overrides)
+
+
+def builder(config):
+  """The TFDS builder of `config` (not prepared)."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   import tfds_ocmr  # pylint: disable=g-import-not-at-top,unused-import  (registers the 'ocmr' builder)
   data_dir = os.path.expanduser(config.data_dir) if config.data_dir else None
-  builder = tfds.builder(config.dataset, config=config.dataset_config, data_dir=data_dir)
+  return tfds.builder(config.dataset, config=builder_config(config), data_dir=data_dir)
+
+
+def load_split(config, split: str):
+  """Prepares (builds once) the TFDS dataset of `config` and returns the random-access source of `split`."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  dataset_builder = builder(config)
+  builder_name = dataset_builder.builder_config.name
   download_config = tfds.download.DownloadConfig(
       manual_dir=os.path.expanduser(config.manual_dir) if config.manual_dir else None)
-  if not builder.is_prepared():
-    logging.info('Building TFDS %s/%s in %s (once).', config.dataset, config.dataset_config, builder.data_dir)
-  builder.download_and_prepare(file_format='array_record', download_config=download_config)
-  sources = builder.as_data_source()
+  if not dataset_builder.is_prepared():
+    logging.info('Building TFDS %s/%s in %s (once).', config.dataset, builder_name, dataset_builder.data_dir)
+  dataset_builder.download_and_prepare(file_format='array_record', download_config=download_config)
+  sources = dataset_builder.as_data_source()
   if split not in sources:
     raise ValueError(f'config.{"eval_split" if split != config.train_split else "train_split"}={split!r} is '
-                     f'not a split of {config.dataset}/{config.dataset_config}: {sorted(sources)}')
+                     f'not a split of {config.dataset}/{builder_name}: {sorted(sources)}')
   return sources[split]
 
 
 def data_info(config) -> Dict[str, Any]:
-  """The data and preprocessing description stored with every checkpoint."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  import tfds_ocmr  # pylint: disable=g-import-not-at-top,unused-import
-  builder = tfds.builder(config.dataset, config=config.dataset_config,
-                         data_dir=os.path.expanduser(config.data_dir) if config.data_dir else None)
-  builder_config = builder.builder_config
-  fields = {k: v for k, v in vars(builder_config).items() if isinstance(v, (int, float, str, tuple, list))}
-  info = {'dataset': config.dataset, 'dataset_config': config.dataset_config, 'version': str(builder.version),
+  """The data and preprocessing description stored with every checkpoint (every field of the builder config)."""
+  dataset_builder = builder(config)
+  fields = {k: v for k, v in vars(dataset_builder.builder_config).items()
+            if isinstance(v, (int, float, str, tuple, list))}
+  info = {'dataset': config.dataset, 'dataset_config': config.dataset_config, 'version': str(dataset_builder.version),
           'builder_config': fields}
   return json.loads(json.dumps(info))  # The form a checkpoint's JSON gives back (nested tuples -> lists).
 

@@ -1,8 +1,10 @@
-"""TFDS builder `ocmr`: coil-combined, normalised cine slices with LV/RV segmentations, from OCMR or phantom files.
+"""TFDS builder `ocmr`: normalised complex cine slices with LV/RV segmentations, from OCMR, phantom or NIfTI files.
 
-Every config reads its OCMR-format files through `segrecon_jax.data.ocmr.load_examples` (the same reader
-`train.py --mode=predict` uses), so the phantom configs exercise exactly the code path of the real data. See
-README.md next to this file for the configs, the label format and how to build `real` from your own OCMR files.
+The OCMR-format configs read their files through `segrecon_jax.data.ocmr.load_examples` (the same reader
+`main.py --mode=predict` uses), so the phantom configs exercise exactly the code path of the real data; `nifti`
+reads labelled magnitude folders (ACDC, M&Ms) through `segrecon_jax.data.magnitude`. `configure` derives a config
+with other settings (image size, split, ...) under its own name, so each setting is prepared into its own folder.
+The builder writes array_record by default (no TensorFlow needed). See README.md next to this file.
 """
 
 import dataclasses
@@ -14,6 +16,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow_datasets as tfds
 
+from segrecon_jax.data import magnitude
 from segrecon_jax.data import ocmr
 
 _CITATION = """\
@@ -45,18 +48,27 @@ Then build with
 Undersampled us_*.h5 files found there are skipped with a warning.
 """
 
+_NIFTI_INSTRUCTIONS = """\
+Put a labelled magnitude cine folder in manual_dir (searched recursively): NIfTI images `<stem>.nii.gz` with labels
+`<stem>_gt.nii.gz` beside them (ACDC: patient001/patient001_frame01.nii.gz + patient001_frame01_gt.nii.gz; M&Ms:
+A0S9V9/A0S9V9_sa.nii.gz + A0S9V9_sa_gt.nii.gz), or HDF5 files with datasets `image` and `label`
+([H, W], [slices, H, W] or [slices, frames, H, W]). Set label_mapping to your label convention (ACDC's 1 RV,
+2 myocardium, 3 LV cavity is (0, 3, 2, 1), the default; M&Ms' 1 LV, 2 myocardium, 3 RV is (0, 1, 2, 3)).
+"""
+
 # The paper's split: 183 labelled slices, 155 train / 28 test, no subject in both.
 _PAPER_TEST_FRACTION = 28 / 183
+SOURCES = ('phantom', 'real', 'magnitude')
 
 
 class OCMRManualDirError(FileNotFoundError):
-  """The `real` config found no usable OCMR files in manual_dir."""
+  """A `real` or `nifti` config found no usable files in its manual_dir (or no manual_dir)."""
 
 
 @dataclasses.dataclass(eq=False)
 class OcmrConfig(tfds.core.BuilderConfig):
   """Config of the `ocmr` builder; every field is stored with each checkpoint (`input_pipeline.data_info`)."""
-  source: str = 'phantom'  # 'phantom' (generated, no download) or 'real' (OCMR files in manual_dir).
+  source: str = 'phantom'  # 'phantom' (generated), 'real' (OCMR files) or 'magnitude' (NIfTI/HDF5 folder).
   image_size: Tuple[int, int] = (128, 128)  # (H, W) every image / label map is centred-cropped or zero-padded to.
   include_unlabelled: bool = False  # Also serve frames without labels (all-zero segmentation, has_labels=False).
   test_fraction: float = _PAPER_TEST_FRACTION  # Target share of examples in `test` (whole subjects only).
@@ -69,6 +81,76 @@ class OcmrConfig(tfds.core.BuilderConfig):
   phantom_num_frames: Tuple[int, ...] = (2,)  # Cardiac frames per slice.
   phantom_num_coils: Tuple[int, ...] = (4,)  # Receiver coils.
   phantom_labelled_frames: Tuple[int, ...] = ()  # Frames labelled in each slice; () labels every frame.
+  # Magnitude source only: label value v of the files becomes our class label_mapping[v] (ACDC's order by default).
+  label_mapping: Tuple[int, ...] = (0, 3, 2, 1)
+  phase_seed: int = 0  # Magnitude source only: seed of the smooth synthetic phase (`magnitude.synthetic_phase`).
+
+
+# The OcmrConfig fields an experiment config may set (configs/default.py), and how each appears in a derived name.
+CONFIGURABLE_FIELDS = ('image_size', 'test_fraction', 'split_seed', 'include_unlabelled', 'label_mapping',
+                       'phase_seed')
+
+
+def _name_part(field: str, value) -> str:
+  if field == 'image_size':
+    return 'x'.join(str(int(v)) for v in value)
+  if field == 'include_unlabelled':
+    return 'unlabelled' if value else 'labelled'
+  if field == 'label_mapping':
+    return 'map' + '-'.join(str(int(v)) for v in value)
+  short = {'test_fraction': 'test', 'split_seed': 'seed', 'phase_seed': 'phase'}[field]
+  return f'{short}{value:g}' if isinstance(value, float) else f'{short}{value}'
+
+
+def configure(name: str, **overrides) -> OcmrConfig:
+  """The built-in config `name` with some `CONFIGURABLE_FIELDS` changed, under a name of its own.
+
+  Fields left None or equal to the built-in value change nothing; the others are appended to the name in
+  `CONFIGURABLE_FIELDS` order (`configure('real', image_size=(128, 128))` is `real_128x128`), so TFDS prepares
+  each distinct setting into its own folder `data_dir/ocmr/<name>/<version>` and two sizes never mix.
+
+  Args:
+    name: a name of `Ocmr.BUILDER_CONFIGS`.
+    **overrides: `image_size` ((H, W) or one int for a square), `test_fraction`, `split_seed`,
+      `include_unlabelled`, `label_mapping`, `phase_seed`.
+
+  Returns:
+    The `OcmrConfig` to pass as `tfds.builder('ocmr', config=...)`.
+  """
+  base = next((c for c in Ocmr.BUILDER_CONFIGS if c.name == name), None)
+  if base is None:
+    raise ValueError(f'unknown ocmr config {name!r}: expected one of {[c.name for c in Ocmr.BUILDER_CONFIGS]}')
+  unknown = sorted(set(overrides) - set(CONFIGURABLE_FIELDS))
+  if unknown:
+    raise ValueError(f'ocmr config fields {unknown} cannot be set: expected some of {list(CONFIGURABLE_FIELDS)}')
+  changes = {}
+  for field in CONFIGURABLE_FIELDS:
+    value = overrides.get(field)
+    if value is None:
+      continue
+    if field == 'image_size':
+      value = (int(value), int(value)) if np.ndim(value) == 0 else tuple(int(v) for v in value)
+      if len(value) != 2 or min(value) < 1:
+        raise ValueError(f'image_size={overrides[field]!r}: expected a positive side or (H, W)')
+    elif field == 'label_mapping':
+      value = tuple(int(v) for v in value)
+      if not value or min(value) < 0 or max(value) >= ocmr.NUM_CLASSES:
+        raise ValueError(f'label_mapping={overrides[field]!r}: expected one of our classes 0..{ocmr.NUM_CLASSES - 1} '
+                         f'{ocmr.CLASSES} for each label value of the files, e.g. ACDC\'s (0, 3, 2, 1)')
+    elif field == 'test_fraction':
+      value = float(value)
+      if not 0.0 < value < 1.0:
+        raise ValueError(f'test_fraction={value!r}: must be in (0, 1)')
+    elif field == 'include_unlabelled':
+      value = bool(value)
+    else:
+      value = int(value)
+    if value != getattr(base, field):
+      changes[field] = value
+  if not changes:
+    return base
+  derived = '_'.join([name] + [_name_part(f, changes[f]) for f in CONFIGURABLE_FIELDS if f in changes])
+  return dataclasses.replace(base, name=derived, description=f'{base.description} Changed: {changes}.', **changes)
 
 
 def _cycle(values: Sequence, subject: int):
@@ -150,7 +232,7 @@ class Ocmr(tfds.core.GeneratorBasedBuilder):
   """Coil-combined OCMR cine slices (complex, as float32 real/imag channels) with LV/RV segmentation maps."""
 
   VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Initial release: phantom, phantom_small, phantom_medium, phantom_tiny and real configs.'}
+  RELEASE_NOTES = {'1.0.0': 'Initial release: phantom, phantom_small, phantom_medium, phantom_tiny, real and nifti.'}
   MANUAL_DOWNLOAD_INSTRUCTIONS = _MANUAL_INSTRUCTIONS
   BUILDER_CONFIGS = [
       # 183 labelled slices (155 train / 28 test) as in the paper. Readouts of 136..160 are cropped to 128 and
@@ -179,8 +261,17 @@ class Ocmr(tfds.core.GeneratorBasedBuilder):
       # 4-level U-Nets.
       OcmrConfig(name='real', description='Your OCMR fs_*.h5 files and labels from manual_dir, 256x256.',
                  source='real', image_size=(256, 256)),
+      # ACDC's in-plane matrices are ~150..430 voxels at ~1.4 mm, the heart near the centre: 256x256 keeps it.
+      OcmrConfig(name='nifti', description=('A labelled magnitude cine folder (NIfTI <stem>.nii.gz + <stem>_gt.nii.gz '
+                                            'as ACDC / M&Ms, or HDF5 image/label) from manual_dir, with a simulated '
+                                            'smooth phase; 256x256.'),
+                 source='magnitude', image_size=(256, 256), label_mapping=(0, 3, 2, 1)),
   ]
   DEFAULT_CONFIG_NAME = 'phantom'
+
+  def __init__(self, *, file_format=None, **kwargs):
+    # array_record by default: TFDS's own default (tfrecord) needs TensorFlow to write, which this project lacks.
+    super().__init__(file_format=file_format or 'array_record', **kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
     height, width = self.builder_config.image_size
@@ -215,6 +306,23 @@ class Ocmr(tfds.core.GeneratorBasedBuilder):
       scratch = os.path.join(os.fspath(dl_manager.download_dir), 'ocmr_phantom_scratch')
       return {'train': self._generate_examples(phantom_stems=train, counts=counts, scratch=scratch),
               'test': self._generate_examples(phantom_stems=test, counts=counts, scratch=scratch)}
+    if config.source == 'magnitude':
+      manual_dir = self._manual_dir(dl_manager, _NIFTI_INSTRUCTIONS)
+      pairs = magnitude.find_pairs(manual_dir)
+      if not pairs:
+        raise OCMRManualDirError(f'{manual_dir}: found no image file with a label file (<stem>.nii.gz with '
+                                 f'<stem>_gt.nii.gz, or .h5 with image/label).\n{_NIFTI_INSTRUCTIONS}')
+      counts = {}
+      for image_path, label_path in pairs:
+        subject = magnitude.subject_id(image_path)
+        frames = magnitude.example_frames(image_path, label_path, include_unlabelled=config.include_unlabelled)
+        counts[subject] = counts.get(subject, 0) + len(frames)
+      train, test = split_subjects(counts, config.test_fraction, config.split_seed)
+      logging.info('%s: %d image/label pairs of %d subjects (%d train, %d test)', manual_dir, len(pairs),
+                   len(counts), len(train), len(test))
+      return {split: self._generate_magnitude([p for p in pairs if magnitude.subject_id(p[0]) in set(subjects)],
+                                              manual_dir)
+              for split, subjects in (('train', train), ('test', test))}
     if config.source == 'real':
       files = self._real_files(dl_manager)
       counts = {ocmr.subject_id(p): len(ocmr.example_frames(p, include_unlabelled=config.include_unlabelled))
@@ -227,19 +335,22 @@ class Ocmr(tfds.core.GeneratorBasedBuilder):
       by_subject = {ocmr.subject_id(p): p for p in files}
       return {'train': self._generate_examples(paths=[by_subject[s] for s in train]),
               'test': self._generate_examples(paths=[by_subject[s] for s in test])}
-    raise ValueError(f'OcmrConfig.source must be "phantom" or "real", got {config.source!r}')
+    raise ValueError(f'OcmrConfig.source must be one of {SOURCES}, got {config.source!r}')
 
   @staticmethod
   def _phantom_stem(subject: int) -> str:
     return f'fs_{subject:04d}_phantom'
 
+  def _manual_dir(self, dl_manager, instructions: str) -> str:
+    try:
+      return os.fspath(dl_manager.manual_dir)
+    except AssertionError as e:
+      raise OCMRManualDirError(f'The `{self.builder_config.name}` config needs your files in a manual_dir, but it '
+                               f'is missing or empty ({e}).\n{instructions}') from e
+
   def _real_files(self, dl_manager) -> List[str]:
     """The fs_*.h5 files in manual_dir (us_*.h5 are skipped with a warning)."""
-    try:
-      manual_dir = os.fspath(dl_manager.manual_dir)
-    except AssertionError as e:
-      raise OCMRManualDirError(f'The `real` config needs your OCMR files in a manual_dir, but it is missing or '
-                               f'empty ({e}).\n{_MANUAL_INSTRUCTIONS}') from e
+    manual_dir = self._manual_dir(dl_manager, _MANUAL_INSTRUCTIONS)
     names = sorted(n for n in os.listdir(manual_dir) if n.endswith('.h5'))
     for name in names:
       if name.startswith('us_'):
@@ -263,6 +374,16 @@ class Ocmr(tfds.core.GeneratorBasedBuilder):
         if not example['has_labels'] and not config.include_unlabelled:
           continue
         yield _example_key(example['subject_id'], example['slice'], example['frame']), _to_features(example)
+
+  def _generate_magnitude(self, pairs: Sequence[Tuple[str, str]], root: str) -> Iterator[Tuple[str, Dict]]:
+    """Examples of magnitude image/label pairs, keyed by the file's path under `root` (a patient has many files)."""
+    config = self.builder_config
+    for image_path, label_path in pairs:
+      stem = magnitude.relative_stem(image_path, root)
+      for example in magnitude.load_examples(image_path, label_path, config.image_size, config.label_mapping,
+                                             config.phase_seed, root=root,
+                                             labelled_only=not config.include_unlabelled):
+        yield _example_key(stem, example['slice'], example['frame']), _to_features(example)
 
   def _generate_phantom(self, stems: Sequence[str], counts: Dict[str, int], scratch: str
                         ) -> Iterator[Tuple[str, Dict]]:
