@@ -72,8 +72,12 @@ def write_ismrmrd(path, kspace, *, noise_scan=True, kx_prezp=0, pilot_tone=False
 
 
 def _random_kspace(shape, seed=0):
+  """Random k-space `[..., kx, ky]` with an MR image's centre-heavy energy (white noise fails the frame checks)."""
   rng = np.random.default_rng(seed)
-  return (rng.normal(size=shape) + 1j * rng.normal(size=shape)).astype(np.complex64)
+  kx, ky = (np.linspace(-1, 1, n)[:, None] if i == 0 else np.linspace(-1, 1, n)[None, :]
+            for i, n in enumerate(shape[-2:]))
+  envelope = np.exp(-(kx**2 + ky**2) / (2 * 0.3**2))
+  return ((rng.normal(size=shape) + 1j * rng.normal(size=shape)) * envelope).astype(np.complex64)
 
 
 def _ocmr_layout(kspace):
@@ -305,3 +309,56 @@ def test_phantom_file_matches_noiseless_ground_truth(tmp_path):
     np.testing.assert_allclose(e['image'] * e['scale'], ocmr.crop_or_pad(images[e['slice'], e['frame']], (32, 48)),
                                atol=1e-5 * expected.max())
     assert e['subject_id'] == 'fs_0003_phantom'
+
+
+def _frame_rows(path, slice_index, phase):
+  """Row numbers of the imaging acquisitions of one (slice, frame) in `/dataset/data`."""
+  with h5py.File(path, 'r') as f:
+    heads = f['dataset']['data']['head']
+  imaging = (heads['flags'].astype(np.uint64) & np.uint64(1 << (ismrmrd.ACQ_IS_NOISE_MEASUREMENT - 1))) == 0
+  return np.flatnonzero(imaging & (heads['idx']['slice'] == slice_index) & (heads['idx']['phase'] == phase))
+
+
+def _rewrite_rows(path, rows, change):
+  with h5py.File(path, 'r+') as f:
+    table = f['dataset']['data']
+    for i in rows:
+      row = table[i]
+      row['data'] = change(np.array(row['data'], np.float32))
+      table[i] = row
+
+
+def test_files_that_lie_name_the_slice_and_frame(tmp_path):
+  """HDF5 has no checksums: a few flipped bytes, a block of noise or a zeroed frame read as numbers; each stops."""
+  kwargs = dict(recon_size=(32, 24), num_coils=2, num_slices=2, num_frames=3, snr=40.0)
+  clean, _ = phantom.write_subject(str(tmp_path / 'clean'), 1, 3, **kwargs)
+  ocmr.read_ocmr(clean)  # the phantom itself is plausible
+
+  def corrupt(name, slice_index, phase, change):
+    path = str(tmp_path / name)
+    with open(clean, 'rb') as src, open(path, 'wb') as dst:
+      dst.write(src.read())
+    _rewrite_rows(path, _frame_rows(path, slice_index, phase), change)
+    return path
+
+  def flip_exponent_bytes(values):  # 3 flipped bytes in an outer line: |v| < 2 becomes |v| * 2^128, still finite
+    raw = values.view(np.uint8)
+    for sample in (1, 2, 3):
+      raw[4 * sample + 3] ^= 0x40
+    return values
+
+  flipped = corrupt('fs_0001_flipped.h5', 1, 2, lambda v: v)
+  _rewrite_rows(flipped, _frame_rows(flipped, 1, 2)[:1], flip_exponent_bytes)
+  with pytest.raises(ocmr.OCMRFormatError, match=r'fs_0001_flipped.h5: slice 1 frame 2: .*maximum \|k\|.*times'):
+    ocmr.load_examples(flipped, (32, 32))
+  assert np.all(np.isfinite(ocmr.read_ocmr(flipped, check_frames=False)[0]))  # finite: only the check catches it
+
+  rng = np.random.default_rng(0)
+  kdata, _ = ocmr.read_ocmr(clean)
+  rms = float(np.sqrt(np.mean(np.abs(kdata[:, :, :, :, 1, :, 0]) ** 2)))  # slice 0, frame 1 keeps its energy
+  noise = corrupt('fs_0002_noise.h5', 0, 1, lambda v: rng.normal(0, rms / np.sqrt(2), v.shape).astype(np.float32))
+  with pytest.raises(ocmr.OCMRFormatError, match=r'fs_0002_noise.h5: slice 0 frame 1: .*outside the central half'):
+    ocmr.read_ocmr(noise)
+  zeroed = corrupt('fs_0003_zeroed.h5', 1, 0, np.zeros_like)
+  with pytest.raises(ocmr.OCMRFormatError, match=r'fs_0003_zeroed.h5: slice 1 frame 0: .*0 times'):
+    ocmr.read_ocmr(zeroed)

@@ -3,7 +3,8 @@
 Follows OCMR's own `read_ocmr.py` (MRIOSU/OCMR) for the k-space layout, then builds the single-coil images the paper
 trains on ("coil combined to simulate single-coil data acquisition"):
 
-  read_ocmr      k-space `[kx, ky, kz, coil, phase, set, slice, rep, avg]` complex64 plus a parameter dict.
+  read_ocmr      k-space `[kx, ky, kz, coil, phase, set, slice, rep, avg]` complex64 plus a parameter dict; every
+                 frame is checked for plausibility (`check_frames_plausible`): HDF5 has no checksums.
   slice_images   average over `avg`, centred orthonormal iFFT over (kx, ky), crop the central half of kx (the 2x
                  readout oversampling), sensitivity-weighted coil combination (`mri.coil_combine` with sensitivities
                  from `mri.estimate_sensitivities`): complex64 `[slice, frame, H, W]`, H = readout, W = phase encode.
@@ -45,6 +46,11 @@ NUM_CLASSES = labels_format.NUM_CLASSES
 # parameter is 1 (the pilot-tone signal sits at the edges of the readout), before placing the line at `kx_prezp`.
 _PILOT_TONE_SAMPLES = (0, 1, 2, -1)
 _NOISE_FLAG_BIT = np.uint64(1 << (ismrmrd.ACQ_IS_NOISE_MEASUREMENT - 1))
+# Plausibility of each frame's k-space (HDF5 has no checksums, so flipped bytes read as valid numbers). The k-space
+# maximum (at the centre) of a cine frame stays within a few times that of the file's other frames, and an MR image
+# puts most of its energy in the central half of kx and ky; white noise puts 3/4 outside it, a corrupt sample all.
+MAX_FRAME_RATIO = 100.0  # A frame's max |k| may be at most this many times the file's median frame max (or 1/it).
+MAX_OUTER_ENERGY = 0.5  # Largest share of a frame's energy outside the central half of kx and ky.
 
 
 class OCMRFormatError(ValueError):
@@ -185,7 +191,8 @@ def _read_acquisitions(path: str, f: h5py.File) -> np.ndarray:
   return rows
 
 
-def read_ocmr(path: str, require_fully_sampled: bool = True) -> Tuple[np.ndarray, Dict[str, Any]]:
+def read_ocmr(path: str, require_fully_sampled: bool = True, check_frames: bool = True
+              ) -> Tuple[np.ndarray, Dict[str, Any]]:
   """Reads an OCMR file the way OCMR's `read_ocmr.py` does.
 
   Noise scans (`ACQ_IS_NOISE_MEASUREMENT`) are skipped. With an asymmetric echo (`center_sample * 2 < kx` for the
@@ -198,6 +205,7 @@ def read_ocmr(path: str, require_fully_sampled: bool = True) -> Tuple[np.ndarray
     path: an OCMR (ISMRMRD HDF5) file.
     require_fully_sampled: raise `OCMRFormatError` for a `us_*` file or when any ky line (from the header's
       minimum to maximum) of any kz/phase/set/slice/rep/avg is missing.
+    check_frames: run `check_frames_plausible` (stop on a frame whose k-space cannot be an MR image).
 
   Returns:
     `kdata`: complex64 `[kx, ky, kz, coil, phase, set, slice, rep, avg]` (see `KSPACE_AXES`); kx includes the 2x
@@ -265,8 +273,43 @@ def read_ocmr(path: str, require_fully_sampled: bool = True) -> Tuple[np.ndarray
       raise OCMRFormatError(f'{path}: expected fully sampled k-space (every ky line {info["ky_minimum"]}..'
                             f'{num_ky - 1} of every frame), but {missing} of {acquired.size} lines are missing '
                             f'(undersampled data?)')
+  if check_frames:
+    check_frames_plausible(kdata, path)
   info.update(kx_prezp=kx_prezp, asymmetric_echo=kx_prezp > 0)
   return kdata, info
+
+
+def check_frames_plausible(kdata: np.ndarray, path: str = '<kdata>') -> None:
+  """Raises `OCMRFormatError` naming the file, slice and frame of the first implausible frame.
+
+  A frame (slice, cardiac phase) is implausible when its maximum |k| is more than `MAX_FRAME_RATIO` times the
+  median of the file's frame maxima, or less than 1 / `MAX_FRAME_RATIO` of it (a zeroed block), or when more than
+  `MAX_OUTER_ENERGY` of its energy lies outside the central half of kx and of ky (noise or stripes).
+
+  Args:
+    kdata: complex64 `[kx, ky, kz, coil, phase, set, slice, rep, avg]` (`read_ocmr`).
+    path: file name for the message.
+  """
+  magnitude = np.abs(kdata)
+  frame_max = magnitude.max(axis=(0, 1, 2, 3, 5, 7, 8))  # [phase, slice]
+  energy = np.square(magnitude, dtype=np.float64).sum(axis=(2, 3, 5, 7, 8))  # [kx, ky, phase, slice]; no overflow
+  del magnitude
+  num_kx, num_ky = kdata.shape[:2]
+  centre = energy[num_kx // 4:num_kx // 4 + max(num_kx // 2, 1), num_ky // 4:num_ky // 4 + max(num_ky // 2, 1)]
+  total = energy.sum(axis=(0, 1))
+  outer = 1.0 - centre.sum(axis=(0, 1)) / np.where(total > 0, total, 1.0)
+  median = float(np.median(frame_max))
+  for phase, slice_index in np.ndindex(frame_max.shape):
+    where = f'{path}: slice {slice_index} frame {phase}: implausible k-space'
+    peak = float(frame_max[phase, slice_index])
+    if median > 0 and not 1 / MAX_FRAME_RATIO <= peak / median <= MAX_FRAME_RATIO:
+      raise OCMRFormatError(f'{where}: its maximum |k| {peak:.3g} is {peak / median:.3g} times the median frame '
+                            f'maximum of the file ({median:.3g}); expected within a factor {MAX_FRAME_RATIO:g} '
+                            '(flipped bytes or a corrupt block in the file?)')
+    if peak == 0 or outer[phase, slice_index] > MAX_OUTER_ENERGY:
+      raise OCMRFormatError(f'{where}: {outer[phase, slice_index]:.0%} of its energy lies outside the central half '
+                            f'of kx and ky (peak |k| {peak:.3g}); an MR image keeps most of it in the centre, '
+                            f'expected at most {MAX_OUTER_ENERGY:.0%} (noise, stripes or corrupt bytes?)')
 
 
 def _cpu_device():
