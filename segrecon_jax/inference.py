@@ -84,21 +84,63 @@ def evaluate(config, workdir: str) -> Dict[str, float]:
   return results
 
 
+def _file_examples(input_path: str, image_size) -> list:
+  """Every (slice, frame) of an OCMR-format file at the model's size, saying so when that crops or pads it."""
+  from segrecon_jax.data import ocmr  # pylint: disable=g-import-not-at-top
+  file_shape = tuple(ocmr.read_header(input_path)['image_shape'])
+  if file_shape != tuple(image_size):
+    logging.warning('%s: its images are %dx%d (readout x phase encode), the model\'s %dx%d: each image (and label '
+                    'map) is centre-%s to the model\'s size for prediction, and predicted label files are '
+                    'padded back with background', input_path, *file_shape, *image_size,
+                    'cropped' if any(f > m for f, m in zip(file_shape, image_size)) else 'zero-padded')
+  return ocmr.load_examples(input_path, image_size, labelled_only=False), file_shape
+
+
+def write_predicted_labels(out_dir: str, input_path: str, examples, seg: np.ndarray, file_shape, **attrs) -> str:
+  """The predicted segmentation of a file as its label file `out_dir/labels/<stem>.h5` (`ocmr` label format).
+
+  Each prediction is centre-cropped or padded back to the file's own image size (`ocmr.crop_or_pad`, the inverse
+  placement of the one the reader applied), and every frame is marked unlabelled (`labelled = 0`): a person
+  accepts a frame by correcting it and setting its `labelled` to 1.
+
+  Args:
+    out_dir: the prediction folder of the file.
+    input_path: the OCMR file.
+    examples: `ocmr.load_examples(..., labelled_only=False)` of it, in the order of `seg`.
+    seg: int `[num_examples, H, W]` predicted labels at the model's size.
+    file_shape: `(H, W)` of the file's images (`ocmr.read_header(...)['image_shape']`).
+    **attrs: informational attributes stored in the file.
+
+  Returns:
+    The label file's path.
+  """
+  from segrecon_jax.data import labels as labels_format  # pylint: disable=g-import-not-at-top
+  from segrecon_jax.data import ocmr  # pylint: disable=g-import-not-at-top
+  num_slices = max(e['slice'] for e in examples) + 1
+  num_frames = max(e['frame'] for e in examples) + 1
+  masks = np.zeros((num_slices, num_frames) + tuple(file_shape), np.uint8)
+  for example, labels in zip(examples, seg):
+    masks[example['slice'], example['frame']] = ocmr.crop_or_pad(np.asarray(labels, np.uint8), file_shape)
+  path = os.path.join(out_dir, 'labels', ocmr.subject_id(input_path) + '.h5')
+  return labels_format.write_label_file(path, masks, np.zeros(masks.shape[:2], np.uint8),
+                                        os.path.basename(input_path), origin='prediction', **attrs)
+
+
 def predict(config, workdir: str, input_path: str = '') -> str:
   """Reconstructs and segments the eval split (or one OCMR-format .h5 file) with the latest checkpoint.
 
   Writes `.npy` arrays and Fig. 2-like PNGs to `workdir/predictions` (the eval split) or
-  `workdir/predictions/<file stem>` (a file; without its label file the segmentation maps are all background and
-  the figures have no focus box); returns that folder.
+  `workdir/predictions/<file stem>` (a file: every frame; without its label file the reference segmentation maps
+  are all background and the figures have no focus box); returns that folder. For a file and a model that
+  segments, also writes the predicted segmentation as a label file `<that folder>/labels/<stem>.h5` in the
+  project's format with every frame unlabelled (`write_predicted_labels`), to start labelling from.
   """
   parallel.check_batch_size(config.eval_batch_size, 'eval_batch_size')
   if input_path and jax.process_count() > 1:
     raise ValueError('predict --input reads one file: run it on a single host')
-  model, state, eval_source, _ = restore_for_inference(config, workdir)
+  model, state, eval_source, meta = restore_for_inference(config, workdir)
   if input_path:
-    from segrecon_jax.data import ocmr  # pylint: disable=g-import-not-at-top
-    image_size = steps.image_shape(eval_source)
-    examples = ocmr.load_examples(input_path, image_size)
+    examples, file_shape = _file_examples(input_path, steps.image_shape(eval_source))
     source = [dict(image=e['image'], segmentation=e['segmentation']) for e in examples]
   else:
     source = eval_source
@@ -117,4 +159,10 @@ def predict(config, workdir: str, input_path: str = '') -> str:
   if jax.process_index() != 0:
     return ''
   name = os.path.splitext(os.path.basename(input_path))[0] if input_path else ''
-  return reporting.write_predictions(workdir, config, arrays, name)
+  out_dir = reporting.write_predictions(workdir, config, arrays, name)
+  if input_path and 'seg' in arrays:
+    label_path = write_predicted_labels(out_dir, input_path, examples, arrays['seg'], file_shape,
+                                        model=reporting.method_name(config), checkpoint_step=int(meta['step']))
+    logging.info('%s: predicted labels written to %s (every frame unlabelled until a person accepts it; see '
+                 'tfds_ocmr/README.md, Labels)', input_path, label_path)
+  return out_dir
