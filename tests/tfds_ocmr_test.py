@@ -28,8 +28,8 @@ def fixture_tiny(tmp_path_factory):
   data_dir = str(tmp_path_factory.mktemp('tfds'))
   builder = tfds.builder('ocmr', config='phantom_tiny', data_dir=data_dir)
   assert not builder.is_prepared()
-  builder.download_and_prepare(download_config=_download_config(), **_DOWNLOAD)
-  assert builder.is_prepared()
+  builder.download_and_prepare()  # the plain call: array_record is the builder's default, no TensorFlow needed
+  assert builder.is_prepared() and builder.info.file_format == tfds.core.FileFormat.ARRAY_RECORD
   return builder, builder.as_data_source()
 
 
@@ -107,6 +107,12 @@ def test_data_info_is_serialisable(tiny):
   assert info['version'] == '1.0.0'
   assert info['builder_config']['image_size'] == [32, 32]
   assert info['builder_config']['num_phantom_subjects'] == 6
+  # An experiment's settings give a derived config of their own name, stored with the checkpoint.
+  config.image_size, config.split_seed = 16, 4
+  info = input_pipeline.data_info(config)
+  assert info['builder_config']['name'] == 'phantom_tiny_16x16_seed4' and info['dataset_config'] == 'phantom_tiny'
+  assert info['builder_config']['image_size'] == [16, 16] and info['builder_config']['split_seed'] == 4
+  assert input_pipeline.builder(config).data_dir.endswith('phantom_tiny_16x16_seed4/1.0.0')
 
 
 def test_split_rule():

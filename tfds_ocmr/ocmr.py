@@ -41,10 +41,9 @@ Agreement) directly in manual_dir, and one label file per OCMR file in manual_di
   manual_dir/fs_0001_1_5T.h5
   manual_dir/labels/fs_0001_1_5T.h5   (datasets `masks` uint8 [slices, frames, H, W], `labelled` uint8
                                        [slices, frames]; see tfds_ocmr/README.md)
-Then build with
+Then build with (array_record is the builder's default file format; no TensorFlow needed)
   builder = tfds.builder('ocmr', config='real', data_dir=DATA_DIR)
-  builder.download_and_prepare(file_format='array_record',
-                               download_config=tfds.download.DownloadConfig(manual_dir=MANUAL_DIR))
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=MANUAL_DIR))
 Undersampled us_*.h5 files found there are skipped with a warning.
 """
 
@@ -233,7 +232,7 @@ class Ocmr(tfds.core.GeneratorBasedBuilder):
 
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Initial release: phantom, phantom_small, phantom_medium, phantom_tiny, real and nifti.'}
-  MANUAL_DOWNLOAD_INSTRUCTIONS = _MANUAL_INSTRUCTIONS
+  MANUAL_DOWNLOAD_INSTRUCTIONS = f'real:\n{_MANUAL_INSTRUCTIONS}\nnifti:\n{_NIFTI_INSTRUCTIONS}'
   BUILDER_CONFIGS = [
       # 183 labelled slices (155 train / 28 test) as in the paper. Readouts of 136..160 are cropped to 128 and
       # phase encodes of 96..120 are zero-padded to 128.
@@ -344,9 +343,9 @@ class Ocmr(tfds.core.GeneratorBasedBuilder):
   def _manual_dir(self, dl_manager, instructions: str) -> str:
     try:
       return os.fspath(dl_manager.manual_dir)
-    except AssertionError as e:
-      raise OCMRManualDirError(f'The `{self.builder_config.name}` config needs your files in a manual_dir, but it '
-                               f'is missing or empty ({e}).\n{instructions}') from e
+    except AssertionError as e:  # TFDS asserts that the folder exists and is not empty
+      raise OCMRManualDirError(f'The `{self.builder_config.name}` config needs your files in a manual_dir, but '
+                               f'{dl_manager._manual_dir or "none"} is missing or empty.\n{instructions}') from e  # pylint: disable=protected-access
 
   def _real_files(self, dl_manager) -> List[str]:
     """The fs_*.h5 files in manual_dir (us_*.h5 are skipped with a warning)."""
