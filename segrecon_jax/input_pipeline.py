@@ -65,8 +65,11 @@ def load_split(config, split: str):
 def data_info(config) -> Dict[str, Any]:
   """The data and preprocessing description stored with every checkpoint (every field of the builder config)."""
   dataset_builder = builder(config)
-  fields = {k: v for k, v in vars(dataset_builder.builder_config).items()
-            if isinstance(v, (int, float, str, tuple, list))}
+  described = dataset_builder.builder_config
+  if hasattr(described, 'stored_fields'):
+    fields = described.stored_fields()
+  else:
+    fields = {k: v for k, v in vars(described).items() if isinstance(v, (int, float, str, tuple, list))}
   info = {'dataset': config.dataset, 'dataset_config': config.dataset_config, 'version': str(dataset_builder.version),
           'builder_config': fields}
   return json.loads(json.dumps(info))  # The form a checkpoint's JSON gives back (nested tuples -> lists).

@@ -178,6 +178,8 @@ def test_configure_names_each_setting():
   assert tfds_ocmr.configure('nifti', label_mapping=(0, 1, 2, 3), phase_seed=2).name == 'nifti_map0-1-2-3_phase2'
   with pytest.raises(ValueError, match='label_mapping'):
     tfds_ocmr.configure('nifti', label_mapping=(0, 5))
+  with pytest.raises(ValueError, match=r'label_mapping=.*\(the nifti config\) only'):
+    tfds_ocmr.configure('real', label_mapping=(0, 1, 2, 3))
   with pytest.raises(ValueError, match='unknown ocmr config'):
     tfds_ocmr.configure('acdc')
   with pytest.raises(ValueError, match='cannot be set'):

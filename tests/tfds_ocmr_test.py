@@ -107,6 +107,7 @@ def test_data_info_is_serialisable(tiny):
   assert info['version'] == '1.0.0'
   assert info['builder_config']['image_size'] == [32, 32]
   assert info['builder_config']['num_phantom_subjects'] == 6
+  assert 'label_mapping' not in info['builder_config']  # nifti-only fields: checkpoints of before still match
   # An experiment's settings give a derived config of their own name, stored with the checkpoint.
   config.image_size, config.split_seed = 16, 4
   info = input_pipeline.data_info(config)

@@ -84,6 +84,21 @@ class OcmrConfig(tfds.core.BuilderConfig):
   label_mapping: Tuple[int, ...] = (0, 3, 2, 1)
   phase_seed: int = 0  # Magnitude source only: seed of the smooth synthetic phase (`magnitude.synthetic_phase`).
 
+  def stored_fields(self) -> Dict:
+    """The fields that describe this config's data, for the checkpoint (`input_pipeline.data_info`).
+
+    The magnitude-only fields are left out for the other sources, where they change nothing, so checkpoints
+    written before those fields existed still match their data.
+    """
+    fields = {k: v for k, v in vars(self).items() if isinstance(v, (int, float, str, tuple, list))}
+    if self.source != 'magnitude':
+      for field in MAGNITUDE_FIELDS:
+        fields.pop(field, None)
+    return fields
+
+
+MAGNITUDE_FIELDS = ('label_mapping', 'phase_seed')
+
 
 # The OcmrConfig fields an experiment config may set (configs/default.py), and how each appears in a derived name.
 CONFIGURABLE_FIELDS = ('image_size', 'test_fraction', 'split_seed', 'include_unlabelled', 'label_mapping',
@@ -145,6 +160,9 @@ def configure(name: str, **overrides) -> OcmrConfig:
     else:
       value = int(value)
     if value != getattr(base, field):
+      if field in MAGNITUDE_FIELDS and base.source != 'magnitude':
+        raise ValueError(f'{field}={overrides[field]!r} applies to magnitude folders (the nifti config) only, not '
+                         f'to {name!r} (source {base.source!r})')
       changes[field] = value
   if not changes:
     return base
