@@ -63,3 +63,28 @@ def test_hosts_load_contiguous_parts_of_each_global_batch(monkeypatch):
   assert len(one_host) == len(two_hosts[0]) == 37 // 8
   for step, (indices, _) in enumerate(one_host):
     assert indices == two_hosts[0][step][0] + two_hosts[1][step][0]
+
+
+def test_experiment_data_fields_pick_a_derived_dataset_config():
+  from configs import default  # pylint: disable=g-import-not-at-top
+  config = default.get_config()
+  assert input_pipeline.builder_config(config).name == 'phantom'  # every field None: the built-in config
+  config.image_size, config.test_fraction = 64, 0.25
+  derived = input_pipeline.builder_config(config)
+  assert derived.name == 'phantom_64x64_test0.25' and derived.image_size == (64, 64)
+  config.dataset_config, config.label_mapping = 'nifti', (0, 1, 2, 3)
+  assert input_pipeline.builder_config(config).name == 'nifti_64x64_test0.25_map0-1-2-3'
+
+
+@pytest.mark.parametrize('field,value,match', [('image_size', 4, 'square image side'),
+                                               ('test_fraction', 1.5, r'in \(0, 1\)'),
+                                               ('split_seed', -1, 'seeds must be integers'),
+                                               ('label_mapping', (0, 7), 'ACDC .* is \\(0, 3, 2, 1\\)')])
+def test_config_checks_name_bad_data_fields(field, value, match):
+  from configs import default  # pylint: disable=g-import-not-at-top
+  from segrecon_jax import config_checks  # pylint: disable=g-import-not-at-top
+  config = default.get_config()
+  config_checks.check_config(config)
+  setattr(config, field, value)
+  with pytest.raises(config_checks.ConfigError, match=f'config.{field}=.*{match}'):
+    config_checks.check_config(config)
