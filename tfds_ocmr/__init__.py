@@ -1,4 +1,4 @@
-"""TFDS dataset `ocmr`: `import tfds_ocmr` registers the builder (phantom, phantom_small, phantom_medium, phantom_tiny, real, nifti)."""
+"""TFDS dataset `ocmr`: `import tfds_ocmr` registers the builder (phantom*, real, nifti configs; `configure`)."""
 
 from tfds_ocmr.ocmr import Ocmr, OcmrConfig, OCMRManualDirError, configure, split_subjects
 

@@ -359,11 +359,12 @@ class Ocmr(tfds.core.GeneratorBasedBuilder):
     return f'fs_{subject:04d}_phantom'
 
   def _manual_dir(self, dl_manager, instructions: str) -> str:
+    given = dl_manager._manual_dir  # pylint: disable=protected-access  (the folder asked for, for the message)
     try:
       return os.fspath(dl_manager.manual_dir)
     except AssertionError as e:  # TFDS asserts that the folder exists and is not empty
       raise OCMRManualDirError(f'The `{self.builder_config.name}` config needs your files in a manual_dir, but '
-                               f'{dl_manager._manual_dir or "none"} is missing or empty.\n{instructions}') from e  # pylint: disable=protected-access
+                               f'{given or "none"} is missing or empty.\n{instructions}') from e
 
   def _real_files(self, dl_manager) -> List[str]:
     """The fs_*.h5 files in manual_dir (us_*.h5 are skipped with a warning)."""

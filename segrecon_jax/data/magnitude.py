@@ -1,4 +1,4 @@
-"""Reader of labelled magnitude cine folders (ACDC, M&Ms, Sunnybrook-style; NIfTI or HDF5) -> simulated single-coil slices.
+"""Labelled magnitude cine folders (ACDC, M&Ms, Sunnybrook-style; NIfTI or HDF5) -> simulated single-coil slices.
 
 These datasets ship magnitude images and label maps, not k-space. Each magnitude slice gets a smooth synthetic
 phase (`synthetic_phase`, seeded by `phase_seed` and the example's key), so the served complex image `x` stands

@@ -1,4 +1,4 @@
-"""Phantom patients written as an ACDC-layout NIfTI folder (magnitude + labels in ACDC's convention), for tests and trials.
+"""Phantom patients as an ACDC-layout NIfTI folder (magnitude, labels in ACDC's convention), for tests and trials.
 
   python -m segrecon_jax.data.phantom_nifti --out_dir=/tmp/acdc_like --num_patients=8 --recon_size=72,56
 
@@ -22,7 +22,7 @@ _FRAMES = 4
 
 
 def patient_affine(pixel_mm: float, slice_mm: float = 10.0, angle_deg: float = 30.0) -> np.ndarray:
-  """A short-axis-like affine: in-plane axes rotated about z and y flipped, voxels `pixel_mm` x `pixel_mm` x `slice_mm`."""
+  """A short-axis-like affine: in-plane axes rotated about z, y flipped; voxels `pixel_mm`^2 x `slice_mm`."""
   c, s = math.cos(math.radians(angle_deg)), math.sin(math.radians(angle_deg))
   affine = np.eye(4)
   affine[:3, :3] = np.array([[c, s, 0.0], [s, -c, 0.0], [0.0, 0.0, 1.0]]) @ np.diag([pixel_mm, pixel_mm, slice_mm])
