@@ -89,10 +89,12 @@ def _file_examples(input_path: str, image_size) -> list:
   from segrecon_jax.data import ocmr  # pylint: disable=g-import-not-at-top
   file_shape = tuple(ocmr.read_header(input_path)['image_shape'])
   if file_shape != tuple(image_size):
-    logging.warning('%s: its images are %dx%d (readout x phase encode), the model\'s %dx%d: each image (and label '
-                    'map) is centre-%s to the model\'s size for prediction, and predicted label files are '
-                    'padded back with background', input_path, *file_shape, *image_size,
-                    'cropped' if any(f > m for f, m in zip(file_shape, image_size)) else 'zero-padded')
+    changes = ', '.join(f'{axis} {"cropped" if f > m else "zero-padded"} {f} -> {m}' for axis, f, m in
+                        zip(('readout', 'phase encode'), file_shape, image_size) if f != m)
+    logging.warning('%s: its images are %dx%d (readout x phase encode), the model\'s %dx%d: for prediction each '
+                    'image (and label map) is centred and %s; predicted label files are put back at %dx%d, '
+                    'background where the model saw nothing', input_path, *file_shape, *image_size, changes,
+                    *file_shape)
   return ocmr.load_examples(input_path, image_size, labelled_only=False), file_shape
 
 

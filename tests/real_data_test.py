@@ -58,7 +58,8 @@ def test_train_on_nifti_then_predict_labels_for_an_ocmr_file(tmp_path, caplog):
   os.remove(label_path)  # nobody has labelled it yet
   with caplog.at_level(logging.INFO):
     out_dir = inference.predict(config, workdir, kspace_path)
-  assert any('fs_0001_phantom.h5: its images are 40x28' in r.getMessage() and 'cropped' in r.getMessage()
+  assert any('fs_0001_phantom.h5: its images are 40x28' in r.getMessage()
+             and 'readout cropped 40 -> 32, phase encode zero-padded 28 -> 32' in r.getMessage()
              for r in caplog.records)
   predicted = os.path.join(out_dir, 'labels', 'fs_0001_phantom.h5')
   masks, labelled = ocmr.read_labels(predicted, (1, 2, 40, 28))
