@@ -3,7 +3,9 @@
   python -m segrecon_jax.benchmark                                   # every experiment, paper widths, 128x128, batch 16
   python -m segrecon_jax.benchmark --experiments=cascade --image_size=128 --batch=16 --steps=5 --json=bench.json
   python -m segrecon_jax.benchmark --experiments=unet --devices=2      # 1..2 devices, same global batch
-  python -m segrecon_jax.benchmark --experiments=unet,cascade --conv_impl=xla,auto,im2col   # layer choices
+  python -m segrecon_jax.benchmark --experiments=unet,cascade --conv_impl=xla,im2col --upconv_impl=xla,dense
+  python -m segrecon_jax.benchmark --steps=3 --torch_python=/path/to/torchvenv/bin/python   # + PyTorch columns
+  python -m segrecon_jax.benchmark --experiments=cascade_manet --steps=2 --profile=/tmp/trace   # jax.profiler trace
 
 For each experiment (the model of `configs/<experiment>.py` at its paper settings, no `runlocal`) it measures the
 train step exactly as training runs it (`steps.train_step` under `parallel.pmap`, masks sampled on the device):
@@ -13,10 +15,17 @@ in the same run, peak memory, the input pipeline's examples/s against the rate t
 number of compiles of a full stabilization schedule with their share of the wall time at paper scale. Synthetic
 phantom-like batches feed the step; the input pipeline is timed on its own over the TFDS `ocmr` data source.
 On CPU, `--devices N` fakes N host devices (correctness of the layout, not speed); on a multi-GPU host it prints
-the scaling efficiency of the same global batch over 1..N devices. `--conv_impl` times the step with each layer
-choice of `models/layers.py` in the same run ('xla': Flax's stock nn.Conv / nn.ConvTranspose; 'im2col': our
-`layers.Conv` and `layers.UpConv2x2`; 'auto': the models' default), where the models take one: the U-Nets'
-up-convolutions and CascadeNet's convolutions (MANet and the U-Nets' 3x3 convolutions are always nn.Conv).
+the scaling efficiency of the same global batch over 1..N devices. `--conv_impl` and `--upconv_impl` time the
+step with each layer choice of `models/layers.py` in the same run (every pair of the two lists): `conv_impl` of
+every convolution of every model ('xla': XLA's backward, as nn.Conv; 'im2col': the im2col-GEMM weight gradient;
+'auto': the models' default), `upconv_impl` of the U-Nets' 2x2 up-convolutions ('xla': nn.ConvTranspose;
+'dense': UpConv2x2; 'auto').
+
+With `--torch_python` (the Python of an environment with benchmarks/requirements-torch.txt), the same run then
+times the PyTorch reference (`benchmarks/torch_reference.py`, same shapes, loss, optimizer; `--torch_threads`
+threads, default all CPUs) in a subprocess and adds "PyTorch step" and "speed vs PyTorch" (PyTorch's step time
+over ours) columns. `--profile DIR` writes a `jax.profiler` trace of the timed steps (TensorBoard's profile plugin
+or Perfetto read it) and prints the most expensive XLA operations of the step.
 """
 
 import argparse
@@ -41,7 +50,13 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
   parser.add_argument('--devices', type=int, default=1, help='run the same global batch over 1..N local devices')
   parser.add_argument('--half_precision', action='store_true', help='bfloat16 compute')
   parser.add_argument('--conv_impl', default='auto',
-                      help="comma-separated layer choices timed in the same run, of 'auto', 'xla', 'im2col'")
+                      help="comma-separated convolution choices timed in the same run, of 'auto', 'xla', 'im2col'")
+  parser.add_argument('--upconv_impl', default='auto',
+                      help="comma-separated U-Net up-convolution choices, of 'auto', 'xla', 'dense'")
+  parser.add_argument('--torch_python', default='',
+                      help='Python with benchmarks/requirements-torch.txt: adds the PyTorch reference columns')
+  parser.add_argument('--torch_threads', type=int, default=0, help='PyTorch threads (0: all CPUs of this host)')
+  parser.add_argument('--profile', default='', help='write a jax.profiler trace of the timed steps to this folder')
   parser.add_argument('--pipeline_config', default='phantom',
                       help="TFDS ocmr config whose input pipeline is timed ('' skips it)")
   parser.add_argument('--data_dir', default='', help='TFDS data_dir for the input-pipeline timing')
@@ -60,9 +75,14 @@ if __name__ == '__main__':
   _force_host_devices(parse_args(sys.argv[1:]).devices)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+import contextlib
 import functools
+import gzip
 import importlib
+import itertools
 import resource
+import subprocess
+import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -104,10 +124,11 @@ def synthetic_batch(batch: int, size: int, seed: int = 0) -> Dict[str, np.ndarra
 
 
 def experiment_config(experiment: str, preset: str, args: argparse.Namespace, stabilized: Optional[bool] = None,
-                      conv_impl: str = 'auto'):
+                      conv_impl: str = 'auto', upconv_impl: str = 'auto'):
   """`configs/<experiment>.py` at `preset` (e.g. 'x8_stab'; solo models drop '_stab'), with the benchmark's batch.
 
-  `stabilized` overrides the preset's stabilization (joint models only); `conv_impl` sets the model's layer choice.
+  `stabilized` overrides the preset's stabilization (joint models only); `conv_impl` and `upconv_impl` set every
+  'conv_impl' / 'upconv_impl' layer choice of the model.
   """
   acceleration, _, suffix = preset.partition('_')
   stabilized = suffix == 'stab' if stabilized is None else stabilized
@@ -116,8 +137,9 @@ def experiment_config(experiment: str, preset: str, args: argparse.Namespace, st
       acceleration + ('_stab' if stabilized and not solo else ''))
   config.batch_size = args.batch
   config.half_precision = args.half_precision
+  choice = {'conv_impl': conv_impl, 'upconv_impl': upconv_impl}
   for sub, field in models.layer_choice_fields(config.model):
-    (config.model[sub] if sub else config.model)[field] = conv_impl
+    (config.model[sub] if sub else config.model)[field] = choice[field]
   return config
 
 
@@ -142,8 +164,11 @@ def _peak_memory_bytes(devices, compiled) -> Dict[str, Optional[float]]:
           'host_max_rss_bytes': float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024}
 
 
-def time_train_step(config, image_size: int, num_devices: int, steps: int) -> Dict[str, Any]:
-  """Compile and steady-state times of the real train step on the first `num_devices` local devices."""
+def time_train_step(config, image_size: int, num_devices: int, steps: int, profile_dir: str = '') -> Dict[str, Any]:
+  """Compile and steady-state times of the real train step on the first `num_devices` local devices.
+
+  With `profile_dir`, the timed steps run under `jax.profiler.trace(profile_dir)`.
+  """
   devices = jax.local_devices()[:num_devices]
   step_lib.check_masks_fit(config, image_size, f'--image_size={image_size}')
   if config.batch_size % num_devices:
@@ -164,11 +189,12 @@ def time_train_step(config, image_size: int, num_devices: int, steps: int) -> Di
   state, terms = step_fn(state, batch, rng, fraction)  # Warm-up (also compiles the dispatch path once).
   jax.block_until_ready(terms)
   times = []
-  for _ in range(steps):
-    start = time.perf_counter()
-    state, terms = step_fn(state, batch, rng, fraction)
-    jax.block_until_ready(terms)
-    times.append(time.perf_counter() - start)
+  with jax.profiler.trace(profile_dir) if profile_dir else contextlib.nullcontext():
+    for _ in range(steps):
+      start = time.perf_counter()
+      state, terms = step_fn(state, batch, rng, fraction)
+      jax.block_until_ready(terms)
+      times.append(time.perf_counter() - start)
   if not np.isfinite(float(np.asarray(terms['loss'])[0])):
     raise FloatingPointError(f'{config.model.name}: non-finite loss in the benchmark step')
   median = float(np.median(times))
@@ -176,7 +202,7 @@ def time_train_step(config, image_size: int, num_devices: int, steps: int) -> Di
       'devices': num_devices, 'compile_s': compile_seconds, 'step_median_s': median, 'step_min_s': float(min(times)),
       'step_max_s': float(max(times)), 'slices_per_s': config.batch_size / median,
       'flops_per_step': flops_per_device * num_devices, 'flops_per_s': flops_per_device * num_devices / median,
-      **_peak_memory_bytes(devices, compiled)}
+      **_peak_memory_bytes(devices, compiled), **({'hlo_text': compiled.as_text()} if profile_dir else {})}
 
 
 def time_input_pipeline(config, pipeline_config: str, data_dir: str, max_batches: int = 20) -> Dict[str, float]:
@@ -211,18 +237,98 @@ def format_table(rows: List[Dict[str, Any]], ceiling: float) -> str:
              ('min', '{:.3f}'), ('max', '{:.3f}'), ('slices/s', '{:.1f}'), ('GFLOP/step', '{:.1f}'),
              ('GFLOP/s', '{:.1f}'), ('% ceiling', '{:.0f}'), ('peak MiB', '{}'), ('pipeline ex/s', '{}'),
              ('sched compiles', '{}'), ('compile share', '{:.1%}'))
+  with_torch = any('torch_step_s' in row for row in rows)
+  if with_torch:
+    columns += (('PyTorch step s', '{}'), ('speed vs PyTorch', '{}'))
   lines = ['| ' + ' | '.join(c for c, _ in columns) + ' |', '|' + '---|' * len(columns)]
   for row in rows:
     peak = row.get('device_peak_bytes') or row.get('xla_planned_bytes')
     pipeline = row.get('pipeline_examples_per_s')
-    values = (row['experiment'], row['conv_impl'], row['devices'], row['compile_s'], row['step_median_s'],
+    values = (row['experiment'], layers_label(row), row['devices'], row['compile_s'], row['step_median_s'],
               row['step_min_s'], row['step_max_s'], row['slices_per_s'], row['flops_per_step'] / 1e9,
               row['flops_per_s'] / 1e9,
               100 * row['flops_per_s'] / (ceiling * row['devices']), '-' if peak is None else f'{peak / 2**20:.0f}',
               '-' if pipeline is None else f'{pipeline:.0f}', row['schedule_compiles'],
               row['schedule_compile_share'])
+    if with_torch:
+      torch_step = row.get('torch_step_s')
+      values += ('-' if torch_step is None else f'{torch_step:.3f}',
+                 '-' if torch_step is None else f'{row["speed_vs_torch"]:.2f}x')
     lines.append('| ' + ' | '.join(fmt.format(v) for (_, fmt), v in zip(columns, values)) + ' |')
   return '\n'.join(lines)
+
+
+def layers_label(row: Dict[str, Any]) -> str:
+  """'conv/upconv' layer choices of a row ('conv' alone for models without up-convolutions)."""
+  if row.get('upconv_impl') is None:
+    return row['conv_impl']
+  return f"{row['conv_impl']}/{row['upconv_impl']}"
+
+
+def _choices(value: str, valid, flag: str) -> List[str]:
+  chosen = list(dict.fromkeys(v.strip() for v in value.split(',') if v.strip()))
+  unknown = sorted(set(chosen) - set(valid))
+  if unknown or not chosen:
+    raise ValueError(f'{flag}={value!r}: unknown {unknown}; valid are {list(valid)}')
+  return chosen
+
+
+def torch_reference(args: argparse.Namespace, experiments: List[str]) -> Dict[str, Any]:
+  """Runs benchmarks/torch_reference.py with `args.torch_python` on the same shapes; returns its JSON."""
+  script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'benchmarks',
+                        'torch_reference.py')
+  acceleration = int(args.preset.partition('_')[0].lstrip('x'))
+  threads = args.torch_threads or os.cpu_count()
+  with_cuda = jax.default_backend() == 'gpu'
+  with tempfile.TemporaryDirectory() as tmp:
+    out = os.path.join(tmp, 'torch.json')
+    command = [args.torch_python, script, f'--experiments={",".join(experiments)}', f'--image_size={args.image_size}',
+               f'--batch={args.batch}', f'--steps={args.steps}', f'--threads={threads}',
+               f'--acceleration={acceleration}', f'--device={"cuda" if with_cuda else "cpu"}', f'--json={out}']
+    if args.half_precision:
+      command.append('--half_precision')
+    print('PyTorch reference: ' + ' '.join(command), flush=True)
+    subprocess.run(command, check=True)
+    with open(out) as f:
+      return json.load(f)
+
+
+def _top_ops(profile_dir: str, hlo_text: str = '', count: int = 8) -> List[Dict[str, Any]]:
+  """The XLA operations of the traced steps with the most total time, from the trace's `*.trace.json.gz` (Chrome
+  trace format) written by jax.profiler: [{name, total_ms, calls, hlo}], `hlo` being the operation's line of the
+  optimized program `hlo_text` (its result shape and operands), and one entry per kind of operation (the name
+  without its number, e.g. all 'convolution.*') named 'all <kind>'."""
+  paths = []
+  for root, _, names in os.walk(profile_dir):
+    paths += [os.path.join(root, n) for n in names if n.endswith('.trace.json.gz')]
+  if not paths:
+    return []
+  with gzip.open(max(paths, key=os.path.getmtime), 'rt') as f:
+    events = json.load(f).get('traceEvents', [])
+  totals: Dict[str, List[float]] = {}
+  for event in events:
+    if event.get('ph') != 'X' or 'dur' not in event:
+      continue
+    name = event.get('name', '')
+    args = event.get('args') or {}
+    if 'hlo_op' not in args and 'long_name' not in args:
+      continue  # Host-side Python and runtime spans; keep the XLA ops.
+    total = totals.setdefault(args.get('hlo_op', name), [0.0, 0])
+    total[0] += event['dur'] / 1e3
+    total[1] += 1
+  kinds: Dict[str, List[float]] = {}
+  for name, (ms, calls) in totals.items():
+    kind = kinds.setdefault('all ' + name.rsplit('.', 1)[0], [0.0, 0])
+    kind[0] += ms
+    kind[1] += calls
+  lines = {}
+  for line in hlo_text.splitlines():
+    left, sep, right = line.strip().partition(' = ')
+    if sep:
+      lines[left.replace('ROOT ', '').lstrip('%')] = right[:150]
+  ranked = sorted(totals.items(), key=lambda kv: -kv[1][0])[:count]
+  ranked += sorted(kinds.items(), key=lambda kv: -kv[1][0])[:4]
+  return [{'name': name, 'total_ms': ms, 'calls': calls, 'hlo': lines.get(name, '')} for name, (ms, calls) in ranked]
 
 
 def run(args: argparse.Namespace) -> Dict[str, Any]:
@@ -230,12 +336,12 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
   unknown = sorted(set(experiments) - set(EXPERIMENTS))
   if unknown:
     raise ValueError(f'--experiments: unknown {unknown}; valid are {list(EXPERIMENTS)}')
-  impls = list(dict.fromkeys(i.strip() for i in args.conv_impl.split(',') if i.strip()))
-  unknown = sorted(set(impls) - set(layers.IMPLS))
-  if unknown or not impls:
-    raise ValueError(f'--conv_impl={args.conv_impl!r}: unknown {unknown}; valid are {list(layers.IMPLS)}')
+  conv_impls = _choices(args.conv_impl, layers.CONV_IMPLS, '--conv_impl')
+  upconv_impls = _choices(args.upconv_impl, layers.UPCONV_IMPLS, '--upconv_impl')
   if args.devices > jax.local_device_count():
     raise ValueError(f'--devices={args.devices} but this host has {jax.local_device_count()} local devices')
+  if args.torch_python and not os.path.exists(args.torch_python):
+    raise FileNotFoundError(f'--torch_python={args.torch_python}: no such file')
   device = jax.local_devices()[0]
   ceiling = matmul_ceiling(device)
   print(f'Device: {device.device_kind} ({device.platform}), {jax.local_device_count()} local; float32 matmul '
@@ -247,21 +353,37 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     pipeline = {}
     if args.pipeline_config:  # The pipeline reads only the batch and data fields, the same in every variant.
       pipeline = time_input_pipeline(schedule_config, args.pipeline_config, args.data_dir)
-    for impl in impls:
-      config = experiment_config(experiment, args.preset, args, conv_impl=impl)
+    has_upconv = any(field == 'upconv_impl' for _, field in models.layer_choice_fields(experiment))
+    for conv_impl, upconv_impl in itertools.product(conv_impls, upconv_impls if has_upconv else [None]):
+      config = experiment_config(experiment, args.preset, args, conv_impl=conv_impl,
+                                 upconv_impl=upconv_impl or 'auto')
       for num_devices in range(1, args.devices + 1):
         if args.batch % num_devices:
           continue
-        row = {'experiment': experiment, 'conv_impl': impl,
-               **time_train_step(config, args.image_size, num_devices, args.steps), **pipeline}
+        profile_dir = ''
+        if args.profile:
+          profile_dir = os.path.join(args.profile, f'{experiment}_{conv_impl}_{upconv_impl}_{num_devices}dev')
+        row = {'experiment': experiment, 'conv_impl': conv_impl, 'upconv_impl': upconv_impl,
+               **time_train_step(config, args.image_size, num_devices, args.steps, profile_dir), **pipeline}
         row.update(schedule_cost(schedule_config, row['compile_s'], row['step_median_s']))
+        if profile_dir:
+          row['top_ops'] = _top_ops(profile_dir, row.pop('hlo_text'))
         if num_devices > 1:
-          single = next(r for r in rows
-                        if r['experiment'] == experiment and r['conv_impl'] == impl and r['devices'] == 1)
+          single = next(r for r in rows if r['experiment'] == experiment and r['conv_impl'] == conv_impl
+                        and r['upconv_impl'] == upconv_impl and r['devices'] == 1)
           row['scaling_efficiency'] = single['step_median_s'] / (num_devices * row['step_median_s'])
         rows.append(row)
-        print(f'{experiment} ({impl} layers) on {num_devices} device(s): step {row["step_median_s"]:.3f} s, '
-              f'{row["slices_per_s"]:.1f} slices/s, compile {row["compile_s"]:.1f} s', flush=True)
+        print(f'{experiment} ({layers_label(row)} layers) on {num_devices} device(s): step '
+              f'{row["step_median_s"]:.3f} s, {row["slices_per_s"]:.1f} slices/s, compile {row["compile_s"]:.1f} s',
+              flush=True)
+  torch_result = None
+  if args.torch_python:
+    torch_result = torch_reference(args, experiments)
+    by_name = {r['experiment']: r for r in torch_result['rows']}
+    for row in rows:
+      if row['experiment'] in by_name and row['devices'] == 1:
+        row['torch_step_s'] = by_name[row['experiment']]['step_s_median']
+        row['speed_vs_torch'] = row['torch_step_s'] / row['step_median_s']
   print()
   print(format_table(rows, ceiling))
   scaling = [r for r in rows if 'scaling_efficiency' in r]
@@ -272,20 +394,27 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     for row in scaling:
       print(f'  {row["experiment"]} ({row["conv_impl"]} layers): {row["devices"]} devices '
             f'{row["scaling_efficiency"]:.0%}')
-  if len(impls) > 1 and 'xla' in impls:
-    print('\nLayer choices against Flax\'s stock layers (xla), step times of this run:')
+  if len(conv_impls) * len(upconv_impls) > 1:
+    print('\nLayer choices against the first of this run (step times of this run):')
     for row in rows:
-      base = next((r for r in rows if r['experiment'] == row['experiment'] and r['devices'] == row['devices']
-                   and r['conv_impl'] == 'xla'), None)
-      if base is not None and row is not base:
-        print(f'  {row["experiment"]} on {row["devices"]} device(s), {row["conv_impl"]}: '
-              f'{base["step_median_s"] / row["step_median_s"]:.2f}x the speed of xla')
+      base = next(r for r in rows if r['experiment'] == row['experiment'] and r['devices'] == row['devices'])
+      if row is not base:
+        print(f'  {row["experiment"]} on {row["devices"]} device(s), {layers_label(row)}: '
+              f'{base["step_median_s"] / row["step_median_s"]:.2f}x the speed of {layers_label(base)}')
+  for row in rows:
+    if row.get('top_ops'):
+      print(f'\nMost expensive XLA operations of the {row["experiment"]} ({layers_label(row)}) step, '
+            f'{args.steps} steps traced in {args.profile}:')
+      for op in row['top_ops']:
+        print(f'  {op["total_ms"] / args.steps:9.1f} ms/step  {op["calls"] // args.steps:4d} calls/step  '
+              f'{op["name"]}  {op["hlo"]}')
   for row in rows:
     if row.get('pipeline_examples_per_s') and row['pipeline_examples_per_s'] < row['slices_per_s']:
       print(f'WARNING: the input pipeline ({row["pipeline_examples_per_s"]:.0f} ex/s) is slower than the '
             f'{row["experiment"]} step consumes ({row["slices_per_s"]:.0f} slices/s)')
   result = {'device': device.device_kind, 'platform': device.platform, 'matmul_ceiling_flops_per_s': ceiling,
-            'image_size': args.image_size, 'batch': args.batch, 'half_precision': args.half_precision, 'rows': rows}
+            'image_size': args.image_size, 'batch': args.batch, 'half_precision': args.half_precision, 'rows': rows,
+            'torch': torch_result}
   if args.json:
     with open(args.json, 'w') as f:
       json.dump(result, f, indent=2)

@@ -23,11 +23,15 @@ def test_benchmark_runs_over_one_and_two_devices_and_writes_json(tmp_path):
 def test_benchmark_times_each_layer_choice_of_each_model(monkeypatch):
   defaults = benchmark.parse_args([])
   # The built model (not the config) carries the choice, in every sub-network that has one.
-  built = {name: steps.create_model(benchmark.experiment_config(name, 'x8_stab', defaults, conv_impl='im2col'))
+  built = {name: steps.create_model(benchmark.experiment_config(name, 'x8_stab', defaults, conv_impl='xla',
+                                                                 upconv_impl='dense'))
            for name in benchmark.EXPERIMENTS}
-  assert built['unet'].net.upconv_impl == built['multidecoder_unet'].upconv_impl == 'im2col'
-  assert built['unet_unet'].recon_net.upconv_impl == built['unet_unet'].seg_net.upconv_impl == 'im2col'
-  assert built['cascade'].net.conv_impl == built['cascade_manet'].recon_net.conv_impl == 'im2col'
+  assert built['unet'].net.upconv_impl == built['multidecoder_unet'].upconv_impl == 'dense'
+  assert built['unet_unet'].recon_net.upconv_impl == built['unet_unet'].seg_net.upconv_impl == 'dense'
+  assert built['unet'].net.conv_impl == built['multidecoder_unet'].conv_impl == 'xla'
+  assert built['unet_unet'].recon_net.conv_impl == built['unet_unet'].seg_net.conv_impl == 'xla'
+  assert built['cascade'].net.conv_impl == built['cascade_manet'].recon_net.conv_impl == 'xla'
+  assert built['cascade_manet'].seg_net.conv_impl == 'xla'
 
   paper_config = benchmark.experiment_config
 
@@ -44,6 +48,8 @@ def test_benchmark_times_each_layer_choice_of_each_model(monkeypatch):
   assert all(r['step_median_s'] > 0 and r['flops_per_step'] > 0 for r in result['rows'])
   with pytest.raises(ValueError, match='--conv_impl'):
     benchmark.run(benchmark.parse_args(['--experiments=unet', '--conv_impl=cudnn']))
+  with pytest.raises(ValueError, match='--upconv_impl'):
+    benchmark.run(benchmark.parse_args(['--experiments=unet', '--upconv_impl=im2col']))
 
 
 def test_benchmark_rejects_unknown_experiments_and_too_narrow_images():

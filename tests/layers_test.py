@@ -136,7 +136,7 @@ def test_conv_module_initializes_as_nn_conv():
 ])
 def test_conv_module_is_a_drop_in(kwargs):
   x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 12, 12, 3)), jnp.float32)
-  stock, ours = nn.Conv(**kwargs), layers.Conv(**kwargs)
+  stock, ours = nn.Conv(**kwargs), layers.Conv(**kwargs, impl='im2col')
   shapes = jax.eval_shape(stock.init, jax.random.key(0), x)
   assert jax.eval_shape(ours.init, jax.random.key(0), x) == shapes
   rng = np.random.default_rng(1)
@@ -154,7 +154,7 @@ def test_conv_module_is_a_drop_in(kwargs):
 def test_conv_module_bfloat16_and_extra_batch_axes():
   x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 2, 8, 8, 3)), jnp.float32)
   stock = nn.Conv(4, (3, 3), dtype=jnp.bfloat16)
-  ours = layers.Conv(4, (3, 3), dtype=jnp.bfloat16)
+  ours = layers.Conv(4, (3, 3), dtype=jnp.bfloat16, impl='im2col')
   variables = stock.init(jax.random.key(0), x)
   y = ours.apply(variables, x)
   assert y.shape == (2, 2, 8, 8, 4) and y.dtype == jnp.bfloat16
@@ -205,15 +205,41 @@ def test_upconv_rejects_overlapping_kernels():
     layers.UpConv2x2(3, (3, 3), strides=(2, 2)).init(jax.random.key(0), jnp.zeros((1, 4, 4, 2)))
 
 
-def test_selectors():
-  assert layers.conv_module('xla') is nn.Conv
-  assert layers.conv_module('im2col') is layers.Conv
-  assert layers.conv_transpose_module('xla') is nn.ConvTranspose
-  assert layers.conv_transpose_module('im2col') is layers.UpConv2x2
+@pytest.mark.parametrize('kwargs', [
+    dict(features=5, kernel_size=(3, 3)),
+    dict(features=6, kernel_size=(7, 7), strides=2, padding=((3, 3), (3, 3)), use_bias=False),
+    dict(features=2, kernel_size=(3, 3), padding='CIRCULAR', kernel_dilation=2),
+])
+def test_conv_module_with_xla_impl_is_nn_conv_exactly(kwargs):
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 12, 12, 3)), jnp.float32)
+  stock, ours = nn.Conv(**kwargs), layers.Conv(**kwargs, impl='xla')
+  variables = jax.tree.map(lambda v: v + 0.1, stock.init(jax.random.key(0), x))
+  np.testing.assert_array_equal(ours.apply(variables, x), stock.apply(variables, x))
+  loss = lambda module: jax.jit(jax.grad(lambda v, x: jnp.sum(jnp.tanh(module.apply(v, x))), argnums=(0, 1)))
+  jax.tree.map(np.testing.assert_array_equal, loss(ours)(variables, x), loss(stock)(variables, x))
+
+
+def test_auto_picks_im2col_on_cpu_for_wide_layers_only():
   assert jax.default_backend() == 'cpu'
-  assert layers.conv_module('auto') is nn.Conv
+  wide, narrow = layers.AUTO_IM2COL_MIN_FEATURES, layers.AUTO_IM2COL_MIN_FEATURES - 1
+  assert layers.resolve_conv_impl('auto', wide) == 'im2col'
+  assert layers.resolve_conv_impl('auto', narrow) == 'xla'
+  assert layers.resolve_conv_impl('xla', wide) == 'xla' and layers.resolve_conv_impl('im2col', 2) == 'im2col'
+  # The resolved choice is what runs: the im2col weight gradient is a dot_general, XLA's a convolution.
+  x = jnp.ones((1, 8, 8, 3))
+  for features, im2col in ((wide, True), (narrow, False)):
+    module = layers.Conv(features, (3, 3))
+    variables = module.init(jax.random.key(0), x)
+    jaxpr = str(jax.make_jaxpr(jax.grad(lambda v: jnp.sum(module.apply(v, x)**2)))(variables))
+    assert ('dot_general' in jaxpr) == im2col, jaxpr
+  with pytest.raises(ValueError, match='conv_impl'):
+    layers.Conv(4, (3, 3), impl='cudnn').init(jax.random.key(0), x)
+
+
+def test_upconv_selector():
+  assert layers.conv_transpose_module('xla') is nn.ConvTranspose
+  assert layers.conv_transpose_module('dense') is layers.UpConv2x2
+  assert jax.default_backend() == 'cpu'
   assert layers.conv_transpose_module('auto') is layers.UpConv2x2
-  with pytest.raises(ValueError, match='conv_impl'):
-    layers.conv_module('cudnn')
-  with pytest.raises(ValueError, match='conv_impl'):
-    layers.conv_transpose_module('Im2col')
+  with pytest.raises(ValueError, match='upconv_impl'):
+    layers.conv_transpose_module('im2col')

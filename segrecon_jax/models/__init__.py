@@ -6,17 +6,18 @@ mask) and `mask` bool `[B, 1, W]`. Solo reconstruction models ('unet', 'cascade'
 `[B, H, W, 2]`; joint models return `(recon, seg_logits float32 [B, H, W, num_classes])`.
 
 Model dicts (`config.model`), by name; every field but 'name' is optional and defaults to the module's:
-  unet               features, norm, residual, upconv_impl                      -> UNet (out_channels=2)
+  unet               features, norm, residual, conv_impl, upconv_impl           -> UNet (out_channels=2)
   cascade            num_cascades, num_layers, features, activation, dc_noise_level, learnable_noise_level,
                      conv_impl                                                  -> CascadeNet
-  multidecoder_unet  features, num_classes, norm, upconv_impl                   -> MultiDecoderUNet
+  multidecoder_unet  features, num_classes, norm, conv_impl, upconv_impl        -> MultiDecoderUNet
   unet_unet          recon: {UNet fields}, seg: {UNet fields but residual}, stop_gradient
                                                                                 -> SegRecon(UNet, UNet)
   cascade_manet      recon: {CascadeNet fields}, seg: {preset, MANet fields}, stop_gradient
                                                                                 -> SegRecon(CascadeNet, MANet)
 `seg.preset` of 'cascade_manet' names a `manet.MANET_PRESETS` entry ('paper', 'smp_default', 'tiny'); fields given
-next to it override the preset's. `upconv_impl` / `conv_impl` ('auto', 'xla', 'im2col') pick the layer
-implementation of models/layers.py; every choice computes the same function with the same parameters.
+next to it override the preset's. `conv_impl` ('auto', 'xla', 'im2col': every convolution) and `upconv_impl`
+('auto', 'xla', 'dense': the U-Nets' up-convolutions) pick the layer implementation of models/layers.py; every
+choice computes the same function with the same parameters.
 """
 
 import dataclasses
@@ -130,19 +131,21 @@ class ModelSpec:
   build: Callable[..., nn.Module]  # (fields without 'name', dtype, bn_axis_name) -> module.
   display_name: str  # The method's name in the paper's tables.
   segments: bool  # Has a segmentation output (trained with the Dice term, evaluated with Dice).
-  # Where the model dict takes a layer choice of models/layers.py: (sub-network dict or None, field).
+  # Where the model dict takes a layer choice of models/layers.py: (sub-network dict or None, field), the field
+  # being 'conv_impl' (values layers.CONV_IMPLS) or 'upconv_impl' (values layers.UPCONV_IMPLS).
   layer_choices: Tuple[Tuple[Optional[str], str], ...] = ()
 
 
 MODELS: Dict[str, ModelSpec] = {
-    'unet': ModelSpec(_unet, 'UNet', segments=False, layer_choices=((None, 'upconv_impl'),)),
+    'unet': ModelSpec(_unet, 'UNet', segments=False, layer_choices=((None, 'conv_impl'), (None, 'upconv_impl'))),
     'cascade': ModelSpec(_cascade, 'CascadeNet', segments=False, layer_choices=((None, 'conv_impl'),)),
     'multidecoder_unet': ModelSpec(_multidecoder_unet, 'Multi-Decoder UNet', segments=True,
-                                   layer_choices=((None, 'upconv_impl'),)),
+                                   layer_choices=((None, 'conv_impl'), (None, 'upconv_impl'))),
     'unet_unet': ModelSpec(_unet_unet, 'UNet -> UNet', segments=True,
-                           layer_choices=(('recon', 'upconv_impl'), ('seg', 'upconv_impl'))),
+                           layer_choices=(('recon', 'conv_impl'), ('recon', 'upconv_impl'), ('seg', 'conv_impl'),
+                                          ('seg', 'upconv_impl'))),
     'cascade_manet': ModelSpec(_cascade_manet, 'CascadeNet -> MANet', segments=True,
-                               layer_choices=(('recon', 'conv_impl'),)),
+                               layer_choices=(('recon', 'conv_impl'), ('seg', 'conv_impl'))),
 }
 
 

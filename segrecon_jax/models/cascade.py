@@ -67,7 +67,7 @@ class CascadeCNN(nn.Module):
   out_channels: int = 2
   activation: str = 'relu'
   dtype: Dtype = jnp.float32
-  conv_impl: str = 'auto'  # 'auto'/'xla': nn.Conv; 'im2col': layers.Conv (im2col weight gradient, same function).
+  conv_impl: str = 'auto'  # layers.Conv's impl: 'auto', 'xla' (nn.Conv's computation) or 'im2col'; see layers.py.
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -76,7 +76,7 @@ class CascadeCNN(nn.Module):
     if self.activation not in ACTIVATIONS:
       raise ValueError(f'activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}.')
     x = x.astype(self.dtype)
-    conv = layers.conv_module(self.conv_impl)
+    conv = functools.partial(layers.Conv, impl=self.conv_impl)
     for layer in range(self.num_layers):
       last = layer == self.num_layers - 1
       x = conv(self.out_channels if last else self.features, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,
@@ -123,7 +123,7 @@ class CascadeNet(nn.Module):
   learnable_noise_level: bool = False
   dtype: Dtype = jnp.float32
   bn_axis_name: Optional[str] = None  # Unused (no BatchNorm); accepted like every model's.
-  conv_impl: str = 'auto'  # The convolutions: 'auto'/'xla' (nn.Conv) or 'im2col' (layers.Conv); see layers.py.
+  conv_impl: str = 'auto'  # Every convolution: 'auto', 'xla' or 'im2col' (layers.Conv); see layers.py.
 
   @nn.compact
   def __call__(self, x: Array, kspace: Array, mask: Array, *, train: bool) -> Array:

@@ -1,23 +1,28 @@
-"""Drop-ins for Flax's `nn.Conv` / `nn.ConvTranspose` with other backward (or forward) computations, for CPU speed.
+"""The convolution layers every model uses, with a choice of how the backward pass is computed (for CPU speed).
 
-`conv2d` keeps XLA's forward and input gradient (a transposed convolution) and computes the weight gradient as an
-im2col matmul in a `jax.custom_vjp`, for XLA versions whose CPU weight gradients run far below the matmul ceiling:
-the (padded, dilated, strided) input patches `[B*Ho*Wo, kh*kw*Cin]` are contracted with the output cotangent
-`[B*Ho*Wo, Cout]`. Patches are built from shifted slices of the input, `chunk_rows` output positions at a time (a
-`lax.scan` over batch chunks that accumulates in float32), which bounds their memory at `chunk_rows * kh*kw*Cin`
-elements and keeps each GEMM in cache-friendly sizes.
+`Conv` is a drop-in for Flax's `nn.Conv` on 2D NHWC inputs (same fields, parameter names, shapes and initial
+values, so checkpoints are interchangeable) whose `impl` field picks the computation:
+
+- 'xla': exactly `nn.Conv` (`lax.conv_general_dilated`, XLA's forward and backward);
+- 'im2col': `conv2d`: XLA's forward and input gradient, and the weight gradient as im2col GEMMs in a
+  `jax.custom_vjp`: the (padded, dilated, strided) input patches `[B*Ho*Wo, kh*kw*Cin]` are contracted with the
+  output cotangent `[B*Ho*Wo, Cout]`, `chunk_rows` output positions at a time (a `lax.scan` over batch chunks that
+  accumulates in float32), which bounds their memory at `chunk_rows * kh*kw*Cin` elements;
+- 'auto' (the default): 'im2col' on CPU for layers of at least `AUTO_IM2COL_MIN_FEATURES` output channels, else
+  'xla'. XLA:CPU (jaxlib 0.10.2) computes a convolution's weight gradient as another convolution that runs far
+  below the matmul ceiling on some CPUs: on the AMD EPYC 2-core machines of this project the im2col GEMM is 2.5x to
+  4.3x faster for 3x3 layers of 32 to 128 channels (and on the Intel machines of earlier sessions it was 0.94x to
+  1.1x, i.e. no loss); for 2-channel outputs (a reconstruction's last layer) XLA's is faster (0.45x), hence the
+  threshold. On GPU/TPU 'auto' is 'xla' (cuDNN / the TPU compiler). `benchmarks/conv_bench.py` measures each case.
 
 `UpConv2x2` replaces a transposed convolution whose kernel equals its stride (the U-Net's 2x2, stride-2
 up-convolution) by a dense layer and a depth-to-space; with the same `kernel [2, 2, Cin, Cout]` it is numerically
-the same function as `nn.ConvTranspose`.
+the same function as `nn.ConvTranspose`. `conv_transpose_module(impl)` picks it: 'dense' (`UpConv2x2`), 'xla'
+(`nn.ConvTranspose`) or 'auto' (`UpConv2x2` on CPU, where it is 4x to 9x faster, `nn.ConvTranspose` elsewhere).
 
-Models pick the implementation with a field (`CascadeNet.conv_impl`; `UNet.upconv_impl`,
-`MultiDecoderUNet.upconv_impl`) resolved by `conv_module` / `conv_transpose_module`; 'auto' (the models' default) picks
-what measured fastest: `nn.Conv` everywhere (the im2col weight gradient did not beat XLA's with jaxlib 0.10.2 on
-CPU), `UpConv2x2` on CPU and `nn.ConvTranspose` elsewhere. `python -m segrecon_jax.benchmark --conv_impl=...`
-times the whole train step with each choice.
-Parameter names, shapes and initializers are those of Flax's layers, so checkpoints are interchangeable.
-Arrays are NHWC, kernels HWIO.
+Models take the choices as fields (`conv_impl` for every convolution, `upconv_impl` for the U-Nets'
+up-convolutions); `python -m segrecon_jax.benchmark --conv_impl=... --upconv_impl=...` times the whole train step
+with each. Arrays are NHWC, kernels HWIO.
 """
 
 import functools
@@ -34,7 +39,11 @@ Dtype = Any
 PaddingLike = Union[str, int, Sequence[Union[int, Tuple[int, int]]]]
 Pads = Tuple[Tuple[int, int], Tuple[int, int]]
 
-IMPLS = ('xla', 'im2col', 'auto')
+CONV_IMPLS = ('auto', 'xla', 'im2col')  # `Conv.impl`, a model's `conv_impl`.
+UPCONV_IMPLS = ('auto', 'xla', 'dense')  # `conv_transpose_module`, a U-Net's `upconv_impl`.
+
+# 'auto' computes the weight gradient as im2col GEMMs on CPU for layers with at least this many output channels.
+AUTO_IM2COL_MIN_FEATURES = 16
 
 # Output positions per weight-gradient GEMM: the patches of one chunk are `chunk_rows x kh*kw*Cin`.
 DEFAULT_CHUNK_ROWS = 32768
@@ -206,13 +215,23 @@ def conv2d(x: Array, kernel: Array, bias: Optional[Array] = None, *, strides: Un
   return _im2col_conv(x, kernel, bias, strides, pads, dilation, precision, int(chunk_rows))
 
 
+def resolve_conv_impl(impl: str, features: int) -> str:
+  """'xla' or 'im2col' for a `Conv` of `features` output channels on the default backend ('auto' resolved)."""
+  if impl not in CONV_IMPLS:
+    raise ValueError(f'conv_impl must be one of {CONV_IMPLS}, got {impl!r}.')
+  if impl == 'auto':
+    cpu = jax.default_backend() == 'cpu'
+    return 'im2col' if cpu and features >= AUTO_IM2COL_MIN_FEATURES else 'xla'
+  return impl
+
+
 class Conv(nn.Module):
-  """Drop-in for `nn.Conv` on 2D NHWC inputs, computed by `conv2d` (im2col weight gradient).
+  """Drop-in for `nn.Conv` on 2D NHWC inputs; `impl` picks XLA's backward or the im2col weight gradient.
 
   Same fields, defaults, parameter names (`kernel [kh, kw, Cin, features]`, `bias [features]`) and initial values as
   `nn.Conv`; `feature_group_count`, `input_dilation`, `mask` and 'CAUSAL' padding are not supported. Inputs with
   more than one leading batch axis are flattened into one, as `nn.Conv` does. Circular and reflect padding pad the
-  input first, as `nn.Conv` does.
+  input first, as `nn.Conv` does. With `impl='xla'` it computes what `nn.Conv` computes, op for op.
   """
   features: int
   kernel_size: Sequence[int]
@@ -225,6 +244,7 @@ class Conv(nn.Module):
   precision: Any = None
   kernel_init: nn.initializers.Initializer = nn.linear.default_kernel_init
   bias_init: nn.initializers.Initializer = nn.initializers.zeros_init()
+  impl: str = 'auto'  # 'auto', 'xla' or 'im2col' (see the module docstring).
   chunk_rows: int = DEFAULT_CHUNK_ROWS
 
   @nn.compact
@@ -232,6 +252,7 @@ class Conv(nn.Module):
     """`inputs [..., H, W, Cin]` -> `[..., Ho, Wo, features]`."""
     if isinstance(self.kernel_size, int) or len(self.kernel_size) != 2:
       raise ValueError(f'Conv is 2D: kernel_size must be a pair, got {self.kernel_size!r}.')
+    impl = resolve_conv_impl(self.impl, self.features)
     kernel_size = tuple(self.kernel_size)
     strides = _pair(1 if self.strides is None else self.strides, 'strides')
     dilation = _pair(1 if self.kernel_dilation is None else self.kernel_dilation, 'kernel_dilation')
@@ -248,8 +269,14 @@ class Conv(nn.Module):
     kernel = self.param('kernel', self.kernel_init, kernel_size + (x.shape[-1], self.features), self.param_dtype)
     bias = self.param('bias', self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    y = conv2d(x, kernel, bias, strides=strides, padding=padding, dilation=dilation, precision=self.precision,
-               chunk_rows=self.chunk_rows)
+    if impl == 'xla':
+      pads = explicit_padding(padding, x.shape[1:3], kernel_size, strides, dilation)
+      y = _stock_conv(x, kernel, strides, pads, dilation, self.precision)
+      if bias is not None:
+        y = y + bias.reshape((1, 1, 1, -1))
+    else:
+      y = conv2d(x, kernel, bias, strides=strides, padding=padding, dilation=dilation, precision=self.precision,
+                 chunk_rows=self.chunk_rows)
     return y.reshape(batch_shape + y.shape[1:])
 
 
@@ -296,31 +323,12 @@ class UpConv2x2(nn.Module):
     return y
 
 
-def _check_impl(impl: str) -> None:
-  if impl not in IMPLS:
-    raise ValueError(f'the layer implementation (a model\'s conv_impl / upconv_impl) must be one of {IMPLS}, '
-                     f'got {impl!r}.')
-
-
-def conv_module(impl: str = 'xla') -> type:
-  """The convolution class for `impl`: 'xla' and 'auto' -> `nn.Conv`, 'im2col' -> `Conv`.
-
-  'auto' keeps `nn.Conv` on every platform: with jax/jaxlib 0.10.2 on a 2-core CPU, the im2col weight gradient
-  measured no faster than XLA's (0.94x to 1.1x on 3x3 layers of 32 to 256 channels, 0.45x for 64 -> 2; see
-  benchmarks/conv_bench.py), and on GPU cuDNN is the reference.
-  """
-  _check_impl(impl)
-  return Conv if impl == 'im2col' else nn.Conv
-
-
-def conv_transpose_module(impl: str = 'xla') -> type:
-  """The up-convolution class: 'xla' -> `nn.ConvTranspose`, 'im2col' -> `UpConv2x2`, 'auto' -> `UpConv2x2` on CPU.
-
-  `UpConv2x2` runs the U-Net's 2x2 stride-2 up-convolutions' forward+backward 4x to 9x faster than
-  `nn.ConvTranspose` on CPU (benchmarks/conv_bench.py); elsewhere 'auto' keeps Flax's layer. Call the result with
-  `strides` equal to `kernel_size` (what `UpConv2x2` supports).
-  """
-  _check_impl(impl)
+def conv_transpose_module(impl: str = 'auto') -> type:
+  """The 2x2 stride-2 up-convolution class: 'dense' -> `UpConv2x2`, 'xla' -> `nn.ConvTranspose`, 'auto' ->
+  `UpConv2x2` on CPU (4x to 9x faster there in forward+backward, benchmarks/conv_bench.py), `nn.ConvTranspose`
+  elsewhere. Call the result with `strides` equal to `kernel_size` (what `UpConv2x2` supports)."""
+  if impl not in UPCONV_IMPLS:
+    raise ValueError(f'upconv_impl must be one of {UPCONV_IMPLS}, got {impl!r}.')
   if impl == 'auto':
-    return UpConv2x2 if jax.default_backend() == 'cpu' else nn.ConvTranspose
-  return UpConv2x2 if impl == 'im2col' else nn.ConvTranspose
+    impl = 'dense' if jax.default_backend() == 'cpu' else 'xla'
+  return UpConv2x2 if impl == 'dense' else nn.ConvTranspose

@@ -18,6 +18,8 @@ from typing import Any, List, Optional, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from segrecon_jax.models import layers
+
 Array = Any
 Dtype = Any
 
@@ -44,11 +46,12 @@ class BasicBlock(nn.Module):
   bn_axis_name: Optional[str] = None
   bn_momentum: float = 0.9  # PyTorch momentum 0.1.
   bn_epsilon: float = 1e-5
+  conv_impl: str = 'auto'  # layers.Conv's impl: 'auto', 'xla' or 'im2col'.
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
-                             kernel_init=_conv_init)
+    conv = functools.partial(layers.Conv, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
+                             kernel_init=_conv_init, impl=self.conv_impl)
     norm = functools.partial(batch_norm, train, self.bn_axis_name, self.bn_momentum, self.bn_epsilon, self.dtype)
     residual = x
     y = conv(self.features, (3, 3), strides=self.strides, padding=((1, 1), (1, 1)), name='conv1')(x)
@@ -75,6 +78,7 @@ class ResNetEncoder(nn.Module):
   bn_axis_name: Optional[str] = None
   bn_momentum: float = 0.9  # PyTorch momentum 0.1.
   bn_epsilon: float = 1e-5
+  conv_impl: str = 'auto'  # Every convolution: layers.Conv's impl.
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> List[Array]:
@@ -85,8 +89,8 @@ class ResNetEncoder(nn.Module):
       raise ValueError(f'depth must be in [1, {len(self.widths) + 1}], got {self.depth}.')
     features = [x]
     y = x.astype(self.dtype)
-    y = nn.Conv(self.stem_width, (7, 7), strides=2, padding=((3, 3), (3, 3)), use_bias=False, dtype=self.dtype,
-                param_dtype=jnp.float32, kernel_init=_conv_init, name='conv1')(y)
+    y = layers.Conv(self.stem_width, (7, 7), strides=2, padding=((3, 3), (3, 3)), use_bias=False, dtype=self.dtype,
+                    param_dtype=jnp.float32, kernel_init=_conv_init, impl=self.conv_impl, name='conv1')(y)
     y = batch_norm(train, self.bn_axis_name, self.bn_momentum, self.bn_epsilon, self.dtype, name='bn1')(y)
     y = nn.relu(y)
     features.append(y)
@@ -97,6 +101,6 @@ class ResNetEncoder(nn.Module):
       for block in range(self.stage_sizes[stage]):
         y = BasicBlock(features=self.widths[stage], strides=2 if stage > 0 and block == 0 else 1, dtype=self.dtype,
                        bn_axis_name=self.bn_axis_name, bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
-                       name=f'layer{stage + 1}_block{block}')(y, train=train)
+                       conv_impl=self.conv_impl, name=f'layer{stage + 1}_block{block}')(y, train=train)
       features.append(y)
     return features
