@@ -84,6 +84,12 @@ class OcmrConfig(tfds.core.BuilderConfig):
   label_mapping: Tuple[int, ...] = (0, 3, 2, 1)
   phase_seed: int = 0  # Magnitude source only: seed of the smooth synthetic phase (`magnitude.synthetic_phase`).
 
+  def __repr__(self) -> str:
+    # TFDS logs a derived config on every builder call; the data-defining fields are enough to read there.
+    fields = ['source', 'image_size', 'include_unlabelled', 'test_fraction', 'split_seed']
+    fields += list(MAGNITUDE_FIELDS) if self.source == 'magnitude' else []
+    return f'OcmrConfig({self.name!r}, ' + ', '.join(f'{f}={getattr(self, f)!r}' for f in fields) + ')'
+
   def stored_fields(self) -> Dict:
     """The fields that describe this config's data, for the checkpoint (`input_pipeline.data_info`).
 
