@@ -19,6 +19,8 @@ from segrecon_jax import config_checks
 from segrecon_jax import inference
 from segrecon_jax import train
 from segrecon_jax import workdir as workdir_lib
+from segrecon_jax.data import magnitude
+from segrecon_jax.data import ocmr
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Experiment config file, e.g. configs/cascade_manet.py:x8_stab.',
@@ -45,7 +47,7 @@ def parse_flags(argv):
 
 # Errors that are the user's input, not a bug: printed as one paragraph, exit code 2, nothing already written lost.
 USER_ERRORS = (config_checks.ConfigError, checkpoints.ResumeError, workdir_lib.WorkdirLockedError, NotADirectoryError,
-               FileNotFoundError)
+               FileNotFoundError, ocmr.OCMRFormatError, magnitude.MagnitudeFormatError)
 
 
 def main(argv):

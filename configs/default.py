@@ -80,6 +80,9 @@ def get_config():
   config.checkpoint_every_epochs = 5  # Orbax checkpoint every N epochs (and always at the end).
   config.max_checkpoints_to_keep = 2  # Older checkpoints are deleted.
   config.compilation_cache_dir = '~/.cache/segrecon_jax/jax_cache'  # Persistent XLA cache; '' disables it.
+  # Compile the train step of every sampled fraction of the schedule on a background thread, in order, while the
+  # earlier ones train (parallel.AheadOfTimeSteps); False compiles each when its first epoch starts.
+  config.compile_ahead = True
   config.distributed = False  # Call jax.distributed.initialize() (multi-host GPU/TPU; see README, Multi-host).
   config.coordinator_address = ''  # With distributed: 'host:port' of process 0; '' detects SLURM / TPU pods.
   config.num_processes = 0  # With coordinator_address: the number of processes.

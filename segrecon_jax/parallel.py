@@ -5,8 +5,12 @@ feeds its own share of the global batch (`per_host_batch_size`), reshaped here t
 A later move to `jit` + sharding touches only this file.
 """
 
+import concurrent.futures
+import logging
 import os
-from typing import Any, Callable, Optional, Sequence
+import threading
+import time
+from typing import Any, Callable, Dict, Hashable, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -100,6 +104,65 @@ def all_finite(tree: Any) -> jax.Array:
   leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
   finite = jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
   return jax.lax.pmin(finite.astype(jnp.int32), AXIS_NAME) > 0
+
+
+class AheadOfTimeSteps:
+  """Executables of a pmapped step, one per value of its last (static) argument, compiled on a background thread.
+
+  `prefetch(value)` queues `pmapped.lower(*example_args, value).compile()` on one worker thread, so the next
+  value's compile (e.g. the next sampled fraction of the stabilization schedule) runs while the current one trains:
+  free on a GPU/TPU host whose CPU is otherwise idle, and on a small CPU host it shares the cores. `get(value)`
+  returns the executable (called without the static argument), waiting for it if needed, compiling it now if it
+  was never queued. `compile_seconds[value]` is each compile's own time, `wait_seconds[value]` how long the caller
+  was blocked waiting for it; the gap between the two is compile time hidden behind training.
+
+  `example_args` are only read for shapes and dtypes (`jax.ShapeDtypeStruct`s are taken), so donated buffers
+  may be passed. With `static=False` the step has no static argument: use the value None. Instances made with
+  `after=other` share `other`'s worker thread, so their compiles queue behind `other`'s instead of competing.
+  """
+
+  def __init__(self, pmapped: Callable, example_args: Tuple[Any, ...], name: str = 'step', static: bool = True,
+               after: Optional['AheadOfTimeSteps'] = None):
+    self._pmapped = pmapped
+    self._static = static
+    self._specs = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), example_args)
+    self._name = name
+    self._executor = after._executor if after is not None else concurrent.futures.ThreadPoolExecutor(
+        max_workers=1, thread_name_prefix='compile_ahead')
+    self._futures: Dict[Hashable, concurrent.futures.Future] = {}
+    self._lock = threading.Lock()
+    self.compile_seconds: Dict[Hashable, float] = {}
+    self.wait_seconds: Dict[Hashable, float] = {}
+
+  def _compile(self, value):
+    start = time.perf_counter()
+    args = self._specs + (value,) if self._static else self._specs
+    compiled = self._pmapped.lower(*args).compile()
+    self.compile_seconds[value] = time.perf_counter() - start
+    return compiled
+
+  def prefetch(self, value: Hashable) -> None:
+    """Queues the compile of `value` (no-op if already queued or done)."""
+    with self._lock:
+      if value not in self._futures:
+        self._futures[value] = self._executor.submit(self._compile, value)
+
+  def get(self, value: Hashable):
+    """The executable for `value`; the first call for a value records how long it waited."""
+    self.prefetch(value)
+    future = self._futures[value]
+    if value not in self.wait_seconds:
+      start = time.perf_counter()
+      future.result()
+      self.wait_seconds[value] = time.perf_counter() - start
+      logging.info('%s%s: compiled in %.1f s, waited %.1f s for it (%d compiled so far).', self._name,
+                   f' for {value}' if self._static else '', self.compile_seconds[value], self.wait_seconds[value],
+                   len(self.compile_seconds))
+    return future.result()
+
+  def close(self) -> None:
+    """Drops queued compiles that have not started and waits for a running one."""
+    self._executor.shutdown(wait=True, cancel_futures=True)
 
 
 _DISTRIBUTED = {'initialized': False}  # jax.distributed.initialize() runs once per process.

@@ -7,6 +7,12 @@ checkpoints and the resume policy in `checkpoints.py`, the workdir lock in `work
 The step count is the loop's own (it starts at the restored state's step); the progress bar only displays it.
 Train scalars are means over the `log_every_steps` window, read from the devices once per log step (no host sync
 per step), and every log step and eval also logs one line, so batch jobs without a terminal show progress.
+
+The sampled fraction is a static argument of the pmapped train step, so each distinct fraction of the
+stabilization schedule is its own executable. With `config.compile_ahead` they are all queued at the first step
+(`parallel.AheadOfTimeSteps`) and compile one after the other on a background thread while the earlier levels
+train; the loop only waits when a level starts before its executable is ready. The time waited is what the
+`train_compile_wait_seconds` scalar and metrics.json report; `train_compile_seconds` is the compiles' own time.
 """
 
 import contextlib
@@ -52,6 +58,15 @@ def _format_seconds(seconds: float) -> str:
       f'{seconds // 60}m{seconds % 60:02d}s'
 
 
+def compile_summary(compiled_steps) -> Dict[str, float]:
+  """Train-step compiles so far, their seconds, and the seconds the loop waited for them."""
+  if compiled_steps is None:
+    return {'train_compiles': 0, 'train_compile_seconds': 0.0, 'train_compile_wait_seconds': 0.0}
+  return {'train_compiles': len(compiled_steps.compile_seconds),
+          'train_compile_seconds': float(sum(compiled_steps.compile_seconds.values())),
+          'train_compile_wait_seconds': float(sum(compiled_steps.wait_seconds.values()))}
+
+
 def _train_and_evaluate(config, workdir: str) -> Dict[str, float]:
   parallel.check_batch_size(config.batch_size)
   parallel.check_batch_size(config.eval_batch_size, 'eval_batch_size')
@@ -80,7 +95,13 @@ def _train_and_evaluate(config, workdir: str) -> Dict[str, float]:
   state = parallel.replicate(state)
   rng = parallel.replicate(jax.random.PRNGKey(config.seed + 1))
 
-  compile_seconds, results = {}, None
+  # The distinct sampled fractions still to train, in schedule order.
+  fractions = list(dict.fromkeys(steps.sampled_fraction_for_epoch(config, epoch)
+                                 for epoch in range(start_epoch, config.num_epochs + 1)))
+  compiled_steps = None  # parallel.AheadOfTimeSteps, made at the first batch (it needs the batch's shapes).
+  compiled_eval = None  # The same for the eval step (no static argument).
+  train_step, train_fraction = None, None  # The executable of the current sampled fraction.
+  results = None
   window = []  # Device metrics of the steps since the last log step, read at the next one.
   window_start, window_compile_seconds = time.time(), 0.0
   progress = reporting.progress_bar(config, total=total_steps, initial=step)
@@ -117,44 +138,55 @@ def _train_and_evaluate(config, workdir: str) -> Dict[str, float]:
     window.clear()
     window_start, window_compile_seconds = time.time(), 0.0
 
-  for epoch in range(start_epoch, config.num_epochs + 1):
-    fraction = steps.sampled_fraction_for_epoch(config, epoch)
-    epoch_start = time.time()
-    for batch in input_pipeline.train_batches(train_source, config, epoch):
-      first_of_fraction = fraction not in compile_seconds
-      step_start = time.time()
-      state, terms = p_train_step(state, parallel.shard(batch), rng, fraction)
-      step += 1
-      window.append(terms)
-      if first_of_fraction:
-        jax.block_until_ready(terms)
-        compile_seconds[fraction] = time.time() - step_start
-        window_compile_seconds += compile_seconds[fraction]
-        logging.info('Compiled the train step for sampled fraction %.4f in %.1f s (%d compiles so far).',
-                     fraction, compile_seconds[fraction], len(compile_seconds))
-      progress.update(1)
-      if step % config.log_every_steps == 0:
-        flush_window(epoch, fraction, log=True)
-    flush_window(epoch, fraction, log=False)  # Every step finite before this epoch's checkpoint can be written.
-    writer.write_scalars(step, {'train_compiles': len(compile_seconds),
-                                'train_compile_seconds': sum(compile_seconds.values()),
-                                'train_epoch_seconds': time.time() - epoch_start})
-    last = epoch == config.num_epochs
-    if last or epoch % config.eval_every_epochs == 0:
-      results, images = inference.evaluate_state(p_eval_step, state, eval_source, config)
-      writer.write_scalars(step, {f'eval_{k}': v for k, v in results.items()})
-      writer.write_images(step, images, config)
-      inference.log_results(f'eval at step {step} (epoch {epoch})', results)
-    if last or epoch % config.checkpoint_every_epochs == 0:
-      checkpoints.save_checkpoint(manager, state, epoch, config, data_info)
+  try:
+    for epoch in range(start_epoch, config.num_epochs + 1):
+      fraction = steps.sampled_fraction_for_epoch(config, epoch)
+      epoch_start = time.time()
+      for batch in input_pipeline.train_batches(train_source, config, epoch):
+        batch = parallel.shard(batch)
+        if compiled_steps is None:
+          compiled_steps = parallel.AheadOfTimeSteps(p_train_step, (state, batch, rng), 'train step')
+          eval_batch = parallel.shard(next(input_pipeline.eval_batches(eval_source, config)))
+          compiled_eval = parallel.AheadOfTimeSteps(p_eval_step, (state, eval_batch), 'eval step', static=False,
+                                                    after=compiled_steps)
+          if config.compile_ahead:  # Every level of the schedule in order, then the eval step.
+            for upcoming in fractions:
+              compiled_steps.prefetch(upcoming)
+            compiled_eval.prefetch(None)
+        if train_fraction != fraction:  # A new level of the schedule (or the first step of this run).
+          train_step, train_fraction = compiled_steps.get(fraction), fraction
+          window_compile_seconds += compiled_steps.wait_seconds[fraction]
+        state, terms = train_step(state, batch, rng)
+        step += 1
+        window.append(terms)
+        progress.update(1)
+        if step % config.log_every_steps == 0:
+          flush_window(epoch, fraction, log=True)
+      flush_window(epoch, fraction, log=False)  # Every step finite before this epoch's checkpoint can be written.
+      writer.write_scalars(step, {**compile_summary(compiled_steps), 'train_epoch_seconds': time.time() - epoch_start})
+      last = epoch == config.num_epochs
+      if last or epoch % config.eval_every_epochs == 0:
+        eval_step = compiled_eval.get(None) if compiled_eval is not None else p_eval_step
+        results, images = inference.evaluate_state(eval_step, state, eval_source, config)
+        writer.write_scalars(step, {f'eval_{k}': v for k, v in results.items()})
+        writer.write_images(step, images, config)
+        inference.log_results(f'eval at step {step} (epoch {epoch})', results)
+      if last or epoch % config.checkpoint_every_epochs == 0:
+        checkpoints.save_checkpoint(manager, state, epoch, config, data_info)
+  finally:
+    if compiled_steps is not None:  # Also when training stops early (NonFiniteError): no compile left running.
+      compiled_steps.close()  # (compiled_eval shares its thread.)
   progress.close()
   manager.wait_until_finished()
-  logging.info('Train step compiles: %d, %.1f s in total (%s).', len(compile_seconds),
-               sum(compile_seconds.values()), {f'{k:.4f}': round(v, 1) for k, v in compile_seconds.items()})
+  if compiled_steps is not None:
+    logging.info('Train step compiles: %d, %.1f s of compiling, %.1f s of it waited for (per fraction: %s).',
+                 len(compiled_steps.compile_seconds), sum(compiled_steps.compile_seconds.values()),
+                 sum(compiled_steps.wait_seconds.values()),
+                 {f'{k:.4f}': (round(v, 1), round(compiled_steps.wait_seconds.get(k, 0.0), 1))
+                  for k, v in compiled_steps.compile_seconds.items()})
   if results is None:  # Resumed after the last epoch: evaluate the restored state.
     results, _ = inference.evaluate_state(p_eval_step, state, eval_source, config)
-  reporting.write_results(workdir, config, results, extra={'train_compiles': len(compile_seconds),
-                                                           'train_compile_seconds': sum(compile_seconds.values()),
+  reporting.write_results(workdir, config, results, extra={**compile_summary(compiled_steps),
                                                            'step': step, 'seed': config.seed,
                                                            'config': checkpoints.jsonable(config.to_dict())})
   writer.close()
