@@ -14,6 +14,7 @@ F->F, conv F->2] with ReLUs and a residual per cascade, in the layout of `models
 """
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -91,12 +92,13 @@ def interleaved_medians(fns: Sequence[Callable[[], object]], repeats: int) -> Li
 
 
 def layer_for(case: Case, impl: str, dtype, chunk_rows: int) -> nn.Module:
+  """`impl` 'xla' (XLA's backward; nn.ConvTranspose for up-convolutions) or 'im2col' (our layer: the im2col
+  weight gradient; UpConv2x2 for up-convolutions)."""
   if case.transpose:
-    return layers.conv_transpose_module(impl)(case.out_channels, (case.kernel, case.kernel),
-                                              strides=(case.stride, case.stride), dtype=dtype)
-  extra = {'chunk_rows': chunk_rows} if impl == 'im2col' else {}
-  return layers.conv_module(impl)(case.out_channels, (case.kernel, case.kernel), strides=case.stride,
-                                  padding='SAME', kernel_dilation=case.dilation, dtype=dtype, **extra)
+    return layers.conv_transpose_module('dense' if impl == 'im2col' else impl)(
+        case.out_channels, (case.kernel, case.kernel), strides=(case.stride, case.stride), dtype=dtype)
+  return layers.Conv(case.out_channels, (case.kernel, case.kernel), strides=case.stride, padding='SAME',
+                     kernel_dilation=case.dilation, dtype=dtype, impl=impl, chunk_rows=chunk_rows)
 
 
 def layer_step(case: Case, impl: str, dtype, chunk_rows: int) -> Callable[[], object]:
@@ -132,8 +134,8 @@ class ConvStack(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    conv = layers.conv_module(self.conv_impl)
-    extra = {'chunk_rows': self.chunk_rows} if conv is layers.Conv else {}
+    conv = functools.partial(layers.Conv, impl=self.conv_impl)
+    extra = {'chunk_rows': self.chunk_rows}
     for cascade in range(self.cascades):
       y = x.astype(self.dtype)
       for layer in range(self.num_layers):
@@ -170,9 +172,10 @@ def main(argv: Optional[List[str]] = None) -> None:
   print(f'jax {jax.__version__}, jaxlib {jax.lib.__version__}, backend {jax.default_backend()}, '
         f'device {jax.devices()[0].device_kind} x{jax.device_count()}, {os.cpu_count()} CPUs, dtype {args.dtype}, '
         f"chunk_rows {args.chunk_rows}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
-  auto = [layers.conv_module('auto'), layers.conv_transpose_module('auto')]
-  print(f"conv_impl='auto' resolves to {auto[0].__module__}.{auto[0].__name__} and "
-        f'{auto[1].__module__}.{auto[1].__name__}')
+  up = layers.conv_transpose_module('auto')
+  print(f"conv_impl='auto' takes im2col for layers of {layers.AUTO_IM2COL_MIN_FEATURES}+ outputs on CPU "
+        f"(here: {layers.resolve_conv_impl('auto', layers.AUTO_IM2COL_MIN_FEATURES)}); upconv_impl='auto' is "
+        f'{up.__module__}.{up.__name__}')
   groups = set(args.cases.split(','))
   header = (f"{'case':26s} {'B':>3s} {'HxW':>7s} {'xla ms':>9s} {'GF/s':>6s} {'im2col ms':>9s} {'GF/s':>6s} "
             f"{'speed-up':>8s}")
