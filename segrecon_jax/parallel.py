@@ -6,6 +6,7 @@ A later move to `jit` + sharding touches only this file.
 """
 
 import concurrent.futures
+import functools
 import logging
 import os
 import threading
@@ -119,12 +120,16 @@ class AheadOfTimeSteps:
   `example_args` are only read for shapes and dtypes (`jax.ShapeDtypeStruct`s are taken), so donated buffers
   may be passed. With `static=False` the step has no static argument: use the value None. Instances made with
   `after=other` share `other`'s worker thread, so their compiles queue behind `other`'s instead of competing.
+
+  In a multi-process job nothing is compiled ahead (jax 0.10.2's pmap cannot lower from shapes there: host-local
+  to global avals): `get` returns the pmapped step with the value bound, which compiles at its first call.
   """
 
   def __init__(self, pmapped: Callable, example_args: Tuple[Any, ...], name: str = 'step', static: bool = True,
                after: Optional['AheadOfTimeSteps'] = None):
     self._pmapped = pmapped
     self._static = static
+    self._ahead = jax.process_count() == 1
     self._specs = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), example_args)
     self._name = name
     self._executor = after._executor if after is not None else concurrent.futures.ThreadPoolExecutor(
@@ -142,13 +147,17 @@ class AheadOfTimeSteps:
     return compiled
 
   def prefetch(self, value: Hashable) -> None:
-    """Queues the compile of `value` (no-op if already queued or done)."""
+    """Queues the compile of `value` (no-op if already queued or done, or in a multi-process job)."""
+    if not self._ahead:
+      return
     with self._lock:
       if value not in self._futures:
         self._futures[value] = self._executor.submit(self._compile, value)
 
   def get(self, value: Hashable):
     """The executable for `value`; the first call for a value records how long it waited."""
+    if not self._ahead:
+      return functools.partial(_call_with_static, self._pmapped, value) if self._static else self._pmapped
     self.prefetch(value)
     future = self._futures[value]
     if value not in self.wait_seconds:
@@ -163,6 +172,10 @@ class AheadOfTimeSteps:
   def close(self) -> None:
     """Drops queued compiles that have not started and waits for a running one."""
     self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _call_with_static(pmapped: Callable, value, *args):
+  return pmapped(*args, value)
 
 
 _DISTRIBUTED = {'initialized': False}  # jax.distributed.initialize() runs once per process.

@@ -58,10 +58,6 @@ def _format_seconds(seconds: float) -> str:
       f'{seconds // 60}m{seconds % 60:02d}s'
 
 
-def _call_with(p_step, fraction, *args):
-  return p_step(*args, fraction)
-
-
 def compile_summary(compiled_steps) -> Dict[str, float]:
   """Train-step compiles so far, their seconds, and the seconds the loop waited for them."""
   if compiled_steps is None:
@@ -148,12 +144,7 @@ def _train_and_evaluate(config, workdir: str) -> Dict[str, float]:
       epoch_start = time.time()
       for batch in input_pipeline.train_batches(train_source, config, epoch):
         batch = parallel.shard(batch)
-        if jax.process_count() > 1:
-          # Multi-process: jax 0.10.2's pmap cannot lower from shapes there (host-local to global avals), so each
-          # level compiles at its first call.
-          if train_fraction != fraction:
-            train_step, train_fraction = functools.partial(_call_with, p_train_step, fraction), fraction
-        elif compiled_steps is None:
+        if compiled_steps is None:
           compiled_steps = parallel.AheadOfTimeSteps(p_train_step, (state, batch, rng), 'train step')
           eval_batch = parallel.shard(next(input_pipeline.eval_batches(eval_source, config)))
           compiled_eval = parallel.AheadOfTimeSteps(p_eval_step, (state, eval_batch), 'eval step', static=False,
@@ -162,9 +153,9 @@ def _train_and_evaluate(config, workdir: str) -> Dict[str, float]:
             for upcoming in fractions:
               compiled_steps.prefetch(upcoming)
             compiled_eval.prefetch(None)
-        if compiled_steps is not None and train_fraction != fraction:  # A new level (or this run's first step).
+        if train_fraction != fraction:  # A new level of the schedule (or the first step of this run).
           train_step, train_fraction = compiled_steps.get(fraction), fraction
-          window_compile_seconds += compiled_steps.wait_seconds[fraction]
+          window_compile_seconds += compiled_steps.wait_seconds.get(fraction, 0.0)
         state, terms = train_step(state, batch, rng)
         step += 1
         window.append(terms)

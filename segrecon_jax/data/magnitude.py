@@ -114,7 +114,7 @@ def read_pair(image_path: str, label_path: str) -> Tuple[np.ndarray, np.ndarray,
   """
   labelled = None
   if image_path.endswith('.h5'):
-    with ocmr._open_h5(image_path, 'HDF5 image/label') as f:  # pylint: disable=protected-access
+    with ocmr.open_h5(image_path, 'HDF5 image/label') as f:
       missing = [n for n in ('image', 'label') if n not in f]
       if missing:
         raise MagnitudeFormatError(f'{image_path}: expected HDF5 datasets `image` and `label` of one shape '

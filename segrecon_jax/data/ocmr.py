@@ -67,7 +67,7 @@ def label_path_for(path: str) -> str:
   return os.path.join(os.path.dirname(os.path.abspath(path)), 'labels', subject_id(path) + '.h5')
 
 
-def _open_h5(path: str, what: str) -> h5py.File:
+def open_h5(path: str, what: str) -> h5py.File:
   if not os.path.isfile(path):
     raise FileNotFoundError(f'{path}: no such {what} file')
   try:
@@ -162,7 +162,7 @@ def read_header(path: str) -> Dict[str, Any]:
     `system_model`, `protocol`, `tr_ms`, `te_ms`, `ti_ms`, `flip_angle_deg`, `sequence_type`, `pilot_tone`,
     `ky_minimum`, `image_shape` (H, W) of `slice_images`, `file_name`, `subject_id`.
   """
-  with _open_h5(path, 'ISMRMRD') as f:
+  with open_h5(path, 'ISMRMRD') as f:
     _check_ismrmrd(path, f)
     try:
       xml = f['dataset']['xml'][0]
@@ -215,7 +215,7 @@ def read_ocmr(path: str, require_fully_sampled: bool = True, check_frames: bool 
   if require_fully_sampled and name.startswith('us_'):
     raise OCMRFormatError(f'{path}: an undersampled OCMR file (us_*); fully sampled data (an fs_* file) is required')
   info = read_header(path)
-  with _open_h5(path, 'ISMRMRD') as f:
+  with open_h5(path, 'ISMRMRD') as f:
     rows = _read_acquisitions(path, f)
   heads = rows['head']
   imaging = (heads['flags'].astype(np.uint64) & _NOISE_FLAG_BIT) == 0
@@ -413,7 +413,7 @@ def read_labels(label_path: str, expected_shape: Sequence[int]) -> Tuple[np.ndar
     `[num_slices, num_frames]`.
   """
   expected_shape = tuple(int(s) for s in expected_shape)
-  with _open_h5(label_path, 'label') as f:
+  with open_h5(label_path, 'label') as f:
     missing = [name for name in ('masks', 'labelled') if name not in f]
     if missing:
       raise OCMRFormatError(f'{label_path}: expected label datasets `masks` [slices, frames, H, W] and `labelled` '
@@ -444,7 +444,7 @@ def example_frames(path: str, label_path: Optional[str] = None, include_unlabell
   shape = _images_shape(info)
   label_path = label_path or label_path_for(path)
   if os.path.exists(label_path):
-    with _open_h5(label_path, 'label') as f:
+    with open_h5(label_path, 'label') as f:
       if 'labelled' not in f:
         raise OCMRFormatError(f'{label_path}: expected a `labelled` [slices, frames] dataset')
       labelled = f['labelled'][()]
