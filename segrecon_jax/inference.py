@@ -4,7 +4,7 @@ import collections
 import functools
 import logging
 import os
-from typing import Dict
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import jax
 import numpy as np
@@ -27,26 +27,91 @@ def log_results(what: str, results: Dict[str, float]) -> None:
                int(results.get('num_examples', 0)))
 
 
-def evaluate_state(p_eval_step, state, eval_source, config):
-  """Means over the eval split (F- metrics over examples with heart labels) and a few examples for summaries."""
+class EvalResults(dict):
+  """The means of an evaluation (metric name -> float, as before), with `per_slice` holding every slice's values.
+
+  `per_slice` is `{'ids': [str], 'index': [int], 'metrics': {name: float64 [n]}}` sorted by id, every valid
+  example of the split once (all hosts' shares) on process 0, None on the other processes; focused metrics
+  (`f_*`, `zero_filled_f_*`) are NaN on slices without heart labels.
+  """
+  per_slice: Optional[Dict[str, Any]] = None
+
+
+def example_id(example: Mapping[str, Any], index: int) -> str:
+  """The stable name of an example, `subject_id/slice/frame`, or its position in the split without a subject id."""
+  subject = example.get('subject_id') if hasattr(example, 'get') else None
+  if subject is None:
+    return str(int(index))
+  if isinstance(subject, np.ndarray):
+    subject = subject.item()
+  if isinstance(subject, bytes):
+    subject = subject.decode('utf-8')
+  return f'{subject}/{int(example.get("slice", 0))}/{int(example.get("frame", 0))}'
+
+
+class _IdRecordingSource:
+  """A random-access source that notes `example_id` of every example read through it, so the eval loop knows its
+  examples' ids without reading them twice."""
+
+  def __init__(self, source):
+    self._source = source
+    self.ids: Dict[int, str] = {}
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def __getitem__(self, index):
+    example = self._source[index]
+    self.ids[int(index)] = example_id(example, int(index))
+    return example
+
+
+def _is_focused(key: str) -> bool:
+  return key.startswith(('f_', 'zero_filled_f_'))
+
+
+def evaluate_state(p_eval_step, state, eval_source, config) -> Tuple[EvalResults, Optional[Dict[str, np.ndarray]]]:
+  """Means over the eval split (F- metrics over examples with heart labels), every slice's metrics
+  (`EvalResults.per_slice`) and a few examples for summaries."""
   sums, counts, images = collections.defaultdict(float), collections.defaultdict(float), None
-  for batch in input_pipeline.eval_batches(eval_source, config):
+  source = _IdRecordingSource(eval_source)
+  collected = collections.defaultdict(list)
+  for batch in input_pipeline.eval_batches(source, config):
     results, outputs = p_eval_step(state, parallel.shard(batch))
     results = parallel.unshard(results)
     valid = batch['valid'] > 0
     has_heart = valid & (results['has_heart'] > 0)
     for key, values in results.items():
+      collected[key].append(np.where(has_heart, values, np.nan) if _is_focused(key) else np.asarray(values))
       if key == 'has_heart':
         continue
-      weight = has_heart if key.startswith(('f_', 'zero_filled_f_')) else valid
+      weight = has_heart if _is_focused(key) else valid
       sums[key] += float(np.sum(np.where(weight, values, 0.0)))
       counts[key] += float(np.sum(weight))
+    collected['index'].append(batch['index'])
+    collected['valid'].append(batch['valid'])
     if images is None:
       images = dict(parallel.unshard(outputs), image=batch['image'], segmentation=batch['segmentation'])
   sums, counts = _allgather_sums(sums, counts)
-  results = {k: sums[k] / counts[k] if counts[k] else float('nan') for k in sorted(sums)}
+  results = EvalResults({k: sums[k] / counts[k] if counts[k] else float('nan') for k in sorted(sums)})
   results['num_examples'] = counts['mse']
+  # Every host's share to every host (a collective: all hosts take part), kept on process 0.
+  gathered = parallel.gather_to_host({k: np.concatenate(v) for k, v in collected.items()})
+  if jax.process_index() == 0:
+    results.per_slice = _per_slice(gathered, source.ids, eval_source)
   return results, images
+
+
+def _per_slice(gathered: Dict[str, np.ndarray], ids: Dict[int, str], eval_source) -> Dict[str, Any]:
+  """The valid examples of `gathered` (flat `[n]` arrays with `index` and `valid`) sorted by id; examples another
+  host evaluated have their ids read from the source here."""
+  valid = np.asarray(gathered['valid']) > 0
+  indices = [int(i) for i in np.asarray(gathered['index'])[valid]]
+  names = [ids[i] if i in ids else example_id(eval_source[i], i) for i in indices]
+  order = sorted(range(len(names)), key=lambda j: names[j])
+  metrics = {k: np.asarray(v, np.float64)[valid][order] for k, v in sorted(gathered.items())
+             if k not in ('index', 'valid')}
+  return {'ids': [names[j] for j in order], 'index': [indices[j] for j in order], 'metrics': metrics}
 
 
 def _allgather_sums(sums, counts):
@@ -75,12 +140,13 @@ def restore_for_inference(config, workdir: str):
 
 
 def evaluate(config, workdir: str) -> Dict[str, float]:
-  """Restores the latest checkpoint and writes metrics.json and results.md to the workdir."""
+  """Restores the latest checkpoint and writes metrics.json, per_slice.json and results.md to the workdir."""
   parallel.check_batch_size(config.eval_batch_size, 'eval_batch_size')
   model, state, eval_source, meta = restore_for_inference(config, workdir)
   p_eval_step = parallel.pmap(functools.partial(steps.eval_step, model=model, config=config))
   results, _ = evaluate_state(p_eval_step, state, eval_source, config)
-  reporting.write_results(workdir, config, results, extra={'checkpoint_step': meta['step']})
+  reporting.write_results(workdir, config, results, extra={'checkpoint_step': meta['step']},
+                          per_slice=results.per_slice)
   return results
 
 

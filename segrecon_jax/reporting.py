@@ -81,10 +81,14 @@ def results_table(rows) -> str:
   return '\n'.join(lines) + '\n'
 
 
-def write_results(workdir: str, config, results: Dict[str, float], extra: Optional[Dict[str, Any]] = None) -> None:
-  """`metrics.json` (every metric) and `results.md` (one row with the paper's columns plus Dice)."""
+def write_results(workdir: str, config, results: Dict[str, float], extra: Optional[Dict[str, Any]] = None,
+                  per_slice: Optional[Dict[str, Any]] = None) -> None:
+  """`metrics.json` (every metric), `results.md` (one row with the paper's columns plus Dice) and, given the
+  evaluation's `per_slice` values (`inference.EvalResults.per_slice`), `per_slice.json` (`write_per_slice`)."""
   if jax.process_index() != 0:
     return
+  if per_slice is not None:
+    write_per_slice(workdir, per_slice)
   record = {'method': method_name(config), 'acceleration': config.acceleration, 'metrics': results,
             **(extra or {})}
   with open(os.path.join(workdir, 'metrics.json'), 'w') as f:
@@ -96,6 +100,34 @@ def write_results(workdir: str, config, results: Dict[str, float], extra: Option
           + results_table([(method_name(config), results)]))
   with open(os.path.join(workdir, 'results.md'), 'w') as f:
     f.write(text)
+
+
+def write_per_slice(workdir: str, per_slice: Dict[str, Any]) -> str:
+  """`workdir/per_slice.json`: `{"ids": [...], "index": [...], "metrics": {name: [...]}}`, one entry per test slice.
+
+  `ids` are `subject_id/slice/frame` (or the split position for data without subject ids), sorted; `index` is each
+  slice's position in the split (the order of `predictions/*.npy`); every metric list follows `ids`. Values that
+  are not finite (the focused metrics of a slice without heart labels) are written as null.
+  """
+  record = {'ids': list(per_slice['ids']), 'index': [int(i) for i in per_slice.get('index', [])],
+            'metrics': {k: [float(x) if np.isfinite(x) else None for x in np.asarray(v, np.float64)]
+                        for k, v in sorted(per_slice['metrics'].items())}}
+  path = os.path.join(workdir, 'per_slice.json')
+  with open(path, 'w') as f:
+    json.dump(record, f)
+  return path
+
+
+def read_per_slice(workdir: str) -> Optional[Dict[str, Any]]:
+  """`per_slice.json` of a workdir as `{'ids': [str], 'metrics': {name: float64 [n]}}` (null -> NaN), or None."""
+  path = os.path.join(workdir, 'per_slice.json')
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    record = json.load(f)
+  return {'ids': list(record['ids']),
+          'metrics': {k: np.array([np.nan if x is None else x for x in v], np.float64)
+                      for k, v in record['metrics'].items()}}
 
 
 def heart_box(segmentation: np.ndarray, margin: int):

@@ -188,6 +188,7 @@ def _train_and_evaluate(config, workdir: str) -> Dict[str, float]:
     results, _ = inference.evaluate_state(p_eval_step, state, eval_source, config)
   reporting.write_results(workdir, config, results, extra={**compile_summary(compiled_steps),
                                                            'step': step, 'seed': config.seed,
-                                                           'config': checkpoints.jsonable(config.to_dict())})
+                                                           'config': checkpoints.jsonable(config.to_dict())},
+                          per_slice=results.per_slice)
   writer.close()
   return results
