@@ -127,7 +127,8 @@ def train_step(state: TrainState, batch, rng, sampled_fraction: float, *, model,
 
   `sampled_fraction` is static: each distinct value compiles this function once. Masks are drawn per example from
   `fold_in(fold_in(rng, step), device)`. A step whose loss or gradients are not finite leaves the state unchanged
-  and reports `finite = 0`; the host loop stops on it.
+  and reports `finite = 0`; the host loop stops on it. With `config.log_loss_grad_norms` and a model that segments,
+  the terms also hold `recon_grad_norm` and `seg_grad_norm` (`_grads_with_term_norms`); the update is unchanged.
   """
   TRAIN_STEP_TRACES[sampled_fraction] += 1
   step_rng = jax.random.fold_in(jax.random.fold_in(rng, state.step), parallel.device_index())
@@ -141,16 +142,61 @@ def train_step(state: TrainState, batch, rng, sampled_fraction: float, *, model,
     loss, terms = compute_losses(config, recon, seg_logits, batch)
     return loss, (terms, updates.get('batch_stats', {}))
 
-  (_, (terms, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  if config.log_loss_grad_norms and models.segments(config.model):
+    grads, term_norms, (terms, batch_stats) = _grads_with_term_norms(loss_fn, state.params, model, config)
+  else:
+    (_, (terms, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    term_norms = {}
   grads = parallel.pmean(grads)  # Average over the 'batch' axis: all devices apply the same update.
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   finite = parallel.all_finite((terms['loss'], grads))
   new_state = TrainState(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
   new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
-  terms = dict(terms, grad_norm=optax.tree.norm(grads), finite=finite.astype(jnp.float32),
+  terms = dict(terms, **term_norms, grad_norm=optax.tree.norm(grads), finite=finite.astype(jnp.float32),
                sampled_fraction=jnp.float32(sampled_fraction))
   return new_state, parallel.pmean(terms)  # Metrics averaged over the 'batch' axis.
+
+
+def recon_network_params(model, params):
+  """The parameters of `model`'s reconstruction network: the subtrees that compute the reconstruction.
+
+  `SegRecon`: its `recon_net`. `MultiDecoderUNet`: the shared `encoder` and the `recon_decoder` (the network that
+  maps the zero-filled image to the reconstruction; the segmentation term reaches only its encoder, so its
+  gradient is zero on the decoder). Solo reconstruction models: all of them.
+  """
+  if isinstance(model, models.SegRecon):
+    return {'recon_net': params['recon_net']}
+  if isinstance(model, models.MultiDecoderUNet):
+    return {'encoder': params['encoder'], 'recon_decoder': params['recon_decoder']}
+  return params
+
+
+def _grads_with_term_norms(loss_fn, params, model, config):
+  """The gradient of `loss_fn` exactly as `jax.value_and_grad` computes it, and the norms of the two weighted
+  terms' gradients with respect to the reconstruction network (`recon_network_params`), from one forward pass.
+
+  The vjp of (loss, w_r * recon_loss, w_s * seg_loss) seeded with (1, 0, 0) runs value_and_grad's backward pass
+  plus exact additions of zeros at its head, so the update is bit-identical to the flag-off step; the seeds
+  (0, 1, 0) and (0, 0, 1), batched by vmap, give the per-term gradients (a second, 2-wide backward pass). The
+  per-term gradients are averaged over the 'batch' axis before their norms, like `grad_norm`.
+
+  Returns:
+    (gradient of the loss (this device's), {'recon_grad_norm', 'seg_grad_norm'}, loss_fn's aux).
+  """
+  def weighted_terms(params):
+    loss, aux = loss_fn(params)
+    terms = aux[0]
+    return (loss, config.recon_loss_weight * terms['recon_loss'], config.seg_loss_weight * terms['seg_loss']), aux
+
+  outputs, vjp_fn, aux = jax.vjp(weighted_terms, params, has_aux=True)
+  one, zero = jnp.ones_like(outputs[0]), jnp.zeros_like(outputs[0])
+  (grads,) = vjp_fn((one, zero, zero))
+  seeds = (jnp.stack([zero, zero]), jnp.stack([one, zero]), jnp.stack([zero, one]))
+  (term_grads,) = jax.vmap(vjp_fn)(seeds)
+  term_grads = parallel.pmean(recon_network_params(model, term_grads))  # Average over the 'batch' axis.
+  norms = jax.vmap(optax.tree.norm)(term_grads)
+  return grads, {'recon_grad_norm': norms[0], 'seg_grad_norm': norms[1]}, aux
 
 
 def eval_step(state: TrainState, batch, *, model, config):
