@@ -3,8 +3,10 @@
   python main.py --config=configs/cascade_manet.py:x8_stab --workdir=/tmp/segrecon/cascade_manet_x8_stab
   python main.py --config=configs/cascade_manet.py:x8_stab --workdir=... --mode=eval
   python main.py --config=configs/cascade_manet.py:x8_stab --workdir=... --mode=predict [--input=fs_0001_1_5T.h5]
+  python main.py --config=configs/cascade_manet.py:x8_stab --workdir=... --mode=attention
 
-Intentionally kept short: everything happens in segrecon_jax.train (training) and segrecon_jax.inference.
+Intentionally kept short: everything happens in segrecon_jax.train (training), segrecon_jax.inference and
+segrecon_jax.attention (the segmentation loss's gradient on the reconstruction against the heart box).
 """
 
 import logging
@@ -14,6 +16,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from segrecon_jax import attention
 from segrecon_jax import checkpoints
 from segrecon_jax import config_checks
 from segrecon_jax import inference
@@ -26,7 +29,8 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Experiment config file, e.g. configs/cascade_manet.py:x8_stab.',
                                 lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, TensorBoard files, tables and figures.')
-flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict'], 'train (ends with an evaluation), eval or predict.')
+flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict', 'attention'],
+                  'train (ends with an evaluation), eval, predict or attention (pseudo-attention figure).')
 flags.DEFINE_string('input', '', 'predict: an OCMR-format .h5 file (labels optional) instead of the eval split.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
@@ -70,6 +74,11 @@ def run(argv):
   elif FLAGS.mode == 'eval':
     inference.evaluate(FLAGS.config, FLAGS.workdir)
     print(f'Wrote {FLAGS.workdir}/results.md and {FLAGS.workdir}/metrics.json')
+  elif FLAGS.mode == 'attention':
+    record = attention.pseudo_attention(FLAGS.config, FLAGS.workdir)
+    print(f"Wrote {record['json_path']} and {record['figure_path']}: {record['energy_share']['mean']:.1%} of the "
+          f"segmentation loss gradient's energy in the heart box, which covers {record['area_share']['mean']:.1%} "
+          'of the image')
   else:
     out_dir = inference.predict(FLAGS.config, FLAGS.workdir, FLAGS.input)
     print(f'Wrote predictions (.npy) and figures (.png) to {out_dir}')
