@@ -120,6 +120,7 @@ def synthetic_batch(batch: int, size: int, seed: int = 0) -> Dict[str, np.ndarra
   labels[:, radius < 0.1] = 1
   labels[:, (radius >= 0.1) & (radius < 0.15)] = 2
   return {'image': images, 'segmentation': labels, 'index': np.arange(batch, dtype=np.int32),
+          'mask_id': np.arange(batch, dtype=np.int32),
           'valid': np.ones((batch,), np.float32)}
 
 

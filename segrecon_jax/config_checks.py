@@ -33,7 +33,9 @@ def check_config(config) -> None:
     if int(config[field]) != config[field]:
       raise ConfigError(f'config.{field}={config[field]!r}: must be a positive integer.')
   _at_least(config, 'num_acs', 0, 'the number of autocalibration lines must be >= 0 (the paper: 8)')
-  _at_least(config, 'focus_margin', 0, 'the margin around the heart box must be >= 0 pixels')
+  if not 0 <= _number(config, 'focus_margin_fraction') < 0.5:
+    raise ConfigError(f'config.focus_margin_fraction={config.focus_margin_fraction!r}: the margin around the heart '
+                      'box is a share of the image side in [0, 0.5) (the paper: 8 / 128 = 0.0625).')
   if not _number(config, 'learning_rate') > 0:
     raise ConfigError(f'config.learning_rate={config.learning_rate!r}: must be > 0 (the paper: 1e-4).')
   for field in ('b1', 'b2'):
@@ -46,7 +48,9 @@ def check_config(config) -> None:
     if not 0 < _number(config, 'eps') < 1:
       raise ConfigError(f'config.eps={config.eps!r}: the ramp starts at sampled fraction 1 - eps; eps must lie in '
                         '(0, 1) (a small number close to 0, e.g. 0.01).')
-    _at_least(config, 'schedule_levels', 1, 'the ramp needs at least 1 level')
+    if config.schedule_levels is not None:
+      _at_least(config, 'schedule_levels', 2, 'the quantized ramp needs at least 2 levels (None: the exact eq. 1, '
+                'one level per ramp epoch)')
   _check_data_fields(config)
   try:
     segments = models.segments(config.model)

@@ -3,11 +3,13 @@
 Examples stay on the host as fully sampled complex images; undersampling happens on the device inside the step.
 Each batch is a dict of numpy arrays with a leading per-host batch axis:
   `image`: complex64 `[b, H, W]` (fully sampled, normalized), `segmentation`: int32 `[b, H, W]`,
-  `index`: int32 `[b]` (position in the split; eval masks are keyed by it), `valid`: float32 `[b]` (0 for padding).
+  `index`: int32 `[b]` (position in the split), `mask_id`: int32 `[b]` (a stable id of the example, from its subject,
+  slice and frame; eval masks are keyed by it), `valid`: float32 `[b]` (0 for padding).
 """
 
 import json
 import logging
+import zlib
 import os
 from typing import Any, Dict, Iterator, Mapping
 
@@ -75,6 +77,24 @@ def data_info(config) -> Dict[str, Any]:
   return json.loads(json.dumps(info))  # The form a checkpoint's JSON gives back (nested tuples -> lists).
 
 
+def mask_id(example: Mapping[str, Any], index: int) -> int:
+  """The eval-mask key of an example: a CRC-32 of `subject/slice/frame`, in [0, 2**31).
+
+  It depends on what the example is, not on where it sits in its split, so every model sees the same mask on it,
+  also after the dataset is rebuilt, its split reshuffled or other subjects added. An example without a subject id
+  (e.g. `predict --input`'s frames) falls back to `index`.
+  """
+  subject = example.get('subject_id') if hasattr(example, 'get') else None
+  if subject is None:
+    return int(index)
+  if isinstance(subject, bytes):
+    subject = subject.decode('utf-8')
+  if isinstance(subject, np.ndarray):
+    subject = subject.item().decode('utf-8') if isinstance(subject.item(), bytes) else str(subject.item())
+  key = f'{subject}/{int(example.get("slice", 0))}/{int(example.get("frame", 0))}'
+  return zlib.crc32(key.encode('utf-8')) & 0x7FFFFFFF
+
+
 def decode(example: Mapping[str, Any], index: int) -> Dict[str, np.ndarray]:
   """One TFDS example -> the arrays the step needs."""
   image = np.asarray(example['image'])
@@ -86,6 +106,7 @@ def decode(example: Mapping[str, Any], index: int) -> Dict[str, np.ndarray]:
       'image': image.astype(np.complex64),
       'segmentation': np.asarray(example['segmentation']).astype(np.int32),
       'index': np.int32(index),
+      'mask_id': np.int32(mask_id(example, index)),
       'valid': np.float32(1.0),
   }
 

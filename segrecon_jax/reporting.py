@@ -96,7 +96,8 @@ def write_results(workdir: str, config, results: Dict[str, float], extra: Option
   text = (f'# {method_name(config)}, x{config.acceleration} acceleration\n\n'
           f'{int(results.get("num_examples", 0))} {config.eval_split} slices of '
           f'{config.dataset}/{config.dataset_config}; MSE columns are scaled by 10^3 as in the paper; F- metrics '
-          f'use the ground-truth heart bounding box + {config.focus_margin} px.\n\n'
+          f'use the ground-truth heart bounding box + {config.focus_margin_fraction:.4g} of the image side on each '
+          'side.\n\n'
           + results_table([(method_name(config), results)]))
   with open(os.path.join(workdir, 'results.md'), 'w') as f:
     f.write(text)
@@ -186,7 +187,8 @@ def write_predictions(workdir: str, config, arrays: Dict[str, np.ndarray], name:
     if 'seg' in arrays:
       columns.append(('Segmentation', arrays['recon'][i], arrays['seg'][i]))
     comparison_figure(os.path.join(out_dir, f'figure_{i}.png'), columns, arrays['segmentation'][i],
-                      config.focus_margin, title=f'{method_name(config)}, x{config.acceleration}')
+                      int(round(config.focus_margin_fraction * arrays['image'].shape[-2])),
+                      title=f'{method_name(config)}, x{config.acceleration}')
   return out_dir
 
 

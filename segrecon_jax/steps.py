@@ -200,19 +200,20 @@ def _grads_with_term_norms(loss_fn, params, model, config):
 
 
 def eval_step(state: TrainState, batch, *, model, config):
-  """Reconstruction (and segmentation) metrics per example at the target acceleration, with masks keyed by the
-  example index so every model sees the same masks. Runs under `parallel.pmap`; no collectives."""
-  keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(config.eval_mask_seed), i))(batch['index'])
+  """Reconstruction (and segmentation) metrics per example at the target acceleration, with masks keyed by each
+  example's stable id (`input_pipeline.mask_id`) so every model sees the same masks. Runs under `parallel.pmap`;
+  no collectives."""
+  keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(config.eval_mask_seed), i))(batch['mask_id'])
   zero_filled, measured, masks = undersample_batch(batch['image'], keys, 1.0 / config.acceleration,
                                                    config.num_acs)
   outputs = model.apply({'params': state.params, 'batch_stats': state.batch_stats}, zero_filled, measured, masks,
                         train=False)
   recon, seg_logits = outputs.recon, outputs.seg_logits
   recon = mri.channels_to_complex(recon.astype(jnp.float32))
-  results = metrics_lib.reconstruction_metrics(recon, batch['image'], batch['segmentation'],
-                                               margin=config.focus_margin)
+  margin = focus_margin_pixels(config, batch['image'].shape[-2])
+  results = metrics_lib.reconstruction_metrics(recon, batch['image'], batch['segmentation'], margin=margin)
   zf_results = metrics_lib.reconstruction_metrics(mri.channels_to_complex(zero_filled), batch['image'],
-                                                  batch['segmentation'], margin=config.focus_margin)
+                                                  batch['segmentation'], margin=margin)
   results.update({f'zero_filled_{k}': v for k, v in zf_results.items() if k != 'has_heart'})
   outputs = {'recon': recon, 'zero_filled': mri.channels_to_complex(zero_filled), 'masks': masks}
   if seg_logits is not None:
@@ -222,12 +223,18 @@ def eval_step(state: TrainState, batch, *, model, config):
   return results, outputs
 
 
+def focus_margin_pixels(config, height: int) -> int:
+  """The F- box margin in pixels for images of `height` rows: `config.focus_margin_fraction` of the side."""
+  return int(round(config.focus_margin_fraction * height))
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Schedule.
 
 
 def sampled_fraction_for_epoch(config, epoch: int) -> float:
-  """The static sampled fraction of an epoch: 1 / R, or the quantized stabilization ramp (eq. 1)."""
+  """The static sampled fraction of an epoch: 1 / R, or the stabilization ramp (eq. 1; exact when
+  `config.schedule_levels` is None, else quantized to that many levels)."""
   target = 1.0 / config.acceleration
   if not config.stabilization:
     return target

@@ -482,7 +482,8 @@ def figures(root: str, out_dir: str) -> List[str]:
         columns.append((method, np.load(os.path.join(pred, 'recon.npy'))[index], None))
       if reference is None:
         continue
-      margin = importlib.import_module('configs.default').get_config().focus_margin  # The F- box of the tables.
+      margin_fraction = importlib.import_module('configs.default').get_config().focus_margin_fraction
+      margin = int(round(margin_fraction * reference['image'].shape[-2]))  # The F- box of the tables.
       path = os.path.join(out_dir, f'fig2_table{table_number}_x{acceleration}.png')
       reporting.comparison_figure(path, columns, reference['segmentation'][index], margin,
                                   title=f'Table {table_number} models, x{acceleration} (seed 0, phantom test slice)')
@@ -579,8 +580,11 @@ def scale_description(switch: str) -> str:
   config = importlib.import_module('configs.unet_unet').get_config('x8_stab' + suffix)
   head = (f'Data `ocmr/{config.dataset_config}`; {config.num_epochs} epochs, global batch {config.batch_size}, Adam '
           f'lr {config.learning_rate} (b1 {config.b1}, b2 {config.b2}); stabilization P = {config.patience}, '
-          f'eps = {config.eps}, {config.schedule_levels} levels; {config.num_acs} ACS lines; F- box margin '
-          f'{config.focus_margin} px.')
+          f'eps = {config.eps}, ' + ('the exact eq. 1 schedule (P + 1 levels)' if config.schedule_levels is None
+                                     else f'{config.schedule_levels} levels') +
+          f'; ACS lines: {config.num_acs} at x8 (x4: '
+          f'{importlib.import_module("configs.unet_unet").get_config("x4_stab" + suffix).num_acs}); F- box margin '
+          f'{config.focus_margin_fraction:.4g} of the image side.')
   return head + '\n' + '\n'.join(lines) + '\n'
 
 

@@ -169,11 +169,21 @@ def test_every_config_and_preset_builds(experiment):
   module = importlib.import_module(f'configs.{experiment}')
   presets = ('x4', 'x8') if experiment in ('unet', 'cascade') else ('x4', 'x8', 'x4_stab', 'x8_stab')
   for preset in presets:
-    for arg in (preset, f'{preset},runlocal', f'{preset},cpu_study'):
+    for arg in (preset, f'{preset},runlocal', f'{preset},demo', f'{preset},cpu_study'):
       config = module.get_config(arg)
       assert config.acceleration == int(preset[1])
       assert config.stabilization == preset.endswith('_stab')
       steps.create_model(config)  # every model config is valid for get_model
+      # 8 ACS lines wherever at least as many lines are left to draw at random (64 columns at x8: 4 + 4).
+      assert config.num_acs == (8 if not arg.endswith(('runlocal', 'demo', 'cpu_study')) or preset[1] == '4' else 4)
+  study_config = module.get_config(f'{presets[-1]},cpu_study')
+  assert study_config.schedule_levels is None  # The study runs the exact eq. 1 schedule.
+  if experiment == 'cascade_manet':  # MANet shrinks with CascadeNet (a quarter of the paper's widths each).
+    assert study_config.model.recon.features == 64 // 4
+    assert study_config.model.seg.encoder_widths == (16, 32, 64, 128)
+    assert study_config.model.seg.decoder_channels == tuple(c // 4 for c in (256, 128, 64, 32))
+  with pytest.raises(ValueError, match='exclude each other'):
+    module.get_config(f'{presets[0]},runlocal,demo')
   with pytest.raises(ValueError, match='valid presets'):
     module.get_config('x16')
   with pytest.raises(ValueError, match='valid switches'):
