@@ -74,6 +74,9 @@ def get_config():
   # Optimization (paper section 2.4).
   config.optimizer = 'adam'  # Only Adam is used in the paper.
   config.learning_rate = 1e-4  # Adam learning rate.
+  # 'constant' (the paper) or 'cosine' (a half-cosine decay to 0 over the run's steps; then num_epochs may not
+  # change on resume).
+  config.lr_schedule = 'constant'
   config.b1 = 0.99  # Adam beta1 (paper: 0.99).
   config.b2 = 0.999  # Adam beta2.
   config.batch_size = 16  # Global batch, split evenly over all devices of all hosts.
@@ -149,9 +152,10 @@ def apply_runlocal(config):
 def apply_demo(config):
   """The README's main job: a run that visibly learns in about 5 minutes of a 2-core CPU, cold cache included.
 
-  runlocal's widths and batch on `phantom_medium` (204 train / 36 test 64x64 slices). Adam at lr 1e-3, b1 0.9
-  (the paper's lr 1e-4, b1 0.99 barely moves these networks in a few hundred steps), 20 epochs = 500 steps, and
-  the exact eq. 1 ramp over P = 2 epochs (3 levels, so 3 compiles of the train step). The README runs it at x4:
+  runlocal's widths and batch on `phantom_medium` (204 train / 36 test 64x64 slices). Adam at lr 2e-3, b1 0.9,
+  decayed along a half cosine to 0 (the paper's constant lr 1e-4, b1 0.99 barely moves these networks in a few
+  hundred steps; at a constant 1e-3 the mean Dice was 0.60 after 500 steps, 0.62 after 700), 20 epochs = 500
+  steps, and the exact eq. 1 ramp over P = 2 epochs (3 levels, so 3 compiles of the train step). The README runs it at x4:
   16 of the 64 phase-encode lines with the paper's 8 ACS lines, as many lines as the paper's x8 keeps at 128x128
   (at x8, 64x64 keeps 8 lines, and 500 steps gain under 2 dB).
   """
@@ -160,7 +164,8 @@ def apply_demo(config):
   config.num_epochs = 20
   config.patience = 2
   config.schedule_levels = None
-  config.learning_rate = 1e-3
+  config.learning_rate = 2e-3
+  config.lr_schedule = 'cosine'
   config.b1 = 0.9
   config.eval_every_epochs = 20
   config.checkpoint_every_epochs = 10

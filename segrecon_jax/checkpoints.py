@@ -109,12 +109,14 @@ def check_resume(meta: Dict[str, Any], config, data_info, directory: str) -> Non
   if 'config' not in meta:
     raise ResumeError(f'the checkpoint in {directory} stores no config (written by an older version): use a new '
                       'workdir')
-  differences = config_differences(meta['config'], config)
+  # A cosine learning-rate decay spans num_epochs: more epochs would change the rate of the steps already taken.
+  neutral = RESUMABLE_FIELDS - ({'num_epochs'} if config.get('lr_schedule') == 'cosine' else set())
+  differences = config_differences(meta['config'], config, neutral=neutral)
   if differences:
     _refuse(differences, directory, 'trained',
             'These fields change the training, so the run would not continue the same experiment. Use a new '
             f'--workdir, or rerun with the checkpoint\'s values. Fields that may change on resume: '
-            f'{", ".join(sorted(RESUMABLE_FIELDS))}.')
+            f'{", ".join(sorted(neutral))}.')
 
 
 def check_inference(meta: Dict[str, Any], config, data_info, directory: str) -> None:

@@ -38,6 +38,9 @@ def check_config(config) -> None:
                       'box is a share of the image side in [0, 0.5) (the paper: 8 / 128 = 0.0625).')
   if not _number(config, 'learning_rate') > 0:
     raise ConfigError(f'config.learning_rate={config.learning_rate!r}: must be > 0 (the paper: 1e-4).')
+  if config.get('lr_schedule', 'constant') not in ('constant', 'cosine'):
+    raise ConfigError(f"config.lr_schedule={config.lr_schedule!r}: expected 'constant' (the paper's Adam) or "
+                      "'cosine' (decay to 0 over the run).")
   for field in ('b1', 'b2'):
     if not 0 <= _number(config, field) < 1:
       raise ConfigError(f'config.{field}={config[field]!r}: Adam betas must lie in [0, 1) (the paper: b1=0.99).')

@@ -181,11 +181,18 @@ def write_predictions(workdir: str, config, arrays: Dict[str, np.ndarray], name:
   for key, value in arrays.items():
     np.save(os.path.join(out_dir, f'{key}.npy'), value)
   for i in range(min(4, len(arrays['image']))):
+    psnr = lambda key: float(metrics.reconstruction_metrics(arrays[key][i][None], arrays['image'][i][None],
+                                                            arrays['segmentation'][i][None], 0)['psnr'][0])
     columns = [('Fully sampled', arrays['image'][i], None),
-               (f'Zero-filled x{config.acceleration}', arrays['zero_filled'][i], None),
-               (method_name(config), arrays['recon'][i], None)]
+               (f'Zero-filled x{config.acceleration}\nPSNR {psnr("zero_filled"):.2f} dB', arrays['zero_filled'][i],
+                None),
+               (f'{method_name(config)}\nPSNR {psnr("recon"):.2f} dB', arrays['recon'][i], None)]
     if 'seg' in arrays:
-      columns.append(('Segmentation', arrays['recon'][i], arrays['seg'][i]))
+      num_classes = int(config.num_classes)
+      dice = float(np.mean(metrics.dice_per_class(arrays['seg'][i][None], arrays['segmentation'][i][None],
+                                                  num_classes)))
+      columns += [('Reference labels', arrays['image'][i], arrays['segmentation'][i]),
+                  (f'Predicted labels\nDice {dice:.2f}', arrays['recon'][i], arrays['seg'][i])]
     comparison_figure(os.path.join(out_dir, f'figure_{i}.png'), columns, arrays['segmentation'][i],
                       int(round(config.focus_margin_fraction * arrays['image'].shape[-2])),
                       title=f'{method_name(config)}, x{config.acceleration}')

@@ -42,10 +42,19 @@ def create_model(config, bn_axis_name: Any = parallel.AXIS_NAME):
   return models.get_model(config.model, dtype=dtype, bn_axis_name=bn_axis_name)
 
 
-def create_optimizer(config) -> optax.GradientTransformation:
+def create_optimizer(config, total_steps: int = 1) -> optax.GradientTransformation:
+  """Adam at `config.learning_rate`, constant (the paper) or, with `config.lr_schedule='cosine'`, decayed along a
+  half cosine to 0 over `total_steps` (the run's `num_epochs` x steps per epoch). The optimizer state has the same
+  structure for every `total_steps`, so restoring needs no step count."""
   if config.optimizer != 'adam':
     raise ValueError(f"config.optimizer={config.optimizer!r}: only 'adam' (the paper's optimizer) is supported")
-  return optax.adam(config.learning_rate, b1=config.b1, b2=config.b2)
+  if config.lr_schedule == 'constant':
+    learning_rate = config.learning_rate
+  elif config.lr_schedule == 'cosine':
+    learning_rate = optax.cosine_decay_schedule(config.learning_rate, decay_steps=max(int(total_steps), 1))
+  else:
+    raise ValueError(f"config.lr_schedule={config.lr_schedule!r}: expected 'constant' (the paper) or 'cosine'")
+  return optax.adam(learning_rate, b1=config.b1, b2=config.b2)
 
 
 def image_shape(source, config=None) -> Tuple[int, int]:

@@ -76,7 +76,7 @@ def _train_and_evaluate(config, workdir: str) -> Dict[str, float]:
   steps_per_epoch = input_pipeline.num_train_steps_per_epoch(train_source, config)
   total_steps = config.num_epochs * steps_per_epoch
 
-  model, tx = steps.create_model(config), steps.create_optimizer(config)
+  model, tx = steps.create_model(config), steps.create_optimizer(config, total_steps)
   state = steps.initial_state(config, model, tx, steps.image_shape(train_source, config))
   manager = checkpoints.checkpoint_manager(workdir, config)
   restored, meta = checkpoints.restore_checkpoint(

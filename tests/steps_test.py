@@ -127,3 +127,32 @@ def test_seg_grad_norm_is_zero_where_the_seg_term_cannot_reach_the_recon_network
   _, _, terms = run_step(tiny_config(log_loss_grad_norms=True, **overrides))
   assert terms['seg_grad_norm'] == 0.0
   assert terms['recon_grad_norm'] > 0 and np.isfinite(terms['seg_loss'])
+
+
+def test_cosine_learning_rate_decays_to_zero_over_the_run_and_fixes_num_epochs_on_resume():
+  config = tiny_config(lr_schedule='cosine')
+  tx = steps.create_optimizer(config, total_steps=4)
+  params = {'w': jnp.zeros(3)}
+  opt_state = tx.init(params)
+  sizes = []
+  for _ in range(5):  # Adam's first steps on a constant gradient move each weight by about the learning rate.
+    updates, opt_state = tx.update({'w': jnp.ones(3)}, opt_state, params)
+    sizes.append(float(jnp.abs(updates['w'][0])))
+  expected = [config.learning_rate * 0.5 * (1 + np.cos(np.pi * k / 4)) for k in range(5)]
+  np.testing.assert_allclose(sizes, expected, rtol=1e-5, atol=1e-9)
+  constant = tiny_config()
+  assert float(jnp.abs(steps.create_optimizer(constant).update({'w': jnp.ones(3)}, steps.create_optimizer(
+      constant).init(params), params)[0]['w'][0])) == pytest.approx(config.learning_rate, rel=1e-5)
+  # More epochs resume a constant rate but not a cosine one, whose decay they would stretch.
+  from segrecon_jax import checkpoints
+  for schedule, refused in (('constant', False), ('cosine', True)):
+    stored = tiny_config(lr_schedule=schedule)
+    meta = {'data': {'name': 'x'}, 'config': checkpoints.jsonable(stored.to_dict())}
+    longer = tiny_config(lr_schedule=schedule, num_epochs=stored.num_epochs + 5)
+    if refused:
+      with pytest.raises(checkpoints.ResumeError, match=r'config.num_epochs: \d+ in the checkpoint, \d+ now'):
+        checkpoints.check_resume(meta, longer, {'name': 'x'}, '/ckpt')
+    else:
+      checkpoints.check_resume(meta, longer, {'name': 'x'}, '/ckpt')
+  with pytest.raises(ValueError, match=r"config.lr_schedule='linear'"):
+    steps.create_optimizer(tiny_config(lr_schedule='linear'))
