@@ -579,7 +579,9 @@ def scale_description(switch: str) -> str:
       lines.append(f'- {method}: model `{json.dumps(config.model.to_dict())}`')
   config = importlib.import_module('configs.unet_unet').get_config('x8_stab' + suffix)
   head = (f'Data `ocmr/{config.dataset_config}`; {config.num_epochs} epochs, global batch {config.batch_size}, Adam '
-          f'lr {config.learning_rate} (b1 {config.b1}, b2 {config.b2}); stabilization P = {config.patience}, '
+          f'lr {config.learning_rate} (b1 {config.b1}, b2 {config.b2}, '
+          + ('constant' if config.get('lr_schedule', 'constant') == 'constant' else
+             f'{config.lr_schedule} decay to 0 over the run') + f'); stabilization P = {config.patience}, '
           f'eps = {config.eps}, ' + ('the exact eq. 1 schedule (P + 1 levels)' if config.schedule_levels is None
                                      else f'{config.schedule_levels} levels') +
           f'; ACS lines: {config.num_acs} at x8 (x4: '
