@@ -2,7 +2,8 @@
 
 import json
 import os
-from typing import Any, Dict, Optional
+import struct
+from typing import Any, Dict, List, Optional, Tuple
 
 import jax
 import matplotlib
@@ -55,6 +56,43 @@ class SummaryWriter:
   def close(self) -> None:
     if self._writer:
       self._writer.close()
+
+
+def read_scalars(workdir: str) -> Dict[str, List[Tuple[int, float]]]:
+  """Every scalar of `workdir/tensorboard`'s event files as {tag: [(step, value), ...]} in file order (a resumed run
+  repeats the steps after its last checkpoint; the later value wins in `last_values`). No TensorFlow: the files are
+  TFRecords of tensorboardX's Event protos. A truncated or corrupt record raises ValueError naming the file."""
+  from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+  folder = os.path.join(workdir, 'tensorboard')
+  scalars = {}
+  names = sorted(n for n in os.listdir(folder) if 'tfevents' in n) if os.path.isdir(folder) else []
+  for name in names:
+    path = os.path.join(folder, name)
+    with open(path, 'rb') as f:
+      data = f.read()
+    offset = 0
+    while offset < len(data):
+      if offset + 12 > len(data):
+        raise ValueError(f'{path}: truncated record header at byte {offset}')
+      (length,) = struct.unpack('<Q', data[offset:offset + 8])
+      start, end = offset + 12, offset + 12 + length
+      if end + 4 > len(data):
+        raise ValueError(f'{path}: truncated record at byte {offset} (length {length})')
+      event = event_pb2.Event()
+      try:
+        event.ParseFromString(data[start:end])
+      except Exception as e:  # pylint: disable=broad-except
+        raise ValueError(f'{path}: corrupt record at byte {offset}: {e}') from e
+      for value in event.summary.value:
+        if value.WhichOneof('value') == 'simple_value':
+          scalars.setdefault(value.tag, []).append((int(event.step), float(value.simple_value)))
+      offset = end + 4
+  return scalars
+
+
+def last_values(series: List[Tuple[int, float]]) -> Dict[int, float]:
+  """{step: value}, a step written twice (a resumed run) keeping its later value."""
+  return dict(series)
 
 
 def progress_bar(config, total: int, initial: int):

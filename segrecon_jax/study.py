@@ -2,6 +2,7 @@
 
   python -m segrecon_jax.study run --root=/tmp/segrecon/study --switch=cpu_study --seeds=0,1,2
   python -m segrecon_jax.study sweep --root=/tmp/segrecon/study --switch=cpu_study --seeds=0 --weights=0,0.01,0.1,1,10
+  python -m segrecon_jax.study attention --root=/tmp/segrecon/study --switch=cpu_study --seeds=0
   python -m segrecon_jax.study report --root=/tmp/segrecon/study --switch=cpu_study --out=docs/results.md
   python -m segrecon_jax.study run --root=/tmp/segrecon/paper --switch='' --tables=2,1 --seeds=0  # paper scale
 
@@ -9,11 +10,13 @@
 `ROOT/<experiment>_x<R>[_stab]/seed<k>`), skipping those that already have `metrics.json`, so an interrupted study
 resumes where it stopped; before starting it prints how many runs are left, their training steps and, with
 `--seconds_per_step`, the expected duration. `sweep` does the same for CascadeNet -> MANet (S) over the
-segmentation loss weight (`ROOT/sweep/cascade_manet_x<R>_stab_w<w>/seed<k>`). `report` reads every `metrics.json`
+segmentation loss weight (`ROOT/sweep/cascade_manet_x<R>_stab_w<w>/seed<k>`), logging both terms' gradient norms.
+`attention` runs `main.py --mode=attention` on every finished SegRecon row and sweep w = 0 run. `report` reads every `metrics.json`
 and `per_slice.json`, lays the tables out like the paper's (mean and standard deviation over seeds), puts the
 paper's own numbers beside ours, draws a Fig. 2-like figure per acceleration from the runs' predictions, states
 for each claim of the paper whether it holds here from paired per-slice differences (effect, 95% bootstrap
-interval, Wilcoxon p), and, with sweep runs, adds the loss-weight table and figure.
+interval, Wilcoxon p), and, with sweep and attention runs, adds the loss-weight table (with the mean gradient
+norms read from TensorBoard) and figure, and the pseudo-attention table and figures.
 """
 
 import argparse
@@ -22,6 +25,7 @@ import importlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -45,6 +49,9 @@ TABLES = (1, 2)
 SWEEP_EXPERIMENT = 'cascade_manet'
 SWEEP_WEIGHTS = (0.0, 0.01, 0.1, 1.0, 10.0)
 SWEEP_METRICS = (('PSNR', 'psnr'), ('F-PSNR', 'f_psnr'), ('Dice', 'dice_mean'))
+# The pseudo-attention (`main.py --mode=attention`): the SegRecon rows, and the sweep's w = 0 run (a segmentation
+# network never trained, whose Dice gradient on the reconstruction is the control).
+ATTENTION_EXPERIMENTS = ('unet_unet', 'cascade_manet')
 # Paired statistics: bootstrap resamples of the test slices and the generator's seed (fixed: reports reproduce).
 BOOTSTRAP_RESAMPLES = 10000
 BOOTSTRAP_SEED = 0
@@ -122,6 +129,86 @@ def sweep(root: str, switch: str, seeds: Sequence[int], weights: Sequence[float]
         runs.append((f'{models.display_name(SWEEP_EXPERIMENT)} (S) x{acceleration} seg_loss_weight {weight:g} '
                      f'seed {seed}', command, sweep_dir(root, acceleration, weight, seed)))
   _run_all(runs, seconds_per_step)
+
+
+def attention_runs(root: str, switch: str, seeds: Sequence[int],
+                   accelerations: Sequence[int] = ACCELERATIONS) -> List[Tuple[str, List[str], str]]:
+  """(label, main.py flags, workdir) of every finished SegRecon row and sweep w = 0 run of `seeds`."""
+  runs = []
+  for seed in seeds:
+    for acceleration in accelerations:
+      for _, method, experiment, stabilized in ROWS:
+        if experiment in ATTENTION_EXPERIMENTS:
+          runs.append((f'{method} x{acceleration} seed {seed}',
+                       [f'--config={config_arg(experiment, acceleration, stabilized, switch)}', f'--config.seed={seed}'],
+                       run_dir(root, experiment, acceleration, stabilized, seed)))
+      runs.append((f'{models.display_name(SWEEP_EXPERIMENT)} (S) x{acceleration} seg_loss_weight 0 seed {seed}',
+                   [f'--config={config_arg(SWEEP_EXPERIMENT, acceleration, True, switch)}', '--config.seg_loss_weight=0',
+                    '--config.log_loss_grad_norms=True', f'--config.seed={seed}'],
+                   sweep_dir(root, acceleration, 0.0, seed)))
+  return [r for r in runs if os.path.exists(os.path.join(r[2], 'metrics.json'))]
+
+
+def attention(root: str, switch: str, seeds: Sequence[int], accelerations: Sequence[int] = ACCELERATIONS) -> None:
+  """`main.py --mode=attention` on every finished SegRecon run (see `attention_runs`) without attention.json."""
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  runs = attention_runs(root, switch, seeds, accelerations)
+  todo = [r for r in runs if not os.path.exists(os.path.join(r[2], 'attention', 'attention.json'))]
+  print(f'[study] pseudo-attention: {len(todo)} run(s) to do ({len(runs) - len(todo)} already done).', flush=True)
+  for label, flags, workdir in todo:
+    command = [sys.executable, 'main.py'] + flags + ['--config.progress_bar=False', f'--workdir={workdir}',
+                                                      '--mode=attention']
+    print(f'[study] attention of {label}: {" ".join(command[1:])}', flush=True)
+    with open(os.path.join(workdir, 'log.txt'), 'a') as log:
+      subprocess.run(command, cwd=repo, check=True, stdout=log, stderr=subprocess.STDOUT)
+
+
+def collect_attention(root: str) -> Dict[Tuple[str, int], Dict[int, Tuple[dict, str]]]:
+  """{(row label, acceleration): {seed: (attention.json, its folder)}} of the runs `attention` covers."""
+  found = collections.defaultdict(dict)
+  rows = [(method, experiment, stabilized, None) for _, method, experiment, stabilized in ROWS
+          if experiment in ATTENTION_EXPERIMENTS]
+  rows.append((f'{models.display_name(SWEEP_EXPERIMENT)} (S), seg_loss_weight 0', SWEEP_EXPERIMENT, True, 0.0))
+  for method, experiment, stabilized, weight in rows:
+    for acceleration in ACCELERATIONS:
+      parent = os.path.dirname(run_dir(root, experiment, acceleration, stabilized, 0) if weight is None else
+                               sweep_dir(root, acceleration, weight, 0))
+      for seed, workdir in _seed_dirs(parent):
+        path = os.path.join(workdir, 'attention', 'attention.json')
+        if os.path.exists(path):
+          with open(path) as f:
+            found[(method, acceleration)][seed] = (json.load(f), os.path.dirname(path))
+  return found
+
+
+def attention_report(root: str, figure_dir: str) -> Tuple[str, List[str]]:
+  """The pseudo-attention table (energy share of the Dice gradient in the F- box against the box's area share, with
+  the runs' 95% bootstrap intervals over slices, per seed) and the flagship (S) figures copied to `figure_dir`."""
+  found = collect_attention(root)
+  if not found:
+    return '', []
+  lines = ['| Method | x | seed | slices | energy in box | box area | energy / area |', '|---|---|---|---|---|---|---|']
+  interval = lambda d, scale: _interval_cell(d['mean'] * scale, d['low'] * scale, d['high'] * scale, digits=1 if
+                                             scale == 100 else 2)
+  for acceleration in ACCELERATIONS:
+    for (method, a), seeds in found.items():
+      if a != acceleration:
+        continue
+      for seed, (record, _) in sorted(seeds.items()):
+        lines.append(f'| {method} | {acceleration} | {seed} | {record["num_slices"]} | '
+                     f'{interval(record["energy_share"], 100)} % | {interval(record["area_share"], 100)} % | '
+                     f'{interval(record["share_to_area_ratio"], 1)} |')
+  paths = []
+  os.makedirs(figure_dir, exist_ok=True)
+  flagship = models.display_name(SWEEP_EXPERIMENT) + ' (S)'
+  for acceleration in ACCELERATIONS:
+    seeds = found.get((flagship, acceleration), {})
+    if seeds:
+      _, folder = seeds[min(seeds)]
+      path = os.path.join(figure_dir, f'attention_x{acceleration}.png')
+      shutil.copyfile(os.path.join(folder, 'attention.png'), path)
+      paths.append(path)
+  return '\n'.join(lines) + '\n', paths
 
 
 def _run_all(runs, seconds_per_step: Optional[float]) -> None:
@@ -503,15 +590,18 @@ def collect_sweep(root: str) -> Dict[Tuple[int, float], Dict[int, dict]]:
     for seed, workdir in _seed_dirs(os.path.join(folder, name)):
       with open(os.path.join(workdir, 'metrics.json')) as f:
         metrics = json.load(f)['metrics']
+      scalars = reporting.read_scalars(workdir)
+      grad_norms = {key: float(np.mean(list(reporting.last_values(scalars[f'train_{key}']).values())))
+                    for key in ('recon_grad_norm', 'seg_grad_norm') if scalars.get(f'train_{key}')}
       results[(int(match.group(1)), float(match.group(2)))][seed] = {
-          'metrics': metrics, 'per_slice': reporting.read_per_slice(workdir)}
+          'metrics': metrics, 'per_slice': reporting.read_per_slice(workdir), 'grad_norms': grad_norms}
   return results
 
 
-def _interval_cell(mean: float, low: float, high: float, signed: bool = False) -> str:
+def _interval_cell(mean: float, low: float, high: float, signed: bool = False, digits: int = 4) -> str:
   if not np.isfinite(mean):
     return '-'
-  form = '+.4f' if signed else '.4f'
+  form = f'+.{digits}f' if signed else f'.{digits}f'
   return f'{mean:{form}}' + (f' [{low:{form}}, {high:{form}}]' if np.isfinite(low) else '')
 
 
@@ -542,10 +632,11 @@ def sweep_report(root: str, figure_path: str) -> str:
   if not results:
     return ''
   lines = ['| Weight | seeds | ' + ' | '.join(n for n, _ in SWEEP_METRICS) +
-           ' | PSNR - PSNR(w=0) | F-PSNR - F-PSNR(w=0) |', '|' + '---|' * (len(SWEEP_METRICS) + 4)]
+           ' | PSNR - PSNR(w=0) | F-PSNR - F-PSNR(w=0) | recon grad norm | seg grad norm |',
+           '|' + '---|' * (len(SWEEP_METRICS) + 6)]
   series = {}
   for acceleration in sorted({a for a, _ in results}):
-    lines.append(f'| **x{acceleration}** |' + ' |' * (len(SWEEP_METRICS) + 3))
+    lines.append(f'| **x{acceleration}** |' + ' |' * (len(SWEEP_METRICS) + 5))
     weights = sorted(w for a, w in results if a == acceleration)
     baseline = results.get((acceleration, 0.0))
     curves = {key: [] for _, key in SWEEP_METRICS}
@@ -561,6 +652,9 @@ def sweep_report(root: str, figure_path: str) -> str:
           cells.append('-')
         else:
           cells.append(_interval_cell(*sweep_summary(runs, key, baseline), signed=True))
+      for key in ('recon_grad_norm', 'seg_grad_norm'):
+        norms = [r['grad_norms'][key] for r in runs.values() if key in r['grad_norms']]
+        cells.append(f'{np.mean(norms):.4g}' if norms else '-')
       lines.append(f'| {weight:g} | {len(runs)} | ' + ' | '.join(cells) + ' |')
     series[acceleration] = (weights, {k: np.array(v, np.float64) for k, v in curves.items()})
   reporting.loss_weight_figure(figure_path, series, (('PSNR (dB)', 'psnr'), ('F-PSNR (dB)', 'f_psnr')),
@@ -636,12 +730,29 @@ def report(root: str, out: str, switch: str) -> str:
         f'Generated from `python -m segrecon_jax.study sweep --root={root} --switch={switch} --seeds=... '
         '--weights=...`: seg_loss_weight w on the Dice term, w = 0 being solo reconstruction through the same '
         'network (its Dice is that of an untrained segmentation head). Cells are means over slices (each averaged '
-        'over seeds) [95% bootstrap interval over slices]; the last two columns are the paired per-slice difference '
-        'against w = 0. Each run also logs the gradient norms of both loss terms on the reconstruction network '
-        '(TensorBoard train_recon_grad_norm, train_seg_grad_norm).\n',
+        'over seeds) [95% bootstrap interval over slices]; the two "- (w=0)" columns are the paired per-slice '
+        'difference against w = 0. The last two columns are the norms of the gradients of the weighted l1-l2 term '
+        'and of the weighted Dice term with respect to the reconstruction network\'s parameters, each the mean over '
+        'the run\'s logged steps (every log_every_steps, the mean of that window) and over seeds (TensorBoard '
+        'train_recon_grad_norm, train_seg_grad_norm, `config.log_loss_grad_norms`).\n',
         sweep_table,
         f'![loss_weight.png](figures/{os.path.basename(sweep_figure)})\n',
     ]
+  attention_table, attention_figures = attention_report(root, os.path.join(out_dir, 'figures'))
+  if attention_table:
+    text += [
+        '## Pseudo-attention of the segmentation loss\n',
+        f'Generated from `python -m segrecon_jax.study attention --root={root} --switch={switch} --seeds=...` '
+        '(`main.py --mode=attention` on each trained SegRecon workdir): for every test slice, the gradient of the '
+        'generalized Dice loss with respect to the reconstructed image [H, W, 2], through the trained segmentation '
+        'network in eval mode, and the share of its energy (|g|^2) inside the F- heart box against the box\'s share '
+        'of the image; means over slices [95% bootstrap interval over slices]. A ratio above 1 means the '
+        'segmentation loss asks more of the reconstruction inside the heart box than elsewhere: the paper\'s '
+        '"pseudo-attention". The seg_loss_weight 0 row is the control: its segmentation network was never trained, '
+        'so its gradient shows what the architecture alone concentrates.\n',
+        attention_table,
+    ]
+    text += [f'![{os.path.basename(p)}](figures/{os.path.basename(p)})\n' for p in attention_figures]
   if fig_paths:
     text.append('## Figures\n')
     text += [f'![{os.path.basename(p)}](figures/{os.path.basename(p)})\n' for p in fig_paths]
@@ -652,7 +763,7 @@ def report(root: str, out: str, switch: str) -> str:
 
 def main(argv: Optional[List[str]] = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('action', choices=('run', 'sweep', 'report'))
+  parser.add_argument('action', choices=('run', 'sweep', 'attention', 'report'))
   parser.add_argument('--root', required=True, help='folder holding one workdir per (row, acceleration, seed)')
   parser.add_argument('--switch', default='cpu_study', help="config switch for every run ('' = paper scale)")
   parser.add_argument('--seeds', default='0', help='comma-separated seeds (run, sweep)')
@@ -678,6 +789,8 @@ def main(argv: Optional[List[str]] = None) -> None:
   elif args.action == 'sweep':
     sweep(args.root, args.switch, seeds, [float(w) for w in args.weights.split(',')], accelerations,
           args.seconds_per_step)
+  elif args.action == 'attention':
+    attention(args.root, args.switch, seeds, accelerations)
   else:
     print(report(args.root, args.out, args.switch))
 

@@ -4,8 +4,10 @@ import json
 import os
 
 import numpy as np
+import pytest
 import scipy.stats
 
+from segrecon_jax import reporting
 from segrecon_jax import study
 
 
@@ -222,6 +224,11 @@ def test_sweep_report_table_and_figure(tmp_path):
         metrics = {'psnr': list(base + gain + noise), 'f_psnr': list(base - 2 + 2 * gain + noise),
                    'dice_mean': list(np.full(20, 0.1 + 0.05 * weight))}
         write_slices(study.sweep_dir(root, acceleration, weight, seed), ids, metrics)
+  for seed, scale in ((0, 1.0), (1, 3.0)):  # Logged gradient norms of the x8, w = 1 runs; step 10 written twice.
+    writer = reporting.SummaryWriter(study.sweep_dir(root, 8, 1.0, seed))
+    for step, recon, seg in ((5, 0.1, 0.4), (10, 0.9, 9.0), (10, 0.3, 0.8)):
+      writer.write_scalars(step, {'train_recon_grad_norm': recon * scale, 'train_seg_grad_norm': seg * scale})
+    writer.close()
   out = str(tmp_path / 'docs' / 'results.md')
   os.makedirs(os.path.dirname(out))
   study.report(root, out, 'cpu_study')
@@ -239,5 +246,69 @@ def test_sweep_report_table_and_figure(tmp_path):
   np.testing.assert_allclose(difference[0], 2.0, atol=0.05)
   assert difference[1] > 1.9 and difference[2] < 2.1
   assert row.startswith(f'| 1 | 2 | {psnr[0]:.4f} [{psnr[1]:.4f}, {psnr[2]:.4f}] |')
-  assert row.endswith(f'| {difference[0]:+.4f} [{difference[1]:+.4f}, {difference[2]:+.4f}] |')
+  # Means over logged steps (the resumed step's later value) and seeds: recon (0.2 + 0.6) / 2, seg (0.6 + 1.8) / 2.
+  assert row.endswith(f'| {difference[0]:+.4f} [{difference[1]:+.4f}, {difference[2]:+.4f}] | 0.4 | 1.2 |')
+  assert sweep[(8, 1.0)][1]['grad_norms'] == {'recon_grad_norm': pytest.approx(0.6),
+                                               'seg_grad_norm': pytest.approx(1.8)}
+  assert sweep[(4, 1.0)][0]['grad_norms'] == {}  # Not logged: '-' cells.
   assert '| 0 | 2 |' in text and '| - | - |' in text  # Weight 0 is its own baseline.
+
+
+def test_read_scalars_reads_tensorboard_files_without_tensorflow_and_names_a_corrupt_one(tmp_path):
+  writer = reporting.SummaryWriter(str(tmp_path))
+  writer.write_scalars(1, {'train_loss': 0.5, 'eval_psnr': 20.0})
+  writer.write_scalars(2, {'train_loss': 0.25})
+  writer.write_scalars(2, {'train_loss': 0.125})  # A resumed run rewrites step 2.
+  writer.close()
+  scalars = reporting.read_scalars(str(tmp_path))
+  assert scalars == {'train_loss': [(1, 0.5), (2, 0.25), (2, 0.125)], 'eval_psnr': [(1, 20.0)]}
+  assert reporting.last_values(scalars['train_loss']) == {1: 0.5, 2: 0.125}
+  assert reporting.read_scalars(str(tmp_path / 'nothing')) == {}
+  (path,) = [p for p in (tmp_path / 'tensorboard').iterdir()]
+  path.write_bytes(path.read_bytes()[:-7])
+  with pytest.raises(ValueError, match=rf'{path}: truncated record'):
+    reporting.read_scalars(str(tmp_path))
+
+
+def write_attention(workdir, energy, area=0.1):
+  folder = os.path.join(workdir, 'attention')
+  os.makedirs(folder)
+  interval = lambda v: {'mean': v, 'low': v - 0.01, 'high': v + 0.01}
+  with open(os.path.join(folder, 'attention.json'), 'w') as f:
+    json.dump({'num_slices': 36, 'energy_share': interval(energy), 'area_share': interval(area),
+               'share_to_area_ratio': interval(energy / area)}, f)
+  with open(os.path.join(folder, 'attention.png'), 'wb') as f:
+    f.write(b'png of ' + workdir.encode())
+
+
+def test_attention_runs_the_segrecon_rows_and_the_untrained_control_then_reports_them(tmp_path, monkeypatch,
+                                                                                         capsys):
+  root = str(tmp_path / 'runs')
+  flagship = study.run_dir(root, 'cascade_manet', 4, True, 0)
+  control = study.sweep_dir(root, 4, 0.0, 0)
+  for workdir in (flagship, study.run_dir(root, 'unet_unet', 8, False, 0), control,
+                  study.run_dir(root, 'multidecoder_unet', 4, True, 0), study.run_dir(root, 'cascade', 4, False, 0)):
+    write_slices(workdir, ['a/0/0'], {'psnr': [20.0]})
+  write_attention(study.run_dir(root, 'unet_unet', 8, False, 0), 0.3)  # Done already: skipped.
+  calls = []
+  monkeypatch.setattr(study.subprocess, 'run', lambda command, **kwargs: calls.append(command))
+  study.main(['attention', f'--root={root}', '--switch=cpu_study', '--seeds=0'])
+  assert '[study] pseudo-attention: 2 run(s) to do (1 already done).' in capsys.readouterr().out
+  assert [c[1:] for c in calls] == [
+      ['main.py', '--config=configs/cascade_manet.py:x4_stab,cpu_study', '--config.seed=0',
+       '--config.progress_bar=False', f'--workdir={flagship}', '--mode=attention'],
+      ['main.py', '--config=configs/cascade_manet.py:x4_stab,cpu_study', '--config.seg_loss_weight=0',
+       '--config.log_loss_grad_norms=True', '--config.seed=0', '--config.progress_bar=False', f'--workdir={control}',
+       '--mode=attention']]
+  write_attention(flagship, 0.8)
+  write_attention(control, 0.2)
+  out = str(tmp_path / 'docs' / 'results.md')
+  os.makedirs(os.path.dirname(out))
+  study.report(root, out, 'cpu_study')
+  text = open(out).read()
+  section = text.split('## Pseudo-attention of the segmentation loss')[1]
+  assert '| CascadeNet -> MANet (S) | 4 | 0 | 36 | 80.0 [79.0, 81.0] % | 10.0 [9.0, 11.0] % | 8.00 [7.99, 8.01] |' in section
+  assert '| CascadeNet -> MANet (S), seg_loss_weight 0 | 4 | 0 | 36 | 20.0 [19.0, 21.0] % |' in section
+  assert '| UNet -> UNet | 8 | 0 | 36 | 30.0 [29.0, 31.0] % |' in section
+  assert '![attention_x4.png](figures/attention_x4.png)' in section and 'attention_x8.png' not in section
+  assert open(tmp_path / 'docs' / 'figures' / 'attention_x4.png', 'rb').read() == b'png of ' + flagship.encode()
