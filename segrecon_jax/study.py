@@ -115,6 +115,12 @@ def sweep_dir(root: str, acceleration: int, weight: float, seed: int) -> str:
   return os.path.join(root, 'sweep', f'{SWEEP_EXPERIMENT}_x{acceleration}_stab_w{weight:g}', f'seed{seed}')
 
 
+def sweep_flags(switch: str, acceleration: int, weight: float, seed: int) -> List[str]:
+  """main.py's config flags of one sweep run (shared by `sweep` and `attention`)."""
+  return [f'--config={config_arg(SWEEP_EXPERIMENT, acceleration, True, switch)}',
+          f'--config.seg_loss_weight={weight:g}', '--config.log_loss_grad_norms=True', f'--config.seed={seed}']
+
+
 def sweep(root: str, switch: str, seeds: Sequence[int], weights: Sequence[float] = SWEEP_WEIGHTS,
           accelerations: Sequence[int] = ACCELERATIONS, seconds_per_step: Optional[float] = None) -> None:
   """CascadeNet -> MANet (S) at every (acceleration, seg_loss_weight, seed) into `ROOT/sweep/...`, skipping finished
@@ -123,9 +129,7 @@ def sweep(root: str, switch: str, seeds: Sequence[int], weights: Sequence[float]
   for seed in seeds:
     for acceleration in accelerations:
       for weight in weights:
-        command = [f'--config={config_arg(SWEEP_EXPERIMENT, acceleration, True, switch)}',
-                   f'--config.seg_loss_weight={weight:g}', '--config.log_loss_grad_norms=True',
-                   f'--config.seed={seed}']
+        command = sweep_flags(switch, acceleration, weight, seed)
         runs.append((f'{models.display_name(SWEEP_EXPERIMENT)} (S) x{acceleration} seg_loss_weight {weight:g} '
                      f'seed {seed}', command, sweep_dir(root, acceleration, weight, seed)))
   _run_all(runs, seconds_per_step)
@@ -143,9 +147,7 @@ def attention_runs(root: str, switch: str, seeds: Sequence[int],
                        [f'--config={config_arg(experiment, acceleration, stabilized, switch)}', f'--config.seed={seed}'],
                        run_dir(root, experiment, acceleration, stabilized, seed)))
       runs.append((f'{models.display_name(SWEEP_EXPERIMENT)} (S) x{acceleration} seg_loss_weight 0 seed {seed}',
-                   [f'--config={config_arg(SWEEP_EXPERIMENT, acceleration, True, switch)}', '--config.seg_loss_weight=0',
-                    '--config.log_loss_grad_norms=True', f'--config.seed={seed}'],
-                   sweep_dir(root, acceleration, 0.0, seed)))
+                   sweep_flags(switch, acceleration, 0.0, seed), sweep_dir(root, acceleration, 0.0, seed)))
   return [r for r in runs if os.path.exists(os.path.join(r[2], 'metrics.json'))]
 
 
