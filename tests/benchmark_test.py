@@ -43,13 +43,13 @@ def test_benchmark_times_each_layer_choice_of_each_model(monkeypatch):
 
   monkeypatch.setattr(benchmark, 'experiment_config', narrow_config)
   result = benchmark.run(benchmark.parse_args(['--experiments=cascade', '--image_size=32', '--batch=2', '--steps=1',
-                                               '--pipeline_config=', '--conv_impl=xla,im2col']))
-  assert [r['conv_impl'] for r in result['rows']] == ['xla', 'im2col']
+                                               '--pipeline_config=', '--conv_impl=xla,native']))
+  assert [r['conv_impl'] for r in result['rows']] == ['xla', 'native']
   assert all(r['step_median_s'] > 0 and r['flops_per_step'] > 0 for r in result['rows'])
   with pytest.raises(ValueError, match='--conv_impl'):
     benchmark.run(benchmark.parse_args(['--experiments=unet', '--conv_impl=cudnn']))
   with pytest.raises(ValueError, match='--upconv_impl'):
-    benchmark.run(benchmark.parse_args(['--experiments=unet', '--upconv_impl=im2col']))
+    benchmark.run(benchmark.parse_args(['--experiments=unet', '--upconv_impl=native']))
 
 
 def test_benchmark_rejects_unknown_experiments_and_too_narrow_images():

@@ -9,6 +9,7 @@ from jax import lax
 
 import flax.linen as nn
 from segrecon_jax.models import layers
+from segrecon_jax.models import native
 
 # (kernel_size, strides, padding, dilation, in_channels, out_channels)
 CONFIGS = [
@@ -34,9 +35,9 @@ def _stock(x, kernel, bias, kernel_size, strides, padding, dilation):
   return y + bias.astype(y.dtype)
 
 
-def _im2col(x, kernel, bias, kernel_size, strides, padding, dilation, chunk_rows=layers.DEFAULT_CHUNK_ROWS):
+def _native(x, kernel, bias, kernel_size, strides, padding, dilation):
   del kernel_size
-  return layers.conv2d(x, kernel, bias, strides=strides, padding=padding, dilation=dilation, chunk_rows=chunk_rows)
+  return layers.conv2d(x, kernel, bias, strides=strides, padding=padding, dilation=dilation)
 
 
 def _inputs(config, dtype=jnp.float32, batch=2, size=(10, 9), seed=0):
@@ -59,42 +60,71 @@ def _value_and_grads(conv, config, x, kernel, bias):
   return (y,) + grads
 
 
-# 90 output positions per weight-gradient GEMM: a scan over batch chunks of one example.
-@pytest.mark.parametrize('config,chunk_rows', [(c, layers.DEFAULT_CHUNK_ROWS) for c in CONFIGS] +
-                         [(CONFIGS[i], 90) for i in (0, 3, 6)])
-def test_conv2d_equals_stock_float32(config, chunk_rows):
-  args = _inputs(config)
-  conv = lambda *a: _im2col(*a, chunk_rows=chunk_rows)
+# Wide layers too: the kernel's register blocks are 6 input channels by 1-4 vectors of output channels, and a batch
+# of 40 rows of 40 positions is cut into several chunks, so remainders and the per-worker partial sums all run.
+WIDE_CONFIGS = [
+    ((3, 3), 1, 'SAME', 1, 13, 80),
+    ((3, 3), 2, 'SAME', 2, 64, 48),
+    ((7, 7), 2, ((3, 3), (3, 3)), 1, 1, 64),
+]
+
+
+@pytest.mark.parametrize('config', CONFIGS + WIDE_CONFIGS)
+def test_conv2d_equals_stock_float32(config):
+  args = _inputs(config, size=(40, 40) if config in WIDE_CONFIGS else (10, 9))
+  conv = _native
   expected = _value_and_grads(_stock, config, *args)
   actual = jax.jit(lambda *a: _value_and_grads(conv, config, *a))(*args)
   for name, got, want in zip(('y', 'dx', 'dkernel', 'dbias'), actual, expected):
     assert got.shape == want.shape and got.dtype == want.dtype, name
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4, err_msg=name)
+    # float32 sums over up to 3200 positions in another order: an error relative to the largest entry.
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=max(1e-4, 1e-5 * float(jnp.abs(want).max())),
+                               err_msg=name)
 
 
 @pytest.mark.parametrize('config', [CONFIGS[0], CONFIGS[3]])
 def test_conv2d_equals_stock_bfloat16(config):
   expected = _value_and_grads(_stock, config, *_inputs(config, jnp.float32))
-  actual = jax.jit(lambda *a: _value_and_grads(_im2col, config, *a))(*_inputs(config, jnp.bfloat16))
+  actual = jax.jit(lambda *a: _value_and_grads(_native, config, *a))(*_inputs(config, jnp.bfloat16))
   for name, got, want in zip(('y', 'dx', 'dkernel', 'dbias'), actual, expected):
     assert got.dtype == jnp.bfloat16, name
     scale = float(jnp.abs(want).max())
     np.testing.assert_allclose(np.asarray(got, np.float32), want, rtol=0, atol=0.03 * scale, err_msg=name)
 
 
-def test_conv2d_weight_gradient_is_a_matmul():
-  """The custom VJP is in use: the kernel gradient's jaxpr holds a dot_general and no convolution."""
+def test_conv2d_weight_gradient_is_the_native_kernel():
+  """The custom VJP is in use: the kernel gradient's jaxpr calls the FFI target and holds no convolution."""
   x, kernel, _ = _inputs(CONFIGS[0])
   jaxpr = str(jax.make_jaxpr(jax.grad(lambda k: jnp.sum(layers.conv2d(x, k)**2)))(kernel))
-  assert 'dot_general' in jaxpr
+  assert 'segrecon_conv_weight_grad' in jaxpr and 'conv_general_dilated' not in jaxpr.split('custom_vjp_call')[0]
   stock = str(jax.make_jaxpr(jax.grad(lambda k: jnp.sum(_stock(x, k, jnp.zeros(()), None, 1, 'SAME', 1)**2)))(kernel))
-  assert 'dot_general' not in stock
+  assert 'segrecon_conv_weight_grad' not in stock
 
 
-def test_conv2d_check_grads_float64():
+def test_native_weight_gradient_against_numpy():
+  """The kernel alone, on a padded input, strided and dilated, against a float64 NumPy sum over positions."""
+  rng = np.random.default_rng(3)
+  xp = rng.normal(size=(3, 17, 15, 7)).astype(np.float32)
+  (kh, kw), (sh, sw), (dh, dw) = (3, 2), (2, 1), (1, 3)
+  ho, wo = (17 - (kh - 1) * dh - 1) // sh + 1, (15 - (kw - 1) * dw - 1) // sw + 1
+  g = rng.normal(size=(3, ho, wo, 20)).astype(np.float32)
+  want = np.zeros((kh, kw, 7, 20))
+  for i in range(kh):
+    for j in range(kw):
+      taps = xp[:, i * dh:i * dh + (ho - 1) * sh + 1:sh, j * dw:j * dw + (wo - 1) * sw + 1:sw].astype(np.float64)
+      want[i, j] = np.einsum('byxc,byxo->co', taps, g.astype(np.float64))
+  got = jax.jit(lambda a, b: native.conv_weight_grad(a, b, (kh, kw), (sh, sw), (dh, dw)))(xp, g)
+  assert got.shape == want.shape and got.dtype == jnp.float32
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+  with pytest.raises(ValueError, match='too small'):
+    native.conv_weight_grad(jnp.asarray(xp), jnp.asarray(g), (kh, kw), (4, 1), (dh, dw))
+
+
+def test_conv2d_float64_keeps_xla_weight_gradient():
+  """The kernel is float32; float64 inputs take XLA's weight gradient, so check_grads holds at float64 precision."""
   with jax.enable_x64(True):
     x, kernel, bias = _inputs(CONFIGS[3], jnp.float64, batch=1, size=(6, 5))
-    fn = lambda x, k, b: layers.conv2d(x, k, b, padding='SAME', dilation=2, chunk_rows=10)
+    fn = lambda x, k, b: layers.conv2d(x, k, b, padding='SAME', dilation=2)
     assert fn(x, kernel, bias).dtype == jnp.float64
     jax.test_util.check_grads(fn, (x, kernel, bias), order=1, modes=('rev',))
 
@@ -136,7 +166,7 @@ def test_conv_module_initializes_as_nn_conv():
 ])
 def test_conv_module_is_a_drop_in(kwargs):
   x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 12, 12, 3)), jnp.float32)
-  stock, ours = nn.Conv(**kwargs), layers.Conv(**kwargs, impl='im2col')
+  stock, ours = nn.Conv(**kwargs), layers.Conv(**kwargs, impl='native')
   shapes = jax.eval_shape(stock.init, jax.random.key(0), x)
   assert jax.eval_shape(ours.init, jax.random.key(0), x) == shapes
   rng = np.random.default_rng(1)
@@ -154,7 +184,7 @@ def test_conv_module_is_a_drop_in(kwargs):
 def test_conv_module_bfloat16_and_extra_batch_axes():
   x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 2, 8, 8, 3)), jnp.float32)
   stock = nn.Conv(4, (3, 3), dtype=jnp.bfloat16)
-  ours = layers.Conv(4, (3, 3), dtype=jnp.bfloat16, impl='im2col')
+  ours = layers.Conv(4, (3, 3), dtype=jnp.bfloat16, impl='native')
   variables = stock.init(jax.random.key(0), x)
   y = ours.apply(variables, x)
   assert y.shape == (2, 2, 8, 8, 4) and y.dtype == jnp.bfloat16
@@ -219,21 +249,45 @@ def test_conv_module_with_xla_impl_is_nn_conv_exactly(kwargs):
   jax.tree.map(np.testing.assert_array_equal, loss(ours)(variables, x), loss(stock)(variables, x))
 
 
-def test_auto_picks_im2col_on_cpu_for_wide_layers_only():
-  assert jax.default_backend() == 'cpu'
-  wide, narrow = layers.AUTO_IM2COL_MIN_FEATURES, layers.AUTO_IM2COL_MIN_FEATURES - 1
-  assert layers.resolve_conv_impl('auto', wide) == 'im2col'
+def test_auto_picks_native_on_cpu_for_wide_layers_only():
+  assert jax.default_backend() == 'cpu' and native.available(), native.unavailable_reason()
+  wide, narrow = layers.AUTO_NATIVE_MIN_FEATURES, layers.AUTO_NATIVE_MIN_FEATURES - 1
+  assert layers.resolve_conv_impl('auto', wide) == 'native'
   assert layers.resolve_conv_impl('auto', narrow) == 'xla'
-  assert layers.resolve_conv_impl('xla', wide) == 'xla' and layers.resolve_conv_impl('im2col', 2) == 'im2col'
-  # The resolved choice is what runs: the im2col weight gradient is a dot_general, XLA's a convolution.
+  assert layers.resolve_conv_impl('xla', wide) == 'xla' and layers.resolve_conv_impl('native', 2) == 'native'
+  # The resolved choice is what runs: the native weight gradient is an FFI call, XLA's a convolution.
   x = jnp.ones((1, 8, 8, 3))
-  for features, im2col in ((wide, True), (narrow, False)):
+  for features, uses_native in ((wide, True), (narrow, False)):
     module = layers.Conv(features, (3, 3))
     variables = module.init(jax.random.key(0), x)
     jaxpr = str(jax.make_jaxpr(jax.grad(lambda v: jnp.sum(module.apply(v, x)**2)))(variables))
-    assert ('dot_general' in jaxpr) == im2col, jaxpr
+    assert ('segrecon_conv_weight_grad' in jaxpr) == uses_native, jaxpr
   with pytest.raises(ValueError, match='conv_impl'):
     layers.Conv(4, (3, 3), impl='cudnn').init(jax.random.key(0), x)
+
+
+def test_auto_falls_back_to_xla_without_the_kernel(monkeypatch, caplog):
+  monkeypatch.setattr(native, '_load', lambda: (None, 'no C++ compiler was found'))
+  monkeypatch.setattr(layers, '_warned_fallback', [])
+  with caplog.at_level('WARNING'):
+    assert layers.resolve_conv_impl('auto', 64) == 'xla'
+    assert layers.resolve_conv_impl('auto', 64) == 'xla'
+  assert [r.getMessage() for r in caplog.records].count(caplog.records[0].getMessage()) == 1
+  assert 'no C++ compiler' in caplog.records[0].getMessage()
+  with pytest.raises(RuntimeError, match='no C\\+\\+ compiler'):
+    layers.resolve_conv_impl('native', 64)
+
+
+def test_native_build_failure_is_reported(monkeypatch, tmp_path):
+  """A compiler that fails leaves no library in the cache and a reason naming the source and the compiler's error."""
+  fake = tmp_path / 'fake-cxx'
+  fake.write_text('#!/bin/sh\necho "fake compiler error" >&2\nexit 1\n')
+  fake.chmod(0o755)
+  monkeypatch.setenv('CXX', str(fake))
+  monkeypatch.setenv('SEGRECON_NATIVE_DIR', str(tmp_path / 'cache'))
+  with pytest.raises(RuntimeError, match='fake compiler error'):
+    native._build(str(fake))  # pylint: disable=protected-access
+  assert not list((tmp_path / 'cache').glob('*.so'))
 
 
 def test_upconv_selector():

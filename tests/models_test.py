@@ -363,7 +363,7 @@ def test_layer_choices_give_the_same_model(name, sub, field):
 
   stock_params = param_shapes(models.get_model(_with(TINY_CONFIGS[name], sub, field, 'xla')), inputs)
   assert jax.tree.map(lambda a: a.shape, stock_params) == jax.tree.map(lambda a: a.shape, variables['params'])
-  ours_impl = 'im2col' if field == 'conv_impl' else 'dense'
+  ours_impl = 'native' if field == 'conv_impl' else 'dense'
   stock_value, stock_grads = jax.value_and_grad(loss)(variables['params'], 'xla')
   ours_value, ours_grads = jax.value_and_grad(loss)(variables['params'], ours_impl)
   np.testing.assert_allclose(ours_value, stock_value, rtol=1e-4)

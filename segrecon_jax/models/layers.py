@@ -4,16 +4,15 @@
 values, so checkpoints are interchangeable) whose `impl` field picks the computation:
 
 - 'xla': exactly `nn.Conv` (`lax.conv_general_dilated`, XLA's forward and backward);
-- 'im2col': `conv2d`: XLA's forward and input gradient, and the weight gradient as im2col GEMMs in a
-  `jax.custom_vjp`: the (padded, dilated, strided) input patches `[B*Ho*Wo, kh*kw*Cin]` are contracted with the
-  output cotangent `[B*Ho*Wo, Cout]`, `chunk_rows` output positions at a time (a `lax.scan` over batch chunks that
-  accumulates in float32), which bounds their memory at `chunk_rows * kh*kw*Cin` elements;
-- 'auto' (the default): 'im2col' on CPU for layers of at least `AUTO_IM2COL_MIN_FEATURES` output channels, else
-  'xla'. XLA:CPU (jaxlib 0.10.2) computes a convolution's weight gradient as another convolution that runs far
-  below the matmul ceiling on some CPUs: on the AMD EPYC 2-core machines of this project the im2col GEMM is 2.5x to
-  4.3x faster for 3x3 layers of 32 to 128 channels (and on the Intel machines of earlier sessions it was 0.94x to
-  1.1x, i.e. no loss); for 2-channel outputs (a reconstruction's last layer) XLA's is faster (0.45x), hence the
-  threshold. On GPU/TPU 'auto' is 'xla' (cuDNN / the TPU compiler). `benchmarks/conv_bench.py` measures each case.
+- 'native': `conv2d`: XLA's forward and input gradient, and the weight gradient from the project's direct CPU
+  kernel (`models/native.py`, `csrc/conv_weight_grad.cc`, called through XLA's FFI in a `jax.custom_vjp`);
+- 'auto' (the default): 'native' on CPU for layers of at least `AUTO_NATIVE_MIN_FEATURES` output channels when the
+  kernel could be built here, else 'xla'. XLA:CPU (jaxlib 0.10.2) computes a convolution's weight gradient as another
+  convolution that runs far below the machine's FMA rate (30 GFLOP/s on the 2-core Intel Xeon machines of this
+  project, 6-10 on the AMD EPYC ones, against 230 for its forward), where PyTorch's oneDNN runs a direct kernel; the
+  native kernel is such a direct kernel (4x to 7x faster than XLA's for the 3x3 layers, `benchmarks/conv_bench.py`).
+  For narrow outputs (a reconstruction's 2-channel last layer) XLA's is as fast, hence the threshold. On GPU/TPU
+  'auto' is 'xla' (cuDNN / the TPU compiler); 'native' there is an error.
 
 `UpConv2x2` replaces a transposed convolution whose kernel equals its stride (the U-Net's 2x2, stride-2
 up-convolution) by a dense layer and a depth-to-space; with the same `kernel [2, 2, Cin, Cout]` it is numerically
@@ -26,6 +25,7 @@ with each. Arrays are NHWC, kernels HWIO.
 """
 
 import functools
+import logging
 from typing import Any, Optional, Sequence, Tuple, Union
 
 import flax.linen as nn
@@ -34,19 +34,18 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from segrecon_jax.models import native
+
 Array = Any
 Dtype = Any
 PaddingLike = Union[str, int, Sequence[Union[int, Tuple[int, int]]]]
 Pads = Tuple[Tuple[int, int], Tuple[int, int]]
 
-CONV_IMPLS = ('auto', 'xla', 'im2col')  # `Conv.impl`, a model's `conv_impl`.
+CONV_IMPLS = ('auto', 'xla', 'native')  # `Conv.impl`, a model's `conv_impl`.
 UPCONV_IMPLS = ('auto', 'xla', 'dense')  # `conv_transpose_module`, a U-Net's `upconv_impl`.
 
-# 'auto' computes the weight gradient as im2col GEMMs on CPU for layers with at least this many output channels.
-AUTO_IM2COL_MIN_FEATURES = 16
-
-# Output positions per weight-gradient GEMM: the patches of one chunk are `chunk_rows x kh*kw*Cin`.
-DEFAULT_CHUNK_ROWS = 32768
+# 'auto' takes the native weight gradient on CPU for layers with at least this many output channels.
+AUTO_NATIVE_MIN_FEATURES = 16
 
 _DIMENSION_NUMBERS = ('NHWC', 'HWIO', 'NHWC')
 
@@ -87,108 +86,47 @@ def _stock_conv(x: Array, kernel: Array, strides: Tuple[int, int], pads: Pads, d
                                   dimension_numbers=_DIMENSION_NUMBERS, precision=precision)
 
 
-def _patches(x: Array, kernel_shape: Tuple[int, int], out_shape: Tuple[int, int], strides: Tuple[int, int],
-             pads: Pads, dilation: Tuple[int, int]) -> Array:
-  """im2col of `x` `[b, H, W, C]`: `[b * Ho * Wo, kh * kw * C]`, columns ordered (kh, kw, C) as an HWIO kernel."""
-  batch, channels = x.shape[0], x.shape[-1]
-  (kh, kw), (out_h, out_w) = kernel_shape, out_shape
-  if (kh, kw) == (1, 1) and strides == (1, 1) and pads == ((0, 0), (0, 0)):
-    return x.reshape(batch * out_h * out_w, channels)  # A 1x1 convolution's patches are its input: no copy.
-  # lax.pad also takes negative (cropping) explicit pads, as lax.conv_general_dilated does.
-  padded = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0),) + tuple((lo, hi, 0) for lo, hi in pads) + ((0, 0, 0),))
-  taps = []
-  for i in range(kh):
-    for j in range(kw):
-      start = (0, i * dilation[0], j * dilation[1], 0)
-      limit = (batch, start[1] + (out_h - 1) * strides[0] + 1, start[2] + (out_w - 1) * strides[1] + 1, channels)
-      taps.append(lax.slice(padded, start, limit, (1, strides[0], strides[1], 1)))
-  return jnp.stack(taps, axis=3).reshape(batch * out_h * out_w, kh * kw * channels)
-
-
-def _chunk_size(batch: int, rows_per_example: int, chunk_rows: int) -> int:
-  """The largest divisor of `batch` whose chunk has at most `chunk_rows` output positions (at least 1)."""
-  for size in range(batch, 0, -1):
-    if batch % size == 0 and size * rows_per_example <= chunk_rows:
-      return size
-  return 1
-
-
-def im2col_weight_grad(x: Array, cotangent: Array, kernel_shape: Tuple[int, int], strides: Tuple[int, int],
-                       pads: Pads, dilation: Tuple[int, int], chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Array:
-  """Weight gradient of a 2D convolution as im2col GEMMs.
-
-  Args:
-    x: input `[B, H, W, Cin]`.
-    cotangent: output cotangent `[B, Ho, Wo, Cout]`, same dtype as `x`.
-    kernel_shape: `(kh, kw)`.
-    strides, pads, dilation: of the forward convolution (explicit pads).
-    chunk_rows: output positions per GEMM; the batch is split into chunks of at most this many (a whole number of
-      examples) and their products are accumulated.
-
-  Returns:
-    `[kh, kw, Cin, Cout]`, accumulated in float32 (float64 for float64 inputs).
-  """
-  batch, out_h, out_w, out_channels = cotangent.shape
-  in_channels = x.shape[-1]
-  accumulate = _accumulation_dtype(x.dtype)
-  contract_rows = (((0,), (0,)), ((), ()))
-
-  def chunk_grad(x_chunk, cotangent_chunk):
-    patches = _patches(x_chunk, kernel_shape, (out_h, out_w), strides, pads, dilation)
-    return lax.dot_general(patches, cotangent_chunk.reshape(-1, out_channels), contract_rows,
-                           preferred_element_type=accumulate)  # [kh*kw*Cin, Cout]
-
-  chunk = _chunk_size(batch, out_h * out_w, chunk_rows)
-  if chunk == batch:
-    grad = chunk_grad(x, cotangent)
-  else:
-    num_chunks = batch // chunk
-
-    def step(total, chunks):
-      return total + chunk_grad(*chunks), None
-
-    grad, _ = lax.scan(step, jnp.zeros((np.prod(kernel_shape) * in_channels, out_channels), accumulate),
-                       (x.reshape((num_chunks, chunk) + x.shape[1:]),
-                        cotangent.reshape((num_chunks, chunk) + cotangent.shape[1:])))
-  return grad.reshape(kernel_shape + (in_channels, out_channels))
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7))
-def _im2col_conv(x: Array, kernel: Array, bias: Optional[Array], strides: Tuple[int, int], pads: Pads,
-                 dilation: Tuple[int, int], precision: Any, chunk_rows: int) -> Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
+def _native_conv(x: Array, kernel: Array, bias: Optional[Array], strides: Tuple[int, int], pads: Pads,
+                 dilation: Tuple[int, int], precision: Any) -> Array:
   y = _stock_conv(x, kernel, strides, pads, dilation, precision)
   return y if bias is None else y + bias.reshape((1, 1, 1, -1))
 
 
-def _im2col_conv_fwd(x, kernel, bias, strides, pads, dilation, precision, chunk_rows):
-  y = _im2col_conv(x, kernel, bias, strides, pads, dilation, precision, chunk_rows)
+def _native_conv_fwd(x, kernel, bias, strides, pads, dilation, precision):
+  y = _native_conv(x, kernel, bias, strides, pads, dilation, precision)
   return y, (x, kernel, bias)
 
 
-def _im2col_conv_bwd(strides, pads, dilation, precision, chunk_rows, residuals, cotangent):
+def _native_conv_bwd(strides, pads, dilation, precision, residuals, cotangent):
   x, kernel, bias = residuals
   # Input gradient: XLA's transposed convolution (its forward, dead in the VJP, is removed by the compiler).
   _, input_vjp = jax.vjp(lambda x_: _stock_conv(x_, kernel, strides, pads, dilation, precision), x)
   (x_grad,) = input_vjp(cotangent)
-  kernel_grad = im2col_weight_grad(x, cotangent.astype(x.dtype), kernel.shape[:2], strides, pads, dilation,
-                                   chunk_rows)
+  # lax.pad also takes negative (cropping) explicit pads, as lax.conv_general_dilated does.
+  padded = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0),) + tuple((lo, hi, 0) for lo, hi in pads) + ((0, 0, 0),))
+  if x.dtype == jnp.float64:  # The kernel computes in float32: keep float64's precision with XLA's own.
+    _, kernel_vjp = jax.vjp(lambda k_: _stock_conv(x, k_, strides, pads, dilation, precision), kernel)
+    (kernel_grad,) = kernel_vjp(cotangent)
+  else:
+    kernel_grad = native.conv_weight_grad(padded, cotangent, kernel.shape[:2], strides, dilation)
   bias_grad = None
   if bias is not None:
     bias_grad = jnp.sum(cotangent, axis=(0, 1, 2), dtype=_accumulation_dtype(cotangent.dtype)).astype(bias.dtype)
   return x_grad, kernel_grad.astype(kernel.dtype), bias_grad
 
 
-_im2col_conv.defvjp(_im2col_conv_fwd, _im2col_conv_bwd)
+_native_conv.defvjp(_native_conv_fwd, _native_conv_bwd)
 
 
 def conv2d(x: Array, kernel: Array, bias: Optional[Array] = None, *, strides: Union[int, Sequence[int]] = 1,
-           padding: PaddingLike = 'SAME', dilation: Union[int, Sequence[int]] = 1, precision: Any = None,
-           chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Array:
-  """2D convolution with XLA's forward and input gradient and an im2col-matmul weight gradient.
+           padding: PaddingLike = 'SAME', dilation: Union[int, Sequence[int]] = 1, precision: Any = None) -> Array:
+  """2D convolution with XLA's forward and input gradient and the native kernel's weight gradient (CPU only).
 
   The same function as `lax.conv_general_dilated(x, kernel, strides, padding, rhs_dilation=dilation)` in NHWC/HWIO
   (plus `bias`), for any kernel size, stride, dilation and padding; only the way the weight gradient is computed
-  differs. The bias gradient is the sum of the cotangent over batch and space, accumulated in float32.
+  differs (in float32, cast back to the kernel's dtype). The bias gradient is the sum of the cotangent over batch and
+  space, accumulated in float32.
 
   Args:
     x: `[B, H, W, Cin]`; the same dtype as `kernel`.
@@ -198,7 +136,6 @@ def conv2d(x: Array, kernel: Array, bias: Optional[Array] = None, *, strides: Un
     padding: 'SAME', 'SAME_LOWER', 'VALID', an int, or per-axis ints / `(low, high)` pairs.
     dilation: kernel dilation, int or `(dh, dw)`.
     precision: passed to the XLA convolutions.
-    chunk_rows: output positions per weight-gradient GEMM (see `im2col_weight_grad`).
 
   Returns:
     `[B, Ho, Wo, Cout]` in the dtype of `x`.
@@ -212,21 +149,42 @@ def conv2d(x: Array, kernel: Array, bias: Optional[Array] = None, *, strides: Un
   pads = explicit_padding(padding, x.shape[1:3], kernel.shape[:2], strides, dilation)
   if bias is not None:
     bias = bias.astype(x.dtype)
-  return _im2col_conv(x, kernel, bias, strides, pads, dilation, precision, int(chunk_rows))
+  return _native_conv(x, kernel, bias, strides, pads, dilation, precision)
+
+
+_warned_fallback = []
 
 
 def resolve_conv_impl(impl: str, features: int) -> str:
-  """'xla' or 'im2col' for a `Conv` of `features` output channels on the default backend ('auto' resolved)."""
+  """'xla' or 'native' for a `Conv` of `features` output channels on the default backend ('auto' resolved).
+
+  'auto' falls back to 'xla' (with one warning naming the reason) when the native kernel cannot be built here; an
+  explicit 'native' off the CPU, or where the kernel cannot be built, is an error.
+  """
   if impl not in CONV_IMPLS:
     raise ValueError(f'conv_impl must be one of {CONV_IMPLS}, got {impl!r}.')
+  cpu = jax.default_backend() == 'cpu'
+  if impl == 'native':
+    if not cpu:
+      raise ValueError(f"conv_impl='native' is a CPU kernel; the default backend is {jax.default_backend()!r}: "
+                       "use 'auto' or 'xla'.")
+    if not native.available():
+      raise RuntimeError(f"conv_impl='native': {native.unavailable_reason()}. Use 'auto' or 'xla'.")
   if impl == 'auto':
-    cpu = jax.default_backend() == 'cpu'
-    return 'im2col' if cpu and features >= AUTO_IM2COL_MIN_FEATURES else 'xla'
+    if not (cpu and features >= AUTO_NATIVE_MIN_FEATURES):
+      return 'xla'
+    if not native.available():
+      if not _warned_fallback:
+        _warned_fallback.append(True)
+        logging.warning("conv_impl='auto' uses XLA's convolution weight gradient (several times slower on CPU): "
+                        'the native kernel is not available: %s.', native.unavailable_reason())
+      return 'xla'
+    return 'native'
   return impl
 
 
 class Conv(nn.Module):
-  """Drop-in for `nn.Conv` on 2D NHWC inputs; `impl` picks XLA's backward or the im2col weight gradient.
+  """Drop-in for `nn.Conv` on 2D NHWC inputs; `impl` picks XLA's weight gradient or the native kernel's.
 
   Same fields, defaults, parameter names (`kernel [kh, kw, Cin, features]`, `bias [features]`) and initial values as
   `nn.Conv`; `feature_group_count`, `input_dilation`, `mask` and 'CAUSAL' padding are not supported. Inputs with
@@ -244,8 +202,7 @@ class Conv(nn.Module):
   precision: Any = None
   kernel_init: nn.initializers.Initializer = nn.linear.default_kernel_init
   bias_init: nn.initializers.Initializer = nn.initializers.zeros_init()
-  impl: str = 'auto'  # 'auto', 'xla' or 'im2col' (see the module docstring).
-  chunk_rows: int = DEFAULT_CHUNK_ROWS
+  impl: str = 'auto'  # 'auto', 'xla' or 'native' (see the module docstring).
 
   @nn.compact
   def __call__(self, inputs: Array) -> Array:
@@ -275,8 +232,7 @@ class Conv(nn.Module):
       if bias is not None:
         y = y + bias.reshape((1, 1, 1, -1))
     else:
-      y = conv2d(x, kernel, bias, strides=strides, padding=padding, dilation=dilation, precision=self.precision,
-                 chunk_rows=self.chunk_rows)
+      y = conv2d(x, kernel, bias, strides=strides, padding=padding, dilation=dilation, precision=self.precision)
     return y.reshape(batch_shape + y.shape[1:])
 
 

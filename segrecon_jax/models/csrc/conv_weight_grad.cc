@@ -1,0 +1,197 @@
+// Weight gradient of a 2D convolution (NHWC input, HWIO kernel) for XLA:CPU, as an XLA FFI custom call.
+//
+//   dw[i, j, c, o] = sum_{b, y, x} xp[b, y*sh + i*dh, x*sw + j*dw, c] * g[b, y, x, o]
+//
+// where xp is the already padded input [B, Hp, Wp, C] and g the output cotangent [B, Ho, Wo, O], both float32.
+// XLA:CPU computes this as a convolution with a Ho x Wo window and a kh x kw output, which runs far below the
+// machine's FMA rate; PyTorch (oneDNN) runs a direct kernel. This is such a direct kernel, without patches:
+// register-blocked outer products (a block of CB input channels times NV vectors of output channels stays in
+// registers while the kernel walks the output positions of a chunk of rows), chunks of rows spread over XLA's
+// intra-op thread pool, each worker accumulating its own partial dw, summed at the end.
+//
+// Built by segrecon_jax/models/native.py with `g++ -O3 -march=native -shared -fPIC` against jaxlib's FFI headers.
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+#if defined(__AVX512F__)
+constexpr int kLanes = 16;  // floats per vector register
+constexpr int kMaxVectors = 4;  // vectors of output channels per register block
+#else
+constexpr int kLanes = 8;
+constexpr int kMaxVectors = 2;
+#endif
+constexpr int kMaxChannelBlock = 6;  // input channels per register block
+
+typedef float Vec __attribute__((vector_size(kLanes * sizeof(float))));
+
+struct Geometry {
+  int64_t batch, hp, wp, in_ch, ho, wo, out_ch, kh, kw, sh, sw, dh, dw;
+};
+
+inline Vec LoadVec(const float* p) {
+  Vec v;
+  std::memcpy(&v, p, sizeof(Vec));
+  return v;
+}
+
+inline void StoreVec(float* p, Vec v) { std::memcpy(p, &v, sizeof(Vec)); }
+
+// acc[c0:c0+CB, o0:o0+NV*kLanes] of tap (i, j) += over the rows [row_begin, row_end) of (b, y).
+template <int CB, int NV>
+void Block(const Geometry& g, const float* xp, const float* cot, float* dw_tap, int64_t i, int64_t j, int64_t c0,
+           int64_t o0, int64_t row_begin, int64_t row_end) {
+  Vec acc[CB][NV];
+  for (int c = 0; c < CB; ++c)
+    for (int v = 0; v < NV; ++v) acc[c][v] = LoadVec(dw_tap + (c0 + c) * g.out_ch + o0 + v * kLanes);
+  const int64_t x_step = g.sw * g.in_ch;
+  for (int64_t row = row_begin; row < row_end; ++row) {
+    const int64_t b = row / g.ho, y = row % g.ho;
+    const float* x_row = xp + ((b * g.hp + y * g.sh + i * g.dh) * g.wp + j * g.dw) * g.in_ch + c0;
+    const float* g_row = cot + row * g.wo * g.out_ch + o0;
+    for (int64_t x = 0; x < g.wo; ++x) {
+      Vec gv[NV];
+      for (int v = 0; v < NV; ++v) gv[v] = LoadVec(g_row + x * g.out_ch + v * kLanes);
+      const float* xs = x_row + x * x_step;
+      for (int c = 0; c < CB; ++c) {
+        const Vec xb = Vec{} + xs[c];
+        for (int v = 0; v < NV; ++v) acc[c][v] += xb * gv[v];
+      }
+    }
+  }
+  for (int c = 0; c < CB; ++c)
+    for (int v = 0; v < NV; ++v) StoreVec(dw_tap + (c0 + c) * g.out_ch + o0 + v * kLanes, acc[c][v]);
+}
+
+template <int NV>
+void BlockC(int cb, const Geometry& g, const float* xp, const float* cot, float* dw_tap, int64_t i, int64_t j,
+            int64_t c0, int64_t o0, int64_t r0, int64_t r1) {
+  switch (cb) {
+    case 6: return Block<6, NV>(g, xp, cot, dw_tap, i, j, c0, o0, r0, r1);
+    case 5: return Block<5, NV>(g, xp, cot, dw_tap, i, j, c0, o0, r0, r1);
+    case 4: return Block<4, NV>(g, xp, cot, dw_tap, i, j, c0, o0, r0, r1);
+    case 3: return Block<3, NV>(g, xp, cot, dw_tap, i, j, c0, o0, r0, r1);
+    case 2: return Block<2, NV>(g, xp, cot, dw_tap, i, j, c0, o0, r0, r1);
+    default: return Block<1, NV>(g, xp, cot, dw_tap, i, j, c0, o0, r0, r1);
+  }
+}
+
+// Adds the rows [r0, r1) into `dw` [kh, kw, C, O].
+void Rows(const Geometry& g, const float* xp, const float* cot, float* dw, int64_t r0, int64_t r1) {
+  for (int64_t i = 0; i < g.kh; ++i) {
+    for (int64_t j = 0; j < g.kw; ++j) {
+      float* dw_tap = dw + (i * g.kw + j) * g.in_ch * g.out_ch;
+      for (int64_t c0 = 0; c0 < g.in_ch; c0 += kMaxChannelBlock) {
+        const int cb = static_cast<int>(std::min<int64_t>(kMaxChannelBlock, g.in_ch - c0));
+        for (int64_t o0 = 0; o0 < g.out_ch;) {
+          const int64_t vectors = std::min<int64_t>(kMaxVectors, (g.out_ch - o0) / kLanes);
+          switch (vectors) {
+            case 4: BlockC<(kMaxVectors >= 4 ? 4 : 1)>(cb, g, xp, cot, dw_tap, i, j, c0, o0, r0, r1); break;
+            case 3: BlockC<(kMaxVectors >= 3 ? 3 : 1)>(cb, g, xp, cot, dw_tap, i, j, c0, o0, r0, r1); break;
+            case 2: BlockC<2>(cb, g, xp, cot, dw_tap, i, j, c0, o0, r0, r1); break;
+            default: BlockC<1>(cb, g, xp, cot, dw_tap, i, j, c0, o0, r0, r1); break;
+          }
+          o0 += vectors * kLanes;
+        }
+      }
+    }
+  }
+}
+
+ffi::Error ConvWeightGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp, ffi::Buffer<ffi::F32> cot,
+                              ffi::ResultBuffer<ffi::F32> out, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
+                              int64_t dh, int64_t dw_) {
+  auto xd = xp.dimensions();
+  auto gd = cot.dimensions();
+  if (xd.size() != 4 || gd.size() != 4 || xd[0] != gd[0])
+    return ffi::Error::InvalidArgument("conv_weight_grad: needs xp [B, Hp, Wp, C] and g [B, Ho, Wo, O]");
+  Geometry g{xd[0], xd[1], xd[2], xd[3], gd[1], gd[2], gd[3], kh, kw, sh, sw, dh, dw_};
+  if (g.out_ch % kLanes != 0)
+    return ffi::Error::InvalidArgument("conv_weight_grad: output channels must be a multiple of the vector width");
+  if ((g.ho - 1) * sh + (kh - 1) * dh >= g.hp || (g.wo - 1) * sw + (kw - 1) * dw_ >= g.wp)
+    return ffi::Error::InvalidArgument("conv_weight_grad: padded input too small for the output and kernel");
+  const int64_t size = kh * kw * g.in_ch * g.out_ch;
+  const int64_t rows = g.batch * g.ho;
+  // Chunks of rows whose cotangent and input rows stay in L2 (about 256 KiB) while every tap and block walks them.
+  const int64_t row_bytes = g.wo * (g.out_ch + g.sw * g.in_ch) * 4;
+  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(rows, (256 << 10) / std::max<int64_t>(1, row_bytes)));
+  const int64_t num_chunks = (rows + chunk - 1) / chunk;
+  const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(pool.num_threads(), num_chunks));
+
+  // Shared with the pool tasks, which may start after this call has returned (a busy pool): they then do nothing.
+  struct State {
+    std::atomic<int64_t> next{0};
+    std::mutex mu;
+    std::condition_variable cv;
+    bool closed = false;  // no task may start working any more
+    int64_t active = 0;   // tasks working now
+    std::vector<float> partials;
+  };
+  auto state = std::make_shared<State>();
+  state->partials.assign(static_cast<size_t>((workers - 1) * size), 0.0f);
+  float* result = out->typed_data();
+  std::fill(result, result + size, 0.0f);
+  const float* x_data = xp.typed_data();
+  const float* g_data = cot.typed_data();
+
+  // Workers take chunks from a shared counter. The caller takes chunks too and never waits for a task that has not
+  // started, so nothing depends on a pool thread being free (no deadlock when the pool is busy with other work).
+  auto chunks = [g, x_data, g_data, rows, chunk, num_chunks](State* s, float* acc) {
+    for (int64_t k = s->next.fetch_add(1); k < num_chunks; k = s->next.fetch_add(1))
+      Rows(g, x_data, g_data, acc, k * chunk, std::min(rows, (k + 1) * chunk));
+  };
+  for (int64_t w = 1; w < workers; ++w) {
+    pool.Schedule([state, chunks, w, size] {
+      {
+        std::lock_guard<std::mutex> lock(state->mu);
+        if (state->closed) return;
+        ++state->active;
+      }
+      chunks(state.get(), state->partials.data() + (w - 1) * size);
+      std::lock_guard<std::mutex> lock(state->mu);
+      --state->active;
+      state->cv.notify_all();
+    });
+  }
+  chunks(state.get(), result);
+  {
+    std::unique_lock<std::mutex> lock(state->mu);
+    state->closed = true;
+    state->cv.wait(lock, [&] { return state->active == 0; });
+  }
+  for (int64_t w = 1; w < workers; ++w) {
+    const float* p = state->partials.data() + (w - 1) * size;
+    for (int64_t n = 0; n < size; ++n) result[n] += p[n];
+  }
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SegreconConvWeightGrad, ConvWeightGradImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("kh")
+                                  .Attr<int64_t>("kw")
+                                  .Attr<int64_t>("sh")
+                                  .Attr<int64_t>("sw")
+                                  .Attr<int64_t>("dh")
+                                  .Attr<int64_t>("dw"));
+
+// The vector width the library was built with: the output channels the caller passes must be a multiple of it.
+extern "C" int SegreconConvWeightGradLanes() { return kLanes; }
