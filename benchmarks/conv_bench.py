@@ -1,8 +1,8 @@
-"""Speed of convolution forward+backward: Flax/XLA layers against `segrecon_jax.models.layers` (im2col backward).
+"""Speed of convolution forward+backward: Flax/XLA layers against `segrecon_jax.models.layers` (native backward).
 
   python benchmarks/conv_bench.py                      # every layer case and the 6x5x64 Deep Cascade conv stack
   python benchmarks/conv_bench.py --no_stack --repeats=3
-  python benchmarks/conv_bench.py --chunk_rows=16384 --cases=cascade
+  python benchmarks/conv_bench.py --cases=cascade
   XLA_FLAGS=--xla_cpu_use_thunk_runtime=false python benchmarks/conv_bench.py
 
 Each case times one jitted `jax.value_and_grad` of `sum(layer(x)**2)` with respect to the input and the parameters
@@ -66,8 +66,6 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
   parser.add_argument('--repeats', type=int, default=5, help='timed runs per case (median reported)')
   parser.add_argument('--cases', default='cascade,unet,upconv,other', help='comma-separated case groups')
   parser.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'))
-  parser.add_argument('--chunk_rows', type=int, default=layers.DEFAULT_CHUNK_ROWS,
-                      help='output positions per weight-gradient GEMM of the im2col layers')
   parser.add_argument('--no_stack', action='store_true', help='skip the Deep Cascade conv stack')
   parser.add_argument('--stack_repeats', type=int, default=3, help='timed runs of the stack')
   parser.add_argument('--cascades', type=int, default=6)
@@ -91,18 +89,18 @@ def interleaved_medians(fns: Sequence[Callable[[], object]], repeats: int) -> Li
   return [float(np.median(t)) for t in times]
 
 
-def layer_for(case: Case, impl: str, dtype, chunk_rows: int) -> nn.Module:
-  """`impl` 'xla' (XLA's backward; nn.ConvTranspose for up-convolutions) or 'im2col' (our layer: the im2col
+def layer_for(case: Case, impl: str, dtype) -> nn.Module:
+  """`impl` 'xla' (XLA's backward; nn.ConvTranspose for up-convolutions) or 'native' (our layer: the native kernel's
   weight gradient; UpConv2x2 for up-convolutions)."""
   if case.transpose:
-    return layers.conv_transpose_module('dense' if impl == 'im2col' else impl)(
+    return layers.conv_transpose_module('dense' if impl == 'native' else impl)(
         case.out_channels, (case.kernel, case.kernel), strides=(case.stride, case.stride), dtype=dtype)
   return layers.Conv(case.out_channels, (case.kernel, case.kernel), strides=case.stride, padding='SAME',
-                     kernel_dilation=case.dilation, dtype=dtype, impl=impl, chunk_rows=chunk_rows)
+                     kernel_dilation=case.dilation, dtype=dtype, impl=impl)
 
 
-def layer_step(case: Case, impl: str, dtype, chunk_rows: int) -> Callable[[], object]:
-  module = layer_for(case, impl, dtype, chunk_rows)
+def layer_step(case: Case, impl: str, dtype) -> Callable[[], object]:
+  module = layer_for(case, impl, dtype)
   x = jax.random.normal(jax.random.key(0), (case.batch, case.size, case.size, case.in_channels), dtype)
   params = module.init(jax.random.key(1), x)
 
@@ -129,19 +127,17 @@ class ConvStack(nn.Module):
   num_layers: int
   features: int
   conv_impl: str = 'xla'
-  chunk_rows: int = layers.DEFAULT_CHUNK_ROWS
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     conv = functools.partial(layers.Conv, impl=self.conv_impl)
-    extra = {'chunk_rows': self.chunk_rows}
     for cascade in range(self.cascades):
       y = x.astype(self.dtype)
       for layer in range(self.num_layers):
         last = layer == self.num_layers - 1
         y = conv(2 if last else self.features, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,
-                 name=f'cascade{cascade}_conv{layer}', **extra)(y)
+                 name=f'cascade{cascade}_conv{layer}')(y)
         if not last:
           y = nn.relu(y)
       x = x + y.astype(x.dtype)
@@ -155,7 +151,7 @@ def stack_flops(args) -> float:
 
 
 def stack_step(args, impl: str, dtype) -> Callable[[], object]:
-  model = ConvStack(args.cascades, args.layers, args.features, impl, args.chunk_rows, dtype)
+  model = ConvStack(args.cascades, args.layers, args.features, impl, dtype)
   x = jax.random.normal(jax.random.key(0), (args.stack_batch, args.stack_size, args.stack_size, 2), jnp.float32)
   params = model.init(jax.random.key(1), x)
 
@@ -171,13 +167,13 @@ def main(argv: Optional[List[str]] = None) -> None:
   dtype = jnp.dtype(args.dtype)
   print(f'jax {jax.__version__}, jaxlib {jax.lib.__version__}, backend {jax.default_backend()}, '
         f'device {jax.devices()[0].device_kind} x{jax.device_count()}, {os.cpu_count()} CPUs, dtype {args.dtype}, '
-        f"chunk_rows {args.chunk_rows}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
   up = layers.conv_transpose_module('auto')
-  print(f"conv_impl='auto' takes im2col for layers of {layers.AUTO_IM2COL_MIN_FEATURES}+ outputs on CPU "
-        f"(here: {layers.resolve_conv_impl('auto', layers.AUTO_IM2COL_MIN_FEATURES)}); upconv_impl='auto' is "
+  print(f"conv_impl='auto' takes the native kernel for layers of {layers.AUTO_NATIVE_MIN_FEATURES}+ outputs on CPU "
+        f"(here: {layers.resolve_conv_impl('auto', layers.AUTO_NATIVE_MIN_FEATURES)}); upconv_impl='auto' is "
         f'{up.__module__}.{up.__name__}')
   groups = set(args.cases.split(','))
-  header = (f"{'case':26s} {'B':>3s} {'HxW':>7s} {'xla ms':>9s} {'GF/s':>6s} {'im2col ms':>9s} {'GF/s':>6s} "
+  header = (f"{'case':26s} {'B':>3s} {'HxW':>7s} {'xla ms':>9s} {'GF/s':>6s} {'native ms':>9s} {'GF/s':>6s} "
             f"{'speed-up':>8s}")
   print(header)
   print('-' * len(header))
@@ -185,18 +181,18 @@ def main(argv: Optional[List[str]] = None) -> None:
     if case.group not in groups:
       continue
     flops = layer_flops(case)
-    xla, im2col = interleaved_medians([layer_step(case, impl, dtype, args.chunk_rows) for impl in ('xla', 'im2col')],
+    xla, ours = interleaved_medians([layer_step(case, impl, dtype) for impl in ('xla', 'native')],
                                       args.repeats)
     print(f'{case.name:26s} {case.batch:3d} {case.size:3d}x{case.size:<3d} {xla * 1e3:9.1f} {flops / xla / 1e9:6.1f} '
-          f'{im2col * 1e3:9.1f} {flops / im2col / 1e9:6.1f} {xla / im2col:7.2f}x', flush=True)
+          f'{ours * 1e3:9.1f} {flops / ours / 1e9:6.1f} {xla / ours:7.2f}x', flush=True)
   if not args.no_stack:
     flops = stack_flops(args)
     name = f'stack {args.cascades}x{args.layers}x{args.features}'
-    xla, im2col = interleaved_medians([stack_step(args, impl, dtype) for impl in ('xla', 'im2col')],
+    xla, ours = interleaved_medians([stack_step(args, impl, dtype) for impl in ('xla', 'native')],
                                       args.stack_repeats)
     size = args.stack_size
     print(f'{name:26s} {args.stack_batch:3d} {size:3d}x{size:<3d} {xla * 1e3:9.1f} {flops / xla / 1e9:6.1f} '
-          f'{im2col * 1e3:9.1f} {flops / im2col / 1e9:6.1f} {xla / im2col:7.2f}x  ({flops / 1e12:.2f} TFLOP/step, '
+          f'{ours * 1e3:9.1f} {flops / ours / 1e9:6.1f} {xla / ours:7.2f}x  ({flops / 1e12:.2f} TFLOP/step, '
           f'median of {args.stack_repeats})', flush=True)
 
 

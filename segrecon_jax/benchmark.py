@@ -3,7 +3,7 @@
   python -m segrecon_jax.benchmark                                   # every experiment, paper widths, 128x128, batch 16
   python -m segrecon_jax.benchmark --experiments=cascade --image_size=128 --batch=16 --steps=5 --json=bench.json
   python -m segrecon_jax.benchmark --experiments=unet --devices=2      # 1..2 devices, same global batch
-  python -m segrecon_jax.benchmark --experiments=unet,cascade --conv_impl=xla,im2col --upconv_impl=xla,dense
+  python -m segrecon_jax.benchmark --experiments=unet,cascade --conv_impl=xla,native --upconv_impl=xla,dense
   python -m segrecon_jax.benchmark --steps=3 --torch_python=/path/to/torchvenv/bin/python   # + PyTorch columns
   python -m segrecon_jax.benchmark --experiments=cascade_manet --steps=2 --profile=/tmp/trace   # jax.profiler trace
 
@@ -17,7 +17,7 @@ phantom-like batches feed the step; the input pipeline is timed on its own over 
 On CPU, `--devices N` fakes N host devices (correctness of the layout, not speed); on a multi-GPU host it prints
 the scaling efficiency of the same global batch over 1..N devices. `--conv_impl` and `--upconv_impl` time the
 step with each layer choice of `models/layers.py` in the same run (every pair of the two lists): `conv_impl` of
-every convolution of every model ('xla': XLA's backward, as nn.Conv; 'im2col': the im2col-GEMM weight gradient;
+every convolution of every model ('xla': XLA's backward, as nn.Conv; 'native': the native kernel's weight gradient, models/native.py;
 'auto': the models' default), `upconv_impl` of the U-Nets' 2x2 up-convolutions ('xla': nn.ConvTranspose;
 'dense': UpConv2x2; 'auto').
 
@@ -50,7 +50,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
   parser.add_argument('--devices', type=int, default=1, help='run the same global batch over 1..N local devices')
   parser.add_argument('--half_precision', action='store_true', help='bfloat16 compute')
   parser.add_argument('--conv_impl', default='auto',
-                      help="comma-separated convolution choices timed in the same run, of 'auto', 'xla', 'im2col'")
+                      help="comma-separated convolution choices timed in the same run, of 'auto', 'xla', 'native'")
   parser.add_argument('--upconv_impl', default='auto',
                       help="comma-separated U-Net up-convolution choices, of 'auto', 'xla', 'dense'")
   parser.add_argument('--torch_python', default='',

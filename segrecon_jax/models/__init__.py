@@ -15,7 +15,7 @@ Model dicts (`config.model`), by name; every field but 'name' is optional and de
   cascade_manet      recon: {CascadeNet fields}, seg: {preset, MANet fields}, stop_gradient
                                                                                 -> SegRecon(CascadeNet, MANet)
 `seg.preset` of 'cascade_manet' names a `manet.MANET_PRESETS` entry ('paper', 'smp_default', 'tiny'); fields given
-next to it override the preset's. `conv_impl` ('auto', 'xla', 'im2col': every convolution) and `upconv_impl`
+next to it override the preset's. `conv_impl` ('auto', 'xla', 'native': every convolution) and `upconv_impl`
 ('auto', 'xla', 'dense': the U-Nets' up-convolutions) pick the layer implementation of models/layers.py; every
 choice computes the same function with the same parameters.
 """

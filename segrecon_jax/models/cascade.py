@@ -67,7 +67,7 @@ class CascadeCNN(nn.Module):
   out_channels: int = 2
   activation: str = 'relu'
   dtype: Dtype = jnp.float32
-  conv_impl: str = 'auto'  # layers.Conv's impl: 'auto', 'xla' (nn.Conv's computation) or 'im2col'; see layers.py.
+  conv_impl: str = 'auto'  # layers.Conv's impl: 'auto', 'xla' (nn.Conv's computation) or 'native'; see layers.py.
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -123,7 +123,7 @@ class CascadeNet(nn.Module):
   learnable_noise_level: bool = False
   dtype: Dtype = jnp.float32
   bn_axis_name: Optional[str] = None  # Unused (no BatchNorm); accepted like every model's.
-  conv_impl: str = 'auto'  # Every convolution: 'auto', 'xla' or 'im2col' (layers.Conv); see layers.py.
+  conv_impl: str = 'auto'  # Every convolution: 'auto', 'xla' or 'native' (layers.Conv); see layers.py.
 
   @nn.compact
   def __call__(self, x: Array, kspace: Array, mask: Array, *, train: bool) -> Array:

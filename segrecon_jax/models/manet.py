@@ -61,7 +61,7 @@ class Conv2dReLU(nn.Module):
   bn_axis_name: Optional[str] = None
   bn_momentum: float = 0.9  # PyTorch momentum 0.1.
   bn_epsilon: float = 1e-5
-  conv_impl: str = 'auto'  # layers.Conv's impl: 'auto', 'xla' or 'im2col'.
+  conv_impl: str = 'auto'  # layers.Conv's impl: 'auto', 'xla' or 'native'.
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
@@ -191,7 +191,7 @@ class MANet(nn.Module):
   # A ResNet34 ImageNet checkpoint (.safetensors, torchvision/timm layout) for the encoder, loaded after init by
   # `pretrained.apply_pretrained`; '' = random init. Not used by the forward pass.
   encoder_weights: str = ''
-  conv_impl: str = 'auto'  # Every convolution: 'auto', 'xla' or 'im2col' (layers.Conv; see models/layers.py).
+  conv_impl: str = 'auto'  # Every convolution: 'auto', 'xla' or 'native' (layers.Conv; see models/layers.py).
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:

@@ -33,7 +33,7 @@ class MultiDecoderUNet(nn.Module):
   dtype: Dtype = jnp.float32
   bn_axis_name: Optional[str] = None  # Set to the pmap axis ('batch') to average batch statistics across devices.
   upconv_impl: str = 'auto'  # Both decoders' up-convolutions: 'auto', 'xla' (nn.ConvTranspose), 'dense' (UpConv2x2).
-  conv_impl: str = 'auto'  # Every convolution: 'auto', 'xla' or 'im2col' (layers.Conv).
+  conv_impl: str = 'auto'  # Every convolution: 'auto', 'xla' or 'native' (layers.Conv).
 
   @nn.compact
   def __call__(self, x: Array, kspace: Optional[Array] = None, mask: Optional[Array] = None, *,

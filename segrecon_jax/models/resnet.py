@@ -46,7 +46,7 @@ class BasicBlock(nn.Module):
   bn_axis_name: Optional[str] = None
   bn_momentum: float = 0.9  # PyTorch momentum 0.1.
   bn_epsilon: float = 1e-5
-  conv_impl: str = 'auto'  # layers.Conv's impl: 'auto', 'xla' or 'im2col'.
+  conv_impl: str = 'auto'  # layers.Conv's impl: 'auto', 'xla' or 'native'.
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:

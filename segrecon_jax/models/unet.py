@@ -57,7 +57,7 @@ class ConvNormReLU(nn.Module):
   bn_axis_name: Optional[str] = None
   bn_momentum: float = 0.9  # Flax convention (weight of the old average): PyTorch momentum 0.1.
   bn_epsilon: float = 1e-5
-  conv_impl: str = 'auto'  # layers.Conv's impl: 'auto', 'xla' or 'im2col' (see models/layers.py).
+  conv_impl: str = 'auto'  # layers.Conv's impl: 'auto', 'xla' or 'native' (see models/layers.py).
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
@@ -155,7 +155,7 @@ class UNet(nn.Module):
   dtype: Dtype = jnp.float32
   bn_axis_name: Optional[str] = None  # Set to the pmap axis ('batch') to average batch statistics across devices.
   upconv_impl: str = 'auto'  # The decoder's up-convolution: 'auto', 'xla' (nn.ConvTranspose), 'dense' (UpConv2x2).
-  conv_impl: str = 'auto'  # Every convolution: 'auto', 'xla' or 'im2col' (layers.Conv).
+  conv_impl: str = 'auto'  # Every convolution: 'auto', 'xla' or 'native' (layers.Conv).
 
   @nn.compact
   def __call__(self, x: Array, kspace: Optional[Array] = None, mask: Optional[Array] = None, *,
