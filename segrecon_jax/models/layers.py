@@ -10,8 +10,9 @@ values, so checkpoints are interchangeable) whose `impl` field picks the computa
   kernel could be built here, else 'xla'. XLA:CPU (jaxlib 0.10.2) computes a convolution's weight gradient as another
   convolution that runs far below the machine's FMA rate (30 GFLOP/s on the 2-core Intel Xeon machines of this
   project, 6-10 on the AMD EPYC ones, against 230 for its forward), where PyTorch's oneDNN runs a direct kernel; the
-  native kernel is such a direct kernel (4x to 7x faster than XLA's for the 3x3 layers, `benchmarks/conv_bench.py`).
-  For narrow outputs (a reconstruction's 2-channel last layer) XLA's is as fast, hence the threshold. On GPU/TPU
+  native kernel is such a direct kernel (a layer's forward+backward 1.2x to 2.8x faster than with XLA's for 16+
+  outputs, 0.9x for 2-channel outputs such as a reconstruction's last layer, hence the threshold:
+  `benchmarks/conv_bench.py`, docs/benchmarks.md). On GPU/TPU
   'auto' is 'xla' (cuDNN / the TPU compiler); 'native' there is an error.
 
 `UpConv2x2` replaces a transposed convolution whose kernel equals its stride (the U-Net's 2x2, stride-2
@@ -31,7 +32,6 @@ from typing import Any, Optional, Sequence, Tuple, Union
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
 from segrecon_jax.models import native
@@ -103,12 +103,12 @@ def _native_conv_bwd(strides, pads, dilation, precision, residuals, cotangent):
   # Input gradient: XLA's transposed convolution (its forward, dead in the VJP, is removed by the compiler).
   _, input_vjp = jax.vjp(lambda x_: _stock_conv(x_, kernel, strides, pads, dilation, precision), x)
   (x_grad,) = input_vjp(cotangent)
-  # lax.pad also takes negative (cropping) explicit pads, as lax.conv_general_dilated does.
-  padded = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0),) + tuple((lo, hi, 0) for lo, hi in pads) + ((0, 0, 0),))
   if x.dtype == jnp.float64:  # The kernel computes in float32: keep float64's precision with XLA's own.
     _, kernel_vjp = jax.vjp(lambda k_: _stock_conv(x, k_, strides, pads, dilation, precision), kernel)
     (kernel_grad,) = kernel_vjp(cotangent)
   else:
+    # lax.pad also takes negative (cropping) explicit pads, as lax.conv_general_dilated does.
+    padded = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0),) + tuple((lo, hi, 0) for lo, hi in pads) + ((0, 0, 0),))
     kernel_grad = native.conv_weight_grad(padded, cotangent, kernel.shape[:2], strides, dilation)
   bias_grad = None
   if bias is not None:
