@@ -110,9 +110,12 @@ def all_finite(tree: Any) -> jax.Array:
 class AheadOfTimeSteps:
   """Executables of a pmapped step, one per value of its last (static) argument, compiled on a background thread.
 
-  `prefetch(value)` queues `pmapped.lower(*example_args, value).compile()` on one worker thread, so the next
-  value's compile (e.g. the next sampled fraction of the stabilization schedule) runs while the current one trains:
-  free on a GPU/TPU host whose CPU is otherwise idle, and on a small CPU host it shares the cores. `get(value)`
+  `prefetch(value)` queues `pmapped.lower(*example_args, value).compile()` on `workers` threads, so the next
+  values' compiles (e.g. the later sampled fractions of the stabilization schedule) run while the current one
+  trains: free on a GPU/TPU host whose CPU is otherwise idle, and on a small CPU host they share the cores.
+  `workers=None` picks `default_compile_workers()`: one on a CPU backend (the compiles already compete with the
+  train step for the cores), several on a GPU/TPU host, where each compile is mostly one CPU thread and the host
+  cores are otherwise idle, so a whole schedule compiles in about the time of its slowest level. `get(value)`
   returns the executable (called without the static argument), waiting for it if needed, compiling it now if it
   was never queued. `compile_seconds[value]` is each compile's own time, `wait_seconds[value]` how long the caller
   was blocked waiting for it; the gap between the two is compile time hidden behind training.
@@ -126,14 +129,15 @@ class AheadOfTimeSteps:
   """
 
   def __init__(self, pmapped: Callable, example_args: Tuple[Any, ...], name: str = 'step', static: bool = True,
-               after: Optional['AheadOfTimeSteps'] = None):
+               after: Optional['AheadOfTimeSteps'] = None, workers: Optional[int] = None):
     self._pmapped = pmapped
     self._static = static
     self._ahead = jax.process_count() == 1
     self._specs = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), example_args)
     self._name = name
+    self.workers = after.workers if after is not None else (workers or default_compile_workers())
     self._executor = after._executor if after is not None else concurrent.futures.ThreadPoolExecutor(
-        max_workers=1, thread_name_prefix='compile_ahead')
+        max_workers=self.workers, thread_name_prefix='compile_ahead')
     self._futures: Dict[Hashable, concurrent.futures.Future] = {}
     self._lock = threading.Lock()
     self.compile_seconds: Dict[Hashable, float] = {}
@@ -172,6 +176,13 @@ class AheadOfTimeSteps:
   def close(self) -> None:
     """Drops queued compiles that have not started and waits for a running one."""
     self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+def default_compile_workers() -> int:
+  """Compile threads of `AheadOfTimeSteps`: 1 on a CPU backend, else up to 8, leaving two host cores free."""
+  if jax.default_backend() == 'cpu':
+    return 1
+  return max(1, min(8, (os.cpu_count() or 1) - 2))
 
 
 def _call_with_static(pmapped: Callable, value, *args):

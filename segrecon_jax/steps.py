@@ -6,11 +6,12 @@
 
 import collections
 import functools
-from typing import Any, Tuple
+from typing import Any, Optional, Tuple
 
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from segrecon_jax import input_pipeline
@@ -21,8 +22,10 @@ from segrecon_jax import mri
 from segrecon_jax import parallel
 from segrecon_jax.models import pretrained
 
-# Traces of the train step, keyed by sampled fraction: each distinct fraction compiles the step once.
+# Traces of the train step's mask sampler, keyed by sampled fraction (each distinct fraction compiles it once), and
+# of its update, keyed by the masks' shape (compiled once for every fraction).
 TRAIN_STEP_TRACES = collections.Counter()
+TRAIN_UPDATE_TRACES = collections.Counter()
 
 
 @flax.struct.dataclass
@@ -131,18 +134,40 @@ def compute_losses(config, recon, seg_logits, batch):
   return loss, terms
 
 
-def train_step(state: TrainState, batch, rng, sampled_fraction: float, *, model, tx, config):
-  """One optimizer step on this device's share of the batch; runs under `parallel.pmap`.
+def sample_train_masks(step, rng, sampled_fraction: float, *, num_examples: int, width: int, num_acs: int):
+  """This device's training masks bool `[num_examples, 1, width]` for one step, from `fold_in(fold_in(rng, step),
+  device)`; runs under `parallel.pmap` with `sampled_fraction` static (it fixes how many lines a mask keeps).
 
-  `sampled_fraction` is static: each distinct value compiles this function once. Masks are drawn per example from
-  `fold_in(fold_in(rng, step), device)`. A step whose loss or gradients are not finite leaves the state unchanged
-  and reports `finite = 0`; the host loop stops on it. With `config.log_loss_grad_norms` and a model that segments,
-  the terms also hold `recon_grad_norm` and `seg_grad_norm` (`_grads_with_term_norms`); the update is unchanged.
+  This is the only part of the train step that depends on the sampled fraction, so the training loop compiles it
+  once per fraction of the stabilization schedule (a small program) and `train_update` once for all of them.
   """
   TRAIN_STEP_TRACES[sampled_fraction] += 1
-  step_rng = jax.random.fold_in(jax.random.fold_in(rng, state.step), parallel.device_index())
-  keys = jax.random.split(step_rng, batch['image'].shape[0])
-  zero_filled, measured, masks = undersample_batch(batch['image'], keys, sampled_fraction, config.num_acs)
+  step_rng = jax.random.fold_in(jax.random.fold_in(rng, step), parallel.device_index())
+  keys = jax.random.split(step_rng, num_examples)
+  return jax.vmap(lambda key: mri.sample_mask(key, width, sampled_fraction, num_acs))(keys)[:, None, :]
+
+
+def train_step(state: TrainState, batch, rng, sampled_fraction: float, *, model, tx, config):
+  """One optimizer step on this device's share of the batch; runs under `parallel.pmap` as one program.
+
+  `sampled_fraction` is static: each distinct value compiles this function once. It is `sample_train_masks`
+  followed by `train_update`, which the training loop and the benchmark pmap and compile separately
+  (`TrainSteps`), so that a new fraction only compiles the mask sampler.
+  """
+  masks = sample_train_masks(state.step, rng, sampled_fraction, num_examples=batch['image'].shape[0],
+                             width=batch['image'].shape[-1], num_acs=config.num_acs)
+  return train_update(state, batch, masks, model=model, tx=tx, config=config)
+
+
+def train_update(state: TrainState, batch, masks, *, model, tx, config):
+  """The optimizer step for the given masks bool `[b, 1, W]` (from `sample_train_masks`); runs under
+  `parallel.pmap`. A step whose loss or gradients are not finite leaves the state unchanged and reports
+  `finite = 0`; the host loop stops on it. With `config.log_loss_grad_norms` and a model that segments, the terms
+  also hold `recon_grad_norm` and `seg_grad_norm` (`_grads_with_term_norms`); the update is unchanged.
+  """
+  TRAIN_UPDATE_TRACES[masks.shape] += 1
+  measured = mri.undersample(mri.fft2c(batch['image']), masks)
+  zero_filled = mri.complex_to_channels(mri.ifft2c(measured))
 
   def loss_fn(params):
     outputs, updates = model.apply({'params': params, 'batch_stats': state.batch_stats}, zero_filled, measured,
@@ -163,8 +188,65 @@ def train_step(state: TrainState, batch, rng, sampled_fraction: float, *, model,
   new_state = TrainState(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
   new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
   terms = dict(terms, **term_norms, grad_norm=optax.tree.norm(grads), finite=finite.astype(jnp.float32),
-               sampled_fraction=jnp.float32(sampled_fraction))
+               sampled_fraction=jnp.mean(masks.astype(jnp.float32)))
   return new_state, parallel.pmean(terms)  # Metrics averaged over the 'batch' axis.
+
+
+class TrainSteps:
+  """The pmapped train step of every sampled fraction, as the training loop and the benchmark run it.
+
+  `train_step` as two pmapped programs: `sample_train_masks`, compiled once per sampled fraction (a small
+  program: the fraction is its static argument), and `train_update` (model, losses, gradients, optimizer),
+  compiled once for all fractions. A stabilized run's later levels then cost a mask sampler's compile each instead
+  of the whole step's (6 levels of the paper's schedule compiled the flagship's step 6 times before).
+  Both compile ahead on `parallel.AheadOfTimeSteps`' threads: `prefetch(fraction)` queues a level,
+  `get(fraction)` returns `fn(state, batch, rng) -> (state, terms)` (state donated), waiting if needed.
+
+  `compile_seconds` / `wait_seconds`: per compiled program, keyed by fraction for the mask samplers and by
+  'update' for the update.
+  """
+
+  def __init__(self, model, tx, config, state, batch, rng, devices=None, workers: Optional[int] = None):
+    """`state`, `batch`, `rng` are replicated/sharded examples (read for shapes and dtypes only)."""
+    num_devices, num_examples, _, width = np.shape(batch['image'])
+    p_masks = parallel.pmap(functools.partial(sample_train_masks, num_examples=num_examples, width=width,
+                                              num_acs=config.num_acs),
+                            static_broadcasted_argnums=(2,), devices=devices)
+    p_update = parallel.pmap(functools.partial(train_update, model=model, tx=tx, config=config),
+                             donate_argnums=(0,), devices=devices)
+    self.masks = parallel.AheadOfTimeSteps(p_masks, (state.step, rng), 'train masks', workers=workers)
+    masks = jax.ShapeDtypeStruct((num_devices, num_examples, 1, width), jnp.bool_)
+    self.update = parallel.AheadOfTimeSteps(p_update, (state, batch, masks), 'train update', static=False,
+                                            after=self.masks)
+
+  def prefetch(self, fraction: float) -> None:
+    self.masks.prefetch(fraction)
+    self.update.prefetch(None)
+
+  def get(self, fraction: float):
+    sample, update = self.masks.get(fraction), self.update.get(None)
+
+    def step(state, batch, rng):
+      return update(state, batch, sample(state.step, rng))
+
+    return step
+
+  def _merged(self, name: str):
+    merged = dict(getattr(self.masks, name))
+    if None in getattr(self.update, name):
+      merged['update'] = getattr(self.update, name)[None]
+    return merged
+
+  @property
+  def compile_seconds(self):
+    return self._merged('compile_seconds')
+
+  @property
+  def wait_seconds(self):
+    return self._merged('wait_seconds')
+
+  def close(self) -> None:
+    self.masks.close()  # (The update shares its thread.)
 
 
 def recon_network_params(model, params):

@@ -9,10 +9,12 @@ Train scalars are means over the `log_every_steps` window, read from the devices
 per step), and every log step and eval also logs one line, so batch jobs without a terminal show progress.
 
 The sampled fraction is a static argument of the pmapped train step, so each distinct fraction of the
-stabilization schedule is its own executable. With `config.compile_ahead` they are all queued at the first step
-(`parallel.AheadOfTimeSteps`) and compile one after the other on a background thread while the earlier levels
-train; the loop only waits when a level starts before its executable is ready. The time waited is what the
-`train_compile_wait_seconds` scalar and metrics.json report; `train_compile_seconds` is the compiles' own time.
+stabilization schedule needs its own executable. Only the masks depend on it, so `steps.TrainSteps` compiles a
+small mask sampler per fraction and the update (model, losses, optimizer) once. With `config.compile_ahead` they
+are all queued at the first step (`parallel.AheadOfTimeSteps`) and compile in schedule order on background
+threads (`config.compile_workers`) while the earlier levels train; the loop only waits when a level starts before
+its executable is ready. The time waited is what the `train_compile_wait_seconds` scalar and metrics.json
+report; `train_compile_seconds` is the compiles' own time.
 """
 
 import contextlib
@@ -89,8 +91,6 @@ def _train_and_evaluate(config, workdir: str) -> Dict[str, float]:
   writer = reporting.SummaryWriter(workdir)
   writer.write_hparams(config)
 
-  p_train_step = parallel.pmap(functools.partial(steps.train_step, model=model, tx=tx, config=config),
-                               static_broadcasted_argnums=(3,), donate_argnums=(0,))
   p_eval_step = parallel.pmap(functools.partial(steps.eval_step, model=model, config=config))
   state = parallel.replicate(state)
   rng = parallel.replicate(jax.random.PRNGKey(config.seed + 1))
@@ -98,7 +98,7 @@ def _train_and_evaluate(config, workdir: str) -> Dict[str, float]:
   # The distinct sampled fractions still to train, in schedule order.
   fractions = list(dict.fromkeys(steps.sampled_fraction_for_epoch(config, epoch)
                                  for epoch in range(start_epoch, config.num_epochs + 1)))
-  compiled_steps = None  # parallel.AheadOfTimeSteps, made at the first batch (it needs the batch's shapes).
+  compiled_steps = None  # steps.TrainSteps, made at the first batch (it needs the batch's shapes).
   compiled_eval = None  # The same for the eval step (no static argument).
   train_step, train_fraction = None, None  # The executable of the current sampled fraction.
   results = None
@@ -145,17 +145,20 @@ def _train_and_evaluate(config, workdir: str) -> Dict[str, float]:
       for batch in input_pipeline.train_batches(train_source, config, epoch):
         batch = parallel.shard(batch)
         if compiled_steps is None:
-          compiled_steps = parallel.AheadOfTimeSteps(p_train_step, (state, batch, rng), 'train step')
+          compiled_steps = steps.TrainSteps(model, tx, config, state, batch, rng,
+                                            workers=config.compile_workers or None)
           eval_batch = parallel.shard(next(input_pipeline.eval_batches(eval_source, config)))
           compiled_eval = parallel.AheadOfTimeSteps(p_eval_step, (state, eval_batch), 'eval step', static=False,
-                                                    after=compiled_steps)
+                                                    after=compiled_steps.masks)
           if config.compile_ahead:  # Every level of the schedule in order, then the eval step.
             for upcoming in fractions:
               compiled_steps.prefetch(upcoming)
             compiled_eval.prefetch(None)
         if train_fraction != fraction:  # A new level of the schedule (or the first step of this run).
+          first = train_fraction is None
           train_step, train_fraction = compiled_steps.get(fraction), fraction
-          window_compile_seconds += compiled_steps.wait_seconds.get(fraction, 0.0)
+          window_compile_seconds += compiled_steps.wait_seconds.get(fraction, 0.0) + (
+              compiled_steps.wait_seconds.get('update', 0.0) if first else 0.0)
         state, terms = train_step(state, batch, rng)
         step += 1
         window.append(terms)
@@ -179,11 +182,11 @@ def _train_and_evaluate(config, workdir: str) -> Dict[str, float]:
   progress.close()
   manager.wait_until_finished()
   if compiled_steps is not None:
-    logging.info('Train step compiles: %d, %.1f s of compiling, %.1f s of it waited for (per fraction: %s).',
-                 len(compiled_steps.compile_seconds), sum(compiled_steps.compile_seconds.values()),
-                 sum(compiled_steps.wait_seconds.values()),
-                 {f'{k:.4f}': (round(v, 1), round(compiled_steps.wait_seconds.get(k, 0.0), 1))
-                  for k, v in compiled_steps.compile_seconds.items()})
+    compile_seconds, wait_seconds = compiled_steps.compile_seconds, compiled_steps.wait_seconds
+    logging.info('Train step compiles: %d, %.1f s of compiling, %.1f s of it waited for (seconds compiled, '
+                 'waited: %s).', len(compile_seconds), sum(compile_seconds.values()), sum(wait_seconds.values()),
+                 {k if isinstance(k, str) else f'masks {k:.4f}': (round(v, 1), round(wait_seconds.get(k, 0.0), 1))
+                  for k, v in compile_seconds.items()})
   if results is None:  # Resumed after the last epoch: evaluate the restored state.
     results, _ = inference.evaluate_state(p_eval_step, state, eval_source, config)
   reporting.write_results(workdir, config, results, extra={**compile_summary(compiled_steps),

@@ -120,6 +120,20 @@ def test_native_weight_gradient_against_numpy():
     native.conv_weight_grad(jnp.asarray(xp), jnp.asarray(g), (kh, kw), (4, 1), (dh, dw))
 
 
+def test_native_weight_gradient_is_deterministic():
+  """Many chunks of rows over the thread pool: the partial sums are added in a fixed order, so every run of the
+  same inputs gives the same bits (and agrees with a float64 sum)."""
+  rng = np.random.default_rng(4)
+  xp = rng.normal(size=(8, 66, 66, 16)).astype(np.float32)
+  g = rng.normal(size=(8, 64, 64, 32)).astype(np.float32)
+  fn = jax.jit(lambda a, b: native.conv_weight_grad(a, b, (3, 3), (1, 1), (1, 1)))
+  runs = [np.asarray(fn(xp, g)) for _ in range(6)]
+  for run in runs[1:]:
+    np.testing.assert_array_equal(run, runs[0])
+  want = np.einsum('byxc,byxo->co', xp[:, 1:65, 2:66].astype(np.float64), g.astype(np.float64))
+  np.testing.assert_allclose(runs[0][1, 2], want, rtol=1e-4, atol=1e-2)
+
+
 def test_conv2d_float64_keeps_xla_weight_gradient():
   """The kernel is float32; float64 inputs take XLA's weight gradient, so check_grads holds at float64 precision."""
   with jax.enable_x64(True):

@@ -57,3 +57,30 @@ def test_a_value_never_prefetched_compiles_on_get_and_steps_without_static_argum
   with pytest.raises(TypeError):
     ahead.get(3.0)(state, batch, 3.0)  # The executable takes the dynamic arguments only.
   ahead.close()
+
+
+def test_several_workers_compile_levels_side_by_side_and_equal_the_pmapped_step():
+  p_step = parallel.pmap(_step, static_broadcasted_argnums=(2,))
+  state = parallel.replicate(np.zeros(3, np.float32))
+  batch = parallel.shard(np.arange(12, dtype=np.float32).reshape(4, 3))
+  TRACED_ON.clear()
+  ahead = parallel.AheadOfTimeSteps(p_step, (state, batch), 'test step', workers=3)
+  evals = parallel.AheadOfTimeSteps(parallel.pmap(_eval), (state, batch), 'eval', static=False, after=ahead)
+  assert ahead.workers == evals.workers == 3
+  scales = (0.25, 0.5, 1.0, 2.0)
+  for scale in scales:
+    ahead.prefetch(scale)
+  for scale in scales:
+    np.testing.assert_array_equal(ahead.get(scale)(state, batch)[0], p_step(state, batch, scale)[0])
+  threads = {t for t, s in TRACED_ON if t.startswith('compile_ahead')}
+  assert 1 <= len(threads) <= 3 and sorted(s for t, s in TRACED_ON if t in threads) == list(scales)
+  ahead.close()
+
+
+def test_default_compile_workers_is_one_on_cpu():
+  assert jax.default_backend() == 'cpu' and parallel.default_compile_workers() == 1
+  p_step = parallel.pmap(_step, static_broadcasted_argnums=(2,))
+  ahead = parallel.AheadOfTimeSteps(p_step, (parallel.replicate(np.zeros(1, np.float32)),
+                                             parallel.shard(np.ones((2, 1), np.float32))), 'test step')
+  assert ahead.workers == 1
+  ahead.close()

@@ -156,3 +156,31 @@ def test_cosine_learning_rate_decays_to_zero_over_the_run_and_fixes_num_epochs_o
       checkpoints.check_resume(meta, longer, {'name': 'x'}, '/ckpt')
   with pytest.raises(ValueError, match=r"config.lr_schedule='linear'"):
     steps.create_optimizer(tiny_config(lr_schedule='linear'))
+
+
+@pytest.mark.parametrize('ahead', [False, True])
+def test_train_steps_split_equals_the_one_program_train_step(ahead):
+  """`TrainSteps` (mask sampler per fraction + one update) trains exactly as the single pmapped `train_step`:
+  same masks, same updates, over steps that change the sampled fraction."""
+  config = tiny_config()
+  devices = jax.local_devices()[:2]
+  model, tx = steps.create_model(config), steps.create_optimizer(config)
+  state = parallel.replicate(steps.initial_state(config, model, tx, (SIZE, SIZE)), devices)
+  batch = parallel.shard(tiny_batch(), len(devices))
+  rng = parallel.replicate(jax.random.PRNGKey(5), devices)
+  p_step = parallel.pmap(functools.partial(steps.train_step, model=model, tx=tx, config=config),
+                         static_broadcasted_argnums=(3,), devices=devices)
+  split = steps.TrainSteps(model, tx, config, state, batch, rng, devices=devices)
+  fractions = (1.0, 0.5, 0.5, 0.25)
+  if ahead:
+    for fraction in dict.fromkeys(fractions):
+      split.prefetch(fraction)
+  want, got = state, jax.tree.map(jnp.copy, state)  # The split's update donates its state.
+  for fraction in fractions:
+    want, want_terms = p_step(want, batch, rng, fraction)
+    got, got_terms = split.get(fraction)(got, batch, rng)
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(got_terms), jax.device_get(want_terms))
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(got), jax.device_get(want))
+  assert int(parallel.unreplicate(got).step) == len(fractions)
+  assert set(split.compile_seconds) == {1.0, 0.5, 0.25, 'update'} == set(split.wait_seconds)
+  split.close()

@@ -76,12 +76,14 @@ def test_traces_once_per_distinct_fraction(data_dir, tmp_path):
   fractions = {steps.sampled_fraction_for_epoch(config, e) for e in range(1, config.num_epochs + 1)}
   assert len(fractions) == 3  # the schedule's static fraction changes during the run
   steps.TRAIN_STEP_TRACES.clear()
+  steps.TRAIN_UPDATE_TRACES.clear()
   results = train.train_and_evaluate(config, str(tmp_path / 'run'))
-  assert set(steps.TRAIN_STEP_TRACES) == fractions
+  assert set(steps.TRAIN_STEP_TRACES) == fractions  # One mask sampler per fraction ...
   assert all(count == 1 for count in steps.TRAIN_STEP_TRACES.values())
+  assert list(steps.TRAIN_UPDATE_TRACES.values()) == [1]  # ... and one update for all of them.
   assert np.isfinite(results['psnr']) and np.isfinite(results['dice_mean'])
   record = json.loads((tmp_path / 'run' / 'metrics.json').read_text())
-  assert record['train_compiles'] == len(fractions)
+  assert record['train_compiles'] == len(fractions) + 1
   assert 0 < record['train_compile_wait_seconds'] <= record['train_compile_seconds']
   table = (tmp_path / 'run' / 'results.md').read_text()
   for column in ('MSE (x10^3)', 'PSNR', 'SSIM', 'F-MSE (x10^3)', 'F-PSNR', 'F-SSIM', 'Dice'):

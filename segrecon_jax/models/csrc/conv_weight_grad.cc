@@ -7,7 +7,8 @@
 // machine's FMA rate; PyTorch (oneDNN) runs a direct kernel. This is such a direct kernel, without patches:
 // register-blocked outer products (a block of CB input channels times NV vectors of output channels stays in
 // registers while the kernel walks the output positions of a chunk of rows), chunks of rows spread over XLA's
-// intra-op thread pool, each worker accumulating its own partial dw, summed at the end.
+// intra-op thread pool in fixed slots of rows, each accumulating its own partial dw, summed in slot order at the end
+// (deterministic).
 //
 // Built by segrecon_jax/models/native.py with `g++ -O3 -march=native -shared -fPIC` against jaxlib's FFI headers.
 
@@ -146,26 +147,32 @@ ffi::Error ConvWeightGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp, ff
   const float* x_data = xp.typed_data();
   const float* g_data = cot.typed_data();
 
-  // Workers take chunks from a shared counter. The caller takes chunks too and never waits for a task that has not
-  // started, so nothing depends on a pool thread being free (no deadlock when the pool is busy with other work).
-  auto chunks = [g, x_data, g_data, rows, chunk, num_chunks](State* s, float* acc) {
-    for (int64_t k = s->next.fetch_add(1); k < num_chunks; k = s->next.fetch_add(1))
-      Rows(g, x_data, g_data, acc, k * chunk, std::min(rows, (k + 1) * chunk));
+  // The rows are split into `workers` slots of consecutive chunks; slot s sums its chunks in order into its own
+  // buffer (slot 0 into the result), and the buffers are added in slot order at the end, so the result does not
+  // depend on which thread ran which slot: the same inputs give the same bits on every run. Threads claim slots
+  // from a shared counter. The caller claims slots too and never waits for a task that has not started, so
+  // nothing depends on a pool thread being free (no deadlock when the pool is busy with other work).
+  auto slots = [g, x_data, g_data, rows, chunk, num_chunks, workers, size, result](State* s) {
+    for (int64_t w = s->next.fetch_add(1); w < workers; w = s->next.fetch_add(1)) {
+      float* acc = w == 0 ? result : s->partials.data() + (w - 1) * size;
+      for (int64_t k = w * num_chunks / workers; k < (w + 1) * num_chunks / workers; ++k)
+        Rows(g, x_data, g_data, acc, k * chunk, std::min(rows, (k + 1) * chunk));
+    }
   };
   for (int64_t w = 1; w < workers; ++w) {
-    pool.Schedule([state, chunks, w, size] {
+    pool.Schedule([state, slots] {
       {
         std::lock_guard<std::mutex> lock(state->mu);
         if (state->closed) return;
         ++state->active;
       }
-      chunks(state.get(), state->partials.data() + (w - 1) * size);
+      slots(state.get());
       std::lock_guard<std::mutex> lock(state->mu);
       --state->active;
       state->cv.notify_all();
     });
   }
-  chunks(state.get(), result);
+  slots(state.get());
   {
     std::unique_lock<std::mutex> lock(state->mu);
     state->closed = true;
