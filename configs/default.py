@@ -100,7 +100,7 @@ def get_config():
   # earlier ones train (parallel.AheadOfTimeSteps); False compiles each when its first epoch starts.
   config.compile_ahead = True
   # Threads compiling ahead; 0 = parallel.default_compile_workers(): 1 on CPU (the compiles would take the train
-  # step's cores), up to 8 on a GPU/TPU host, whose cores are otherwise idle.
+  # step's cores), 2 on a GPU/TPU host, whose cores are otherwise idle.
   config.compile_workers = 0
   config.distributed = False  # Call jax.distributed.initialize() (multi-host GPU/TPU; see README, Multi-host).
   config.coordinator_address = ''  # With distributed: 'host:port' of process 0; '' detects SLURM / TPU pods.

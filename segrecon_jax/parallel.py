@@ -114,8 +114,9 @@ class AheadOfTimeSteps:
   values' compiles (e.g. the later sampled fractions of the stabilization schedule) run while the current one
   trains: free on a GPU/TPU host whose CPU is otherwise idle, and on a small CPU host they share the cores.
   `workers=None` picks `default_compile_workers()`: one on a CPU backend (the compiles already compete with the
-  train step for the cores), several on a GPU/TPU host, where each compile is mostly one CPU thread and the host
-  cores are otherwise idle, so a whole schedule compiles in about the time of its slowest level. `get(value)`
+  train step for the cores), two on a GPU/TPU host, whose cores are otherwise idle (on an H200 two levels of the
+  flagship's whole step compiled side by side in the time of one; eight at once did not finish in 150 s, as each
+  compile also autotunes on the one GPU). `get(value)`
   returns the executable (called without the static argument), waiting for it if needed, compiling it now if it
   was never queued. `compile_seconds[value]` is each compile's own time, `wait_seconds[value]` how long the caller
   was blocked waiting for it; the gap between the two is compile time hidden behind training.
@@ -179,10 +180,10 @@ class AheadOfTimeSteps:
 
 
 def default_compile_workers() -> int:
-  """Compile threads of `AheadOfTimeSteps`: 1 on a CPU backend, else up to 8, leaving two host cores free."""
-  if jax.default_backend() == 'cpu':
+  """Compile threads of `AheadOfTimeSteps`: 1 on a CPU backend, 2 on a GPU/TPU host with 4 or more cores."""
+  if jax.default_backend() == 'cpu' or (os.cpu_count() or 1) < 4:
     return 1
-  return max(1, min(8, (os.cpu_count() or 1) - 2))
+  return 2
 
 
 def _call_with_static(pmapped: Callable, value, *args):

@@ -1,5 +1,7 @@
 """Tests for models/layers.py: `conv2d`, `Conv` and `UpConv2x2` against the stock XLA / Flax layers."""
 
+import functools
+
 import jax
 import jax.test_util
 import jax.numpy as jnp
@@ -311,3 +313,19 @@ def test_upconv_selector():
   assert layers.conv_transpose_module('auto') is layers.UpConv2x2
   with pytest.raises(ValueError, match='upconv_impl'):
     layers.conv_transpose_module('im2col')
+
+
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
+def test_max_pool_2x2_equals_nn_max_pool_ties_included(dtype):
+  """Values and gradients as nn.max_pool's, on inputs with many ties (small integers) and after a ReLU."""
+  rng = np.random.default_rng(5)
+  x = jnp.asarray(rng.integers(-2, 3, size=(3, 8, 6, 5)), dtype)
+  weights = jnp.asarray(rng.normal(size=(3, 4, 3, 5)), dtype)
+  stock = lambda v: nn.max_pool(v, (2, 2), strides=(2, 2))
+  np.testing.assert_array_equal(layers.max_pool_2x2(x), stock(x))
+  for f in (lambda v: v, nn.relu):
+    loss = lambda pool, v: jnp.sum(pool(f(v)) * weights)
+    np.testing.assert_array_equal(jax.grad(functools.partial(loss, layers.max_pool_2x2))(x),
+                                  jax.grad(functools.partial(loss, stock))(x))
+  odd = jnp.ones((1, 5, 4, 2), dtype)  # Odd sides: nn.max_pool itself.
+  np.testing.assert_array_equal(layers.max_pool_2x2(odd), stock(odd))

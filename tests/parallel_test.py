@@ -84,3 +84,13 @@ def test_default_compile_workers_is_one_on_cpu():
                                              parallel.shard(np.ones((2, 1), np.float32))), 'test step')
   assert ahead.workers == 1
   ahead.close()
+
+
+def test_negative_compile_workers_is_a_config_error():
+  from configs import default  # pylint: disable=g-import-not-at-top
+  from segrecon_jax import config_checks  # pylint: disable=g-import-not-at-top
+  config = default.get_config()
+  config_checks.check_config(config)  # 0: the default for the backend.
+  config.compile_workers = -1
+  with pytest.raises(config_checks.ConfigError, match=r'config.compile_workers=-1: compile threads must be >= 0'):
+    config_checks.check_config(config)

@@ -107,7 +107,7 @@ class UNetEncoder(nn.Module):
       x = DoubleConv(width, self.norm, self.dtype, self.bn_axis_name, self.conv_impl, name=f'down{level}')(
           x, train=train)
       skips.append(x)
-      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+      x = layers.max_pool_2x2(x)  # nn.max_pool's 2x2, stride 2, with a faster backward on CPU.
     x = DoubleConv(self.features[-1], self.norm, self.dtype, self.bn_axis_name, self.conv_impl, name='bottleneck')(
         x, train=train)
     return x, skips

@@ -130,6 +130,8 @@ ffi::Error ConvWeightGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp, ff
   const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(rows, (256 << 10) / std::max<int64_t>(1, row_bytes)));
   const int64_t num_chunks = (rows + chunk - 1) / chunk;
   const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(pool.num_threads(), num_chunks));
+  // A few slots per thread, so that a thread that starts late or runs slowly leaves at most a small slot behind.
+  const int64_t num_slots = std::min<int64_t>(num_chunks, 4 * workers);
 
   // Shared with the pool tasks, which may start after this call has returned (a busy pool): they then do nothing.
   struct State {
@@ -141,21 +143,21 @@ ffi::Error ConvWeightGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp, ff
     std::vector<float> partials;
   };
   auto state = std::make_shared<State>();
-  state->partials.assign(static_cast<size_t>((workers - 1) * size), 0.0f);
+  state->partials.assign(static_cast<size_t>((num_slots - 1) * size), 0.0f);
   float* result = out->typed_data();
   std::fill(result, result + size, 0.0f);
   const float* x_data = xp.typed_data();
   const float* g_data = cot.typed_data();
 
-  // The rows are split into `workers` slots of consecutive chunks; slot s sums its chunks in order into its own
+  // The rows are split into `num_slots` slots of consecutive chunks; slot s sums its chunks in order into its own
   // buffer (slot 0 into the result), and the buffers are added in slot order at the end, so the result does not
-  // depend on which thread ran which slot: the same inputs give the same bits on every run. Threads claim slots
-  // from a shared counter. The caller claims slots too and never waits for a task that has not started, so
+  // depend on which thread ran which slot: the same inputs give the same bits on every run (of one machine: the
+  // slots follow the thread count). Threads claim slots from a shared counter. The caller claims slots too and never waits for a task that has not started, so
   // nothing depends on a pool thread being free (no deadlock when the pool is busy with other work).
-  auto slots = [g, x_data, g_data, rows, chunk, num_chunks, workers, size, result](State* s) {
-    for (int64_t w = s->next.fetch_add(1); w < workers; w = s->next.fetch_add(1)) {
+  auto slots = [g, x_data, g_data, rows, chunk, num_chunks, num_slots, size, result](State* s) {
+    for (int64_t w = s->next.fetch_add(1); w < num_slots; w = s->next.fetch_add(1)) {
       float* acc = w == 0 ? result : s->partials.data() + (w - 1) * size;
-      for (int64_t k = w * num_chunks / workers; k < (w + 1) * num_chunks / workers; ++k)
+      for (int64_t k = w * num_chunks / num_slots; k < (w + 1) * num_chunks / num_slots; ++k)
         Rows(g, x_data, g_data, acc, k * chunk, std::min(rows, (k + 1) * chunk));
     }
   };
@@ -178,7 +180,7 @@ ffi::Error ConvWeightGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp, ff
     state->closed = true;
     state->cv.wait(lock, [&] { return state->active == 0; });
   }
-  for (int64_t w = 1; w < workers; ++w) {
+  for (int64_t w = 1; w < num_slots; ++w) {
     const float* p = state->partials.data() + (w - 1) * size;
     for (int64_t n = 0; n < size; ++n) result[n] += p[n];
   }
