@@ -108,7 +108,7 @@ def all_finite(tree: Any) -> jax.Array:
 
 
 class AheadOfTimeSteps:
-  """Executables of a pmapped step, one per value of its last (static) argument, compiled on a background thread.
+  """Executables of a pmapped step, one per value of its last (static) argument, compiled on background threads.
 
   `prefetch(value)` queues `pmapped.lower(*example_args, value).compile()` on `workers` threads, so the next
   values' compiles (e.g. the later sampled fractions of the stabilization schedule) run while the current one
@@ -116,14 +116,14 @@ class AheadOfTimeSteps:
   `workers=None` picks `default_compile_workers()`: one on a CPU backend (the compiles already compete with the
   train step for the cores), two on a GPU/TPU host, whose cores are otherwise idle (on an H200 two levels of the
   flagship's whole step compiled side by side in the time of one; eight at once did not finish in 150 s, as each
-  compile also autotunes on the one GPU). `get(value)`
-  returns the executable (called without the static argument), waiting for it if needed, compiling it now if it
-  was never queued. `compile_seconds[value]` is each compile's own time, `wait_seconds[value]` how long the caller
-  was blocked waiting for it; the gap between the two is compile time hidden behind training.
+  compile also autotunes on the one GPU). `get(value)` returns the executable (called without the static
+  argument), waiting for it if needed, compiling it now if it was never queued. `compile_seconds[value]` is each
+  compile's own time, `wait_seconds[value]` how long the caller was blocked waiting for it; the gap between the
+  two is compile time hidden behind training.
 
   `example_args` are only read for shapes and dtypes (`jax.ShapeDtypeStruct`s are taken), so donated buffers
   may be passed. With `static=False` the step has no static argument: use the value None. Instances made with
-  `after=other` share `other`'s worker thread, so their compiles queue behind `other`'s instead of competing.
+  `after=other` share `other`'s worker threads, so their compiles queue behind `other`'s instead of competing.
 
   In a multi-process job nothing is compiled ahead (jax 0.10.2's pmap cannot lower from shapes there: host-local
   to global avals): `get` returns the pmapped step with the value bound, which compiles at its first call.
