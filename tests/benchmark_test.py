@@ -1,6 +1,8 @@
 """Smoke test of the benchmark's plumbing (no figure is checked: tests never time anything)."""
 
+import importlib.util
 import json
+import os
 
 import pytest
 
@@ -60,3 +62,21 @@ def test_benchmark_rejects_unknown_experiments_and_too_narrow_images():
   with pytest.raises(ValueError, match='num_acs'):
     benchmark.run(benchmark.parse_args(['--experiments=unet', '--image_size=32', '--batch=2', '--steps=1',
                                         '--pipeline_config=']))
+
+
+def test_compile_levels_script_prints_whole_and_split_compiles(capsys):
+  """benchmarks/compile_levels.py on a small stabilized config: one whole step per level before, the update once
+  and a mask sampler per level after."""
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'benchmarks', 'compile_levels.py')
+  spec = importlib.util.spec_from_file_location('compile_levels', path)
+  compile_levels = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(compile_levels)
+  compile_levels.main(['--experiment=unet_unet', '--preset=x4_stab,runlocal', '--image_size=32', '--batch=2',
+                       '--levels=2'])
+  rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith('| whole') or
+          line.startswith('| split')]
+  assert sum('step, fraction' in row for row in rows) == 2 and sum('masks, fraction' in row for row in rows) == 2
+  assert sum('| split | update |' in row for row in rows) == 1
+  assert any('all 2 programs' in row for row in rows) and any('all 3 programs' in row for row in rows)
+  with pytest.raises(ValueError, match='--modes'):
+    compile_levels.main(['--modes=fused'])
