@@ -76,7 +76,6 @@ if __name__ == '__main__':
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import contextlib
-import functools
 import gzip
 import importlib
 import itertools
