@@ -8,14 +8,16 @@
 losses, optimizer) per distinct fraction of the schedule, as the training loop ran it before `steps.TrainSteps`.
 `split`: `steps.TrainSteps`, what the loop runs now: the update (model, losses, optimizer) compiled once and a mask
 sampler per fraction. The compiles run one after the other on one thread (`--workers`; more threads compile levels
-side by side) from a cold in-memory cache; the persistent compilation cache is not used. Prints one table row per
-compiled program and the totals.
+side by side). Each mode runs in a process of its own, so neither reuses the other's in-memory caches (XLA's GPU
+autotuning results, for one); the persistent compilation cache is not used. Prints one table row per compiled
+program and the totals.
 """
 
 import argparse
 import functools
 import importlib
 import os
+import subprocess
 import sys
 import time
 
@@ -38,6 +40,7 @@ def parse_args(argv=None):
   parser.add_argument('--levels', type=int, default=0, help='compile only the first N levels (0: all)')
   parser.add_argument('--modes', default='whole,split', help="comma-separated, of 'whole' and 'split'")
   parser.add_argument('--workers', type=int, default=1, help='compile threads (parallel.AheadOfTimeSteps)')
+  parser.add_argument('--no_header', action='store_true', help=argparse.SUPPRESS)
   return parser.parse_args(argv)
 
 
@@ -46,6 +49,13 @@ def main(argv=None):
   modes = [m.strip() for m in args.modes.split(',') if m.strip()]
   if not modes or set(modes) - {'whole', 'split'}:
     raise ValueError(f"--modes={args.modes!r}: expected 'whole', 'split' or both")
+  if len(modes) > 1:  # One process per mode: cold in-memory caches for each.
+    print('| mode | program | compile s |\n|---|---|---|', flush=True)
+    for mode in modes:
+      rest = [a for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith('--modes')]
+      subprocess.run([sys.executable, os.path.abspath(__file__), *rest, f'--modes={mode}', '--no_header'],
+                     check=True)
+    return
   config = importlib.import_module(f'configs.{args.experiment}').get_config(args.preset)
   if args.batch:
     config.batch_size = args.batch
@@ -58,8 +68,9 @@ def main(argv=None):
   rng = parallel.replicate(jax.random.PRNGKey(0))
   print(f'{args.experiment}:{args.preset}, {args.image_size}x{args.image_size}, batch {config.batch_size}, '
         f'{len(fractions)} levels, {jax.devices()[0].device_kind} ({jax.default_backend()}), '
-        f'{args.workers} compile thread(s)', flush=True)
-  print('| mode | program | compile s |\n|---|---|---|')
+        f'{args.workers} compile thread(s)', file=sys.stderr if args.no_header else sys.stdout, flush=True)
+  if not args.no_header:
+    print('| mode | program | compile s |\n|---|---|---|')
   for mode in modes:
     start = time.perf_counter()
     if mode == 'whole':

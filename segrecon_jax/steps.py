@@ -1,7 +1,8 @@
 """The pure pieces of training: state, model and optimizer, the pmapped train and eval steps, the schedule.
 
-`train_step` and `eval_step` are module-level functions of arrays; the model, optimizer and config are bound with
-`functools.partial` and the result is pmapped by `parallel.pmap`. The loop that drives them is `train.py`.
+`sample_train_masks`, `train_update`, `train_step` (the two as one program) and `eval_step` are module-level
+functions of arrays; the model, optimizer and config are bound with `functools.partial` and the result is pmapped
+by `parallel.pmap`. `TrainSteps` pmaps and compiles the train step as the loop that drives it, `train.py`, runs it.
 """
 
 import collections

@@ -61,7 +61,8 @@ def _format_seconds(seconds: float) -> str:
 
 
 def compile_summary(compiled_steps) -> Dict[str, float]:
-  """Train-step compiles so far, their seconds, and the seconds the loop waited for them."""
+  """The train step's programs compiled so far (`steps.TrainSteps`: a mask sampler per sampled fraction and the
+  update), their compile seconds, and the seconds the loop waited for them."""
   if compiled_steps is None:
     return {'train_compiles': 0, 'train_compile_seconds': 0.0, 'train_compile_wait_seconds': 0.0}
   return {'train_compiles': len(compiled_steps.compile_seconds),

@@ -64,16 +64,16 @@ def test_benchmark_rejects_unknown_experiments_and_too_narrow_images():
                                         '--pipeline_config=']))
 
 
-def test_compile_levels_script_prints_whole_and_split_compiles(capsys):
+def test_compile_levels_script_prints_whole_and_split_compiles(capfd):
   """benchmarks/compile_levels.py on a small stabilized config: one whole step per level before, the update once
-  and a mask sampler per level after."""
+  and a mask sampler per level after (each mode in a subprocess of its own)."""
   path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'benchmarks', 'compile_levels.py')
   spec = importlib.util.spec_from_file_location('compile_levels', path)
   compile_levels = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(compile_levels)
   compile_levels.main(['--experiment=unet_unet', '--preset=x4_stab,runlocal', '--image_size=32', '--batch=2',
                        '--levels=2'])
-  rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith('| whole') or
+  rows = [line for line in capfd.readouterr().out.splitlines() if line.startswith('| whole') or
           line.startswith('| split')]
   assert sum('step, fraction' in row for row in rows) == 2 and sum('masks, fraction' in row for row in rows) == 2
   assert sum('| split | update |' in row for row in rows) == 1

@@ -134,6 +134,8 @@ def test_native_weight_gradient_is_deterministic():
     np.testing.assert_array_equal(run, runs[0])
   want = np.einsum('byxc,byxo->co', xp[:, 1:65, 2:66].astype(np.float64), g.astype(np.float64))
   np.testing.assert_allclose(runs[0][1, 2], want, rtol=1e-4, atol=1e-2)
+  empty = fn(np.zeros((0, 66, 66, 16), np.float32), np.zeros((0, 64, 64, 32), np.float32))  # No rows: zeros.
+  np.testing.assert_array_equal(empty, np.zeros((3, 3, 16, 32), np.float32))
 
 
 def test_conv2d_float64_keeps_xla_weight_gradient():

@@ -129,9 +129,15 @@ ffi::Error ConvWeightGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp, ff
   const int64_t row_bytes = g.wo * (g.out_ch + g.sw * g.in_ch) * 4;
   const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(rows, (256 << 10) / std::max<int64_t>(1, row_bytes)));
   const int64_t num_chunks = (rows + chunk - 1) / chunk;
+  if (rows == 0 || size == 0) {  // Nothing to sum over (an empty batch): the gradient is zero.
+    std::fill(out->typed_data(), out->typed_data() + size, 0.0f);
+    return ffi::Error::Success();
+  }
   const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(pool.num_threads(), num_chunks));
-  // A few slots per thread, so that a thread that starts late or runs slowly leaves at most a small slot behind.
-  const int64_t num_slots = std::min<int64_t>(num_chunks, 4 * workers);
+  // Up to 4 slots per thread, so that a thread that starts late or runs slowly leaves at most a small slot behind,
+  // while the partial sums beyond one per thread stay under 16 MiB (they are added up on one thread at the end).
+  const int64_t extra = std::min<int64_t>(3 * workers, (int64_t{16} << 20) / (4 * size));
+  const int64_t num_slots = std::max<int64_t>(1, std::min<int64_t>(num_chunks, workers + extra));
 
   // Shared with the pool tasks, which may start after this call has returned (a busy pool): they then do nothing.
   struct State {
@@ -152,7 +158,7 @@ ffi::Error ConvWeightGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp, ff
   // The rows are split into `num_slots` slots of consecutive chunks; slot s sums its chunks in order into its own
   // buffer (slot 0 into the result), and the buffers are added in slot order at the end, so the result does not
   // depend on which thread ran which slot: the same inputs give the same bits on every run (of one machine: the
-  // slots follow the thread count). Threads claim slots from a shared counter. The caller claims slots too and never waits for a task that has not started, so
+  // slots follow the thread count and the layer's size). Threads claim slots from a shared counter. The caller claims slots too and never waits for a task that has not started, so
   // nothing depends on a pool thread being free (no deadlock when the pool is busy with other work).
   auto slots = [g, x_data, g_data, rows, chunk, num_chunks, num_slots, size, result](State* s) {
     for (int64_t w = s->next.fetch_add(1); w < num_slots; w = s->next.fetch_add(1)) {
