@@ -33,8 +33,7 @@ def check_config(config) -> None:
     if int(config[field]) != config[field]:
       raise ConfigError(f'config.{field}={config[field]!r}: must be a positive integer.')
   _at_least(config, 'num_acs', 0, 'the number of autocalibration lines must be >= 0 (the paper: 8)')
-  if 'compile_workers' in config:
-    _at_least(config, 'compile_workers', 0, 'compile threads must be >= 0 (0 = 1 on CPU, 2 on a GPU/TPU host)')
+  _at_least(config, 'compile_workers', 0, 'compile threads must be >= 0 (0 = 1 on CPU, 2 on a GPU/TPU host)')
   if not 0 <= _number(config, 'focus_margin_fraction') < 0.5:
     raise ConfigError(f'config.focus_margin_fraction={config.focus_margin_fraction!r}: the margin around the heart '
                       'box is a share of the image side in [0, 0.5) (the paper: 8 / 128 = 0.0625).')

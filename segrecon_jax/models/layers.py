@@ -23,7 +23,7 @@ the same function as `nn.ConvTranspose`. `conv_transpose_module(impl)` picks it:
 `max_pool_2x2` is `nn.max_pool(x, (2, 2), strides=(2, 2))` (the U-Nets' pooling) as an elementwise maximum of the
 four window elements, with the same gradient (to the first maximum of each window in row-major order, as
 XLA's select-and-scatter and PyTorch's MaxPool2d give it): XLA:CPU differentiates `reduce_window` max with four
-index arrays the size of the input and a scatter, about a tenth of UNet -> UNet's step on CPU.
+index arrays the size of the input and a scatter, about 5% of UNet -> UNet's step on CPU (docs/benchmarks.md).
 
 Models take the choices as fields (`conv_impl` for every convolution, `upconv_impl` for the U-Nets'
 up-convolutions); `python -m segrecon_jax.benchmark --conv_impl=... --upconv_impl=...` times the whole train step
