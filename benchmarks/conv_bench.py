@@ -3,6 +3,7 @@
   python benchmarks/conv_bench.py                      # every layer case and the 6x5x64 Deep Cascade conv stack
   python benchmarks/conv_bench.py --no_stack --repeats=3
   python benchmarks/conv_bench.py --cases=cascade
+  python benchmarks/conv_bench.py --forward            # the forward kernel alone against XLA's convolution
   XLA_FLAGS=--xla_cpu_use_thunk_runtime=false python benchmarks/conv_bench.py
 
 Each case times one jitted `jax.value_and_grad` of `sum(layer(x)**2)` with respect to the input and the parameters
@@ -11,6 +12,10 @@ from other processes hits both alike) and reports GFLOP/s counted as 3 convoluti
 input gradient, weight gradient) of `2*B*Ho*Wo*kh*kw*Cin*Cout` FLOPs each (for the up-convolution, `B*H*W` input
 positions). The stack is a Deep Cascade's CNNs without data consistency: `cascades` x [conv 2->F, (layers-2) x conv
 F->F, conv F->2] with ReLUs and a residual per cascade, in the layout of `models/cascade.py`.
+
+`--forward` times one convolution pass alone, `native.conv_forward` against `lax.conv_general_dilated`, for the
+3x3 and 1x1 shapes the models run forward and, for stride 1, as input gradients (a layer Cin->Cout's input gradient
+is a Cout->Cin convolution), and says which one `layers.native_forward_pays` picks: the measurement behind that rule.
 """
 
 import argparse
@@ -27,6 +32,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from segrecon_jax.models import layers  # pylint: disable=g-import-not-at-top
+from segrecon_jax.models import native  # pylint: disable=g-import-not-at-top
 
 
 class Case(NamedTuple):
@@ -61,6 +67,17 @@ CASES = (
 )
 
 
+# (batch, size, in_channels, out_channels, kernel, dilation): the U-Nets' (fastMRI widths 32-256 from 128x128), the
+# Deep Cascade's and MANet's (ResNet34 layer1 at 32x32, decoder blocks, the 1x1 attention/skip convolutions) passes.
+FORWARD_CASES = (
+    (16, 128, 32, 32, 3, 1), (16, 128, 64, 32, 3, 1), (16, 128, 32, 64, 3, 1), (16, 128, 64, 64, 3, 1),
+    (16, 64, 32, 64, 3, 1), (16, 64, 64, 64, 3, 1), (16, 64, 128, 64, 3, 1), (16, 64, 64, 128, 3, 1),
+    (16, 32, 64, 64, 3, 1), (16, 32, 64, 128, 3, 1), (16, 32, 128, 128, 3, 1), (16, 32, 256, 128, 3, 1),
+    (16, 32, 128, 256, 3, 1), (16, 16, 256, 256, 3, 1), (16, 16, 256, 128, 3, 1), (16, 64, 64, 64, 3, 2),
+    (16, 128, 16, 16, 3, 1), (16, 128, 32, 16, 3, 1), (16, 128, 64, 32, 1, 1), (16, 64, 64, 64, 1, 1),
+)
+
+
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--repeats', type=int, default=5, help='timed runs per case (median reported)')
@@ -73,6 +90,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
   parser.add_argument('--features', type=int, default=64)
   parser.add_argument('--stack_batch', type=int, default=16)
   parser.add_argument('--stack_size', type=int, default=128)
+  parser.add_argument('--forward', action='store_true', help='time the forward kernel alone (FORWARD_CASES)')
   return parser.parse_args(argv)
 
 
@@ -162,9 +180,34 @@ def stack_step(args, impl: str, dtype) -> Callable[[], object]:
   return lambda: step(params, x)
 
 
+def forward_table(repeats: int) -> None:
+  """One convolution pass: XLA's against the native forward kernel, and the one `native_forward_pays` picks."""
+  header = (f"{'forward pass':30s} {'xla ms':>8s} {'GF/s':>6s} {'native ms':>9s} {'GF/s':>6s} {'speed-up':>8s} "
+            f"{'rule':>6s}")
+  print(header)
+  print('-' * len(header))
+  rng = np.random.default_rng(0)
+  for batch, size, cin, cout, k, d in FORWARD_CASES:
+    x = jnp.asarray(rng.normal(size=(batch, size, size, cin)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(k, k, cin, cout)) / np.sqrt(k * k * cin), jnp.float32)
+    pads = (((k - 1) * d // 2,) * 2,) * 2
+    xla_fn = jax.jit(lambda x, w: layers._stock_conv(x, w, (1, 1), pads, (d, d), None))  # pylint: disable=protected-access
+    native_fn = jax.jit(lambda x, w: native.conv_forward(x, w, (1, 1), pads, (d, d)))
+    xla, ours = interleaved_medians([lambda: xla_fn(x, w), lambda: native_fn(x, w)], repeats)
+    flops = 2 * batch * size * size * k * k * cin * cout
+    rule = 'native' if layers.native_forward_pays(cin, cout, jnp.float32) else 'xla'
+    name = f'{batch}x{size}x{size} {cin}->{cout} {k}x{k}' + (f' d{d}' if d > 1 else '')
+    print(f'{name:30s} {xla * 1e3:8.1f} {flops / xla / 1e9:6.1f} {ours * 1e3:9.1f} {flops / ours / 1e9:6.1f} '
+          f'{xla / ours:7.2f}x {rule:>6s}', flush=True)
+
+
 def main(argv: Optional[List[str]] = None) -> None:
   args = parse_args(argv)
   dtype = jnp.dtype(args.dtype)
+  if args.forward:
+    print(f'jax {jax.__version__}, backend {jax.default_backend()}, {os.cpu_count()} CPUs, float32')
+    forward_table(args.repeats)
+    return
   print(f'jax {jax.__version__}, jaxlib {jax.lib.__version__}, backend {jax.default_backend()}, '
         f'device {jax.devices()[0].device_kind} x{jax.device_count()}, {os.cpu_count()} CPUs, dtype {args.dtype}, '
         f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")

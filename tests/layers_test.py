@@ -68,6 +68,13 @@ WIDE_CONFIGS = [
     ((3, 3), 1, 'SAME', 1, 13, 80),
     ((3, 3), 2, 'SAME', 2, 64, 48),
     ((7, 7), 2, ((3, 3), (3, 3)), 1, 1, 64),
+    # The native forward kernel (32+ inputs, up to 64 outputs), and for stride 1 its input gradient too: 1 to 4
+    # vectors of outputs (16 to 64), rows of 40 pixels in blocks of 6 to 24 plus remainders, asymmetric, cropping
+    # and dilated padding (implicit in the kernel), 1x1 and non-square kernels.
+    ((3, 3), 1, 'SAME', 1, 32, 32),
+    ((3, 3), 1, ((2, 0), (1, 3)), 2, 32, 16),
+    ((5, 3), 1, ((1, -1), (2, 2)), (1, 2), 48, 64),
+    ((1, 1), 1, 'VALID', 1, 48, 48),
 ]
 
 
@@ -101,6 +108,45 @@ def test_conv2d_weight_gradient_is_the_native_kernel():
   assert 'segrecon_conv_weight_grad' in jaxpr
   stock = str(jax.make_jaxpr(jax.grad(lambda k: jnp.sum(_stock(x, k, jnp.zeros(()), None, 1, 'SAME', 1)**2)))(kernel))
   assert 'segrecon_conv_weight_grad' not in stock
+
+
+def test_native_forward_against_numpy():
+  """The forward kernel alone (strided, dilated, asymmetric and cropping pads) against a float64 NumPy sum."""
+  rng = np.random.default_rng(5)
+  x = rng.normal(size=(2, 13, 11, 20)).astype(np.float32)
+  w = rng.normal(size=(3, 2, 20, 48)).astype(np.float32)
+  (sh, sw), (dh, dw), pads = (2, 1), (1, 3), ((2, 1), (-1, 4))
+  xp = np.pad(x.astype(np.float64), ((0, 0), (2, 1), (0, 4), (0, 0)))[:, :, 1:]
+  ho, wo = (xp.shape[1] - 2 * dh - 1) // sh + 1, (xp.shape[2] - 1 * dw - 1) // sw + 1
+  want = np.zeros((2, ho, wo, 48))
+  for i in range(3):
+    for j in range(2):
+      taps = xp[:, i * dh:i * dh + (ho - 1) * sh + 1:sh, j * dw:j * dw + (wo - 1) * sw + 1:sw]
+      want += np.einsum('byxc,co->byxo', taps, w[i, j].astype(np.float64))
+  got = jax.jit(lambda a, b: native.conv_forward(a, b, (sh, sw), pads, (dh, dw)))(x, w)
+  assert got.shape == want.shape and got.dtype == jnp.float32
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+  with pytest.raises(ValueError, match='multiples'):
+    native.conv_forward(jnp.asarray(x), jnp.asarray(w[..., :10]), (1, 1), pads, (1, 1))
+
+
+def test_native_forward_is_used_where_it_pays():
+  """float32 layers with 32+ inputs and up to 64 outputs (in whole vectors) take the forward kernel, and stride-1
+  ones the input gradient too (the flipped convolution); wider, narrower and bfloat16 layers keep XLA's."""
+  def targets(x_shape, kernel_shape, strides=1, dtype=jnp.float32):
+    x, k = jnp.ones(x_shape, dtype), jnp.ones(kernel_shape, dtype)
+    fwd = str(jax.make_jaxpr(lambda x_: layers.conv2d(x_, k, strides=strides))(x))
+    grad = str(jax.make_jaxpr(jax.grad(lambda x_: jnp.sum(layers.conv2d(x_, k, strides=strides))))(x))
+    return 'segrecon_conv_forward' in fwd, grad.count('segrecon_conv_forward')
+  assert targets((1, 8, 8, 32), (3, 3, 32, 64)) == (True, 2)  # The forward and the input gradient.
+  assert targets((1, 8, 8, 32), (3, 3, 32, 64), strides=2) == (True, 1)  # Strided: XLA's input gradient.
+  assert targets((1, 8, 8, 64), (3, 3, 64, 128)) == (False, 1)  # Wide: XLA's forward; the gradient has 64 outputs.
+  assert targets((1, 8, 8, 2), (3, 3, 2, 32)) == (False, 0)  # 2 inputs: XLA's forward; 2 gradient outputs.
+  assert targets((1, 8, 8, 32), (3, 3, 32, 2)) == (False, 0)
+  assert targets((1, 8, 8, 32), (3, 3, 32, 64), dtype=jnp.bfloat16) == (False, 0)
+  assert layers.native_forward_pays(32, 64, jnp.float32) and layers.native_forward_pays(256, 16, jnp.float32)
+  for channels in ((16, 64), (32, 24), (32, 128)):
+    assert not layers.native_forward_pays(*channels, jnp.float32), channels
 
 
 def test_native_weight_gradient_against_numpy():

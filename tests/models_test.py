@@ -367,7 +367,11 @@ def test_layer_choices_give_the_same_model(name, sub, field):
   stock_value, stock_grads = jax.value_and_grad(loss)(variables['params'], 'xla')
   ours_value, ours_grads = jax.value_and_grad(loss)(variables['params'], ours_impl)
   np.testing.assert_allclose(ours_value, stock_value, rtol=1e-4)
+  # Leaves whose true gradient is zero (a cascade's last bias: a constant image is k-space's centre, which hard
+  # data consistency always replaces) hold rounding noise only, on the scale of the model's largest gradient.
+  largest = max(float(jnp.max(jnp.abs(leaf))) for leaf in jax.tree.leaves(stock_grads))
   for ours, stock in zip(jax.tree.leaves(ours_grads), jax.tree.leaves(stock_grads)):
-    np.testing.assert_allclose(ours, stock, rtol=1e-3, atol=1e-4 * float(jnp.max(jnp.abs(stock))) + 1e-6)
+    np.testing.assert_allclose(ours, stock, rtol=1e-3,
+                               atol=1e-4 * float(jnp.max(jnp.abs(stock))) + 3e-8 * largest + 1e-6)
   with pytest.raises(ValueError, match=field):
     models.get_model(_with(TINY_CONFIGS[name], sub, field, 'cudnn')).apply(variables, *inputs, train=False)

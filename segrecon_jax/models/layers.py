@@ -1,19 +1,23 @@
-"""The convolution layers every model uses, with a choice of how the backward pass is computed (for CPU speed).
+"""The convolution layers every model uses, with a choice of how they are computed (for CPU speed).
 
 `Conv` is a drop-in for Flax's `nn.Conv` on 2D NHWC inputs (same fields, parameter names, shapes and initial
 values, so checkpoints are interchangeable) whose `impl` field picks the computation:
 
 - 'xla': exactly `nn.Conv` (`lax.conv_general_dilated`, XLA's forward and backward);
-- 'native': `conv2d`: XLA's forward and input gradient, and the weight gradient from the project's direct CPU
-  kernel (`models/native.py`, `csrc/conv_weight_grad.cc`, called through XLA's FFI in a `jax.custom_vjp`);
+- 'native': `conv2d`: the project's direct CPU kernels (`models/native.py`, `csrc/`, called through XLA's FFI in
+  a `jax.custom_vjp`) for the weight gradient, and for the forward pass and (stride 1) the input gradient of the
+  float32 layers where they beat XLA's convolution (`native_forward_pays`: 32+ inputs, at most 64 outputs), XLA's
+  convolutions for the rest;
 - 'auto' (the default): 'native' on CPU for layers of at least `AUTO_NATIVE_MIN_FEATURES` output channels when the
-  kernel could be built here, else 'xla'. XLA:CPU (jaxlib 0.10.2) computes a convolution's weight gradient as another
+  kernels could be built here, else 'xla'. XLA:CPU (jaxlib 0.10.2) computes a convolution's weight gradient as another
   convolution that runs far below the machine's FMA rate (30 GFLOP/s on the 2-core Intel Xeon machines of this
   project, 6-10 on the AMD EPYC ones, against 230 for its forward), where PyTorch's oneDNN runs a direct kernel; the
   native kernel is such a direct kernel (a layer's forward+backward 1.2x to 2.8x faster than with XLA's for 16+
-  outputs, 0.9x for 2-channel outputs such as a reconstruction's last layer, hence the threshold:
-  `benchmarks/conv_bench.py`, docs/benchmarks.md). On GPU/TPU
-  'auto' is 'xla' (cuDNN / the TPU compiler); 'native' there is an error.
+  outputs, 0.9x for 2-channel outputs such as a reconstruction's last layer, hence the threshold). XLA's forward
+  convolution itself runs the layers with 32 or 64 outputs at 80-150 GFLOP/s, and the native forward kernel 1.5x to
+  2x faster (1x1 layers 2x to 5x), while for 128+ outputs XLA's, at 250-280 GFLOP/s, is as fast or faster
+  (`benchmarks/conv_bench.py` and `--forward`, docs/benchmarks.md). On GPU/TPU 'auto' is 'xla' (cuDNN / the TPU
+  compiler); 'native' there is an error.
 
 `UpConv2x2` replaces a transposed convolution whose kernel equals its stride (the U-Net's 2x2, stride-2
 up-convolution) by a dense layer and a depth-to-space; with the same `kernel [2, 2, Cin, Cout]` it is numerically
@@ -51,6 +55,10 @@ UPCONV_IMPLS = ('auto', 'xla', 'dense')  # `conv_transpose_module`, a U-Net's `u
 
 # 'auto' takes the native weight gradient on CPU for layers with at least this many output channels.
 AUTO_NATIVE_MIN_FEATURES = 16
+# 'native' computes a float32 convolution (and a stride-1 one's input gradient) with the native forward kernel when
+# it has at least NATIVE_FORWARD_MIN_IN input and at most NATIVE_FORWARD_MAX_OUT output channels (`native_forward_pays`).
+NATIVE_FORWARD_MIN_IN = 32
+NATIVE_FORWARD_MAX_OUT = 64
 
 _DIMENSION_NUMBERS = ('NHWC', 'HWIO', 'NHWC')
 
@@ -91,10 +99,45 @@ def _stock_conv(x: Array, kernel: Array, strides: Tuple[int, int], pads: Pads, d
                                   dimension_numbers=_DIMENSION_NUMBERS, precision=precision)
 
 
+def native_forward_pays(in_channels: int, out_channels: int, dtype: Dtype) -> bool:
+  """Whether the native forward kernel beats XLA:CPU's convolution for a float32 layer `in_channels -> out_channels`.
+
+  The rule (at least `NATIVE_FORWARD_MIN_IN` input and at most `NATIVE_FORWARD_MAX_OUT` output channels, in whole
+  vectors) is read off `python benchmarks/conv_bench.py --forward` on this project's 2-core AVX-512 Xeon: the native
+  kernel ran the models' 3x3 passes with 32 or 64 outputs 1.5x to 2.0x faster than XLA (1.06x for 64->64 at
+  128x128), their 1x1 passes 1.8x to 5x, while XLA won most passes with 128 or more outputs (0.83x to 0.95x for
+  the native kernel) and 16->16 (0.66x). A layer's input gradient is its `out -> in` pass."""
+  return (jnp.dtype(dtype) == jnp.float32 and in_channels >= NATIVE_FORWARD_MIN_IN and
+          out_channels <= NATIVE_FORWARD_MAX_OUT and out_channels % native.lanes() == 0)
+
+
+def _forward(x: Array, kernel: Array, strides: Tuple[int, int], pads: Pads, dilation: Tuple[int, int],
+             precision: Any) -> Array:
+  """The convolution, by the native forward kernel where it pays, else by XLA."""
+  if native_forward_pays(kernel.shape[2], kernel.shape[3], x.dtype) and jnp.dtype(kernel.dtype) == jnp.float32:
+    return native.conv_forward(x, kernel, strides, pads, dilation)
+  return _stock_conv(x, kernel, strides, pads, dilation, precision)
+
+
+def _input_gradient(x: Array, kernel: Array, cotangent: Array, strides: Tuple[int, int], pads: Pads,
+                    dilation: Tuple[int, int], precision: Any) -> Array:
+  """The convolution's gradient with respect to `x`.
+
+  For stride 1 it is again a convolution, of the cotangent with the kernel flipped in space and its channel axes
+  swapped, padded by `(k - 1) * d - pad` on each side: the native forward kernel computes it where that pays.
+  Otherwise it is XLA's transposed convolution (the forward in the VJP is dead and removed by the compiler)."""
+  if strides == (1, 1) and native_forward_pays(kernel.shape[3], kernel.shape[2], cotangent.dtype):
+    flipped = jnp.swapaxes(kernel[::-1, ::-1], 2, 3)
+    grad_pads = tuple(((k - 1) * d - lo, (k - 1) * d - hi) for k, d, (lo, hi) in zip(kernel.shape[:2], dilation, pads))
+    return native.conv_forward(cotangent, flipped, (1, 1), grad_pads, dilation).astype(x.dtype)
+  _, input_vjp = jax.vjp(lambda x_: _stock_conv(x_, kernel, strides, pads, dilation, precision), x)
+  return input_vjp(cotangent)[0]
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
 def _native_conv(x: Array, kernel: Array, bias: Optional[Array], strides: Tuple[int, int], pads: Pads,
                  dilation: Tuple[int, int], precision: Any) -> Array:
-  y = _stock_conv(x, kernel, strides, pads, dilation, precision)
+  y = _forward(x, kernel, strides, pads, dilation, precision)
   return y if bias is None else y + bias.reshape((1, 1, 1, -1))
 
 
@@ -105,9 +148,7 @@ def _native_conv_fwd(x, kernel, bias, strides, pads, dilation, precision):
 
 def _native_conv_bwd(strides, pads, dilation, precision, residuals, cotangent):
   x, kernel, bias = residuals
-  # Input gradient: XLA's transposed convolution (its forward, dead in the VJP, is removed by the compiler).
-  _, input_vjp = jax.vjp(lambda x_: _stock_conv(x_, kernel, strides, pads, dilation, precision), x)
-  (x_grad,) = input_vjp(cotangent)
+  x_grad = _input_gradient(x, kernel, cotangent, strides, pads, dilation, precision)
   if x.dtype == jnp.float64:  # The kernel computes in float32: keep float64's precision with XLA's own.
     _, kernel_vjp = jax.vjp(lambda k_: _stock_conv(x, k_, strides, pads, dilation, precision), kernel)
     (kernel_grad,) = kernel_vjp(cotangent)
@@ -126,12 +167,13 @@ _native_conv.defvjp(_native_conv_fwd, _native_conv_bwd)
 
 def conv2d(x: Array, kernel: Array, bias: Optional[Array] = None, *, strides: Union[int, Sequence[int]] = 1,
            padding: PaddingLike = 'SAME', dilation: Union[int, Sequence[int]] = 1, precision: Any = None) -> Array:
-  """2D convolution with XLA's forward and input gradient and the native kernel's weight gradient (CPU only).
+  """2D convolution computed by the native CPU kernels where they pay, else by XLA (CPU only).
 
   The same function as `lax.conv_general_dilated(x, kernel, strides, padding, rhs_dilation=dilation)` in NHWC/HWIO
-  (plus `bias`), for any kernel size, stride, dilation and padding; only the way the weight gradient is computed
-  differs (in float32, cast back to the kernel's dtype). The bias gradient is the sum of the cotangent over batch and
-  space, accumulated in float32.
+  (plus `bias`), for any kernel size, stride, dilation and padding; only the way it is computed differs: the weight
+  gradient by the native kernel (in float32, cast back to the kernel's dtype), the forward pass and a stride-1 input
+  gradient by the native forward kernel where `native_forward_pays` (float32), the rest by XLA. The bias gradient is
+  the sum of the cotangent over batch and space, accumulated in float32.
 
   Args:
     x: `[B, H, W, Cin]`; the same dtype as `kernel`.

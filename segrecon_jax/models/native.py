@@ -1,18 +1,22 @@
-"""The project's one native CPU kernel: a convolution weight gradient, built on first use and called through XLA's FFI.
+"""The project's native CPU kernels, built on first use and called through XLA's FFI: a convolution's weight
+gradient, and a direct convolution (the forward pass, and a stride-1 convolution's input gradient).
 
 XLA:CPU computes a convolution's weight gradient as a convolution with a `Ho x Wo` window and a `kh x kw` output,
 which runs at 6 to 30 GFLOP/s on this project's 2-core machines (about a tenth of their matmul rate), where
 PyTorch's oneDNN runs a direct kernel. `csrc/conv_weight_grad.cc` is such a direct kernel: register-blocked outer
 products of input channels and output channels, accumulated over the output positions of cache-sized chunks of rows,
-without materializing im2col patches, spread over XLA's intra-op thread pool (`xla::ffi::ThreadPool`). It is
-compiled once per machine with the system's C++ compiler (`$CXX`, else `g++` or `c++`; `-O3 -march=native`)
-against jaxlib's FFI headers (`jax.ffi.include_dir()`), cached as a shared library under `$SEGRECON_NATIVE_DIR`
-(default `~/.cache/segrecon_jax/native`) keyed by the source, the compiler, jaxlib and the CPU, and registered as the
-FFI target `segrecon_conv_weight_grad` for the CPU platform.
+without materializing im2col patches. XLA's forward convolution runs the layers with 32 or 64 outputs at 80-150
+GFLOP/s; `csrc/conv_forward.cc` computes them as a GEMM of output pixels x output channels x (tap, input channel)
+with register blocks of 24 accumulators and L1-sized weight panels, with the zero padding implicit. Both spread
+their work over XLA's intra-op thread pool (`xla::ffi::ThreadPool`) and give the same bits on every run. They are
+compiled once per machine with the system's C++ compiler (`$CXX`, else `g++` or `c++`; `-O3 -march=native`) against
+jaxlib's FFI headers (`jax.ffi.include_dir()`) into one shared library, cached under `$SEGRECON_NATIVE_DIR` (default
+`~/.cache/segrecon_jax/native`) keyed by the sources, the compiler, jaxlib and the CPU, and registered as the FFI
+targets `segrecon_conv_weight_grad` and `segrecon_conv_forward` for the CPU platform.
 
-`conv_weight_grad(xp, g, ...)` calls it; `available()` says whether it could be built here (and `unavailable_reason()`
-why not). `layers.Conv(impl='auto')` takes it on CPU when it is available and falls back to XLA's own weight gradient,
-with one warning that names the reason, when it is not.
+`conv_weight_grad(xp, g, ...)` and `conv_forward(x, kernel, ...)` call them; `available()` says whether they could be
+built here (and `unavailable_reason()` why not). `layers.Conv(impl='auto')` takes them on CPU when they are
+available and falls back to XLA's convolutions, with one warning that names the reason, when they are not.
 """
 
 import ctypes
@@ -30,8 +34,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'csrc', 'conv_weight_grad.cc')
+_SOURCES = tuple(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'csrc', name)
+                 for name in ('conv_weight_grad.cc', 'conv_forward.cc'))
 _TARGET = 'segrecon_conv_weight_grad'
+_FORWARD_TARGET = 'segrecon_conv_forward'
 _FLAGS = ('-O3', '-march=native', '-std=c++17', '-shared', '-fPIC', '-w')
 
 
@@ -59,26 +65,28 @@ def cache_dir() -> str:
 
 def _build(compiler: str) -> str:
   """Compiles the kernel (or finds it in the cache) and returns the shared library's path."""
-  with open(_SOURCE, 'rb') as f:
-    source = f.read()
+  sources = []
+  for name in _SOURCES:
+    with open(name, 'rb') as f:
+      sources.append(f.read())
   version = subprocess.run([compiler, '--version'], capture_output=True, text=True, check=False).stdout
-  key = hashlib.sha256(b'\0'.join([source, version.encode(), ' '.join(_FLAGS).encode(), jax.__version__.encode(),
+  key = hashlib.sha256(b'\0'.join([*sources, version.encode(), ' '.join(_FLAGS).encode(), jax.__version__.encode(),
                                    _cpu_signature().encode()])).hexdigest()[:16]
   directory = cache_dir()
-  path = os.path.join(directory, f'conv_weight_grad_{key}.so')
+  path = os.path.join(directory, f'segrecon_conv_{key}.so')
   if os.path.exists(path):
     return path
   os.makedirs(directory, exist_ok=True)
   # Compile to a private name, then rename: concurrent processes never load a half-written library.
   handle, tmp = tempfile.mkstemp(suffix='.so', dir=directory)
   os.close(handle)
-  command = [compiler, *_FLAGS, f'-I{jax.ffi.include_dir()}', _SOURCE, '-o', tmp]
+  command = [compiler, *_FLAGS, f'-I{jax.ffi.include_dir()}', *_SOURCES, '-o', tmp]
   result = subprocess.run(command, capture_output=True, text=True, check=False)
   if result.returncode != 0:
     os.unlink(tmp)
     raise RuntimeError(f'{" ".join(command)} failed (exit {result.returncode}):\n{result.stderr[-2000:]}')
   os.replace(tmp, path)
-  logging.info('Built the native convolution weight gradient: %s', path)
+  logging.info('Built the native convolution kernels: %s', path)
   return path
 
 
@@ -93,8 +101,9 @@ def _load() -> Tuple[Optional[int], Optional[str]]:
   try:
     library = ctypes.cdll.LoadLibrary(_build(compiler))
   except (OSError, RuntimeError, subprocess.SubprocessError) as e:
-    return None, f'building {_SOURCE} failed: {e}'
+    return None, f'building {" and ".join(_SOURCES)} failed: {e}'
   jax.ffi.register_ffi_target(_TARGET, jax.ffi.pycapsule(library.SegreconConvWeightGrad), platform='cpu')
+  jax.ffi.register_ffi_target(_FORWARD_TARGET, jax.ffi.pycapsule(library.SegreconConvForward), platform='cpu')
   library.SegreconConvWeightGradLanes.restype = ctypes.c_int
   return int(library.SegreconConvWeightGradLanes()), None
 
@@ -141,3 +150,47 @@ def conv_weight_grad(xp: jax.Array, cotangent: jax.Array, kernel_shape: Sequence
   grad = call(xp.astype(jnp.float32), g, kh=np.int64(kh), kw=np.int64(kw), sh=np.int64(sh), sw=np.int64(sw),
               dh=np.int64(dh), dw=np.int64(dw))
   return grad[..., :out_channels]
+
+
+def lanes() -> int:
+  """The vector width (float32 lanes) the kernels were built with; `conv_forward` needs output channels in multiples
+  of it. Raises when the kernels are not available."""
+  value, reason = _load()
+  if value is None:
+    raise RuntimeError(f'The native convolution kernels are not available: {reason}.')
+  return value
+
+
+def conv_forward(x: jax.Array, kernel: jax.Array, strides: Sequence[int], pads: Sequence[Tuple[int, int]],
+                 dilation: Sequence[int]) -> jax.Array:
+  """A 2D convolution `[B, H, W, Cin] x [kh, kw, Cin, Cout] -> [B, Ho, Wo, Cout]` (float32) on the CPU.
+
+  The same function as `lax.conv_general_dilated(x, kernel, strides, pads, rhs_dilation=dilation)` in NHWC/HWIO,
+  with zero padding applied inside the kernel (no padded copy of `x`); `Cout` must be a multiple of `lanes()`.
+
+  Args:
+    x: `[B, H, W, Cin]` (cast to float32).
+    kernel: `[kh, kw, Cin, Cout]` (cast to float32).
+    strides, dilation: `(sh, sw)`, `(dh, dw)`.
+    pads: `((top, bottom), (left, right))`; negative values crop, as in `lax.conv_general_dilated`.
+
+  Returns:
+    `out[b, y, x, o] = sum_{i, j, c} x[b, y*sh + i*dh - top, x*sw + j*dw - left, c] * kernel[i, j, c, o]`, float32.
+  """
+  width = lanes()
+  if x.ndim != 4 or kernel.ndim != 4 or x.shape[-1] != kernel.shape[2]:
+    raise ValueError(f'conv_forward needs x [B, H, W, Cin] and kernel [kh, kw, Cin, Cout], got {x.shape} and '
+                     f'{kernel.shape}.')
+  if kernel.shape[-1] % width:
+    raise ValueError(f'conv_forward needs output channels in multiples of {width}, got kernel {kernel.shape}.')
+  (kh, kw), (sh, sw), (dh, dw) = tuple(kernel.shape[:2]), tuple(strides), tuple(dilation)
+  (top, bottom), (left, right) = (tuple(p) for p in pads)
+  out_h = (x.shape[1] + top + bottom - (kh - 1) * dh - 1) // sh + 1
+  out_w = (x.shape[2] + left + right - (kw - 1) * dw - 1) // sw + 1
+  if out_h < 1 or out_w < 1:
+    raise ValueError(f'conv_forward: input {x.shape} with pads {pads} is too small for kernel {kernel.shape} with '
+                     f'dilation {(dh, dw)}.')
+  call = jax.ffi.ffi_call(_FORWARD_TARGET, jax.ShapeDtypeStruct((x.shape[0], out_h, out_w, kernel.shape[-1]),
+                                                                jnp.float32), vmap_method='sequential')
+  return call(x.astype(jnp.float32), kernel.astype(jnp.float32), sh=np.int64(sh), sw=np.int64(sw), dh=np.int64(dh),
+              dw=np.int64(dw), pt=np.int64(top), pl=np.int64(left))
