@@ -1,4 +1,4 @@
-"""Speed of convolution forward+backward: Flax/XLA layers against `segrecon_jax.models.layers` (native backward).
+"""Speed of convolution forward+backward: Flax/XLA layers against `segrecon_jax.models.layers` (native kernels).
 
   python benchmarks/conv_bench.py                      # every layer case and the 6x5x64 Deep Cascade conv stack
   python benchmarks/conv_bench.py --no_stack --repeats=3
@@ -28,6 +28,7 @@ from typing import Callable, List, NamedTuple, Optional, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -108,8 +109,9 @@ def interleaved_medians(fns: Sequence[Callable[[], object]], repeats: int) -> Li
 
 
 def layer_for(case: Case, impl: str, dtype) -> nn.Module:
-  """`impl` 'xla' (XLA's backward; nn.ConvTranspose for up-convolutions) or 'native' (our layer: the native kernel's
-  weight gradient; UpConv2x2 for up-convolutions)."""
+  """`impl` 'xla' (XLA's convolutions; nn.ConvTranspose for up-convolutions) or 'native' (our layer: the native
+  kernels' weight gradient, and forward and input gradient where `layers.native_forward_pays`; UpConv2x2 for
+  up-convolutions)."""
   if case.transpose:
     return layers.conv_transpose_module('dense' if impl == 'native' else impl)(
         case.out_channels, (case.kernel, case.kernel), strides=(case.stride, case.stride), dtype=dtype)
@@ -191,7 +193,8 @@ def forward_table(repeats: int) -> None:
     x = jnp.asarray(rng.normal(size=(batch, size, size, cin)), jnp.float32)
     w = jnp.asarray(rng.normal(size=(k, k, cin, cout)) / np.sqrt(k * k * cin), jnp.float32)
     pads = (((k - 1) * d // 2,) * 2,) * 2
-    xla_fn = jax.jit(lambda x, w: layers._stock_conv(x, w, (1, 1), pads, (d, d), None))  # pylint: disable=protected-access
+    xla_fn = jax.jit(lambda x, w: lax.conv_general_dilated(x, w, (1, 1), pads, rhs_dilation=(d, d),
+                                                           dimension_numbers=('NHWC', 'HWIO', 'NHWC')))
     native_fn = jax.jit(lambda x, w: native.conv_forward(x, w, (1, 1), pads, (d, d)))
     xla, ours = interleaved_medians([lambda: xla_fn(x, w), lambda: native_fn(x, w)], repeats)
     flops = 2 * batch * size * size * k * k * cin * cout
@@ -212,7 +215,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         f'device {jax.devices()[0].device_kind} x{jax.device_count()}, {os.cpu_count()} CPUs, dtype {args.dtype}, '
         f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
   up = layers.conv_transpose_module('auto')
-  print(f"conv_impl='auto' takes the native kernel for layers of {layers.AUTO_NATIVE_MIN_FEATURES}+ outputs on CPU "
+  print(f"conv_impl='auto' takes the native kernels for layers of {layers.AUTO_NATIVE_MIN_FEATURES}+ outputs on CPU "
         f"(here: {layers.resolve_conv_impl('auto', layers.AUTO_NATIVE_MIN_FEATURES)}); upconv_impl='auto' is "
         f'{up.__module__}.{up.__name__}')
   groups = set(args.cases.split(','))

@@ -17,9 +17,9 @@ phantom-like batches feed the step; the input pipeline is timed on its own over 
 On CPU, `--devices N` fakes N host devices (correctness of the layout, not speed); on a multi-GPU host it prints
 the scaling efficiency of the same global batch over 1..N devices. `--conv_impl` and `--upconv_impl` time the
 step with each layer choice of `models/layers.py` in the same run (every pair of the two lists): `conv_impl` of
-every convolution of every model ('xla': XLA's backward, as nn.Conv; 'native': the native kernel's weight gradient, models/native.py;
-'auto': the models' default), `upconv_impl` of the U-Nets' 2x2 up-convolutions ('xla': nn.ConvTranspose;
-'dense': UpConv2x2; 'auto').
+every convolution of every model ('xla': XLA's convolutions, as nn.Conv; 'native': the native CPU kernels of
+models/native.py; 'auto': the models' default), `upconv_impl` of the U-Nets' 2x2 up-convolutions ('xla':
+nn.ConvTranspose; 'dense': UpConv2x2; 'auto').
 
 With `--torch_python` (the Python of an environment with benchmarks/requirements-torch.txt), the same run then
 times the PyTorch reference (`benchmarks/torch_reference.py`, same shapes, loss, optimizer; `--torch_threads`

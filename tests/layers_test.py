@@ -68,12 +68,16 @@ WIDE_CONFIGS = [
     ((3, 3), 1, 'SAME', 1, 13, 80),
     ((3, 3), 2, 'SAME', 2, 64, 48),
     ((7, 7), 2, ((3, 3), (3, 3)), 1, 1, 64),
-    # The native forward kernel (32+ inputs, up to 64 outputs), and for stride 1 its input gradient too: 1 to 4
-    # vectors of outputs (16 to 64), rows of 40 pixels in blocks of 6 to 24 plus remainders, asymmetric, cropping
-    # and dilated padding (implicit in the kernel), 1x1 and non-square kernels.
+    # The native forward kernel (32+ inputs, up to 128 outputs), and for stride 1 its input gradient where that
+    # pass (Cout -> Cin) qualifies too: 1 to 4 vectors of outputs, rows of 40 pixels in register blocks plus
+    # remainders, asymmetric, cropping and dilated padding (implicit in the kernel; the last config has a negative
+    # input-gradient pad), input channels in several L1-sized chunks (128 and 192 inputs), 1x1 and non-square kernels.
     ((3, 3), 1, 'SAME', 1, 32, 32),
-    ((3, 3), 1, ((2, 0), (1, 3)), 2, 32, 16),
+    ((3, 3), 1, ((2, 0), (1, 3)), 2, 32, 16),  # Input gradient 16 -> 32: XLA's.
     ((5, 3), 1, ((1, -1), (2, 2)), (1, 2), 48, 64),
+    ((3, 3), 1, 'SAME', 1, 128, 64),
+    ((3, 3), 1, 'SAME', 1, 64, 192),  # XLA's forward (192 outputs); the input gradient 192 -> 64 chunked.
+    ((3, 3), 1, ((3, -1), (0, 2)), 1, 64, 32),
     ((1, 1), 1, 'VALID', 1, 48, 48),
 ]
 
@@ -127,7 +131,7 @@ def test_native_forward_against_numpy():
   assert got.shape == want.shape and got.dtype == jnp.float32
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
   with pytest.raises(ValueError, match='multiples'):
-    native.conv_forward(jnp.asarray(x), jnp.asarray(w[..., :10]), (1, 1), pads, (1, 1))
+    native.conv_forward(jnp.asarray(x), jnp.asarray(w[..., :native.lanes() + 2]), (1, 1), pads, (1, 1))
 
 
 def test_native_forward_is_used_where_it_pays():
@@ -140,13 +144,21 @@ def test_native_forward_is_used_where_it_pays():
     return 'segrecon_conv_forward' in fwd, grad.count('segrecon_conv_forward')
   assert targets((1, 8, 8, 32), (3, 3, 32, 64)) == (True, 2)  # The forward and the input gradient.
   assert targets((1, 8, 8, 32), (3, 3, 32, 64), strides=2) == (True, 1)  # Strided: XLA's input gradient.
-  assert targets((1, 8, 8, 64), (3, 3, 64, 128)) == (False, 1)  # Wide: XLA's forward; the gradient has 64 outputs.
+  assert targets((1, 8, 8, 64), (3, 3, 64, 256)) == (False, 1)  # Wide: XLA's forward; the gradient has 64 outputs.
   assert targets((1, 8, 8, 2), (3, 3, 2, 32)) == (False, 0)  # 2 inputs: XLA's forward; 2 gradient outputs.
   assert targets((1, 8, 8, 32), (3, 3, 32, 2)) == (False, 0)
   assert targets((1, 8, 8, 32), (3, 3, 32, 64), dtype=jnp.bfloat16) == (False, 0)
-  assert layers.native_forward_pays(32, 64, jnp.float32) and layers.native_forward_pays(256, 16, jnp.float32)
-  for channels in ((16, 64), (32, 24), (32, 128)):
+  assert layers.native_forward_pays(32, 128, jnp.float32) and layers.native_forward_pays(256, 16, jnp.float32)
+  for channels in ((16, 64), (32, 40), (32, 256)):
     assert not layers.native_forward_pays(*channels, jnp.float32), channels
+
+
+def test_native_forward_empty_output():
+  """An input smaller than the (dilated) kernel gives an empty output, as lax.conv_general_dilated does."""
+  x, w = jnp.ones((2, 3, 5, 32)), jnp.ones((5, 3, 32, 16))
+  got = native.conv_forward(x, w, (1, 1), ((0, 0), (0, 0)), (1, 1))
+  want = lax.conv_general_dilated(x, w, (1, 1), 'VALID', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  assert got.shape == want.shape == (2, 0, 3, 16)
 
 
 def test_native_weight_gradient_against_numpy():

@@ -6,7 +6,7 @@ values, so checkpoints are interchangeable) whose `impl` field picks the computa
 - 'xla': exactly `nn.Conv` (`lax.conv_general_dilated`, XLA's forward and backward);
 - 'native': `conv2d`: the project's direct CPU kernels (`models/native.py`, `csrc/`, called through XLA's FFI in
   a `jax.custom_vjp`) for the weight gradient, and for the forward pass and (stride 1) the input gradient of the
-  float32 layers where they beat XLA's convolution (`native_forward_pays`: 32+ inputs, at most 64 outputs), XLA's
+  float32 layers where they beat XLA's convolution (`native_forward_pays`: 32+ inputs, at most 128 outputs), XLA's
   convolutions for the rest;
 - 'auto' (the default): 'native' on CPU for layers of at least `AUTO_NATIVE_MIN_FEATURES` output channels when the
   kernels could be built here, else 'xla'. XLA:CPU (jaxlib 0.10.2) computes a convolution's weight gradient as another
@@ -14,9 +14,9 @@ values, so checkpoints are interchangeable) whose `impl` field picks the computa
   project, 6-10 on the AMD EPYC ones, against 230 for its forward), where PyTorch's oneDNN runs a direct kernel; the
   native kernel is such a direct kernel (a layer's forward+backward 1.2x to 2.8x faster than with XLA's for 16+
   outputs, 0.9x for 2-channel outputs such as a reconstruction's last layer, hence the threshold). XLA's forward
-  convolution itself runs the layers with 32 or 64 outputs at 80-150 GFLOP/s, and the native forward kernel 1.5x to
-  2x faster (1x1 layers 2x to 5x), while for 128+ outputs XLA's, at 250-280 GFLOP/s, is as fast or faster
-  (`benchmarks/conv_bench.py` and `--forward`, docs/benchmarks.md). On GPU/TPU 'auto' is 'xla' (cuDNN / the TPU
+  convolution itself runs the models' layers with 32 or 64 outputs at 80-180 GFLOP/s, the native forward kernel at
+  180-360 (1.2x to 2.4x faster; 1x1 layers 2x to 2.7x); with 128 outputs the kernel is mostly ahead (0.95x to 2x),
+  with 256 XLA's, at about 300 GFLOP/s, is (`benchmarks/conv_bench.py` and `--forward`, docs/benchmarks.md). On GPU/TPU 'auto' is 'xla' (cuDNN / the TPU
   compiler); 'native' there is an error.
 
 `UpConv2x2` replaces a transposed convolution whose kernel equals its stride (the U-Net's 2x2, stride-2
@@ -56,9 +56,10 @@ UPCONV_IMPLS = ('auto', 'xla', 'dense')  # `conv_transpose_module`, a U-Net's `u
 # 'auto' takes the native weight gradient on CPU for layers with at least this many output channels.
 AUTO_NATIVE_MIN_FEATURES = 16
 # 'native' computes a float32 convolution (and a stride-1 one's input gradient) with the native forward kernel when
-# it has at least NATIVE_FORWARD_MIN_IN input and at most NATIVE_FORWARD_MAX_OUT output channels (`native_forward_pays`).
+# it has at least NATIVE_FORWARD_MIN_IN input and at most NATIVE_FORWARD_MAX_OUT output channels
+# (`native_forward_pays`).
 NATIVE_FORWARD_MIN_IN = 32
-NATIVE_FORWARD_MAX_OUT = 64
+NATIVE_FORWARD_MAX_OUT = 128
 
 _DIMENSION_NUMBERS = ('NHWC', 'HWIO', 'NHWC')
 
@@ -104,11 +105,12 @@ def native_forward_pays(in_channels: int, out_channels: int, dtype: Dtype) -> bo
 
   The rule (at least `NATIVE_FORWARD_MIN_IN` input and at most `NATIVE_FORWARD_MAX_OUT` output channels, in whole
   vectors) is read off `python benchmarks/conv_bench.py --forward` on this project's 2-core AVX-512 Xeon: the native
-  kernel ran the models' 3x3 passes with 32 or 64 outputs 1.5x to 2.0x faster than XLA (1.06x for 64->64 at
-  128x128), their 1x1 passes 1.8x to 5x, while XLA won most passes with 128 or more outputs (0.83x to 0.95x for
-  the native kernel) and 16->16 (0.66x). A layer's input gradient is its `out -> in` pass."""
+  kernel ran the models' 3x3 passes with 32 or 64 outputs 1.2x to 2.4x faster than XLA, their 1x1 passes 2x to 2.7x,
+  those with 128 outputs 0.95x to 2x (and the U-Net steps 4% faster with them than without), while XLA won the
+  passes with 256 outputs (0.91x and 0.96x for the kernel) and 16 -> 16 (0.73x). A layer's input gradient is its
+  `out -> in` pass."""
   return (jnp.dtype(dtype) == jnp.float32 and in_channels >= NATIVE_FORWARD_MIN_IN and
-          out_channels <= NATIVE_FORWARD_MAX_OUT and out_channels % native.lanes() == 0)
+          out_channels <= NATIVE_FORWARD_MAX_OUT and native.available() and out_channels % native.lanes() == 0)
 
 
 def _forward(x: Array, kernel: Array, strides: Tuple[int, int], pads: Pads, dilation: Tuple[int, int],
@@ -205,8 +207,8 @@ _warned_fallback = []
 def resolve_conv_impl(impl: str, features: int) -> str:
   """'xla' or 'native' for a `Conv` of `features` output channels on the default backend ('auto' resolved).
 
-  'auto' falls back to 'xla' (with one warning naming the reason) when the native kernel cannot be built here; an
-  explicit 'native' off the CPU, or where the kernel cannot be built, is an error.
+  'auto' falls back to 'xla' (with one warning naming the reason) when the native kernels cannot be built here; an
+  explicit 'native' off the CPU, or where the kernels cannot be built, is an error.
   """
   if impl not in CONV_IMPLS:
     raise ValueError(f'conv_impl must be one of {CONV_IMPLS}, got {impl!r}.')
@@ -223,15 +225,15 @@ def resolve_conv_impl(impl: str, features: int) -> str:
     if not native.available():
       if not _warned_fallback:
         _warned_fallback.append(True)
-        logging.warning("conv_impl='auto' uses XLA's convolution weight gradient (several times slower on CPU): "
-                        'the native kernel is not available: %s.', native.unavailable_reason())
+        logging.warning("conv_impl='auto' uses XLA's convolutions and their weight gradient (several times slower "
+                        'on CPU): the native kernels are not available: %s.', native.unavailable_reason())
       return 'xla'
     return 'native'
   return impl
 
 
 class Conv(nn.Module):
-  """Drop-in for `nn.Conv` on 2D NHWC inputs; `impl` picks XLA's weight gradient or the native kernel's.
+  """Drop-in for `nn.Conv` on 2D NHWC inputs; `impl` picks XLA's convolutions or the native CPU kernels.
 
   Same fields, defaults, parameter names (`kernel [kh, kw, Cin, features]`, `bias [features]`) and initial values as
   `nn.Conv`; `feature_group_count`, `input_dilation`, `mask` and 'CAUSAL' padding are not supported. Inputs with

@@ -5,9 +5,10 @@ XLA:CPU computes a convolution's weight gradient as a convolution with a `Ho x W
 which runs at 6 to 30 GFLOP/s on this project's 2-core machines (about a tenth of their matmul rate), where
 PyTorch's oneDNN runs a direct kernel. `csrc/conv_weight_grad.cc` is such a direct kernel: register-blocked outer
 products of input channels and output channels, accumulated over the output positions of cache-sized chunks of rows,
-without materializing im2col patches. XLA's forward convolution runs the layers with 32 or 64 outputs at 80-150
-GFLOP/s; `csrc/conv_forward.cc` computes them as a GEMM of output pixels x output channels x (tap, input channel)
-with register blocks of 24 accumulators and L1-sized weight panels, with the zero padding implicit. Both spread
+without materializing im2col patches. XLA's forward convolution runs the layers with 32 or 64 outputs at 80-180
+GFLOP/s; `csrc/conv_forward.cc` computes them at 180-360 GFLOP/s, as a GEMM of output pixels x output channels x
+(tap, input channel) with register blocks of 24 accumulators and L1-sized weight panels, the zero padding implicit.
+Both spread
 their work over XLA's intra-op thread pool (`xla::ffi::ThreadPool`) and give the same bits on every run. They are
 compiled once per machine with the system's C++ compiler (`$CXX`, else `g++` or `c++`; `-O3 -march=native`) against
 jaxlib's FFI headers (`jax.ffi.include_dir()`) into one shared library, cached under `$SEGRECON_NATIVE_DIR` (default
@@ -105,7 +106,12 @@ def _load() -> Tuple[Optional[int], Optional[str]]:
   jax.ffi.register_ffi_target(_TARGET, jax.ffi.pycapsule(library.SegreconConvWeightGrad), platform='cpu')
   jax.ffi.register_ffi_target(_FORWARD_TARGET, jax.ffi.pycapsule(library.SegreconConvForward), platform='cpu')
   library.SegreconConvWeightGradLanes.restype = ctypes.c_int
-  return int(library.SegreconConvWeightGradLanes()), None
+  library.SegreconConvForwardLanes.restype = ctypes.c_int
+  lanes_ = int(library.SegreconConvWeightGradLanes())
+  if int(library.SegreconConvForwardLanes()) != lanes_:
+    return None, (f'the two kernels were built with different vector widths ({lanes_}, '
+                  f'{library.SegreconConvForwardLanes()})')
+  return lanes_, None
 
 
 def available() -> bool:
@@ -187,10 +193,9 @@ def conv_forward(x: jax.Array, kernel: jax.Array, strides: Sequence[int], pads: 
   (top, bottom), (left, right) = (tuple(p) for p in pads)
   out_h = (x.shape[1] + top + bottom - (kh - 1) * dh - 1) // sh + 1
   out_w = (x.shape[2] + left + right - (kw - 1) * dw - 1) // sw + 1
-  if out_h < 1 or out_w < 1:
-    raise ValueError(f'conv_forward: input {x.shape} with pads {pads} is too small for kernel {kernel.shape} with '
-                     f'dilation {(dh, dw)}.')
-  call = jax.ffi.ffi_call(_FORWARD_TARGET, jax.ShapeDtypeStruct((x.shape[0], out_h, out_w, kernel.shape[-1]),
-                                                                jnp.float32), vmap_method='sequential')
+  shape = (x.shape[0], max(out_h, 0), max(out_w, 0), kernel.shape[-1])
+  if 0 in shape or 0 in x.shape[1:]:  # Nothing to compute (an input smaller than the kernel gives an empty output).
+    return jnp.zeros(shape, jnp.float32)
+  call = jax.ffi.ffi_call(_FORWARD_TARGET, jax.ShapeDtypeStruct(shape, jnp.float32), vmap_method='sequential')
   return call(x.astype(jnp.float32), kernel.astype(jnp.float32), sh=np.int64(sh), sw=np.int64(sw), dh=np.int64(dh),
               dw=np.int64(dw), pt=np.int64(top), pl=np.int64(left))

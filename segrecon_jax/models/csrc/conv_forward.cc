@@ -5,7 +5,8 @@
 //
 // with zero padding implicit (positions outside the input contribute nothing; the bottom and right padding follow
 // from the output's shape), all float32. XLA:CPU (jaxlib 0.10.2, YNNPACK) runs 3x3 layers with 32 or 64 outputs at
-// 80-150 GFLOP/s on this project's 2-core machines, and 1x1 layers at 20-30, against about 330 for the FMA units.
+// 80-180 GFLOP/s on this project's 2-core machines, and 1x1 layers at 20-30, against about 330 for the FMA units;
+// this kernel runs them at 180-360 (benchmarks/conv_bench.py --forward).
 // This is a direct kernel without patches, blocked as a GEMM of output pixels x output channels x (tap, input
 // channel): for each tap and chunk of input channels (whose weight panel stays in L1 cache), register blocks of P
 // consecutive output pixels x NV vectors of output channels (P * NV = 24 accumulators) are loaded from the output,
@@ -24,6 +25,10 @@
 #include <memory>
 #include <mutex>
 #include <vector>
+
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
 
 #include "xla/ffi/api/ffi.h"
 
@@ -52,6 +57,18 @@ inline Vec LoadVec(const float* p) {
 }
 inline void StoreVec(float* p, Vec v) { std::memcpy(p, &v, sizeof(Vec)); }
 
+// One float in every lane, loaded straight from memory (vbroadcastss). `Vec{} + x` would cost a scalar add on an
+// FMA port per broadcast: adding +0.0 cannot be folded away under IEEE rules (it turns -0.0 into +0.0).
+inline Vec Broadcast(const float* p) {
+#if defined(__AVX512F__)
+  return reinterpret_cast<Vec>(_mm512_set1_ps(*p));
+#elif defined(__AVX__)
+  return reinterpret_cast<Vec>(_mm256_set1_ps(*p));
+#else
+  return Vec{} + *p;  // Other targets: portable, if slower.
+#endif
+}
+
 struct Geometry {
   int64_t batch, h, w, in_ch, ho, wo, out_ch, kh, kw, sh, sw, dh, dw, pt, pl;
 };
@@ -66,7 +83,7 @@ inline void Micro(const float* xs, int64_t xstep, const float* wt, int64_t out_c
     Vec wv[NV];
     for (int v = 0; v < NV; ++v) wv[v] = LoadVec(wt + c * out_ch + v * kLanes);
     for (int p = 0; p < P; ++p) {
-      const Vec xb = Vec{} + xs[p * xstep + c];
+      const Vec xb = Broadcast(xs + p * xstep + c);
       for (int v = 0; v < NV; ++v) acc[p][v] += xb * wv[v];
     }
   }
@@ -216,3 +233,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SegreconConvForward, ConvForwardImpl,
                                   .Attr<int64_t>("dw")
                                   .Attr<int64_t>("pt")
                                   .Attr<int64_t>("pl"));
+
+// The vector width the library was built with: the output channels the caller passes must be a multiple of it.
+extern "C" int SegreconConvForwardLanes() { return kLanes; }

@@ -21,6 +21,10 @@
 #include <mutex>
 #include <vector>
 
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
+
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -50,6 +54,18 @@ inline Vec LoadVec(const float* p) {
 
 inline void StoreVec(float* p, Vec v) { std::memcpy(p, &v, sizeof(Vec)); }
 
+// One float in every lane, loaded straight from memory (vbroadcastss). `Vec{} + x` would cost a scalar add on an
+// FMA port per broadcast: adding +0.0 cannot be folded away under IEEE rules (it turns -0.0 into +0.0).
+inline Vec Broadcast(const float* p) {
+#if defined(__AVX512F__)
+  return reinterpret_cast<Vec>(_mm512_set1_ps(*p));
+#elif defined(__AVX__)
+  return reinterpret_cast<Vec>(_mm256_set1_ps(*p));
+#else
+  return Vec{} + *p;  // Other targets: portable, if slower.
+#endif
+}
+
 // acc[c0:c0+CB, o0:o0+NV*kLanes] of tap (i, j) += over the rows [row_begin, row_end) of (b, y).
 template <int CB, int NV>
 void Block(const Geometry& g, const float* xp, const float* cot, float* dw_tap, int64_t i, int64_t j, int64_t c0,
@@ -67,7 +83,7 @@ void Block(const Geometry& g, const float* xp, const float* cot, float* dw_tap, 
       for (int v = 0; v < NV; ++v) gv[v] = LoadVec(g_row + x * g.out_ch + v * kLanes);
       const float* xs = x_row + x * x_step;
       for (int c = 0; c < CB; ++c) {
-        const Vec xb = Vec{} + xs[c];
+        const Vec xb = Broadcast(xs + c);
         for (int v = 0; v < NV; ++v) acc[c][v] += xb * gv[v];
       }
     }
