@@ -16,8 +16,8 @@ values, so checkpoints are interchangeable) whose `impl` field picks the computa
   outputs, 0.9x for 2-channel outputs such as a reconstruction's last layer, hence the threshold). XLA's forward
   convolution itself runs the models' layers with 32 or 64 outputs at 80-180 GFLOP/s, the native forward kernel at
   180-360 (1.2x to 2.4x faster; 1x1 layers 2x to 2.7x); with 128 outputs the kernel is mostly ahead (0.95x to 2x),
-  with 256 XLA's, at about 300 GFLOP/s, is (`benchmarks/conv_bench.py` and `--forward`, docs/benchmarks.md). On GPU/TPU 'auto' is 'xla' (cuDNN / the TPU
-  compiler); 'native' there is an error.
+  with 256 XLA's convolution, at about 300 GFLOP/s, is (`benchmarks/conv_bench.py` and `--forward`,
+  docs/benchmarks.md). On GPU/TPU 'auto' is 'xla' (cuDNN / the TPU compiler); 'native' there is an error.
 
 `UpConv2x2` replaces a transposed convolution whose kernel equals its stride (the U-Net's 2x2, stride-2
 up-convolution) by a dense layer and a depth-to-space; with the same `kernel [2, 2, Cin, Cout]` it is numerically

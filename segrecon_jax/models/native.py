@@ -8,12 +8,12 @@ products of input channels and output channels, accumulated over the output posi
 without materializing im2col patches. XLA's forward convolution runs the layers with 32 or 64 outputs at 80-180
 GFLOP/s; `csrc/conv_forward.cc` computes them at 180-360 GFLOP/s, as a GEMM of output pixels x output channels x
 (tap, input channel) with register blocks of 24 accumulators and L1-sized weight panels, the zero padding implicit.
-Both spread
-their work over XLA's intra-op thread pool (`xla::ffi::ThreadPool`) and give the same bits on every run. They are
-compiled once per machine with the system's C++ compiler (`$CXX`, else `g++` or `c++`; `-O3 -march=native`) against
-jaxlib's FFI headers (`jax.ffi.include_dir()`) into one shared library, cached under `$SEGRECON_NATIVE_DIR` (default
-`~/.cache/segrecon_jax/native`) keyed by the sources, the compiler, jaxlib and the CPU, and registered as the FFI
-targets `segrecon_conv_weight_grad` and `segrecon_conv_forward` for the CPU platform.
+Both spread their work over XLA's intra-op thread pool (`xla::ffi::ThreadPool`, `csrc/native_common.h`) and give
+the same bits on every run. They are compiled once per machine with the system's C++ compiler (`$CXX`, else `g++`
+or `c++`; `-O3 -march=native`) against jaxlib's FFI headers (`jax.ffi.include_dir()`) into one shared library,
+cached under `$SEGRECON_NATIVE_DIR` (default `~/.cache/segrecon_jax/native`) keyed by the sources, the compiler,
+jaxlib and the CPU, and registered as the FFI targets `segrecon_conv_weight_grad` and `segrecon_conv_forward` for
+the CPU platform.
 
 `conv_weight_grad(xp, g, ...)` and `conv_forward(x, kernel, ...)` call them; `available()` says whether they could be
 built here (and `unavailable_reason()` why not). `layers.Conv(impl='auto')` takes them on CPU when they are
@@ -35,8 +35,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-_SOURCES = tuple(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'csrc', name)
-                 for name in ('conv_weight_grad.cc', 'conv_forward.cc'))
+_CSRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'csrc')
+_SOURCES = tuple(os.path.join(_CSRC, name) for name in ('conv_weight_grad.cc', 'conv_forward.cc'))
+_HEADERS = (os.path.join(_CSRC, 'native_common.h'),)  # Part of the cache key; found next to the sources.
 _TARGET = 'segrecon_conv_weight_grad'
 _FORWARD_TARGET = 'segrecon_conv_forward'
 _FLAGS = ('-O3', '-march=native', '-std=c++17', '-shared', '-fPIC', '-w')
@@ -67,7 +68,7 @@ def cache_dir() -> str:
 def _build(compiler: str) -> str:
   """Compiles the kernel (or finds it in the cache) and returns the shared library's path."""
   sources = []
-  for name in _SOURCES:
+  for name in _SOURCES + _HEADERS:
     with open(name, 'rb') as f:
       sources.append(f.read())
   version = subprocess.run([compiler, '--version'], capture_output=True, text=True, check=False).stdout
@@ -106,12 +107,7 @@ def _load() -> Tuple[Optional[int], Optional[str]]:
   jax.ffi.register_ffi_target(_TARGET, jax.ffi.pycapsule(library.SegreconConvWeightGrad), platform='cpu')
   jax.ffi.register_ffi_target(_FORWARD_TARGET, jax.ffi.pycapsule(library.SegreconConvForward), platform='cpu')
   library.SegreconConvWeightGradLanes.restype = ctypes.c_int
-  library.SegreconConvForwardLanes.restype = ctypes.c_int
-  lanes_ = int(library.SegreconConvWeightGradLanes())
-  if int(library.SegreconConvForwardLanes()) != lanes_:
-    return None, (f'the two kernels were built with different vector widths ({lanes_}, '
-                  f'{library.SegreconConvForwardLanes()})')
-  return lanes_, None
+  return int(library.SegreconConvWeightGradLanes()), None  # Both kernels take kLanes from native_common.h.
 
 
 def available() -> bool:

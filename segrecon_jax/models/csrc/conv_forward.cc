@@ -18,56 +18,29 @@
 // Built by segrecon_jax/models/native.py with conv_weight_grad.cc into one library.
 
 #include <algorithm>
-#include <atomic>
-#include <condition_variable>
 #include <cstdint>
 #include <cstring>
-#include <memory>
-#include <mutex>
-#include <vector>
 
-#if defined(__AVX__)
-#include <immintrin.h>
-#endif
-
-#include "xla/ffi/api/ffi.h"
+#include "native_common.h"
 
 namespace ffi = xla::ffi;
 
 namespace {
 
+using segrecon_native::Broadcast;
+using segrecon_native::kLanes;
+using segrecon_native::kMaxVectors;
+using segrecon_native::LoadVec;
+using segrecon_native::StoreVec;
+using segrecon_native::Vec;
+
 #if defined(__AVX512F__)
-constexpr int kLanes = 16;         // floats per vector register
-constexpr int kMaxVectors = 4;     // vectors of output channels per register block
 constexpr int kAccumulators = 24;  // of the 32 vector registers: the rest hold weights and one broadcast input
 #else
-constexpr int kLanes = 8;
-constexpr int kMaxVectors = 2;
 constexpr int kAccumulators = 12;  // of 16 registers
 #endif
 constexpr int64_t kPanelBytes = 24 << 10;  // a weight panel (input channels x output vectors) that stays in L1
 constexpr int64_t kTilePixels = 64;        // output pixels per work item at least (several rows when rows are short)
-
-typedef float Vec __attribute__((vector_size(kLanes * sizeof(float))));
-
-inline Vec LoadVec(const float* p) {
-  Vec v;
-  std::memcpy(&v, p, sizeof(Vec));
-  return v;
-}
-inline void StoreVec(float* p, Vec v) { std::memcpy(p, &v, sizeof(Vec)); }
-
-// One float in every lane, loaded straight from memory (vbroadcastss). `Vec{} + x` would cost a scalar add on an
-// FMA port per broadcast: adding +0.0 cannot be folded away under IEEE rules (it turns -0.0 into +0.0).
-inline Vec Broadcast(const float* p) {
-#if defined(__AVX512F__)
-  return reinterpret_cast<Vec>(_mm512_set1_ps(*p));
-#elif defined(__AVX__)
-  return reinterpret_cast<Vec>(_mm256_set1_ps(*p));
-#else
-  return Vec{} + *p;  // Other targets: portable, if slower.
-#endif
-}
 
 struct Geometry {
   int64_t batch, h, w, in_ch, ho, wo, out_ch, kh, kw, sh, sw, dh, dw, pt, pl;
@@ -183,39 +156,7 @@ ffi::Error ConvForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xb, ffi::
       default: return Tile<1>(g, x, w, out, r0, r1, v0 * kLanes, kc);
     }
   };
-  // Items are claimed from a shared counter by the caller and by pool tasks; the caller never waits for a task that
-  // has not started (no deadlock when the pool is busy), and tasks that start after the call has returned do nothing.
-  struct State {
-    std::atomic<int64_t> next{0};
-    std::mutex mu;
-    std::condition_variable cv;
-    bool closed = false;
-    int64_t active = 0;
-  };
-  auto state = std::make_shared<State>();
-  auto work = [run_item, items](State* s) {
-    for (int64_t k = s->next.fetch_add(1); k < items; k = s->next.fetch_add(1)) run_item(k);
-  };
-  const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(pool.num_threads(), items));
-  for (int64_t t = 1; t < workers; ++t) {
-    pool.Schedule([state, work] {
-      {
-        std::lock_guard<std::mutex> lock(state->mu);
-        if (state->closed) return;
-        ++state->active;
-      }
-      work(state.get());
-      std::lock_guard<std::mutex> lock(state->mu);
-      --state->active;
-      state->cv.notify_all();
-    });
-  }
-  work(state.get());
-  {
-    std::unique_lock<std::mutex> lock(state->mu);
-    state->closed = true;
-    state->cv.wait(lock, [&] { return state->active == 0; });
-  }
+  segrecon_native::ParallelFor(pool, items, run_item);
   return ffi::Error::Success();
 }
 
@@ -234,5 +175,3 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SegreconConvForward, ConvForwardImpl,
                                   .Attr<int64_t>("pt")
                                   .Attr<int64_t>("pl"));
 
-// The vector width the library was built with: the output channels the caller passes must be a multiple of it.
-extern "C" int SegreconConvForwardLanes() { return kLanes; }

@@ -13,58 +13,27 @@
 // Built by segrecon_jax/models/native.py with `g++ -O3 -march=native -shared -fPIC` against jaxlib's FFI headers.
 
 #include <algorithm>
-#include <atomic>
-#include <condition_variable>
 #include <cstdint>
-#include <cstring>
-#include <memory>
-#include <mutex>
 #include <vector>
 
-#if defined(__AVX__)
-#include <immintrin.h>
-#endif
-
-#include "xla/ffi/api/ffi.h"
+#include "native_common.h"
 
 namespace ffi = xla::ffi;
 
 namespace {
 
-#if defined(__AVX512F__)
-constexpr int kLanes = 16;  // floats per vector register
-constexpr int kMaxVectors = 4;  // vectors of output channels per register block
-#else
-constexpr int kLanes = 8;
-constexpr int kMaxVectors = 2;
-#endif
-constexpr int kMaxChannelBlock = 6;  // input channels per register block
+using segrecon_native::Broadcast;
+using segrecon_native::kLanes;
+using segrecon_native::kMaxVectors;
+using segrecon_native::LoadVec;
+using segrecon_native::StoreVec;
+using segrecon_native::Vec;
 
-typedef float Vec __attribute__((vector_size(kLanes * sizeof(float))));
+constexpr int kMaxChannelBlock = 6;  // input channels per register block
 
 struct Geometry {
   int64_t batch, hp, wp, in_ch, ho, wo, out_ch, kh, kw, sh, sw, dh, dw;
 };
-
-inline Vec LoadVec(const float* p) {
-  Vec v;
-  std::memcpy(&v, p, sizeof(Vec));
-  return v;
-}
-
-inline void StoreVec(float* p, Vec v) { std::memcpy(p, &v, sizeof(Vec)); }
-
-// One float in every lane, loaded straight from memory (vbroadcastss). `Vec{} + x` would cost a scalar add on an
-// FMA port per broadcast: adding +0.0 cannot be folded away under IEEE rules (it turns -0.0 into +0.0).
-inline Vec Broadcast(const float* p) {
-#if defined(__AVX512F__)
-  return reinterpret_cast<Vec>(_mm512_set1_ps(*p));
-#elif defined(__AVX__)
-  return reinterpret_cast<Vec>(_mm256_set1_ps(*p));
-#else
-  return Vec{} + *p;  // Other targets: portable, if slower.
-#endif
-}
 
 // acc[c0:c0+CB, o0:o0+NV*kLanes] of tap (i, j) += over the rows [row_begin, row_end) of (b, y).
 template <int CB, int NV>
@@ -155,17 +124,7 @@ ffi::Error ConvWeightGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp, ff
   const int64_t extra = std::min<int64_t>(3 * workers, (int64_t{16} << 20) / (4 * size));
   const int64_t num_slots = std::max<int64_t>(1, std::min<int64_t>(num_chunks, workers + extra));
 
-  // Shared with the pool tasks, which may start after this call has returned (a busy pool): they then do nothing.
-  struct State {
-    std::atomic<int64_t> next{0};
-    std::mutex mu;
-    std::condition_variable cv;
-    bool closed = false;  // no task may start working any more
-    int64_t active = 0;   // tasks working now
-    std::vector<float> partials;
-  };
-  auto state = std::make_shared<State>();
-  state->partials.assign(static_cast<size_t>((num_slots - 1) * size), 0.0f);
+  std::vector<float> partials(static_cast<size_t>((num_slots - 1) * size), 0.0f);
   float* result = out->typed_data();
   std::fill(result, result + size, 0.0f);
   const float* x_data = xp.typed_data();
@@ -174,36 +133,14 @@ ffi::Error ConvWeightGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp, ff
   // The rows are split into `num_slots` slots of consecutive chunks; slot s sums its chunks in order into its own
   // buffer (slot 0 into the result), and the buffers are added in slot order at the end, so the result does not
   // depend on which thread ran which slot: the same inputs give the same bits on every run (of one machine: the
-  // slots follow the thread count and the layer's size). Threads claim slots from a shared counter. The caller claims slots too and never waits for a task that has not started, so
-  // nothing depends on a pool thread being free (no deadlock when the pool is busy with other work).
-  auto slots = [g, x_data, g_data, rows, chunk, num_chunks, num_slots, size, result](State* s) {
-    for (int64_t w = s->next.fetch_add(1); w < num_slots; w = s->next.fetch_add(1)) {
-      float* acc = w == 0 ? result : s->partials.data() + (w - 1) * size;
-      for (int64_t k = w * num_chunks / num_slots; k < (w + 1) * num_chunks / num_slots; ++k)
-        Rows(g, x_data, g_data, acc, k * chunk, std::min(rows, (k + 1) * chunk));
-    }
-  };
-  for (int64_t w = 1; w < workers; ++w) {
-    pool.Schedule([state, slots] {
-      {
-        std::lock_guard<std::mutex> lock(state->mu);
-        if (state->closed) return;
-        ++state->active;
-      }
-      slots(state.get());
-      std::lock_guard<std::mutex> lock(state->mu);
-      --state->active;
-      state->cv.notify_all();
-    });
-  }
-  slots(state.get());
-  {
-    std::unique_lock<std::mutex> lock(state->mu);
-    state->closed = true;
-    state->cv.wait(lock, [&] { return state->active == 0; });
-  }
+  // slots follow the thread count and the layer's size).
+  segrecon_native::ParallelFor(pool, num_slots, [&](int64_t w) {
+    float* acc = w == 0 ? result : partials.data() + (w - 1) * size;
+    for (int64_t k = w * num_chunks / num_slots; k < (w + 1) * num_chunks / num_slots; ++k)
+      Rows(g, x_data, g_data, acc, k * chunk, std::min(rows, (k + 1) * chunk));
+  });
   for (int64_t w = 1; w < num_slots; ++w) {
-    const float* p = state->partials.data() + (w - 1) * size;
+    const float* p = partials.data() + (w - 1) * size;
     for (int64_t n = 0; n < size; ++n) result[n] += p[n];
   }
   return ffi::Error::Success();
