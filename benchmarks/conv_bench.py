@@ -69,13 +69,16 @@ CASES = (
 
 
 # (batch, size, in_channels, out_channels, kernel, dilation): the U-Nets' (fastMRI widths 32-256 from 128x128), the
-# Deep Cascade's and MANet's (ResNet34 layer1 at 32x32, decoder blocks, the 1x1 attention/skip convolutions) passes.
+# Deep Cascade's and MANet's (ResNet34 layer1 at 32x32, decoder blocks, the 1x1 attention/skip convolutions) passes,
+# and the heads: the cascade's 64 -> 2 (also the input gradient of its 2 -> 64 first layer), the U-Nets' 1x1
+# reconstruction (2) and segmentation (4 classes) outputs, and MANet's 3x3 segmentation head (32 -> 4).
 FORWARD_CASES = (
     (16, 128, 32, 32, 3, 1), (16, 128, 64, 32, 3, 1), (16, 128, 32, 64, 3, 1), (16, 128, 64, 64, 3, 1),
     (16, 64, 32, 64, 3, 1), (16, 64, 64, 64, 3, 1), (16, 64, 128, 64, 3, 1), (16, 64, 64, 128, 3, 1),
     (16, 32, 64, 64, 3, 1), (16, 32, 64, 128, 3, 1), (16, 32, 128, 128, 3, 1), (16, 32, 256, 128, 3, 1),
     (16, 32, 128, 256, 3, 1), (16, 16, 256, 256, 3, 1), (16, 16, 256, 128, 3, 1), (16, 64, 64, 64, 3, 2),
     (16, 128, 16, 16, 3, 1), (16, 128, 32, 16, 3, 1), (16, 128, 64, 32, 1, 1), (16, 64, 64, 64, 1, 1),
+    (16, 128, 64, 2, 3, 1), (16, 128, 32, 2, 1, 1), (16, 128, 32, 4, 1, 1), (16, 128, 32, 4, 3, 1),
 )
 
 
@@ -215,9 +218,9 @@ def main(argv: Optional[List[str]] = None) -> None:
         f'device {jax.devices()[0].device_kind} x{jax.device_count()}, {os.cpu_count()} CPUs, dtype {args.dtype}, '
         f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
   up = layers.conv_transpose_module('auto')
-  print(f"conv_impl='auto' takes the native kernels for layers of {layers.AUTO_NATIVE_MIN_FEATURES}+ outputs on CPU "
-        f"(here: {layers.resolve_conv_impl('auto', layers.AUTO_NATIVE_MIN_FEATURES)}); upconv_impl='auto' is "
-        f'{up.__module__}.{up.__name__}')
+  print(f"conv_impl='auto' is {layers.resolve_conv_impl('auto')!r} here (on CPU the native weight gradient for "
+        f'layers of {layers.NATIVE_WEIGHT_GRAD_MIN_OUT}+ outputs, the forward kernel where native_forward_pays); '
+        f"upconv_impl='auto' is {up.__module__}.{up.__name__}")
   groups = set(args.cases.split(','))
   header = (f"{'case':26s} {'B':>3s} {'HxW':>7s} {'xla ms':>9s} {'GF/s':>6s} {'native ms':>9s} {'GF/s':>6s} "
             f"{'speed-up':>8s}")

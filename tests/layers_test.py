@@ -82,17 +82,32 @@ WIDE_CONFIGS = [
 ]
 
 
-@pytest.mark.parametrize('config', CONFIGS + WIDE_CONFIGS)
-def test_conv2d_equals_stock_float32(config):
+def _check_equals_stock_float32(config):
   args = _inputs(config, size=(40, 40) if config in WIDE_CONFIGS else (10, 9))
-  conv = _native
   expected = _value_and_grads(_stock, config, *args)
-  actual = jax.jit(lambda *a: _value_and_grads(conv, config, *a))(*args)
+  actual = jax.jit(lambda *a: _value_and_grads(_native, config, *a))(*args)
   for name, got, want in zip(('y', 'dx', 'dkernel', 'dbias'), actual, expected):
     assert got.shape == want.shape and got.dtype == want.dtype, name
     # float32 sums over up to 3200 positions in another order: an error relative to the largest entry.
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=max(1e-4, 1e-5 * float(jnp.abs(want).max())),
                                err_msg=name)
+
+
+@pytest.mark.parametrize('config', CONFIGS + WIDE_CONFIGS)
+def test_conv2d_equals_stock_float32(config):
+  _check_equals_stock_float32(config)
+
+
+@pytest.mark.parametrize('config', CONFIGS)
+def test_conv2d_native_weight_gradient_equals_stock_on_narrow_layers(config, monkeypatch):
+  """The native weight gradient on every geometry of CONFIGS, whose few outputs 'native' leaves to XLA's."""
+  monkeypatch.setattr(layers, 'NATIVE_WEIGHT_GRAD_MIN_OUT', 1)
+  x, kernel, _ = _inputs(config)
+  kernel_size, strides, padding, dilation = config[:4]
+  jaxpr = str(jax.make_jaxpr(jax.grad(lambda k: jnp.sum(_native(x, k, None, kernel_size, strides, padding,
+                                                                dilation)**2)))(kernel))
+  assert 'segrecon_conv_weight_grad' in jaxpr
+  _check_equals_stock_float32(config)
 
 
 @pytest.mark.parametrize('config', [CONFIGS[0], CONFIGS[3]])
@@ -107,7 +122,7 @@ def test_conv2d_equals_stock_bfloat16(config):
 
 def test_conv2d_weight_gradient_is_the_native_kernel():
   """The custom VJP is in use: the kernel gradient's jaxpr calls the FFI target, XLA's own autodiff does not."""
-  x, kernel, _ = _inputs(CONFIGS[0])
+  x, kernel, _ = _inputs(WIDE_CONFIGS[0])
   jaxpr = str(jax.make_jaxpr(jax.grad(lambda k: jnp.sum(layers.conv2d(x, k)**2)))(kernel))
   assert 'segrecon_conv_weight_grad' in jaxpr
   stock = str(jax.make_jaxpr(jax.grad(lambda k: jnp.sum(_stock(x, k, jnp.zeros(()), None, 1, 'SAME', 1)**2)))(kernel))
@@ -130,8 +145,10 @@ def test_native_forward_against_numpy():
   got = jax.jit(lambda a, b: native.conv_forward(a, b, (sh, sw), pads, (dh, dw)))(x, w)
   assert got.shape == want.shape and got.dtype == jnp.float32
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
-  with pytest.raises(ValueError, match='multiples'):
-    native.conv_forward(jnp.asarray(x), jnp.asarray(w[..., :native.lanes() + 2]), (1, 1), pads, (1, 1))
+  for out_ch in (2, native.lanes() + 2):  # Not whole vectors: zero kernel columns, computed and sliced off.
+    got = native.conv_forward(jnp.asarray(x), jnp.asarray(w[..., :out_ch]), (sh, sw), pads, (dh, dw))
+    assert got.shape == want.shape[:3] + (out_ch,)
+    np.testing.assert_allclose(got, want[..., :out_ch], rtol=1e-5, atol=1e-4)
 
 
 def test_native_forward_is_used_where_it_pays():
@@ -145,11 +162,12 @@ def test_native_forward_is_used_where_it_pays():
   assert targets((1, 8, 8, 32), (3, 3, 32, 64)) == (True, 2)  # The forward and the input gradient.
   assert targets((1, 8, 8, 32), (3, 3, 32, 64), strides=2) == (True, 1)  # Strided: XLA's input gradient.
   assert targets((1, 8, 8, 64), (3, 3, 64, 256)) == (False, 1)  # Wide: XLA's forward; the gradient has 64 outputs.
-  assert targets((1, 8, 8, 2), (3, 3, 2, 32)) == (False, 0)  # 2 inputs: XLA's forward; 2 gradient outputs.
-  assert targets((1, 8, 8, 32), (3, 3, 32, 2)) == (False, 0)
+  assert targets((1, 8, 8, 2), (3, 3, 2, 32)) == (False, 1)  # 2 inputs: XLA's forward; the gradient is 32 -> 2.
+  assert targets((1, 8, 8, 32), (3, 3, 32, 2)) == (True, 1)  # A 2-channel head; its input gradient has 2 inputs.
   assert targets((1, 8, 8, 32), (3, 3, 32, 64), dtype=jnp.bfloat16) == (False, 0)
-  assert layers.native_forward_pays(32, 128, jnp.float32) and layers.native_forward_pays(256, 16, jnp.float32)
-  for channels in ((16, 64), (32, 40), (32, 256)):
+  for channels in ((32, 128), (256, 16), (32, 40), (64, 2)):
+    assert layers.native_forward_pays(*channels, jnp.float32), channels
+  for channels in ((16, 64), (16, 2), (32, 256)):
     assert not layers.native_forward_pays(*channels, jnp.float32), channels
 
 
@@ -325,19 +343,22 @@ def test_conv_module_with_xla_impl_is_nn_conv_exactly(kwargs):
   jax.tree.map(np.testing.assert_array_equal, loss(ours)(variables, x), loss(stock)(variables, x))
 
 
-def test_auto_picks_native_on_cpu_for_wide_layers_only():
+def test_auto_picks_native_on_cpu_and_each_pass_where_it_pays():
   assert jax.default_backend() == 'cpu' and native.available(), native.unavailable_reason()
-  wide, narrow = layers.AUTO_NATIVE_MIN_FEATURES, layers.AUTO_NATIVE_MIN_FEATURES - 1
-  assert layers.resolve_conv_impl('auto', wide) == 'native'
-  assert layers.resolve_conv_impl('auto', narrow) == 'xla'
-  assert layers.resolve_conv_impl('xla', wide) == 'xla' and layers.resolve_conv_impl('native', 2) == 'native'
-  # The resolved choice is what runs: the native weight gradient is an FFI call, XLA's a convolution.
-  x = jnp.ones((1, 8, 8, 3))
-  for features, uses_native in ((wide, True), (narrow, False)):
+  assert layers.resolve_conv_impl('auto') == 'native' and layers.resolve_conv_impl('native') == 'native'
+  assert layers.resolve_conv_impl('xla') == 'xla'
+  # What runs: the native weight gradient from NATIVE_WEIGHT_GRAD_MIN_OUT outputs up (an FFI call; XLA's is a
+  # convolution), the forward kernel for the 32-input layers, the 2-channel head included.
+  wide, narrow = layers.NATIVE_WEIGHT_GRAD_MIN_OUT, layers.NATIVE_WEIGHT_GRAD_MIN_OUT - 1
+  for in_ch, features, weight_grad, forward in ((3, wide, True, False), (3, narrow, False, False),
+                                                (32, 2, False, True), (32, wide, True, True)):
+    x = jnp.ones((1, 8, 8, in_ch))
     module = layers.Conv(features, (3, 3))
     variables = module.init(jax.random.key(0), x)
     jaxpr = str(jax.make_jaxpr(jax.grad(lambda v: jnp.sum(module.apply(v, x)**2)))(variables))
-    assert ('segrecon_conv_weight_grad' in jaxpr) == uses_native, jaxpr
+    assert ('segrecon_conv_weight_grad' in jaxpr) == weight_grad, (in_ch, features, jaxpr)
+    assert ('segrecon_conv_forward' in jaxpr) == forward, (in_ch, features, jaxpr)
+  assert not layers.native_weight_grad_pays(64, jnp.float64) and layers.native_weight_grad_pays(64, jnp.bfloat16)
   with pytest.raises(ValueError, match='conv_impl'):
     layers.Conv(4, (3, 3), impl='cudnn').init(jax.random.key(0), x)
 
@@ -346,12 +367,12 @@ def test_auto_falls_back_to_xla_without_the_kernel(monkeypatch, caplog):
   monkeypatch.setattr(native, '_load', lambda: (None, 'no C++ compiler was found'))
   monkeypatch.setattr(layers, '_warned_fallback', [])
   with caplog.at_level('WARNING'):
-    assert layers.resolve_conv_impl('auto', 64) == 'xla'
-    assert layers.resolve_conv_impl('auto', 64) == 'xla'
+    assert layers.resolve_conv_impl('auto') == 'xla'
+    assert layers.resolve_conv_impl('auto') == 'xla'
   assert [r.getMessage() for r in caplog.records].count(caplog.records[0].getMessage()) == 1
   assert 'no C++ compiler' in caplog.records[0].getMessage()
   with pytest.raises(RuntimeError, match='no C\\+\\+ compiler'):
-    layers.resolve_conv_impl('native', 64)
+    layers.resolve_conv_impl('native')
 
 
 def test_native_build_failure_is_reported(monkeypatch, tmp_path):

@@ -5,18 +5,19 @@ values, so checkpoints are interchangeable) whose `impl` field picks the computa
 
 - 'xla': exactly `nn.Conv` (`lax.conv_general_dilated`, XLA's forward and backward);
 - 'native': `conv2d`: the project's direct CPU kernels (`models/native.py`, `csrc/`, called through XLA's FFI in
-  a `jax.custom_vjp`) for the weight gradient, and for the forward pass and (stride 1) the input gradient of the
-  float32 layers where they beat XLA's convolution (`native_forward_pays`: 32+ inputs, at most 128 outputs), XLA's
-  convolutions for the rest;
-- 'auto' (the default): 'native' on CPU for layers of at least `AUTO_NATIVE_MIN_FEATURES` output channels when the
-  kernels could be built here, else 'xla'. XLA:CPU (jaxlib 0.10.2) computes a convolution's weight gradient as another
-  convolution that runs far below the machine's FMA rate (30 GFLOP/s on the 2-core Intel Xeon machines of this
-  project, 6-10 on the AMD EPYC ones, against 230 for its forward), where PyTorch's oneDNN runs a direct kernel; the
-  native kernel is such a direct kernel (a layer's forward+backward 1.2x to 2.8x faster than with XLA's for 16+
-  outputs, 0.9x for 2-channel outputs such as a reconstruction's last layer, hence the threshold). XLA's forward
-  convolution itself runs the models' layers with 32 or 64 outputs at 80-180 GFLOP/s, the native forward kernel at
-  180-360 (1.2x to 2.4x faster; 1x1 layers 2x to 2.7x); with 128 outputs the kernel is mostly ahead (0.95x to 2x),
-  with 256 XLA's convolution, at about 300 GFLOP/s, is (`benchmarks/conv_bench.py` and `--forward`,
+  a `jax.custom_vjp`) for each pass where they beat XLA:CPU, XLA's convolutions for the rest: the weight gradient
+  of layers with at least `NATIVE_WEIGHT_GRAD_MIN_OUT` outputs (`native_weight_grad_pays`), the forward pass and
+  (stride 1) the input gradient of float32 layers with 32+ inputs and at most 128 outputs (`native_forward_pays`);
+- 'auto' (the default): 'native' on CPU when the kernels could be built here, else 'xla'. XLA:CPU (jaxlib 0.10.2)
+  computes a convolution's weight gradient as another convolution that runs far below the machine's FMA rate (30
+  GFLOP/s on the 2-core Intel Xeon machines of this project, 6-10 on the AMD EPYC ones, against 230 for its
+  forward), where PyTorch's oneDNN runs a direct kernel; the native kernel is such a direct kernel (a layer's
+  forward+backward 1.2x to 2.8x faster than with XLA's for 16+ outputs, 0.9x for 2-channel outputs such as a
+  reconstruction's last layer, hence the threshold). XLA's forward convolution itself runs the models' layers with
+  32 or 64 outputs at 80-180 GFLOP/s, the native forward kernel at 180-360 (1.2x to 2.4x faster; 1x1 layers 2x to
+  2.7x); with 128 outputs the kernel is mostly ahead (0.95x to 2x), with 256 XLA's convolution, at about 300
+  GFLOP/s, is; XLA runs the 2- and 4-output heads at 2-17 GFLOP/s, the kernel (its outputs padded to one vector)
+  1.65x-1.74x (3x3) and 3.6x (1x1) faster (2-core AMD EPYC; `benchmarks/conv_bench.py` and `--forward`,
   docs/benchmarks.md). On GPU/TPU 'auto' is 'xla' (cuDNN / the TPU compiler); 'native' there is an error.
 
 `UpConv2x2` replaces a transposed convolution whose kernel equals its stride (the U-Net's 2x2, stride-2
@@ -53,8 +54,9 @@ Pads = Tuple[Tuple[int, int], Tuple[int, int]]
 CONV_IMPLS = ('auto', 'xla', 'native')  # `Conv.impl`, a model's `conv_impl`.
 UPCONV_IMPLS = ('auto', 'xla', 'dense')  # `conv_transpose_module`, a U-Net's `upconv_impl`.
 
-# 'auto' takes the native weight gradient on CPU for layers with at least this many output channels.
-AUTO_NATIVE_MIN_FEATURES = 16
+# 'native' computes the weight gradient of layers with at least this many output channels with the native kernel
+# (`native_weight_grad_pays`).
+NATIVE_WEIGHT_GRAD_MIN_OUT = 16
 # 'native' computes a float32 convolution (and a stride-1 one's input gradient) with the native forward kernel when
 # it has at least NATIVE_FORWARD_MIN_IN input and at most NATIVE_FORWARD_MAX_OUT output channels
 # (`native_forward_pays`).
@@ -103,14 +105,24 @@ def _stock_conv(x: Array, kernel: Array, strides: Tuple[int, int], pads: Pads, d
 def native_forward_pays(in_channels: int, out_channels: int, dtype: Dtype) -> bool:
   """Whether the native forward kernel beats XLA:CPU's convolution for a float32 layer `in_channels -> out_channels`.
 
-  The rule (at least `NATIVE_FORWARD_MIN_IN` input and at most `NATIVE_FORWARD_MAX_OUT` output channels, in whole
-  vectors) is read off `python benchmarks/conv_bench.py --forward` on this project's 2-core AVX-512 Xeon: the native
-  kernel ran the models' 3x3 passes with 32 or 64 outputs 1.2x to 2.4x faster than XLA, their 1x1 passes 2x to 2.7x,
-  those with 128 outputs 0.95x to 2x (and the U-Net steps 4% faster with them than without), while XLA won the
-  passes with 256 outputs (0.91x and 0.96x for the kernel) and 16 -> 16 (0.73x). A layer's input gradient is its
-  `out -> in` pass."""
+  The rule (at least `NATIVE_FORWARD_MIN_IN` input and at most `NATIVE_FORWARD_MAX_OUT` output channels; outputs that
+  are not whole vectors are padded to them) is read off `python benchmarks/conv_bench.py --forward` on this project's
+  2-core AVX-512 Xeon: the native kernel ran the models' 3x3 passes with 32 or 64 outputs 1.2x to 2.4x faster than
+  XLA, their 1x1 passes 2x to 2.7x, those with 128 outputs 0.95x to 2x (and the U-Net steps 4% faster with them than
+  without), while XLA won the passes with 256 outputs (0.91x and 0.96x for the kernel) and 16 -> 16 (0.73x); on a
+  2-core AMD EPYC (Zen 4) the heads 64 -> 2 and 32 -> 4 (3x3) ran 1.65x and 1.74x faster with the kernel, 32 -> 2 and
+  32 -> 4 (1x1) 3.6x. A layer's input gradient is its `out -> in` pass."""
   return (jnp.dtype(dtype) == jnp.float32 and in_channels >= NATIVE_FORWARD_MIN_IN and
-          out_channels <= NATIVE_FORWARD_MAX_OUT and native.available() and out_channels % native.lanes() == 0)
+          out_channels <= NATIVE_FORWARD_MAX_OUT and native.available())
+
+
+def native_weight_grad_pays(out_channels: int, dtype: Dtype) -> bool:
+  """Whether the native kernel computes the weight gradient of a layer with `out_channels` outputs in `dtype`.
+
+  At least `NATIVE_WEIGHT_GRAD_MIN_OUT` outputs (`python benchmarks/conv_bench.py`: a layer's forward+backward 1.2x
+  to 2.8x faster with the kernel from 16 outputs up, 0.89x-0.95x with 2) and not float64 (the kernel computes in
+  float32; float64 keeps XLA's precision)."""
+  return jnp.dtype(dtype) != jnp.float64 and out_channels >= NATIVE_WEIGHT_GRAD_MIN_OUT and native.available()
 
 
 def _forward(x: Array, kernel: Array, strides: Tuple[int, int], pads: Pads, dilation: Tuple[int, int],
@@ -151,7 +163,7 @@ def _native_conv_fwd(x, kernel, bias, strides, pads, dilation, precision):
 def _native_conv_bwd(strides, pads, dilation, precision, residuals, cotangent):
   x, kernel, bias = residuals
   x_grad = _input_gradient(x, kernel, cotangent, strides, pads, dilation, precision)
-  if x.dtype == jnp.float64:  # The kernel computes in float32: keep float64's precision with XLA's own.
+  if not native_weight_grad_pays(kernel.shape[3], x.dtype):
     _, kernel_vjp = jax.vjp(lambda k_: _stock_conv(x, k_, strides, pads, dilation, precision), kernel)
     (kernel_grad,) = kernel_vjp(cotangent)
   else:
@@ -173,8 +185,9 @@ def conv2d(x: Array, kernel: Array, bias: Optional[Array] = None, *, strides: Un
 
   The same function as `lax.conv_general_dilated(x, kernel, strides, padding, rhs_dilation=dilation)` in NHWC/HWIO
   (plus `bias`), for any kernel size, stride, dilation and padding; only the way it is computed differs: the weight
-  gradient by the native kernel (in float32, cast back to the kernel's dtype), the forward pass and a stride-1 input
-  gradient by the native forward kernel where `native_forward_pays` (float32), the rest by XLA. The bias gradient is
+  gradient by the native kernel where `native_weight_grad_pays` (in float32, cast back to the kernel's dtype), the
+  forward pass and a stride-1 input gradient by the native forward kernel where `native_forward_pays` (float32), the
+  rest by XLA. The bias gradient is
   the sum of the cotangent over batch and space, accumulated in float32.
 
   Args:
@@ -204,8 +217,8 @@ def conv2d(x: Array, kernel: Array, bias: Optional[Array] = None, *, strides: Un
 _warned_fallback = []
 
 
-def resolve_conv_impl(impl: str, features: int) -> str:
-  """'xla' or 'native' for a `Conv` of `features` output channels on the default backend ('auto' resolved).
+def resolve_conv_impl(impl: str) -> str:
+  """'xla' or 'native' for a `Conv` on the default backend ('auto' resolved).
 
   'auto' falls back to 'xla' (with one warning naming the reason) when the native kernels cannot be built here; an
   explicit 'native' off the CPU, or where the kernels cannot be built, is an error.
@@ -220,7 +233,7 @@ def resolve_conv_impl(impl: str, features: int) -> str:
     if not native.available():
       raise RuntimeError(f"conv_impl='native': {native.unavailable_reason()}. Use 'auto' or 'xla'.")
   if impl == 'auto':
-    if not (cpu and features >= AUTO_NATIVE_MIN_FEATURES):
+    if not cpu:
       return 'xla'
     if not native.available():
       if not _warned_fallback:
@@ -258,7 +271,7 @@ class Conv(nn.Module):
     """`inputs [..., H, W, Cin]` -> `[..., Ho, Wo, features]`."""
     if isinstance(self.kernel_size, int) or len(self.kernel_size) != 2:
       raise ValueError(f'Conv is 2D: kernel_size must be a pair, got {self.kernel_size!r}.')
-    impl = resolve_conv_impl(self.impl, self.features)
+    impl = resolve_conv_impl(self.impl)
     kernel_size = tuple(self.kernel_size)
     strides = _pair(1 if self.strides is None else self.strides, 'strides')
     dilation = _pair(1 if self.kernel_dilation is None else self.kernel_dilation, 'kernel_dilation')

@@ -155,8 +155,8 @@ def conv_weight_grad(xp: jax.Array, cotangent: jax.Array, kernel_shape: Sequence
 
 
 def lanes() -> int:
-  """The vector width (float32 lanes) the kernels were built with; `conv_forward` needs output channels in multiples
-  of it. Raises when the kernels are not available."""
+  """The vector width (float32 lanes) the kernels were built with; `conv_forward` computes output channels in
+  multiples of it. Raises when the kernels are not available."""
   value, reason = _load()
   if value is None:
     raise RuntimeError(f'The native convolution kernels are not available: {reason}.')
@@ -168,7 +168,9 @@ def conv_forward(x: jax.Array, kernel: jax.Array, strides: Sequence[int], pads: 
   """A 2D convolution `[B, H, W, Cin] x [kh, kw, Cin, Cout] -> [B, Ho, Wo, Cout]` (float32) on the CPU.
 
   The same function as `lax.conv_general_dilated(x, kernel, strides, pads, rhs_dilation=dilation)` in NHWC/HWIO,
-  with zero padding applied inside the kernel (no padded copy of `x`); `Cout` must be a multiple of `lanes()`.
+  with zero padding applied inside the kernel (no padded copy of `x`). The kernel computes output channels in whole
+  vectors of `lanes()`: other counts (a reconstruction's 2-channel head) get zero kernel columns up to the next
+  multiple, computed and sliced off, so they cost as much as that multiple.
 
   Args:
     x: `[B, H, W, Cin]` (cast to float32).
@@ -183,15 +185,19 @@ def conv_forward(x: jax.Array, kernel: jax.Array, strides: Sequence[int], pads: 
   if x.ndim != 4 or kernel.ndim != 4 or x.shape[-1] != kernel.shape[2]:
     raise ValueError(f'conv_forward needs x [B, H, W, Cin] and kernel [kh, kw, Cin, Cout], got {x.shape} and '
                      f'{kernel.shape}.')
-  if kernel.shape[-1] % width:
-    raise ValueError(f'conv_forward needs output channels in multiples of {width}, got kernel {kernel.shape}.')
   (kh, kw), (sh, sw), (dh, dw) = tuple(kernel.shape[:2]), tuple(strides), tuple(dilation)
   (top, bottom), (left, right) = (tuple(p) for p in pads)
   out_h = (x.shape[1] + top + bottom - (kh - 1) * dh - 1) // sh + 1
   out_w = (x.shape[2] + left + right - (kw - 1) * dw - 1) // sw + 1
-  shape = (x.shape[0], max(out_h, 0), max(out_w, 0), kernel.shape[-1])
+  out_ch = kernel.shape[-1]
+  shape = (x.shape[0], max(out_h, 0), max(out_w, 0), out_ch)
   if 0 in shape or 0 in x.shape[1:]:  # Nothing to compute (an input smaller than the kernel gives an empty output).
     return jnp.zeros(shape, jnp.float32)
-  call = jax.ffi.ffi_call(_FORWARD_TARGET, jax.ShapeDtypeStruct(shape, jnp.float32), vmap_method='sequential')
-  return call(x.astype(jnp.float32), kernel.astype(jnp.float32), sh=np.int64(sh), sw=np.int64(sw), dh=np.int64(dh),
-              dw=np.int64(dw), pt=np.int64(top), pl=np.int64(left))
+  kernel = kernel.astype(jnp.float32)
+  if out_ch % width:
+    kernel = jnp.pad(kernel, ((0, 0), (0, 0), (0, 0), (0, -out_ch % width)))
+  call = jax.ffi.ffi_call(_FORWARD_TARGET, jax.ShapeDtypeStruct(shape[:3] + kernel.shape[-1:], jnp.float32),
+                          vmap_method='sequential')
+  out = call(x.astype(jnp.float32), kernel, sh=np.int64(sh), sw=np.int64(sw), dh=np.int64(dh), dw=np.int64(dw),
+             pt=np.int64(top), pl=np.int64(left))
+  return out if out.shape[-1] == out_ch else out[..., :out_ch]
