@@ -180,9 +180,12 @@ def test_native_forward_empty_output():
 
 
 def test_native_weight_gradient_against_numpy():
-  """The kernel alone, on a padded input, strided and dilated, against a float64 NumPy sum over positions."""
+  """The kernel alone, strided and dilated, its padding implicit (asymmetric and cropping), against a float64 NumPy
+  sum over the explicitly padded input."""
   rng = np.random.default_rng(3)
-  xp = rng.normal(size=(3, 17, 15, 7)).astype(np.float32)
+  x = rng.normal(size=(3, 15, 12, 7)).astype(np.float32)
+  pads = ((2, 0), (-1, 4))
+  xp = np.pad(x, ((0, 0), (2, 0), (0, 4), (0, 0)))[:, :, 1:]  # [3, 17, 15, 7]
   (kh, kw), (sh, sw), (dh, dw) = (3, 2), (2, 1), (1, 3)
   ho, wo = (17 - (kh - 1) * dh - 1) // sh + 1, (15 - (kw - 1) * dw - 1) // sw + 1
   g = rng.normal(size=(3, ho, wo, 20)).astype(np.float32)
@@ -191,26 +194,35 @@ def test_native_weight_gradient_against_numpy():
     for j in range(kw):
       taps = xp[:, i * dh:i * dh + (ho - 1) * sh + 1:sh, j * dw:j * dw + (wo - 1) * sw + 1:sw].astype(np.float64)
       want[i, j] = np.einsum('byxc,byxo->co', taps, g.astype(np.float64))
-  got = jax.jit(lambda a, b: native.conv_weight_grad(a, b, (kh, kw), (sh, sw), (dh, dw)))(xp, g)
+  got = jax.jit(lambda a, b: native.conv_weight_grad(a, b, (kh, kw), (sh, sw), pads, (dh, dw)))(x, g)
   assert got.shape == want.shape and got.dtype == jnp.float32
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
-  with pytest.raises(ValueError, match='too small'):
-    native.conv_weight_grad(jnp.asarray(xp), jnp.asarray(g), (kh, kw), (4, 1), (dh, dw))
+  # Padding wider than the kernel's reach: whole rows and columns of taps fall outside the input (zero).
+  x2, wide = x[:, :4, :3], ((3, 4), (5, 2))
+  g2 = rng.normal(size=(3, 4 + 7 - 2, 3 + 7 - 1, 20)).astype(np.float32)
+  xp2 = np.pad(x2, ((0, 0), (3, 4), (5, 2), (0, 0))).astype(np.float64)
+  want2 = np.stack([np.stack([np.einsum('byxc,byxo->co', xp2[:, i:i + g2.shape[1], j:j + g2.shape[2]], g2)
+                              for j in range(2)]) for i in range(3)])
+  got2 = native.conv_weight_grad(jnp.asarray(x2), jnp.asarray(g2), (3, 2), (1, 1), wide, (1, 1))
+  np.testing.assert_allclose(got2, want2, rtol=1e-5, atol=1e-4)
+  with pytest.raises(ValueError, match='does not match'):
+    native.conv_weight_grad(jnp.asarray(x), jnp.asarray(g), (kh, kw), (4, 1), pads, (dh, dw))
 
 
 def test_native_weight_gradient_is_deterministic():
   """Many chunks of rows over the thread pool: the partial sums are added in a fixed order, so every run of the
   same inputs gives the same bits (and agrees with a float64 sum)."""
   rng = np.random.default_rng(4)
-  xp = rng.normal(size=(8, 66, 66, 16)).astype(np.float32)
+  x = rng.normal(size=(8, 64, 64, 16)).astype(np.float32)
+  xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
   g = rng.normal(size=(8, 64, 64, 32)).astype(np.float32)
-  fn = jax.jit(lambda a, b: native.conv_weight_grad(a, b, (3, 3), (1, 1), (1, 1)))
-  runs = [np.asarray(fn(xp, g)) for _ in range(6)]
+  fn = jax.jit(lambda a, b: native.conv_weight_grad(a, b, (3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1)))
+  runs = [np.asarray(fn(x, g)) for _ in range(6)]
   for run in runs[1:]:
     np.testing.assert_array_equal(run, runs[0])
   want = np.einsum('byxc,byxo->co', xp[:, 1:65, 2:66].astype(np.float64), g.astype(np.float64))
   np.testing.assert_allclose(runs[0][1, 2], want, rtol=1e-4, atol=1e-2)
-  empty = fn(np.zeros((0, 66, 66, 16), np.float32), np.zeros((0, 64, 64, 32), np.float32))  # No rows: zeros.
+  empty = fn(np.zeros((0, 64, 64, 16), np.float32), np.zeros((0, 64, 64, 32), np.float32))  # No rows: zeros.
   np.testing.assert_array_equal(empty, np.zeros((3, 3, 16, 32), np.float32))
 
 

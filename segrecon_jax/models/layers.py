@@ -167,9 +167,7 @@ def _native_conv_bwd(strides, pads, dilation, precision, residuals, cotangent):
     _, kernel_vjp = jax.vjp(lambda k_: _stock_conv(x, k_, strides, pads, dilation, precision), kernel)
     (kernel_grad,) = kernel_vjp(cotangent)
   else:
-    # lax.pad also takes negative (cropping) explicit pads, as lax.conv_general_dilated does.
-    padded = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0),) + tuple((lo, hi, 0) for lo, hi in pads) + ((0, 0, 0),))
-    kernel_grad = native.conv_weight_grad(padded, cotangent, kernel.shape[:2], strides, dilation)
+    kernel_grad = native.conv_weight_grad(x, cotangent, kernel.shape[:2], strides, pads, dilation)
   bias_grad = None
   if bias is not None:
     bias_grad = jnp.sum(cotangent, axis=(0, 1, 2), dtype=_accumulation_dtype(cotangent.dtype)).astype(bias.dtype)

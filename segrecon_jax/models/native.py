@@ -5,17 +5,17 @@ XLA:CPU computes a convolution's weight gradient as a convolution with a `Ho x W
 which runs at 6 to 30 GFLOP/s on this project's 2-core machines (about a tenth of their matmul rate), where
 PyTorch's oneDNN runs a direct kernel. `csrc/conv_weight_grad.cc` is such a direct kernel: register-blocked outer
 products of input channels and output channels, accumulated over the output positions of cache-sized chunks of rows,
-without materializing im2col patches. XLA's forward convolution runs the layers with 32 or 64 outputs at 80-180
-GFLOP/s; `csrc/conv_forward.cc` computes them at 180-360 GFLOP/s, as a GEMM of output pixels x output channels x
-(tap, input channel) with register blocks of 24 accumulators and L1-sized weight panels, the zero padding implicit.
-Both spread their work over XLA's intra-op thread pool (`xla::ffi::ThreadPool`, `csrc/native_common.h`) and give
-the same bits on every run. They are compiled once per machine with the system's C++ compiler (`$CXX`, else `g++`
-or `c++`; `-O3 -march=native`) against jaxlib's FFI headers (`jax.ffi.include_dir()`) into one shared library,
-cached under `$SEGRECON_NATIVE_DIR` (default `~/.cache/segrecon_jax/native`) keyed by the sources, the compiler,
-jaxlib and the CPU, and registered as the FFI targets `segrecon_conv_weight_grad` and `segrecon_conv_forward` for
-the CPU platform.
+without materializing im2col patches or a padded copy of the input (the padding is implicit). XLA's forward
+convolution runs the layers with 32 or 64 outputs at 80-180 GFLOP/s; `csrc/conv_forward.cc` computes them at 180-360
+GFLOP/s, as a GEMM of output pixels x output channels x (tap, input channel) with register blocks of 24 accumulators
+and L1-sized weight panels, the zero padding implicit. Both spread their work over XLA's intra-op thread pool
+(`xla::ffi::ThreadPool`, `csrc/native_common.h`) and give the same bits on every run. They are compiled once per
+machine with the system's C++ compiler (`$CXX`, else `g++` or `c++`; `-O3 -march=native`) against jaxlib's FFI
+headers (`jax.ffi.include_dir()`) into one shared library, cached under `$SEGRECON_NATIVE_DIR` (default
+`~/.cache/segrecon_jax/native`) keyed by the sources, the compiler, jaxlib and the CPU, and registered as the FFI
+targets `segrecon_conv_weight_grad` and `segrecon_conv_forward` for the CPU platform.
 
-`conv_weight_grad(xp, g, ...)` and `conv_forward(x, kernel, ...)` call them; `available()` says whether they could be
+`conv_weight_grad(x, g, ...)` and `conv_forward(x, kernel, ...)` call them; `available()` says whether they could be
 built here (and `unavailable_reason()` why not). `layers.Conv(impl='auto')` takes them on CPU when they are
 available and falls back to XLA's convolutions, with one warning that names the reason, when they are not.
 """
@@ -119,38 +119,49 @@ def unavailable_reason() -> Optional[str]:
   return _load()[1]
 
 
-def conv_weight_grad(xp: jax.Array, cotangent: jax.Array, kernel_shape: Sequence[int], strides: Sequence[int],
-                     dilation: Sequence[int]) -> jax.Array:
+def conv_weight_grad(x: jax.Array, cotangent: jax.Array, kernel_shape: Sequence[int], strides: Sequence[int],
+                     pads: Sequence[Tuple[int, int]], dilation: Sequence[int]) -> jax.Array:
   """Weight gradient `[kh, kw, Cin, Cout]` (float32) of a 2D convolution, on the CPU.
 
+  Of `lax.conv_general_dilated(x, kernel, strides, pads, rhs_dilation=dilation)` in NHWC/HWIO, with the zero padding
+  applied inside the kernel (no padded copy of `x`).
+
   Args:
-    xp: the convolution's input, already padded, `[B, Hp, Wp, Cin]` (cast to float32).
+    x: the convolution's input `[B, H, W, Cin]` (cast to float32).
     cotangent: the output cotangent `[B, Ho, Wo, Cout]` (cast to float32).
     kernel_shape, strides, dilation: `(kh, kw)`, `(sh, sw)`, `(dh, dw)` of the forward convolution.
+    pads: `((top, bottom), (left, right))` of the forward convolution; negative values crop.
 
   Returns:
-    `dw[i, j, c, o] = sum_{b, y, x} xp[b, y*sh + i*dh, x*sw + j*dw, c] * cotangent[b, y, x, o]`, float32.
+    `dw[i, j, c, o] = sum_{b, y, x} x[b, y*sh + i*dh - top, x*sw + j*dw - left, c] * cotangent[b, y, x, o]` (`x`
+    zero outside its bounds), float32.
   """
   lanes, reason = _load()
   if lanes is None:
     raise RuntimeError(f'The native convolution weight gradient is not available: {reason}.')
-  if xp.ndim != 4 or cotangent.ndim != 4 or xp.shape[0] != cotangent.shape[0]:
-    raise ValueError(f'conv_weight_grad needs xp [B, Hp, Wp, Cin] and cotangent [B, Ho, Wo, Cout], got {xp.shape} '
+  if x.ndim != 4 or cotangent.ndim != 4 or x.shape[0] != cotangent.shape[0]:
+    raise ValueError(f'conv_weight_grad needs x [B, H, W, Cin] and cotangent [B, Ho, Wo, Cout], got {x.shape} '
                      f'and {cotangent.shape}.')
   (kh, kw), (sh, sw), (dh, dw) = tuple(kernel_shape), tuple(strides), tuple(dilation)
+  (top, bottom), (left, right) = (tuple(p) for p in pads)
   _, ho, wo, out_channels = cotangent.shape
-  if (ho - 1) * sh + (kh - 1) * dh >= xp.shape[1] or (wo - 1) * sw + (kw - 1) * dw >= xp.shape[2]:
-    raise ValueError(f'conv_weight_grad: padded input {xp.shape} is too small for output {cotangent.shape} with '
-                     f'kernel {(kh, kw)}, strides {(sh, sw)}, dilation {(dh, dw)}.')
+  want_h = max((x.shape[1] + top + bottom - (kh - 1) * dh - 1) // sh + 1, 0)
+  want_w = max((x.shape[2] + left + right - (kw - 1) * dw - 1) // sw + 1, 0)
+  if (ho, wo) != (want_h, want_w):
+    raise ValueError(f'conv_weight_grad: cotangent {cotangent.shape} does not match the output {(want_h, want_w)} '
+                     f'of input {x.shape} with kernel {(kh, kw)}, strides {(sh, sw)}, pads {tuple(pads)}, '
+                     f'dilation {(dh, dw)}.')
+  if 0 in x.shape[1:3]:  # No input positions (all padding): nothing to sum.
+    return jnp.zeros((kh, kw, x.shape[-1], out_channels), jnp.float32)
   # The kernel takes whole vectors of output channels: pad the cotangent with zero channels, drop them after.
   padded_out = -(-out_channels // lanes) * lanes
   g = cotangent.astype(jnp.float32)
   if padded_out != out_channels:
     g = jnp.pad(g, ((0, 0), (0, 0), (0, 0), (0, padded_out - out_channels)))
-  call = jax.ffi.ffi_call(_TARGET, jax.ShapeDtypeStruct((kh, kw, xp.shape[-1], padded_out), jnp.float32),
+  call = jax.ffi.ffi_call(_TARGET, jax.ShapeDtypeStruct((kh, kw, x.shape[-1], padded_out), jnp.float32),
                           vmap_method='sequential')
-  grad = call(xp.astype(jnp.float32), g, kh=np.int64(kh), kw=np.int64(kw), sh=np.int64(sh), sw=np.int64(sw),
-              dh=np.int64(dh), dw=np.int64(dw))
+  grad = call(x.astype(jnp.float32), g, kh=np.int64(kh), kw=np.int64(kw), sh=np.int64(sh), sw=np.int64(sw),
+              dh=np.int64(dh), dw=np.int64(dw), pt=np.int64(top), pl=np.int64(left))
   return grad[..., :out_channels]
 
 

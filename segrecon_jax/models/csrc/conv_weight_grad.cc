@@ -1,8 +1,9 @@
 // Weight gradient of a 2D convolution (NHWC input, HWIO kernel) for XLA:CPU, as an XLA FFI custom call.
 //
-//   dw[i, j, c, o] = sum_{b, y, x} xp[b, y*sh + i*dh, x*sw + j*dw, c] * g[b, y, x, o]
+//   dw[i, j, c, o] = sum_{b, y, x} x[b, y*sh + i*dh - pt, x*sw + j*dw - pl, c] * g[b, y, x, o]
 //
-// where xp is the already padded input [B, Hp, Wp, C] and g the output cotangent [B, Ho, Wo, O], both float32.
+// where x is the convolution's input [B, H, W, C] (zero outside it: the padding is implicit, no padded copy; a
+// negative pt or pl crops) and g the output cotangent [B, Ho, Wo, O], both float32.
 // XLA:CPU computes this as a convolution with a Ho x Wo window and a kh x kw output, which runs far below the
 // machine's FMA rate; PyTorch (oneDNN) runs a direct kernel. This is such a direct kernel, without patches:
 // register-blocked outer products (a block of CB input channels times NV vectors of output channels stays in
@@ -32,25 +33,28 @@ using segrecon_native::Vec;
 constexpr int kMaxChannelBlock = 6;  // input channels per register block
 
 struct Geometry {
-  int64_t batch, hp, wp, in_ch, ho, wo, out_ch, kh, kw, sh, sw, dh, dw;
+  int64_t batch, h, w, in_ch, ho, wo, out_ch, kh, kw, sh, sw, dh, dw, pt, pl;
 };
 
-// acc[c0:c0+CB, o0:o0+NV*kLanes] of tap (i, j) += over the rows [row_begin, row_end) of (b, y).
+// acc[c0:c0+CB, o0:o0+NV*kLanes] of tap (i, j) += over the rows [row_begin, row_end) of (b, y), for the output
+// columns [x0, x1) (those whose input column lies inside the input; rows outside it are skipped).
 template <int CB, int NV>
-void Block(const Geometry& g, const float* xp, const float* cot, float* dw_tap, int64_t i, int64_t j, int64_t c0,
-           int64_t o0, int64_t row_begin, int64_t row_end) {
+void Block(const Geometry& g, const float* xd, const float* cot, float* dw_tap, int64_t i, int64_t j, int64_t c0,
+           int64_t o0, int64_t row_begin, int64_t row_end, int64_t x0, int64_t x1) {
   Vec acc[CB][NV];
   for (int c = 0; c < CB; ++c)
     for (int v = 0; v < NV; ++v) acc[c][v] = LoadVec(dw_tap + (c0 + c) * g.out_ch + o0 + v * kLanes);
   const int64_t x_step = g.sw * g.in_ch;
   for (int64_t row = row_begin; row < row_end; ++row) {
     const int64_t b = row / g.ho, y = row % g.ho;
-    const float* x_row = xp + ((b * g.hp + y * g.sh + i * g.dh) * g.wp + j * g.dw) * g.in_ch + c0;
+    const int64_t iy = y * g.sh + i * g.dh - g.pt;
+    if (iy < 0 || iy >= g.h) continue;  // A padding row: zero.
+    const float* x_row = xd + ((b * g.h + iy) * g.w + x0 * g.sw + j * g.dw - g.pl) * g.in_ch + c0;
     const float* g_row = cot + row * g.wo * g.out_ch + o0;
-    for (int64_t x = 0; x < g.wo; ++x) {
+    for (int64_t x = x0; x < x1; ++x) {
       Vec gv[NV];
       for (int v = 0; v < NV; ++v) gv[v] = LoadVec(g_row + x * g.out_ch + v * kLanes);
-      const float* xs = x_row + x * x_step;
+      const float* xs = x_row + (x - x0) * x_step;
       for (int c = 0; c < CB; ++c) {
         const Vec xb = Broadcast(xs + c);
         for (int v = 0; v < NV; ++v) acc[c][v] += xb * gv[v];
@@ -62,32 +66,37 @@ void Block(const Geometry& g, const float* xp, const float* cot, float* dw_tap, 
 }
 
 template <int NV>
-void BlockC(int cb, const Geometry& g, const float* xp, const float* cot, float* dw_tap, int64_t i, int64_t j,
-            int64_t c0, int64_t o0, int64_t r0, int64_t r1) {
+void BlockC(int cb, const Geometry& g, const float* xd, const float* cot, float* dw_tap, int64_t i, int64_t j,
+            int64_t c0, int64_t o0, int64_t r0, int64_t r1, int64_t x0, int64_t x1) {
   switch (cb) {
-    case 6: return Block<6, NV>(g, xp, cot, dw_tap, i, j, c0, o0, r0, r1);
-    case 5: return Block<5, NV>(g, xp, cot, dw_tap, i, j, c0, o0, r0, r1);
-    case 4: return Block<4, NV>(g, xp, cot, dw_tap, i, j, c0, o0, r0, r1);
-    case 3: return Block<3, NV>(g, xp, cot, dw_tap, i, j, c0, o0, r0, r1);
-    case 2: return Block<2, NV>(g, xp, cot, dw_tap, i, j, c0, o0, r0, r1);
-    default: return Block<1, NV>(g, xp, cot, dw_tap, i, j, c0, o0, r0, r1);
+    case 6: return Block<6, NV>(g, xd, cot, dw_tap, i, j, c0, o0, r0, r1, x0, x1);
+    case 5: return Block<5, NV>(g, xd, cot, dw_tap, i, j, c0, o0, r0, r1, x0, x1);
+    case 4: return Block<4, NV>(g, xd, cot, dw_tap, i, j, c0, o0, r0, r1, x0, x1);
+    case 3: return Block<3, NV>(g, xd, cot, dw_tap, i, j, c0, o0, r0, r1, x0, x1);
+    case 2: return Block<2, NV>(g, xd, cot, dw_tap, i, j, c0, o0, r0, r1, x0, x1);
+    default: return Block<1, NV>(g, xd, cot, dw_tap, i, j, c0, o0, r0, r1, x0, x1);
   }
 }
 
 // Adds the rows [r0, r1) into `dw` [kh, kw, C, O].
-void Rows(const Geometry& g, const float* xp, const float* cot, float* dw, int64_t r0, int64_t r1) {
+void Rows(const Geometry& g, const float* xd, const float* cot, float* dw, int64_t r0, int64_t r1) {
   for (int64_t i = 0; i < g.kh; ++i) {
     for (int64_t j = 0; j < g.kw; ++j) {
       float* dw_tap = dw + (i * g.kw + j) * g.in_ch * g.out_ch;
+      // Output columns whose input column x*sw + j*dw - pl lies inside [0, w).
+      const int64_t off = j * g.dw - g.pl;
+      const int64_t x0 = off >= 0 ? 0 : (-off + g.sw - 1) / g.sw;
+      const int64_t x1 = g.w - off <= 0 ? 0 : std::min<int64_t>(g.wo, (g.w - off + g.sw - 1) / g.sw);
+      if (x1 <= x0) continue;
       for (int64_t c0 = 0; c0 < g.in_ch; c0 += kMaxChannelBlock) {
         const int cb = static_cast<int>(std::min<int64_t>(kMaxChannelBlock, g.in_ch - c0));
         for (int64_t o0 = 0; o0 < g.out_ch;) {
           const int64_t vectors = std::min<int64_t>(kMaxVectors, (g.out_ch - o0) / kLanes);
           switch (vectors) {
-            case 4: BlockC<(kMaxVectors >= 4 ? 4 : 1)>(cb, g, xp, cot, dw_tap, i, j, c0, o0, r0, r1); break;
-            case 3: BlockC<(kMaxVectors >= 3 ? 3 : 1)>(cb, g, xp, cot, dw_tap, i, j, c0, o0, r0, r1); break;
-            case 2: BlockC<2>(cb, g, xp, cot, dw_tap, i, j, c0, o0, r0, r1); break;
-            default: BlockC<1>(cb, g, xp, cot, dw_tap, i, j, c0, o0, r0, r1); break;
+            case 4: BlockC<(kMaxVectors >= 4 ? 4 : 1)>(cb, g, xd, cot, dw_tap, i, j, c0, o0, r0, r1, x0, x1); break;
+            case 3: BlockC<(kMaxVectors >= 3 ? 3 : 1)>(cb, g, xd, cot, dw_tap, i, j, c0, o0, r0, r1, x0, x1); break;
+            case 2: BlockC<2>(cb, g, xd, cot, dw_tap, i, j, c0, o0, r0, r1, x0, x1); break;
+            default: BlockC<1>(cb, g, xd, cot, dw_tap, i, j, c0, o0, r0, r1, x0, x1); break;
           }
           o0 += vectors * kLanes;
         }
@@ -96,18 +105,18 @@ void Rows(const Geometry& g, const float* xp, const float* cot, float* dw, int64
   }
 }
 
-ffi::Error ConvWeightGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp, ffi::Buffer<ffi::F32> cot,
+ffi::Error ConvWeightGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xb, ffi::Buffer<ffi::F32> cot,
                               ffi::ResultBuffer<ffi::F32> out, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
-                              int64_t dh, int64_t dw_) {
-  auto xd = xp.dimensions();
+                              int64_t dh, int64_t dw_, int64_t pt, int64_t pl) {
+  auto xd = xb.dimensions();
   auto gd = cot.dimensions();
   if (xd.size() != 4 || gd.size() != 4 || xd[0] != gd[0])
-    return ffi::Error::InvalidArgument("conv_weight_grad: needs xp [B, Hp, Wp, C] and g [B, Ho, Wo, O]");
-  Geometry g{xd[0], xd[1], xd[2], xd[3], gd[1], gd[2], gd[3], kh, kw, sh, sw, dh, dw_};
+    return ffi::Error::InvalidArgument("conv_weight_grad: needs x [B, H, W, C] and g [B, Ho, Wo, O]");
+  Geometry g{xd[0], xd[1], xd[2], xd[3], gd[1], gd[2], gd[3], kh, kw, sh, sw, dh, dw_, pt, pl};
   if (g.out_ch % kLanes != 0)
     return ffi::Error::InvalidArgument("conv_weight_grad: output channels must be a multiple of the vector width");
-  if ((g.ho - 1) * sh + (kh - 1) * dh >= g.hp || (g.wo - 1) * sw + (kw - 1) * dw_ >= g.wp)
-    return ffi::Error::InvalidArgument("conv_weight_grad: padded input too small for the output and kernel");
+  if (sh < 1 || sw < 1 || dh < 1 || dw_ < 1)
+    return ffi::Error::InvalidArgument("conv_weight_grad: strides and dilation must be positive");
   const int64_t size = kh * kw * g.in_ch * g.out_ch;
   const int64_t rows = g.batch * g.ho;
   // Chunks of rows whose cotangent and input rows stay in L2 (about 256 KiB) while every tap and block walks them.
@@ -127,7 +136,7 @@ ffi::Error ConvWeightGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp, ff
   std::vector<float> partials(static_cast<size_t>((num_slots - 1) * size), 0.0f);
   float* result = out->typed_data();
   std::fill(result, result + size, 0.0f);
-  const float* x_data = xp.typed_data();
+  const float* x_data = xb.typed_data();
   const float* g_data = cot.typed_data();
 
   // The rows are split into `num_slots` slots of consecutive chunks; slot s sums its chunks in order into its own
@@ -159,7 +168,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SegreconConvWeightGrad, ConvWeightGradImpl,
                                   .Attr<int64_t>("sh")
                                   .Attr<int64_t>("sw")
                                   .Attr<int64_t>("dh")
-                                  .Attr<int64_t>("dw"));
+                                  .Attr<int64_t>("dw")
+                                  .Attr<int64_t>("pt")
+                                  .Attr<int64_t>("pl"));
 
 // The vector width the library was built with: the output channels the caller passes must be a multiple of it.
 extern "C" int SegreconConvWeightGradLanes() { return kLanes; }
