@@ -218,8 +218,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         f'device {jax.devices()[0].device_kind} x{jax.device_count()}, {os.cpu_count()} CPUs, dtype {args.dtype}, '
         f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
   up = layers.conv_transpose_module('auto')
-  print(f"conv_impl='auto' is {layers.resolve_conv_impl('auto')!r} here (on CPU the native weight gradient for "
-        f'layers of {layers.NATIVE_WEIGHT_GRAD_MIN_OUT}+ outputs, the forward kernel where native_forward_pays); '
+  print(f"conv_impl='auto' is {layers.resolve_conv_impl('auto')!r} here (on CPU the native weight gradient, "
+        f'the forward kernel where native_forward_pays); '
         f"upconv_impl='auto' is {up.__module__}.{up.__name__}")
   groups = set(args.cases.split(','))
   header = (f"{'case':26s} {'B':>3s} {'HxW':>7s} {'xla ms':>9s} {'GF/s':>6s} {'native ms':>9s} {'GF/s':>6s} "

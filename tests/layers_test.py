@@ -82,8 +82,16 @@ WIDE_CONFIGS = [
 ]
 
 
-def _check_equals_stock_float32(config):
+@pytest.mark.parametrize('config', CONFIGS + WIDE_CONFIGS)
+def test_conv2d_equals_stock_float32(config):
+  """Every geometry's weight gradient is the native kernel's (a few outputs, as in a reconstruction's last layer,
+  included), and all four results equal XLA's."""
   args = _inputs(config, size=(40, 40) if config in WIDE_CONFIGS else (10, 9))
+  x, kernel, _ = args
+  kernel_size, strides, padding, dilation = config[:4]
+  jaxpr = str(jax.make_jaxpr(jax.grad(lambda k: jnp.sum(_native(x, k, None, kernel_size, strides, padding,
+                                                                dilation)**2)))(kernel))
+  assert 'segrecon_conv_weight_grad' in jaxpr
   expected = _value_and_grads(_stock, config, *args)
   actual = jax.jit(lambda *a: _value_and_grads(_native, config, *a))(*args)
   for name, got, want in zip(('y', 'dx', 'dkernel', 'dbias'), actual, expected):
@@ -91,23 +99,6 @@ def _check_equals_stock_float32(config):
     # float32 sums over up to 3200 positions in another order: an error relative to the largest entry.
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=max(1e-4, 1e-5 * float(jnp.abs(want).max())),
                                err_msg=name)
-
-
-@pytest.mark.parametrize('config', CONFIGS + WIDE_CONFIGS)
-def test_conv2d_equals_stock_float32(config):
-  _check_equals_stock_float32(config)
-
-
-@pytest.mark.parametrize('config', CONFIGS)
-def test_conv2d_native_weight_gradient_equals_stock_on_narrow_layers(config, monkeypatch):
-  """The native weight gradient on every geometry of CONFIGS, whose few outputs 'native' leaves to XLA's."""
-  monkeypatch.setattr(layers, 'NATIVE_WEIGHT_GRAD_MIN_OUT', 1)
-  x, kernel, _ = _inputs(config)
-  kernel_size, strides, padding, dilation = config[:4]
-  jaxpr = str(jax.make_jaxpr(jax.grad(lambda k: jnp.sum(_native(x, k, None, kernel_size, strides, padding,
-                                                                dilation)**2)))(kernel))
-  assert 'segrecon_conv_weight_grad' in jaxpr
-  _check_equals_stock_float32(config)
 
 
 @pytest.mark.parametrize('config', [CONFIGS[0], CONFIGS[3]])
@@ -359,18 +350,16 @@ def test_auto_picks_native_on_cpu_and_each_pass_where_it_pays():
   assert jax.default_backend() == 'cpu' and native.available(), native.unavailable_reason()
   assert layers.resolve_conv_impl('auto') == 'native' and layers.resolve_conv_impl('native') == 'native'
   assert layers.resolve_conv_impl('xla') == 'xla'
-  # What runs: the native weight gradient from NATIVE_WEIGHT_GRAD_MIN_OUT outputs up (an FFI call; XLA's is a
-  # convolution), the forward kernel for the 32-input layers, the 2-channel head included.
-  wide, narrow = layers.NATIVE_WEIGHT_GRAD_MIN_OUT, layers.NATIVE_WEIGHT_GRAD_MIN_OUT - 1
-  for in_ch, features, weight_grad, forward in ((3, wide, True, False), (3, narrow, False, False),
-                                                (32, 2, False, True), (32, wide, True, True)):
+  # What runs: the native weight gradient on every layer (an FFI call; XLA's is a convolution), the forward kernel
+  # for the 32-input layers, the 2-channel head included.
+  for in_ch, features, forward in ((3, 16, False), (3, 2, False), (32, 2, True), (32, 16, True)):
     x = jnp.ones((1, 8, 8, in_ch))
     module = layers.Conv(features, (3, 3))
     variables = module.init(jax.random.key(0), x)
     jaxpr = str(jax.make_jaxpr(jax.grad(lambda v: jnp.sum(module.apply(v, x)**2)))(variables))
-    assert ('segrecon_conv_weight_grad' in jaxpr) == weight_grad, (in_ch, features, jaxpr)
+    assert 'segrecon_conv_weight_grad' in jaxpr, (in_ch, features, jaxpr)
     assert ('segrecon_conv_forward' in jaxpr) == forward, (in_ch, features, jaxpr)
-  assert not layers.native_weight_grad_pays(64, jnp.float64) and layers.native_weight_grad_pays(64, jnp.bfloat16)
+  assert not layers.native_weight_grad_pays(jnp.float64) and layers.native_weight_grad_pays(jnp.bfloat16)
   with pytest.raises(ValueError, match='conv_impl'):
     layers.Conv(4, (3, 3), impl='cudnn').init(jax.random.key(0), x)
 

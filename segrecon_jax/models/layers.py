@@ -6,19 +6,19 @@ values, so checkpoints are interchangeable) whose `impl` field picks the computa
 - 'xla': exactly `nn.Conv` (`lax.conv_general_dilated`, XLA's forward and backward);
 - 'native': `conv2d`: the project's direct CPU kernels (`models/native.py`, `csrc/`, called through XLA's FFI in
   a `jax.custom_vjp`) for each pass where they beat XLA:CPU, XLA's convolutions for the rest: the weight gradient
-  of layers with at least `NATIVE_WEIGHT_GRAD_MIN_OUT` outputs (`native_weight_grad_pays`), the forward pass and
-  (stride 1) the input gradient of float32 layers with 32+ inputs and at most 128 outputs (`native_forward_pays`);
+  of every layer that is not float64 (`native_weight_grad_pays`), the forward pass and (stride 1) the input
+  gradient of float32 layers with 32+ inputs and at most 128 outputs (`native_forward_pays`);
 - 'auto' (the default): 'native' on CPU when the kernels could be built here, else 'xla'. XLA:CPU (jaxlib 0.10.2)
   computes a convolution's weight gradient as another convolution that runs far below the machine's FMA rate (30
   GFLOP/s on the 2-core Intel Xeon machines of this project, 6-10 on the AMD EPYC ones, against 230 for its
   forward), where PyTorch's oneDNN runs a direct kernel; the native kernel is such a direct kernel (a layer's
-  forward+backward 1.2x to 2.8x faster than with XLA's for 16+ outputs, 0.9x for 2-channel outputs such as a
-  reconstruction's last layer, hence the threshold). XLA's forward convolution itself runs the models' layers with
-  32 or 64 outputs at 80-180 GFLOP/s, the native forward kernel at 180-360 (1.2x to 2.4x faster; 1x1 layers 2x to
-  2.7x); with 128 outputs the kernel is mostly ahead (0.95x to 2x), with 256 XLA's convolution, at about 300
-  GFLOP/s, is; XLA runs the 2- and 4-output heads at 2-17 GFLOP/s, the kernel (its outputs padded to one vector)
-  1.65x-1.74x (3x3) and 3.6x (1x1) faster (2-core AMD EPYC; `benchmarks/conv_bench.py` and `--forward`,
-  docs/benchmarks.md). On GPU/TPU 'auto' is 'xla' (cuDNN / the TPU compiler); 'native' there is an error.
+  forward+backward 1.2x to 2.8x faster than with XLA's, a reconstruction's 2-channel last layer included). XLA's
+  forward convolution itself runs the models' layers with 32 or 64 outputs at 80-180 GFLOP/s, the native forward
+  kernel at 180-360 (1.2x to 2.4x faster; 1x1 layers 2x to 2.7x); with 128 outputs the kernel is mostly ahead
+  (0.95x to 2x), with 256 XLA's convolution, at about 300 GFLOP/s, is; XLA runs the 2- and 4-output heads at
+  2-17 GFLOP/s, the kernel (its outputs padded to one vector) 1.65x-1.74x (3x3) and 3.6x (1x1) faster (2-core AMD
+  EPYC; `benchmarks/conv_bench.py` and `--forward`, docs/benchmarks.md). On GPU/TPU 'auto' is 'xla' (cuDNN / the
+  TPU compiler); 'native' there is an error.
 
 `UpConv2x2` replaces a transposed convolution whose kernel equals its stride (the U-Net's 2x2, stride-2
 up-convolution) by a dense layer and a depth-to-space; with the same `kernel [2, 2, Cin, Cout]` it is numerically
@@ -54,9 +54,6 @@ Pads = Tuple[Tuple[int, int], Tuple[int, int]]
 CONV_IMPLS = ('auto', 'xla', 'native')  # `Conv.impl`, a model's `conv_impl`.
 UPCONV_IMPLS = ('auto', 'xla', 'dense')  # `conv_transpose_module`, a U-Net's `upconv_impl`.
 
-# 'native' computes the weight gradient of layers with at least this many output channels with the native kernel
-# (`native_weight_grad_pays`).
-NATIVE_WEIGHT_GRAD_MIN_OUT = 16
 # 'native' computes a float32 convolution (and a stride-1 one's input gradient) with the native forward kernel when
 # it has at least NATIVE_FORWARD_MIN_IN input and at most NATIVE_FORWARD_MAX_OUT output channels
 # (`native_forward_pays`).
@@ -116,13 +113,16 @@ def native_forward_pays(in_channels: int, out_channels: int, dtype: Dtype) -> bo
           out_channels <= NATIVE_FORWARD_MAX_OUT and native.available())
 
 
-def native_weight_grad_pays(out_channels: int, dtype: Dtype) -> bool:
-  """Whether the native kernel computes the weight gradient of a layer with `out_channels` outputs in `dtype`.
+def native_weight_grad_pays(dtype: Dtype) -> bool:
+  """Whether the native kernel computes the weight gradient of a layer in `dtype`.
 
-  At least `NATIVE_WEIGHT_GRAD_MIN_OUT` outputs (`python benchmarks/conv_bench.py`: a layer's forward+backward 1.2x
-  to 2.8x faster with the kernel from 16 outputs up, 0.89x-0.95x with 2) and not float64 (the kernel computes in
-  float32; float64 keeps XLA's precision)."""
-  return jnp.dtype(dtype) != jnp.float64 and out_channels >= NATIVE_WEIGHT_GRAD_MIN_OUT and native.available()
+  Every layer that is not float64 (the kernel computes in float32; float64 keeps XLA's precision). With the outputs
+  as its inner loop the kernel wastes most of a vector on a 2-output layer, and still beats XLA's weight gradient
+  there, which lays the input out as [C, H, W, B] for it: cascade's 64 -> 2 layer's forward+backward ran 1.47x
+  faster than XLA's layer with it, 1.24x without, and every train step 3-7% faster (2-core AMD EPYC,
+  `python benchmarks/conv_bench.py --cases=cascade`, docs/benchmarks.md). An earlier kernel, which took a padded
+  copy of the input, ran such layers at 0.89x-0.95x on the Intel Xeon; 16+ outputs were its threshold."""
+  return jnp.dtype(dtype) != jnp.float64 and native.available()
 
 
 def _forward(x: Array, kernel: Array, strides: Tuple[int, int], pads: Pads, dilation: Tuple[int, int],
@@ -163,7 +163,7 @@ def _native_conv_fwd(x, kernel, bias, strides, pads, dilation, precision):
 def _native_conv_bwd(strides, pads, dilation, precision, residuals, cotangent):
   x, kernel, bias = residuals
   x_grad = _input_gradient(x, kernel, cotangent, strides, pads, dilation, precision)
-  if not native_weight_grad_pays(kernel.shape[3], x.dtype):
+  if not native_weight_grad_pays(x.dtype):
     _, kernel_vjp = jax.vjp(lambda k_: _stock_conv(x, k_, strides, pads, dilation, precision), kernel)
     (kernel_grad,) = kernel_vjp(cotangent)
   else:

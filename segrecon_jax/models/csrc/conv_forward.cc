@@ -25,14 +25,8 @@
 
 namespace ffi = xla::ffi;
 
+namespace segrecon_native {
 namespace {
-
-using segrecon_native::Broadcast;
-using segrecon_native::kLanes;
-using segrecon_native::kMaxVectors;
-using segrecon_native::LoadVec;
-using segrecon_native::StoreVec;
-using segrecon_native::Vec;
 
 #if defined(__AVX512F__)
 constexpr int kAccumulators = 24;  // of the 32 vector registers: the rest hold weights and one broadcast input
@@ -156,13 +150,14 @@ ffi::Error ConvForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xb, ffi::
       default: return Tile<1>(g, x, w, out, r0, r1, v0 * kLanes, kc);
     }
   };
-  segrecon_native::ParallelFor(pool, items, run_item);
+  ParallelFor(pool, items, run_item);
   return ffi::Error::Success();
 }
 
 }  // namespace
+}  // namespace segrecon_native
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(SegreconConvForward, ConvForwardImpl,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SegreconConvForward, segrecon_native::ConvForwardImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()

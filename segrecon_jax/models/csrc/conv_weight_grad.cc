@@ -21,14 +21,8 @@
 
 namespace ffi = xla::ffi;
 
+namespace segrecon_native {
 namespace {
-
-using segrecon_native::Broadcast;
-using segrecon_native::kLanes;
-using segrecon_native::kMaxVectors;
-using segrecon_native::LoadVec;
-using segrecon_native::StoreVec;
-using segrecon_native::Vec;
 
 constexpr int kMaxChannelBlock = 6;  // input channels per register block
 
@@ -143,7 +137,7 @@ ffi::Error ConvWeightGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xb, ff
   // buffer (slot 0 into the result), and the buffers are added in slot order at the end, so the result does not
   // depend on which thread ran which slot: the same inputs give the same bits on every run (of one machine: the
   // slots follow the thread count and the layer's size).
-  segrecon_native::ParallelFor(pool, num_slots, [&](int64_t w) {
+  ParallelFor(pool, num_slots, [&](int64_t w) {
     float* acc = w == 0 ? result : partials.data() + (w - 1) * size;
     for (int64_t k = w * num_chunks / num_slots; k < (w + 1) * num_chunks / num_slots; ++k)
       Rows(g, x_data, g_data, acc, k * chunk, std::min(rows, (k + 1) * chunk));
@@ -156,8 +150,9 @@ ffi::Error ConvWeightGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xb, ff
 }
 
 }  // namespace
+}  // namespace segrecon_native
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(SegreconConvWeightGrad, ConvWeightGradImpl,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SegreconConvWeightGrad, segrecon_native::ConvWeightGradImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
@@ -173,4 +168,4 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SegreconConvWeightGrad, ConvWeightGradImpl,
                                   .Attr<int64_t>("pl"));
 
 // The vector width the library was built with: the output channels the caller passes must be a multiple of it.
-extern "C" int SegreconConvWeightGradLanes() { return kLanes; }
+extern "C" int SegreconConvWeightGradLanes() { return segrecon_native::kLanes; }
