@@ -139,9 +139,14 @@ def experiment_config(experiment: str, preset: str, args: argparse.Namespace, st
       acceleration + ('_stab' if stabilized and not solo else ''))
   config.batch_size = args.batch
   config.half_precision = args.half_precision
-  choice = {'conv_impl': conv_impl, 'upconv_impl': upconv_impl}
+  return set_layer_choices(config, conv_impl=conv_impl, upconv_impl=upconv_impl)
+
+
+def set_layer_choices(config, **choices: str):
+  """Sets every layer-choice field of `config.model` named in `choices` (e.g. `conv_impl='xla'`), in place."""
   for sub, field in models.layer_choice_fields(config.model):
-    (config.model[sub] if sub else config.model)[field] = choice[field]
+    if field in choices:
+      (config.model[sub] if sub else config.model)[field] = choices[field]
   return config
 
 
@@ -156,14 +161,11 @@ def update_flops(config, tx, state, batch, masks, devices) -> float:
   """FLOPs of one device's train update as XLA counts them with XLA's own convolutions.
 
   XLA's cost analysis counts an FFI call as no work, so the compiled step of a model whose convolutions run on the
-  native CPU kernels (`models/layers.py`) would count only what XLA computes itself (the cascade's step 12 of its
-  hundreds of GFLOP). The same update is therefore lowered, not compiled, with `conv_impl='xla'` on every layer
+  native CPU kernels (`models/layers.py`) would count only what XLA computes itself (the paper cascade's step: 12.4
+  of its 1,058 GFLOP). The same update is therefore lowered, not compiled, with `conv_impl='xla'` on every layer
   and counted before XLA optimizes it: the model's arithmetic, whichever layers compute it (the parameters, and so
   `state`, are the same for every layer choice)."""
-  config = config.copy_and_resolve_references()
-  for sub, field in models.layer_choice_fields(config.model):
-    if field == 'conv_impl':
-      (config.model[sub] if sub else config.model)[field] = 'xla'
+  config = set_layer_choices(config.copy_and_resolve_references(), conv_impl='xla')
   update = parallel.pmap(functools.partial(step_lib.train_update, model=step_lib.create_model(config), tx=tx,
                                            config=config), devices=devices)
   return _flops(update.lower(state, batch, masks))
