@@ -72,6 +72,40 @@ def cine_frame(path: str) -> int:
   return max(int(match.group(1)) - 1, 0) if match else 0
 
 
+def is_image_name(name: str) -> bool:
+  """A NIfTI or HDF5 file name that is not a `_gt` label file (nor hidden)."""
+  stem, suffix = _strip_suffix(name)
+  return bool(suffix) and not name.startswith('.') and not (suffix != '.h5' and stem.endswith(LABEL_SUFFIX))
+
+
+def label_partner(image_path: str) -> Optional[str]:
+  """The label file of an image: the HDF5 file itself when it has `label`, `<stem>_gt.nii(.gz)` beside a NIfTI
+  image; None when there is none."""
+  if image_path.endswith('.h5'):
+    with ocmr.open_h5(image_path, 'HDF5 image/label') as f:
+      return image_path if 'label' in f else None
+  stem, _ = _strip_suffix(image_path)
+  return next((stem + LABEL_SUFFIX + s for s in NIFTI_SUFFIXES if os.path.isfile(stem + LABEL_SUFFIX + s)), None)
+
+
+def image_geometry(image_path: str) -> Tuple[Tuple[int, ...], Optional[np.ndarray]]:
+  """The array shape of an image file (NIfTI voxel axes or HDF5 `image`) and its affine (NIfTI; None for HDF5),
+  read from the header."""
+  if image_path.endswith('.h5'):
+    with ocmr.open_h5(image_path, 'HDF5 image/label') as f:
+      if 'image' not in f:
+        raise MagnitudeFormatError(f'{image_path}: expected an HDF5 dataset `image`, found {sorted(f.keys())}')
+      return tuple(f['image'].shape), None
+  import nibabel as nib  # pylint: disable=g-import-not-at-top  (only NIfTI users need it)
+  if not os.path.isfile(image_path):
+    raise FileNotFoundError(f'{image_path}: no such image file')
+  try:
+    image = nib.load(image_path)
+  except Exception as e:  # nibabel raises several types for truncated or foreign files
+    raise MagnitudeFormatError(f'{image_path}: expected a NIfTI image file, but it cannot be read: {e}') from e
+  return tuple(int(n) for n in image.shape), np.asarray(image.affine, np.float64)
+
+
 def find_pairs(directory: str) -> List[Tuple[str, str]]:
   """`(image path, label path)` of every NIfTI pair and HDF5 file under `directory`, sorted by path.
 
@@ -122,31 +156,34 @@ def _to_slices_frames(array: np.ndarray, path: str, voxel_order: bool) -> np.nda
   return array.reshape((1,) * (4 - array.ndim) + array.shape)
 
 
-def read_pair(image_path: str, label_path: str) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Reads one image file and its label file.
+def read_pair(image_path: str, label_path: Optional[str]) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Reads one image file and its label file (None: no labels, for prediction).
 
   Returns:
     `magnitude` float32 `[slices, frames, H, W]` (>= 0), `label` int64 `[slices, frames, H, W]` in the file's own
     convention (not remapped), `labelled` bool `[slices, frames]` (rule in the module docstring). `frames` is 1 for
-    a file without a time axis (its frame number is `cine_frame`).
+    a file without a time axis (its frame number is `cine_frame`). Without a label file: all-zero labels, nothing
+    labelled.
   """
   labelled = None
   if image_path.endswith('.h5'):
     with ocmr.open_h5(image_path, 'HDF5 image/label') as f:
-      missing = [n for n in ('image', 'label') if n not in f]
+      missing = [n for n in (('image', 'label') if label_path else ('image',)) if n not in f]
       if missing:
         raise MagnitudeFormatError(f'{image_path}: expected HDF5 datasets `image` and `label` of one shape '
                                    f'([H, W], [slices, H, W] or [slices, frames, H, W]); missing {missing}')
       try:
-        image, label = f['image'][()], f['label'][()]
-        labelled = f['labelled'][()] if 'labelled' in f else None
+        image = f['image'][()]
+        label = f['label'][()] if label_path else np.zeros(image.shape, np.uint8)
+        labelled = f['labelled'][()] if 'labelled' in f and label_path else None
       except (OSError, ValueError) as e:
         raise MagnitudeFormatError(f'{image_path}: the datasets cannot be read (truncated or corrupt file): '
                                    f'{e}') from e
     voxel_order = False
   else:
     image, image_affine = _load_nifti(image_path, 'image')
-    label, label_affine = _load_nifti(label_path, 'label')
+    label, label_affine = _load_nifti(label_path, 'label') if label_path else (np.zeros(image.shape, np.uint8),
+                                                                                image_affine)
     if image.shape == label.shape and not np.allclose(image_affine, label_affine, atol=_AFFINE_TOLERANCE_MM):
       raise MagnitudeFormatError(f'{label_path}: its affine\n{label_affine}\ndiffers from that of its image '
                                  f'{image_path}\n{image_affine}\nso the labels do not lie on the image voxels')
@@ -175,6 +212,8 @@ def read_pair(image_path: str, label_path: str) -> Tuple[np.ndarray, np.ndarray,
       raise MagnitudeFormatError(f'{image_path}: `labelled` shape {labelled.shape} does not match the '
                                  f'[slices, frames] {magnitude.shape[:2]} of its `image`')
     labelled = labelled.reshape(magnitude.shape[:2]).astype(bool)
+  elif not label_path:
+    labelled = np.zeros(magnitude.shape[:2], bool)
   elif magnitude.shape[1] == 1:  # One phase: every slice is labelled (all background where it shows no heart).
     labelled = np.ones(magnitude.shape[:2], bool)
   else:  # A frame is labelled when its label volume is not all background.
@@ -228,7 +267,7 @@ def load_examples(image_path: str, label_path: str, image_size: Sequence[int],
   """Reads one image file and its labels into examples like `ocmr.load_examples`.
 
   Args:
-    image_path, label_path: a pair from `find_pairs`.
+    image_path, label_path: a pair from `find_pairs` (label_path None: no labels, every example unlabelled).
     image_size: `(H, W)` every image and label map is centred-cropped or zero-padded to (`ocmr.crop_or_pad`).
     label_mapping: value `v` of the label file becomes `label_mapping[v]` (our classes, `labels.CLASS_NAMES`).
     phase_seed: seed of the synthetic phase.
