@@ -108,7 +108,7 @@ def _log_resize(path: str, file_shape: Sequence[int], image_size: Sequence[int],
                       zip(axes, file_shape, image_size) if f != m)
   logging.warning('%s: its images are %dx%d (%s), the model\'s %dx%d: for prediction each image (and label map) is '
                   'centred and %s; predicted label files and NIfTI volumes are put back at %dx%d, background where '
-                  'the model saw nothing', path, *file_shape, ' x '.join(axes), *image_size, changes, *file_shape)
+                  'the model saw nothing', path, *file_shape, ', '.join(axes), *image_size, changes, *file_shape)
 
 
 def load_file(item: InputFile, image_size: Sequence[int], config) -> LoadedFile:
