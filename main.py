@@ -2,7 +2,7 @@
 
   python main.py --config=configs/cascade_manet.py:x8_stab --workdir=/tmp/segrecon/cascade_manet_x8_stab
   python main.py --config=configs/cascade_manet.py:x8_stab --workdir=... --mode=eval
-  python main.py --config=configs/cascade_manet.py:x8_stab --workdir=... --mode=predict [--input=fs_0001_1_5T.h5]
+  python main.py --config=configs/cascade_manet.py:x8_stab --workdir=... --mode=predict [--input=FILE_OR_FOLDER]
   python main.py --config=configs/cascade_manet.py:x8_stab --workdir=... --mode=attention
 
 Intentionally kept short: everything happens in segrecon_jax.train (training), segrecon_jax.inference and
@@ -31,7 +31,8 @@ config_flags.DEFINE_config_file('config', None, 'Experiment config file, e.g. co
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, TensorBoard files, tables and figures.')
 flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict', 'attention'],
                   'train (ends with an evaluation), eval, predict or attention (pseudo-attention figure).')
-flags.DEFINE_string('input', '', 'predict: an OCMR-format .h5 file (labels optional) instead of the eval split.')
+flags.DEFINE_string('input', '', 'predict: an OCMR .h5, NIfTI or HDF5 magnitude file, or a folder of them (labels '
+                    'optional), instead of the eval split.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -81,7 +82,7 @@ def run(argv):
           'of the image')
   else:
     out_dir = inference.predict(FLAGS.config, FLAGS.workdir, FLAGS.input)
-    print(f'Wrote predictions (.npy) and figures (.png) to {out_dir}')
+    print(f'Wrote predictions (.npy{", .nii.gz" if FLAGS.input else ""}) and figures (.png) to {out_dir}')
 
 
 if __name__ == '__main__':
