@@ -117,15 +117,16 @@ class AheadOfTimeSteps:
   trains: free on a GPU/TPU host whose CPU is otherwise idle, and on a small CPU host they share the cores.
   `workers=None` picks `default_compile_workers()`: one on a CPU backend (the compiles already compete with the
   train step for the cores), two on a GPU/TPU host, whose cores are otherwise idle (more do not pay there: each
-  compile also autotunes on the one accelerator, so many at once queue behind each other). `get(value)` returns the executable (called without the static
-  argument), waiting for it if needed, compiling it now if it was never queued. `compile_seconds[value]` is each
-  compile's own time, `wait_seconds[value]` how long the caller was blocked waiting for it; the gap between the
-  two is compile time hidden behind training.
+  compile also autotunes on the one accelerator, so many at once queue behind each other). `get(value)` returns
+  the executable (called without the static argument), waiting for it if needed, compiling it now if it was never
+  queued. `compile_seconds[value]` is each compile's own time, `wait_seconds[value]` how long the caller was blocked
+  waiting for it; the gap between the two is compile time hidden behind training.
 
   `example_args` are only read for shapes and dtypes (`jax.ShapeDtypeStruct`s are taken), so donated buffers
   may be passed. The compiles trace the step on the worker threads, so what a trace reads from process state (the
-  layer setting of `models.layers`, set by `setup_runtime`) must be set before `prefetch`. With `static=False` the step has no static argument: use the value None. Instances made with
-  `after=other` share `other`'s worker threads, so their compiles queue behind `other`'s instead of competing.
+  layer setting of `models.layers`, set by `setup_runtime`) must be set before `prefetch`. With `static=False` the
+  step has no static argument: use the value None. Instances made with `after=other` share `other`'s worker
+  threads, so their compiles queue behind `other`'s instead of competing.
 
   In a multi-process job nothing is compiled ahead (jax 0.10.2's pmap cannot lower from shapes there: host-local
   to global avals): `get` returns the pmapped step with the value bound, which compiles at its first call.

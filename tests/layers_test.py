@@ -452,7 +452,8 @@ def test_a_library_without_the_kernels_falls_back_to_xla(monkeypatch, tmp_path, 
   subprocess.run([compiler, '-shared', '-fPIC', str(source), '-o', str(stale)], check=True)
   monkeypatch.setattr(native, '_build', lambda compiler: str(stale))
   # A fresh cache of the loader for this test (monkeypatch restores the process's loaded kernels after it).
-  monkeypatch.setattr(native, '_load', functools.lru_cache(maxsize=None)(native._load.__wrapped__))  # pylint: disable=protected-access
+  fresh_load = functools.lru_cache(maxsize=None)(native._load.__wrapped__)  # pylint: disable=protected-access
+  monkeypatch.setattr(native, '_load', fresh_load)
   monkeypatch.setattr(layers, '_warned_fallback', [])
   with caplog.at_level('WARNING'):
     assert not native.available()
