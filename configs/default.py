@@ -3,8 +3,8 @@
 Presets and switches (`configs/<experiment>.py:<preset>[,<switch>...]`) are parsed by `parse_arg` below:
   presets   x4, x8 (acceleration; no stabilization), x4_stab, x8_stab (the paper's "(S)" rows, joint models only)
   switches  runlocal (a CPU smoke run: small phantom, 64x64 images, narrow networks, a few epochs)
-            demo (the README's main job: runlocal's widths on the 64x64 phantom_medium, trained for about 3
-            minutes of a 2-core CPU with a faster optimizer, long enough to learn visibly; see `apply_demo`)
+            demo (the README's main job: runlocal's widths on the 64x64 phantom_medium, trained with a faster
+            optimizer long enough to learn visibly; see `apply_demo`)
             cpu_study (the reduced-scale reproduction study of docs/results.md: runlocal's widths on the larger
             64x64 phantom_medium, trained longer with a faster optimizer; see `apply_cpu_study`)
 """
@@ -68,7 +68,7 @@ def get_config():
   config.l2_weight = 1.0  # Weight of l2 inside the reconstruction loss.
   # Log the norms of the reconstruction and segmentation terms' gradients with respect to the reconstruction
   # network's parameters (train_recon_grad_norm, train_seg_grad_norm): a second, 2-wide backward pass through the
-  # whole model per step (about 1.8x the step time of cascade_manet at 64x64 on a 2-core CPU); the sweep turns it on.
+  # whole model per step (a markedly slower step, docs/benchmarks.md); the sweep turns it on.
   config.log_loss_grad_norms = False
 
   # Optimization (paper section 2.4).
@@ -109,6 +109,11 @@ def get_config():
   config.process_id = 0  # With coordinator_address: this process's id, 0 .. num_processes - 1.
   config.progress_bar = True  # tqdm bar on a terminal.
   config.num_summary_images = 2  # Examples shown in TensorBoard image summaries.
+
+  # Runtime only: how the layers are computed, never part of the model (segrecon_jax/models/layers.py). Every value
+  # computes the same function with the same parameters, so a checkpoint trains, resumes and evaluates under any.
+  config.conv_impl = 'auto'  # 'auto' (native CPU kernels on CPU where they build, else XLA), 'xla' or 'native'.
+  config.upconv_impl = 'auto'  # U-Net up-convolutions: 'auto' ('dense' on CPU, else 'xla'), 'xla' or 'dense'.
   return config
 
 
@@ -138,7 +143,7 @@ def small_image_acs(acceleration) -> int:
 
 
 def apply_runlocal(config):
-  """Shrinks data, image size, widths and epochs so a run finishes in minutes on a 2-core CPU (a smoke run)."""
+  """Shrinks data, image size, widths and epochs to a CPU smoke run."""
   config.dataset_config = 'phantom_small'
   config.num_acs = small_image_acs(config.acceleration)
   config.batch_size = 8
@@ -154,7 +159,7 @@ def apply_runlocal(config):
 
 
 def apply_demo(config):
-  """The README's main job: a run that visibly learns in about 5 minutes of a 2-core CPU, cold cache included.
+  """The README's main job: a short CPU run that visibly learns (its duration is in the README).
 
   runlocal's widths and batch on `phantom_medium` (204 train / 36 test 64x64 slices). Adam at lr 2e-3, b1 0.9,
   decayed along a half cosine to 0 (the paper's constant lr 1e-4, b1 0.99 barely moves these networks in a few

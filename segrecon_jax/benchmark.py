@@ -17,10 +17,10 @@ number of compiles of a full stabilization schedule with their share of the wall
 phantom-like batches feed the step; the input pipeline is timed on its own over the TFDS `ocmr` data source.
 On CPU, `--devices N` fakes N host devices (correctness of the layout, not speed); on a multi-GPU host it prints
 the scaling efficiency of the same global batch over 1..N devices. `--conv_impl` and `--upconv_impl` time the
-step with each layer choice of `models/layers.py` in the same run (every pair of the two lists): `conv_impl` of
-every convolution of every model ('xla': XLA's convolutions, as nn.Conv; 'native': the native CPU kernels of
-models/native.py; 'auto': the models' default), `upconv_impl` of the U-Nets' 2x2 up-convolutions ('xla':
-nn.ConvTranspose; 'dense': UpConv2x2; 'auto').
+step with each value of the runtime layer setting of `models/layers.py` in the same run (every pair of the two
+lists; the model and its parameters are the same in each): `conv_impl` of every convolution ('xla': XLA's
+convolutions, as nn.Conv; 'native': the native CPU kernels of models/native.py; 'auto': the default),
+`upconv_impl` of the U-Nets' 2x2 up-convolutions ('xla': nn.ConvTranspose; 'dense': UpConv2x2; 'auto').
 
 With `--torch_python` (the Python of an environment with benchmarks/requirements-torch.txt), the same run then
 times the PyTorch reference (`benchmarks/torch_reference.py`, same shapes, loss, optimizer; `--torch_threads`
@@ -129,8 +129,8 @@ def experiment_config(experiment: str, preset: str, args: argparse.Namespace, st
                       conv_impl: str = 'auto', upconv_impl: str = 'auto'):
   """`configs/<experiment>.py` at `preset` (e.g. 'x8_stab'; solo models drop '_stab'), with the benchmark's batch.
 
-  `stabilized` overrides the preset's stabilization (joint models only); `conv_impl` and `upconv_impl` set every
-  'conv_impl' / 'upconv_impl' layer choice of the model.
+  `stabilized` overrides the preset's stabilization (joint models only); `conv_impl` and `upconv_impl` set the
+  config's runtime layer setting (`time_train_step` applies it).
   """
   acceleration, _, suffix = preset.partition('_')
   stabilized = suffix == 'stab' if stabilized is None else stabilized
@@ -143,11 +143,18 @@ def experiment_config(experiment: str, preset: str, args: argparse.Namespace, st
 
 
 def set_layer_choices(config, **choices: str):
-  """Sets every layer-choice field of `config.model` named in `choices` (e.g. `conv_impl='xla'`), in place."""
-  for sub, field in models.layer_choice_fields(config.model):
-    if field in choices:
-      (config.model[sub] if sub else config.model)[field] = choices[field]
+  """Sets the runtime layer setting of `config` (`conv_impl`, `upconv_impl`, e.g. `conv_impl='xla'`), in place."""
+  unknown = sorted(set(choices) - set(layers.current_impls()))
+  if unknown:
+    raise ValueError(f'unknown layer setting(s) {unknown}; valid are {sorted(layers.current_impls())}')
+  for field, value in choices.items():
+    config[field] = value
   return config
+
+
+def layer_setting(config) -> Dict[str, str]:
+  """The runtime layer setting a config asks for (`layers.impls` keyword arguments)."""
+  return {field: config.get(field, 'auto') for field in layers.current_impls()}
 
 
 def _flops(stage) -> float:
@@ -161,14 +168,14 @@ def update_flops(config, tx, state, batch, masks, devices) -> float:
   """FLOPs of one device's train update as XLA counts them with XLA's own convolutions.
 
   XLA's cost analysis counts an FFI call as no work, so the compiled step of a model whose convolutions run on the
-  native CPU kernels (`models/layers.py`) would count only what XLA computes itself (the paper cascade's step: 12.4
-  of its 1,058 GFLOP). The same update is therefore lowered, not compiled, with `conv_impl='xla'` on every layer
-  and counted before XLA optimizes it: the model's arithmetic, whichever layers compute it (the parameters, and so
-  `state`, are the same for every layer choice)."""
-  config = set_layer_choices(config.copy_and_resolve_references(), conv_impl='xla')
-  update = parallel.pmap(functools.partial(step_lib.train_update, model=step_lib.create_model(config), tx=tx,
-                                           config=config), devices=devices)
-  return _flops(update.lower(state, batch, masks))
+  native CPU kernels (`models/layers.py`) would count only what XLA computes itself, a small part of the step. The
+  same update is therefore lowered, not compiled, with conv_impl 'xla' and counted before XLA optimizes it: the
+  model's arithmetic, whichever layers compute it (the parameters, and so `state`, are the same for every layer
+  setting). The setting is process-wide: call this when no compile of another setting is running."""
+  with layers.impls(conv_impl='xla'):
+    update = parallel.pmap(functools.partial(step_lib.train_update, model=step_lib.create_model(config), tx=tx,
+                                             config=config), devices=devices)
+    return _flops(update.lower(state, batch, masks))
 
 
 def _peak_memory_bytes(devices, compiled) -> Dict[str, Optional[float]]:
@@ -188,8 +195,14 @@ def _peak_memory_bytes(devices, compiled) -> Dict[str, Optional[float]]:
 def time_train_step(config, image_size: int, num_devices: int, steps: int, profile_dir: str = '') -> Dict[str, Any]:
   """Compile and steady-state times of the real train step on the first `num_devices` local devices.
 
-  With `profile_dir`, the timed steps run under `jax.profiler.trace(profile_dir)`.
+  With `profile_dir`, the timed steps run under `jax.profiler.trace(profile_dir)`. The step is traced and compiled
+  (on `TrainSteps`' background thread too) under the config's runtime layer setting (`layer_setting`).
   """
+  with layers.impls(**layer_setting(config)):
+    return _time_train_step(config, image_size, num_devices, steps, profile_dir)
+
+
+def _time_train_step(config, image_size: int, num_devices: int, steps: int, profile_dir: str) -> Dict[str, Any]:
   devices = jax.local_devices()[:num_devices]
   step_lib.check_masks_fit(config, image_size, f'--image_size={image_size}')
   if config.batch_size % num_devices:
@@ -205,7 +218,7 @@ def time_train_step(config, image_size: int, num_devices: int, steps: int, profi
   train_steps = step_lib.TrainSteps(model, tx, config, state, batch, rng, devices=devices, workers=1)
   train_steps.prefetch(fraction)
   step_fn = train_steps.get(fraction)
-  compiled = train_steps.update.get(None)
+  compiled = train_steps.update.get(None)  # Both compiles have finished: update_flops may change the setting.
   compile_seconds = train_steps.compile_seconds
   masks = jax.ShapeDtypeStruct((num_devices, config.batch_size // num_devices, 1, image_size), jnp.bool_)
   flops_per_device = update_flops(config, tx, state, batch, masks, devices)
@@ -380,7 +393,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     pipeline = {}
     if args.pipeline_config:  # The pipeline reads only the batch and data fields, the same in every variant.
       pipeline = time_input_pipeline(schedule_config, args.pipeline_config, args.data_dir)
-    has_upconv = any(field == 'upconv_impl' for _, field in models.layer_choice_fields(experiment))
+    has_upconv = models.has_upconv(experiment)
     for conv_impl, upconv_impl in itertools.product(conv_impls, upconv_impls if has_upconv else [None]):
       config = experiment_config(experiment, args.preset, args, conv_impl=conv_impl,
                                  upconv_impl=upconv_impl or 'auto')

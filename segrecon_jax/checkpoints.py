@@ -22,6 +22,7 @@ RESUMABLE_FIELDS = frozenset({
     'checkpoint_every_epochs', 'max_checkpoints_to_keep', 'progress_bar', 'num_summary_images',
     'compilation_cache_dir', 'data_dir', 'manual_dir', 'distributed', 'coordinator_address', 'num_processes',
     'process_id', 'compile_ahead', 'compile_workers',
+    'conv_impl', 'upconv_impl',  # Runtime only: how the layers are computed (models/layers.py), not what.
 })
 # Fields that inference (eval, predict) must share with the checkpoint: what builds the model and its inputs.
 MODEL_FIELD_PREFIXES = ('model.', 'half_precision', 'num_classes')

@@ -3,6 +3,7 @@
 import numbers
 
 from segrecon_jax import models
+from segrecon_jax.models import layers
 
 
 class ConfigError(ValueError):
@@ -56,6 +57,10 @@ def check_config(config) -> None:
       _at_least(config, 'schedule_levels', 2, 'the quantized ramp needs at least 2 levels (None: the exact eq. 1, '
                 'one level per ramp epoch)')
   _check_data_fields(config)
+  for field, valid in (('conv_impl', layers.CONV_IMPLS), ('upconv_impl', layers.UPCONV_IMPLS)):
+    if config.get(field, 'auto') not in valid:
+      raise ConfigError(f'config.{field}={config[field]!r}: expected one of {valid} (runtime only: how the layers '
+                        'are computed; see segrecon_jax/models/layers.py).')
   try:
     segments = models.segments(config.model)
   except ValueError as e:

@@ -8,6 +8,7 @@ import pytest
 
 from segrecon_jax import benchmark
 from segrecon_jax import steps
+from segrecon_jax.models import layers
 
 
 def test_benchmark_runs_over_one_and_two_devices_and_writes_json(tmp_path):
@@ -26,16 +27,24 @@ def test_benchmark_runs_over_one_and_two_devices_and_writes_json(tmp_path):
 
 def test_benchmark_times_each_layer_choice_of_each_model(monkeypatch):
   defaults = benchmark.parse_args([])
-  # The built model (not the config) carries the choice, in every sub-network that has one.
-  built = {name: steps.create_model(benchmark.experiment_config(name, 'x8_stab', defaults, conv_impl='xla',
-                                                                 upconv_impl='dense'))
-           for name in benchmark.EXPERIMENTS}
-  assert built['unet'].net.upconv_impl == built['multidecoder_unet'].upconv_impl == 'dense'
-  assert built['unet_unet'].recon_net.upconv_impl == built['unet_unet'].seg_net.upconv_impl == 'dense'
-  assert built['unet'].net.conv_impl == built['multidecoder_unet'].conv_impl == 'xla'
-  assert built['unet_unet'].recon_net.conv_impl == built['unet_unet'].seg_net.conv_impl == 'xla'
-  assert built['cascade'].net.conv_impl == built['cascade_manet'].recon_net.conv_impl == 'xla'
-  assert built['cascade_manet'].seg_net.conv_impl == 'xla'
+  # The config's runtime setting (not the model) carries the choice; the model is the same for every choice.
+  for name in benchmark.EXPERIMENTS:
+    config = benchmark.experiment_config(name, 'x8_stab', defaults, conv_impl='xla', upconv_impl='dense')
+    assert benchmark.layer_setting(config) == {'conv_impl': 'xla', 'upconv_impl': 'dense'}
+    default = benchmark.experiment_config(name, 'x8_stab', defaults)
+    assert steps.create_model(config) == steps.create_model(default)
+  with pytest.raises(ValueError, match='unknown layer setting'):
+    benchmark.set_layer_choices(config, im2col='xla')
+  # What each row traces: the setting is applied around the step's trace and compiles (the update compiles on
+  # TrainSteps' background thread), then restored.
+  seen = []
+  real_train_update = steps.train_update
+
+  def recording_update(*args, **kwargs):
+    seen.append(layers.resolve_conv_impl())
+    return real_train_update(*args, **kwargs)
+
+  monkeypatch.setattr(steps, 'train_update', recording_update)
 
   paper_config = benchmark.experiment_config
 
@@ -49,6 +58,9 @@ def test_benchmark_times_each_layer_choice_of_each_model(monkeypatch):
   result = benchmark.run(benchmark.parse_args(['--experiments=cascade', '--image_size=32', '--batch=2', '--steps=1',
                                                '--pipeline_config=', '--conv_impl=xla,native']))
   assert [r['conv_impl'] for r in result['rows']] == ['xla', 'native']
+  # Each row's step traced with its own layers (update_flops traces with XLA's, after the step's compiles).
+  assert seen == ['xla', 'xla', 'native', 'xla'], seen
+  assert layers.current_impls() == {'conv_impl': 'auto', 'upconv_impl': 'auto'}
   assert all(r['step_median_s'] > 0 for r in result['rows'])
   # FLOPs count the model's arithmetic whichever layers compute it (XLA's cost analysis sees an FFI call as no
   # work): at least each convolution's forward and weight gradient, over the positions a 'VALID' 3x3 visits.
