@@ -30,8 +30,8 @@ over ours) columns; `--torch_modes=eager,compile` also times it under `torch.com
 adds the compiled columns. `--tf32=on|off` sets TF32 for float32 matmuls and convolutions identically on both sides
 (JAX: `jax_default_matmul_precision` 'tensorfloat32' or 'highest', which convolutions follow too; PyTorch: both
 `allow_tf32` switches); 'default' leaves each framework's own default (on recent NVIDIA GPUs both use TF32 for
-float32 convolutions, and PyTorch not for matmuls). `--profile DIR` writes a `jax.profiler` trace of the timed steps (TensorBoard's profile plugin
-or Perfetto read it) and prints the most expensive XLA operations of the step.
+float32 convolutions, and PyTorch not for matmuls). `--profile DIR` writes a `jax.profiler` trace of the timed steps
+(TensorBoard's profile plugin or Perfetto read it) and prints the most expensive XLA operations of the step.
 """
 
 import argparse
