@@ -111,6 +111,14 @@ import sys, jax, jaxlib, flax, optax, numpy
 print('python', sys.version.split()[0], '| jax', jax.__version__, '| jaxlib', jaxlib.__version__, '| flax',
       flax.__version__, '| optax', optax.__version__, '| numpy', numpy.__version__)
 print('jax devices', jax.devices())
+from importlib import metadata
+def version(name):
+  try:
+    return metadata.version(name)
+  except metadata.PackageNotFoundError:
+    return None
+print('packages', {n: version(n) for n in ('orbax-checkpoint', 'etils', 'protobuf', 'tensorflow-datasets', 'grain',
+                                           'array_record', 'ml-collections', 'segmentation-models-pytorch', 'timm')})
 try:
   from jax._src.lib import cuda_versions
   print('jax CUDA', {k: getattr(cuda_versions, k)() for k in dir(cuda_versions) if k.endswith('_get_version')})

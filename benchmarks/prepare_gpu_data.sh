@@ -17,11 +17,12 @@ cd "$(dirname "$0")/.."
 DATA_DIR=${DATA_DIR:-gpu_data/tfds}
 WHEEL_DIR=${WHEEL_DIR:-gpu_data/wheels}
 PY=${PY:-.venv/bin/python}
-# Pinned as in requirements.txt / requirements-torch.txt; the rest are their dependencies missing on the device.
+# Pinned as in requirements.txt / requirements-torch.txt; the rest are their dependencies missing on the device,
+# and protobuf, which googleapis-common-protos 1.76 needs at >= 6.33.5 (the image's version is not documented).
 WHEEL_PINS="ml-collections==1.1.0 tensorflow-datasets==4.9.10 importlib_resources==7.1.0 array_record==0.8.6
   grain==0.2.18 ismrmrd==1.15.0 xsdata==26.10 nibabel==5.4.2 tensorboardX==2.6.5 dm-tree==0.1.10 immutabledict==4.3.1
   simple-parsing==0.1.9 docstring_parser==0.18.0 tensorflow-metadata==1.21.0 googleapis-common-protos==1.76.0
-  termcolor==3.3.0 toml==0.10.2 portpicker==1.6.0 segmentation-models-pytorch==0.6.0 fastmri==0.3.0"
+  termcolor==3.3.0 toml==0.10.2 portpicker==1.6.0 protobuf==7.36.2 segmentation-models-pytorch==0.6.0 fastmri==0.3.0"
 SDIST_PINS="promise==2.3"  # No wheel on PyPI: built here (pure Python).
 
 mkdir -p "$DATA_DIR"
