@@ -3,7 +3,10 @@
 import importlib.util
 import json
 import os
+import subprocess
+import sys
 
+import jax
 import pytest
 
 from segrecon_jax import benchmark
@@ -97,3 +100,74 @@ def test_compile_levels_script_prints_whole_and_split_compiles(capfd):
   assert any('all 2 programs' in row for row in rows) and any('all 3 programs' in row for row in rows)
   with pytest.raises(ValueError, match='--modes'):
     compile_levels.main(['--modes=fused'])
+
+
+def test_benchmark_passes_torch_modes_and_tf32_to_pytorch_and_sets_jax_precision(monkeypatch, tmp_path):
+  """--torch_modes, --torch_compile_mode and --tf32 reach the PyTorch command line; JAX times its step under the
+  matching matmul precision (restored after), and the compiled PyTorch column joins the table (no torch needed:
+  the subprocess is replaced by one that writes torch_reference.py's JSON)."""
+  paper_config = benchmark.experiment_config
+
+  def narrow_config(*args, **kwargs):  # A 2x3x4 CascadeNet, so the test compiles in seconds.
+    config = paper_config(*args, **kwargs)
+    config.model.num_cascades, config.model.num_layers, config.model.features = 2, 3, 4
+    config.num_acs = 4
+    return config
+
+  precisions, commands = [], []
+  time_train_step = benchmark.time_train_step
+
+  def recording_time_train_step(*args, **kwargs):
+    precisions.append(jax.config.jax_default_matmul_precision)
+    return time_train_step(*args, **kwargs)
+
+  real_run = subprocess.run
+
+  def fake_torch(command, *args, **kwargs):  # subprocess.run is also the native kernels' compiler call.
+    if not any(str(c).endswith('torch_reference.py') for c in command):
+      return real_run(command, *args, **kwargs)
+    commands.append(command)
+    out = next(c for c in command if c.startswith('--json=')).split('=', 1)[1]
+    rows = [{'experiment': 'cascade', 'mode': 'eager', 'step_s_median': 2.0},
+            {'experiment': 'cascade', 'mode': 'compile', 'step_s_median': 1.0}]
+    with open(out, 'w') as f:
+      json.dump({'rows': rows}, f)
+
+  monkeypatch.setattr(benchmark, 'experiment_config', narrow_config)
+  monkeypatch.setattr(benchmark, 'time_train_step', recording_time_train_step)
+  monkeypatch.setattr(benchmark.subprocess, 'run', fake_torch)
+  before = jax.config.jax_default_matmul_precision
+  out = tmp_path / 'bench.json'
+  result = benchmark.run(benchmark.parse_args([
+      '--experiments=cascade', '--image_size=32', '--batch=2', '--steps=1', '--pipeline_config=',
+      f'--torch_python={sys.executable}', '--torch_modes=eager,compile', '--torch_compile_mode=reduce-overhead',
+      '--tf32=off', f'--json={out}']))
+  assert precisions == ['highest'] and jax.config.jax_default_matmul_precision == before
+  command = commands[0]
+  assert '--modes=eager,compile' in command and '--compile_mode=reduce-overhead' in command
+  assert '--tf32=off' in command and '--batch=2' in command
+  row = result['rows'][0]
+  assert row['torch_step_s'] == 2.0 and row['torch_compile_step_s'] == 1.0
+  assert row['speed_vs_torch_compile'] == pytest.approx(1.0 / row['step_median_s'])
+  saved = json.loads(out.read_text())
+  assert saved['tf32'] == 'off' and saved['rows'][0]['torch_compile_step_s'] == 1.0
+  header = benchmark.format_table(result['rows'], result['matmul_ceiling_flops_per_s']).splitlines()[0]
+  assert 'PyTorch compiled step s' in header and 'speed vs compiled' in header
+
+  benchmark.run(benchmark.parse_args(['--experiments=cascade', '--image_size=32', '--batch=2', '--steps=1',
+                                      '--pipeline_config=', '--tf32=on']))
+  assert precisions[-1] == 'tensorfloat32' and jax.config.jax_default_matmul_precision == before
+  with pytest.raises(ValueError, match='--torch_modes'):
+    benchmark.run(benchmark.parse_args(['--experiments=cascade', '--torch_modes=graph']))
+  with pytest.raises(SystemExit):
+    benchmark.parse_args(['--tf32=maybe'])
+
+
+def test_gpu_scripts_parse():
+  """The device scripts are valid bash, and torch_reference.py is valid Python (it needs torch to import)."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  for script in ('gpu_checks.sh', 'prepare_gpu_data.sh'):
+    subprocess.run(['bash', '-n', os.path.join(root, 'benchmarks', script)], check=True)
+  path = os.path.join(root, 'benchmarks', 'torch_reference.py')
+  with open(path) as f:
+    compile(f.read(), path, 'exec')
