@@ -313,7 +313,7 @@ def _updated_log_variances(state: TrainState, terms, config):
   grads = parallel.pmean(dict(zip(names, grads)))  # Average over the 'batch' axis.
   updates, new_opt_state = log_variance_optimizer(config).update(grads, opt_state, log_variances)
   stepped = optax.apply_updates(log_variances, updates)
-  initial = parallel.pmean({k: jnp.log(jnp.maximum(v, 1e-12)) for k, v in weighted.items()})
+  initial = {k: jnp.log(jnp.maximum(v, 1e-12)) for k, v in parallel.pmean(weighted).items()}
   first = state.step == 0
   return {'log_variances': jax.tree.map(lambda a, b: jnp.where(first, a, b), initial, stepped),
           'opt_state': jax.tree.map(lambda a, b: jnp.where(first, a, b), opt_state, new_opt_state)}
