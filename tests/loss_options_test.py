@@ -95,3 +95,36 @@ def test_config_checks_accept_valid_loss_options(data_dir, experiment, overrides
     else:
       setattr(config, key, value)
   config_checks.check_config(config)
+
+
+def test_a_checkpoint_without_loss_state_still_restores(tmp_path):
+  """Workdirs trained before `TrainState.loss_state` existed restore (for eval and predict) with an empty one."""
+  import flax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  from typing import Any  # pylint: disable=g-import-not-at-top
+  from segrecon_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  from segrecon_jax import steps  # pylint: disable=g-import-not-at-top
+
+  @flax.struct.dataclass
+  class OldTrainState:
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+
+  tx = optax.adam(1e-3)
+  params = {'w': jnp.arange(3.0)}
+  old = OldTrainState(step=jnp.int32(7), params=params, batch_stats={}, opt_state=tx.init(params))
+  manager = ocp.CheckpointManager(str(tmp_path), options=ocp.CheckpointManagerOptions(create=True),
+                                  item_names=('state', 'meta'))
+  manager.save(7, args=ocp.args.Composite(state=ocp.args.StandardSave(old), meta=ocp.args.JsonSave({'epoch': 1})))
+  manager.wait_until_finished()
+  zeros = {'w': jnp.zeros(3)}
+  template = steps.TrainState(step=jnp.int32(0), params=zeros, batch_stats={}, opt_state=tx.init(zeros))
+  state, meta = checkpoints.restore_checkpoint(manager, template)
+  assert isinstance(state, steps.TrainState) and int(state.step) == 7 and state.loss_state == {}
+  assert meta == {'epoch': 1}
+  np.testing.assert_array_equal(state.params['w'], [0.0, 1.0, 2.0])
+  jax.tree.map(np.testing.assert_array_equal, state.opt_state, old.opt_state)
