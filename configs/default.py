@@ -70,6 +70,20 @@ def get_config():
   # network's parameters (train_recon_grad_norm, train_seg_grad_norm): a second, 2-wide backward pass through the
   # whole model per step (a markedly slower step, docs/benchmarks.md); the sweep turns it on.
   config.log_loss_grad_norms = False
+  # Automatic balancing of the two terms (models that segment; logged as train_seg_weight_effective): 'none' (the
+  # fixed weights above), 'grad_norm' (the Dice weight makes its gradient norm on the reconstruction network
+  # balance_ratio x the l1-l2 term's, a moving average; costs the 2-wide backward pass of log_loss_grad_norms every
+  # step) or 'uncertainty' (Kendall et al. 2018: learned log-variances s_i, sum_i exp(-s_i) w_i L_i + s_i).
+  config.loss_balancing = 'none'
+  config.balance_ratio = 1.0  # grad_norm: wanted Dice / l1-l2 gradient-norm ratio on the reconstruction network.
+  config.balance_momentum = 0.9  # grad_norm: momentum of the Dice weight's moving average over steps, in [0, 1).
+  config.uncertainty_learning_rate = 1e-2  # uncertainty: constant Adam rate of the log-variances s_i (own rate).
+  # Explicit focus: the l1-l2 term's pixels weighted 1 + focus_weight * region (the F- metrics' heart box with
+  # focus_margin_fraction), normalised to mean 1 per slice so the loss keeps its scale; 0 = off.
+  config.focus_weight = 0.0
+  # Where the focus box comes from: 'reference' (the reference labels, a training-time oracle) or 'prediction'
+  # (the segmentation network's argmax, no gradient; models that segment only).
+  config.focus_source = 'reference'
 
   # Optimization (paper section 2.4).
   config.optimizer = 'adam'  # Only Adam is used in the paper.

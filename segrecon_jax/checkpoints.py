@@ -59,9 +59,15 @@ def restore_checkpoint(manager, template, check: Optional[Callable[[dict], None]
     return None, None
   if check is not None:
     check(manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta'])
+  # A checkpoint written before the train state had `loss_state` (the loss balancing's state, `{}` with fixed
+  # weights): restore its fields and keep the template's loss_state, so older workdirs still evaluate and predict.
+  stored_fields = manager.item_metadata(step)['state']
+  legacy = hasattr(template, 'loss_state') and stored_fields is not None and 'loss_state' not in stored_fields.keys()
+  item = {k: v for k, v in vars(template).items() if k != 'loss_state'} if legacy else template
   restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(template), meta=ocp.args.JsonRestore()))
-  return restored['state'], restored['meta']
+      state=ocp.args.StandardRestore(item), meta=ocp.args.JsonRestore()))
+  state = template.replace(**restored['state']) if legacy else restored['state']
+  return state, restored['meta']
 
 
 def jsonable(tree):

@@ -68,6 +68,40 @@ def check_config(config) -> None:
   if config.stabilization and not segments:
     raise ConfigError(f'config.stabilization=True needs a joint model; {config.model.name!r} reconstructs only '
                       '(use the x4 or x8 preset).')
+  _check_loss_fields(config, segments)
+
+
+def _check_loss_fields(config, segments: bool) -> None:
+  """The loss balancing and explicit focus of configs/default.py's Loss section."""
+  balancing = config.get('loss_balancing', 'none')
+  if balancing not in ('none', 'grad_norm', 'uncertainty'):
+    raise ConfigError(f"config.loss_balancing={balancing!r}: expected 'none' (the fixed seg_loss_weight), "
+                      "'grad_norm' (equal gradient norms on the reconstruction network) or 'uncertainty' (Kendall "
+                      "et al.'s learned weights).")
+  if balancing != 'none' and not segments:
+    raise ConfigError(f'config.loss_balancing={balancing!r} balances the reconstruction and Dice terms; '
+                      f"{config.model.name!r} reconstructs only and has one term (use 'none').")
+  if balancing == 'grad_norm':
+    if config.model.get('stop_gradient', False):
+      raise ConfigError("config.loss_balancing='grad_norm' sets the Dice weight from the Dice term's gradient on "
+                        'the reconstruction network, which config.model.stop_gradient=True cuts (use \'none\').')
+    if not _number(config, 'balance_ratio') > 0:
+      raise ConfigError(f'config.balance_ratio={config.balance_ratio!r}: the wanted ratio of the Dice term\'s '
+                        'gradient norm to the l1-l2 term\'s must be > 0 (1 = equal norms).')
+    if not 0 <= _number(config, 'balance_momentum') < 1:
+      raise ConfigError(f'config.balance_momentum={config.balance_momentum!r}: the moving average\'s momentum '
+                        'must lie in [0, 1) (0 = this step\'s norms only).')
+  if balancing == 'uncertainty' and not _number(config, 'uncertainty_learning_rate') > 0:
+    raise ConfigError(f'config.uncertainty_learning_rate={config.uncertainty_learning_rate!r}: must be > 0.')
+  if 'focus_weight' in config:
+    _at_least(config, 'focus_weight', 0, 'the extra weight of the heart box\'s pixels must be >= 0 (0 = no focus)')
+  source = config.get('focus_source', 'reference')
+  if source not in ('reference', 'prediction'):
+    raise ConfigError(f"config.focus_source={source!r}: expected 'reference' (the reference labels) or "
+                      "'prediction' (the segmentation network's own argmax).")
+  if config.get('focus_weight', 0.0) and source == 'prediction' and not segments:
+    raise ConfigError(f"config.focus_source='prediction' takes the focus box from the segmentation network; "
+                      f"{config.model.name!r} reconstructs only (use 'reference').")
 
 
 def _check_data_fields(config) -> None:
