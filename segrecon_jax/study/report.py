@@ -93,12 +93,11 @@ def verdict_summary(verdicts: Sequence[claims_lib.Verdict]) -> str:
       if verdict is None or not verdict.metrics:
         cells.append('not run')
         continue
-      key = 'f_psnr' if 'f_psnr' in verdict.metrics else next(iter(verdict.metrics))
+      key = next((k for k in ('f_psnr', 'psnr') if k in verdict.metrics), next(iter(verdict.metrics)))
       record = verdict.metrics[key]
+      seeds = f'{verdict.seeds} seed{"s" if verdict.seeds != 1 else ""}'
       cells.append(f'**{claims_lib.verdict_words(verdict)}**: {plan.NAMES[key]} {record["effect"]:+.2f} '
-                   f'[{record["low"]:+.2f}, {record["high"]:+.2f}] dB, {verdict.seeds} seed'
-                   f'{"s" if verdict.seeds != 1 else ""}' if key.endswith('psnr') else
-                   f'**{claims_lib.verdict_words(verdict)}**, {verdict.seeds} seeds')
+                   f'[{record["low"]:+.2f}, {record["high"]:+.2f}]{" dB" if key.endswith("psnr") else ""}, {seeds}')
     lines.append(f'| {text} | ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines) + '\n'
 
