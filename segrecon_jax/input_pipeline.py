@@ -53,6 +53,24 @@ class StaleDatasetError(ValueError):
   """A prepared dataset that was not prepared from the files now in `config.manual_dir`."""
 
 
+class CorruptDatasetError(RuntimeError):
+  """A prepared dataset file that cannot be read back (array_record's checksums do not match)."""
+
+
+def read_example(source, index: int):
+  """`source[index]`, with a damaged array_record file as a CorruptDatasetError naming the dataset folder."""
+  try:
+    return source[index]
+  except RuntimeError as e:
+    if 'Riegeli' not in str(e) and 'records file' not in str(e):
+      raise
+    info = getattr(source, 'dataset_info', None)
+    where = f'{info.data_dir} (split {getattr(source, "split", "?")!r})' if info is not None else 'the prepared dataset'
+    folder = info.data_dir if info is not None else 'it'
+    raise CorruptDatasetError(f'{where}: example {index} cannot be read back, the prepared file is damaged ({e}). '
+                              f'Delete {folder} to prepare it again.') from None
+
+
 class PreparationLock:
   """`with PreparationLock(builder):` holds `<data_dir>/<dataset>/<config>/.prepare.lock` (`fcntl.flock`, released
   by the kernel when the holder dies in any way); a second process preparing the same config waits for it."""
@@ -217,7 +235,7 @@ def train_batches(source, config, epoch: int) -> Iterator[Dict[str, np.ndarray]]
   mine = order[:num_steps * config.batch_size].reshape(num_steps, jax.process_count(), per_host)
   mine = mine[:, jax.process_index()].reshape(-1)
   dataset = (grain.MapDataset.source(mine)
-             .map(lambda i: decode(source[int(i)], int(i)))
+             .map(lambda i: decode(read_example(source, int(i)), int(i)))
              .batch(per_host, drop_remainder=True))
   return iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=2 * per_host)))
 
@@ -237,7 +255,7 @@ def eval_batches(source, config) -> Iterator[Dict[str, np.ndarray]]:
   indices = np.arange(len(source))[jax.process_index()::jax.process_count()]
   num_batches = -(-len(source) // (per_host * jax.process_count()))
   for start in range(0, num_batches * per_host, per_host):
-    examples = [decode(source[int(i)], int(i)) for i in indices[start:start + per_host]]
-    filler = examples[-1] if examples else decode(source[0], 0)
+    examples = [decode(read_example(source, int(i)), int(i)) for i in indices[start:start + per_host]]
+    filler = examples[-1] if examples else decode(read_example(source, 0), 0)
     examples += [dict(filler, valid=np.float32(0.0))] * (per_host - len(examples))
     yield {key: np.stack([e[key] for e in examples]) for key in examples[0]}

@@ -113,3 +113,15 @@ def test_two_first_runs_share_a_fresh_data_dir(tmp_path):
   assert f'Deleted {incomplete}' in logs
   assert not incomplete.exists() and not scratch.exists()
   assert [n for n in os.listdir(config_dir) if not n.startswith('.')] == ['1.0.0']
+
+  # Flipped bytes in a prepared file: array_record's checksums catch them; the error names the folder to delete.
+  dataset_dir = str(config_dir / '1.0.0')
+  train_file = next(os.path.join(dataset_dir, n) for n in os.listdir(dataset_dir) if '-train.array_record' in n)
+  data = bytearray(open(train_file, 'rb').read())
+  data[len(data) // 3:len(data) // 3 + 64] = bytes(b ^ 0xFF for b in data[len(data) // 3:len(data) // 3 + 64])
+  with open(train_file, 'wb') as f:
+    f.write(bytes(data))
+  config = _config(data_dir, 'phantom_tiny', eval_batch_size=4)
+  with pytest.raises(input_pipeline.CorruptDatasetError, match=rf"{dataset_dir} \(split 'train'\): example \d+ "
+                                                              rf'cannot be read back.*Riegeli.*Delete {dataset_dir}'):
+    list(input_pipeline.eval_batches(input_pipeline.load_split(config, 'train'), config))
