@@ -62,7 +62,7 @@ def _os_error_message(error: OSError) -> str:
     cause = cause.__cause__ or cause.__context__
   failed = next((e for e in reversed(chain) if isinstance(e, OSError) and e.filename), error)
   message = str(error) if not error.filename else f'{error.filename}: {error.strerror or error}'
-  if failed is not error:
+  if failed is not error and str(failed.filename) not in message:
     message += f' ({failed.filename}: {failed.strerror or failed})'
   hint = _OS_HINTS.get(failed.errno) or _OS_HINTS.get(error.errno)
   if isinstance(error, FileExistsError) and 'rename' in str(error):

@@ -76,10 +76,15 @@ def test_bugs_keep_their_traceback(error):
     (['--config=configs/unet_unet.py:x4,runlocal', '--config.dataset_config=phantom_tiny', '--config.num_acs=0',
       '--config.acceleration=100'], 'main.py: config.acceleration=100 keeps round(32 / 100) = 0'),
     (['--config=configs/no_such_experiment.py:x4'], "no such config file 'configs/no_such_experiment.py'"),
+    # A workdir that cannot be created (OSError, raised from the makedirs error): one line, not a chain.
+    (['--config=configs/unet_unet.py:x4,runlocal', '--workdir=/dev/null/wd'],
+     'main.py: --workdir=/dev/null/wd: cannot create /dev/null/wd (Not a directory)'),
 ])
 def test_main_stops_before_any_data_with_exit_code_2(tmp_path, flags_, match):
   data_dir = tmp_path / 'tfds'
-  args = [sys.executable, 'main.py', *flags_, f'--workdir={tmp_path / "wd"}']
+  args = [sys.executable, 'main.py', *flags_]
+  if not any(f.startswith('--workdir=') for f in flags_):
+    args.append(f'--workdir={tmp_path / "wd"}')
   if len(flags_) > 1:
     args.append(f'--config.data_dir={data_dir}')
   run = subprocess.run(args, cwd=_ROOT, capture_output=True, text=True, timeout=300)
