@@ -24,7 +24,8 @@ def _at_least(config, field: str, minimum, what: str) -> None:
 
 
 def _integer(config, field: str, minimum: int, what: str) -> None:
-  if _number(config, field) < minimum or int(config[field]) != config[field]:
+  value = _number(config, field)
+  if not float(value).is_integer() or value < minimum:
     raise ConfigError(f'config.{field}={config[field]!r}: {what}.')
 
 

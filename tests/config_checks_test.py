@@ -65,6 +65,7 @@ def test_the_label_set_comes_from_the_data(module, fields, match):
     (dict(eval_mask_seed=-3), r'config.eval_mask_seed=-3'),
     (dict(schedule_levels='six'), r'config.schedule_levels=.six.: expected a number'),
     (dict(schedule_levels=2.5), r'config.schedule_levels=2.5: .* integer'),
+    (dict(schedule_levels=float('inf')), r'config.schedule_levels=inf: .* integer'),
     (dict(manual_dir='/nonexistent/ocmr_files'), r"config.manual_dir='/nonexistent/ocmr_files' does not exist"),
     (dict(dataset_config='realz'), r"config.dataset_config='realz'.*expected one of"),
     (dict(model={'name': 'unet_unet', 'recon': {'featurez': (8, 16)}}), r"config.model: .*unknown field.*featurez"),
