@@ -55,7 +55,9 @@ def get_config():
   config.eps = 0.01  # The ramp starts at sampled fraction 1 - eps (paper: "a small number close to 0").
   # Distinct fractions of the ramp; each compiles the train step once. None = the exact eq. 1 (P + 1 levels: one
   # per ramp epoch, then 1 / R); an integer quantizes the ramp's exponent to that many points on the same curve.
-  config.schedule_levels = config_dict.placeholder(int)
+  # Typed `object` so that the command line takes both (`--config.schedule_levels=None`, `=4`); checked in
+  # config_checks.
+  config.schedule_levels = config_dict.placeholder(object)
   config.schedule_levels = 6
 
   # Model: a plain dict read by segrecon_jax.models.get_model; experiment files set it.
