@@ -14,6 +14,9 @@ def get_config(arg=None):
   config.model = ml_collections.ConfigDict({
       'name': 'unet',
       'features': (16, 32, 64, 128) if 'runlocal' in switches else (32, 64, 128, 256),
+      'norm': 'batch',
+      'residual': True,
+      'normalize': False,
   })
   config.seg_loss_weight = 0.0  # Solo reconstruction: l1 + l2 only.
   return config

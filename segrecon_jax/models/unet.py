@@ -156,6 +156,9 @@ class UNet(nn.Module):
   bn_axis_name: Optional[str] = None  # Set to the pmap axis ('batch') to average batch statistics across devices.
   upconv_impl: str = 'auto'  # The decoder's up-convolution: 'auto', 'xla' (nn.ConvTranspose), 'dense' (UpConv2x2).
   conv_impl: str = 'auto'  # Every convolution: 'auto', 'xla' or 'native' (layers.Conv).
+  # Standardize each example's channels (mean, std over H, W) before the network and undo it on the output, as
+  # fastMRI's NormUnet: the U-Net then works at unit scale whatever the scale of the images served.
+  normalize: bool = False
 
   @nn.compact
   def __call__(self, x: Array, kspace: Optional[Array] = None, mask: Optional[Array] = None, *,
@@ -164,16 +167,35 @@ class UNet(nn.Module):
     if self.residual and x.shape[-1] != self.out_channels:
       raise ValueError(f'a residual UNet needs out_channels ({self.out_channels}) equal to the input channels; '
                        f'got input of shape {x.shape}.')
+    if self.normalize and x.shape[-1] != self.out_channels:
+      raise ValueError(f'a normalizing UNet needs out_channels ({self.out_channels}) equal to the input channels '
+                       f'(its output is un-normalized with the input\'s statistics); got input of shape {x.shape}.')
+    x = x.astype(jnp.float32)
     features = tuple(self.features)
+    if self.normalize:
+      mean, std = channel_statistics(x)
+      net_in = (x - mean) / std
+    else:
+      net_in = x
     bottleneck, skips = UNetEncoder(features, self.norm, self.dtype, self.bn_axis_name, self.conv_impl,
-                                    name='encoder')(x, train=train)
+                                    name='encoder')(net_in, train=train)
     decoder = UNetDecoder(features, self.out_channels, self.norm, self.dtype, self.bn_axis_name,
                           upconv_impl=self.upconv_impl, conv_impl=self.conv_impl, name='decoder')
     y = decoder(bottleneck, skips, train=train)
     y = y.astype(jnp.float32)
     if self.residual:
-      y = x.astype(jnp.float32) + y
+      y = net_in + y
+    if self.normalize:
+      y = y * std + mean
     return y
+
+
+def channel_statistics(x: Array, epsilon: float = 1e-6) -> Tuple[Array, Array]:
+  """Per-example, per-channel mean and standard deviation of `x` float32 `[B, H, W, C]` over H and W, each
+  `[B, 1, 1, C]` (the std floored at `epsilon`, so an all-zero example maps to zero, not NaN)."""
+  mean = jnp.mean(x, axis=(1, 2), keepdims=True)
+  std = jnp.sqrt(jnp.mean(jnp.square(x - mean), axis=(1, 2), keepdims=True))
+  return mean, jnp.maximum(std, epsilon)
 
 
 # Reconstruction: (real, imaginary) channels in and out, a residual on the zero-filled input.
