@@ -23,6 +23,11 @@ Choices where the paper is silent (all fields):
   `2**(len(features) - 1)`.
 - Reconstruction (`residual=True`, the `UNetRecon` variant): the network maps the zero-filled image `[B, H, W, 2]`
   (real, imaginary) to a correction that is added to it, `recon = x + unet(x)`, returned as float32.
+- `normalize=True` (the reconstruction configs): as fastMRI's NormUnet, each example's channels are standardized
+  (mean, std over H, W) before the network and the output is mapped back, `recon = std * (x_n + unet(x_n)) + mean`
+  with `x_n = (x - mean) / std`. The network then works at unit scale: its initial correction is about the size of
+  x_n, where without it the correction's scale is set by the initialization alone, several times that of images
+  of max magnitude 1, and the small study U-Nets spent their short training undoing it.
 
 Computation runs in `dtype` (bfloat16 works); parameters stay float32. Arrays are NHWC.
 """
