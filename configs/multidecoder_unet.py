@@ -16,5 +16,6 @@ def get_config(arg=None):
       'name': 'multidecoder_unet',
       'features': (16, 32, 64, 128) if 'runlocal' in switches else (32, 64, 128, 256),
       'num_classes': config.num_classes,
+      'normalize': True,  # Standardized input, un-standardized recon, as configs/unet.py's UNet.
   })
   return config

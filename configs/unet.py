@@ -14,6 +14,12 @@ def get_config(arg=None):
   config.model = ml_collections.ConfigDict({
       'name': 'unet',
       'features': (16, 32, 64, 128) if 'runlocal' in switches else (32, 64, 128, 256),
+      'norm': 'batch',  # BatchNorm after every 3x3 convolution (the paper is silent; models/unet.py).
+      'residual': True,  # recon = x + unet(x).
+      # Standardize the zero-filled input per example and channel and un-standardize the output (fastMRI's
+      # NormUnet): without it the U-Net's initial correction is several times the images' scale and the
+      # cpu_study UNet stays near the zero-filled input (docs/results.md).
+      'normalize': True,
   })
   config.seg_loss_weight = 0.0  # Solo reconstruction: l1 + l2 only.
   return config

@@ -15,7 +15,7 @@ def get_config(arg=None):
   features = (16, 32, 64, 128) if 'runlocal' in switches else (32, 64, 128, 256)
   config.model = ml_collections.ConfigDict({
       'name': 'unet_unet',
-      'recon': {'features': features},
+      'recon': {'features': features, 'normalize': True},  # As configs/unet.py's UNet.
       'seg': {'features': features, 'out_channels': config.num_classes},
       'stop_gradient': False,  # The segmentation loss reaches the reconstruction network: the paper's point.
   })

@@ -327,3 +327,20 @@ def test_workdir_that_is_a_file_and_config_typos_are_clear(data_dir, tmp_path):
                           f'--workdir={tmp_path / "typo"}'], cwd=root, capture_output=True, text=True, timeout=300)
     assert run.returncode == 2 and match in run.stderr and 'Traceback' not in run.stderr, run.stderr
     assert len(run.stderr.strip().splitlines()) <= 3
+
+
+@pytest.mark.parametrize('experiment', EXPERIMENTS)
+def test_paper_regime_switch_is_cpu_study_scale_with_the_papers_optimizer(experiment):
+  module = importlib.import_module(f'configs.{experiment}')
+  preset = 'x4' if experiment in ('unet', 'cascade') else 'x4_stab'
+  config, study = module.get_config(f'{preset},paper_regime'), module.get_config(f'{preset},cpu_study')
+  config_checks.check_config(config)
+  # The study's data, image size, ACS lines and widths; the paper's optimizer, epochs and batch.
+  for field in ('dataset_config', 'image_size', 'num_acs', 'acceleration', 'stabilization', 'model'):
+    assert config[field] == study[field], field
+  assert (config.learning_rate, config.b1, config.b2, config.lr_schedule) == (1e-4, 0.99, 0.999, 'constant')
+  assert (config.num_epochs, config.batch_size, config.patience, config.schedule_levels) == (100, 16, 20, None)
+  assert config.eval_every_epochs <= 2  # Early training curves.
+  for other in ('runlocal', 'demo', 'cpu_study'):
+    with pytest.raises(ValueError, match='exclude each other'):
+      module.get_config(f'{preset},paper_regime,{other}')

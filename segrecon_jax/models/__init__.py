@@ -6,10 +6,10 @@ mask) and `mask` bool `[B, 1, W]`. Solo reconstruction models ('unet', 'cascade'
 `[B, H, W, 2]`; joint models return `(recon, seg_logits float32 [B, H, W, num_classes])`.
 
 Model dicts (`config.model`), by name; every field but 'name' is optional and defaults to the module's:
-  unet               features, norm, residual                                   -> UNet (out_channels=2)
+  unet               features, norm, residual, normalize                        -> UNet (out_channels=2)
   cascade            num_cascades, num_layers, features, activation, dc_noise_level, learnable_noise_level
                                                                                 -> CascadeNet
-  multidecoder_unet  features, num_classes, norm                                -> MultiDecoderUNet
+  multidecoder_unet  features, num_classes, norm, normalize                     -> MultiDecoderUNet
   unet_unet          recon: {UNet fields}, seg: {UNet fields but residual}, stop_gradient
                                                                                 -> SegRecon(UNet, UNet)
   cascade_manet      recon: {CascadeNet fields}, seg: {preset, MANet fields}, stop_gradient

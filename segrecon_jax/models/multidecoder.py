@@ -8,6 +8,8 @@ Built from the same `unet.UNetEncoder` / `unet.UNetDecoder` as `UNet`, so each b
 U-Net of `unet.py` (see its docstring for the level layout, norms and padding). Both decoders take their skip
 connections from the shared encoder. The reconstruction decoder outputs 2 channels added to the zero-filled input
 (`recon = x + decoder(x)`, the convention of `UNetRecon`); the segmentation decoder outputs `num_classes` logits.
+With `normalize`, the encoder sees the input standardized per example and channel and the reconstruction is mapped
+back, as `UNet(normalize=True)` (see unet.py).
 """
 
 from typing import Any, Optional, Sequence
@@ -32,6 +34,7 @@ class MultiDecoderUNet(nn.Module):
   norm: str = 'batch'
   dtype: Dtype = jnp.float32
   bn_axis_name: Optional[str] = None  # Set to the pmap axis ('batch') to average batch statistics across devices.
+  normalize: bool = False  # Standardize the input per example and channel, un-standardize the recon (unet.UNet).
 
   @nn.compact
   def __call__(self, x: Array, kspace: Optional[Array] = None, mask: Optional[Array] = None, *,
@@ -40,11 +43,17 @@ class MultiDecoderUNet(nn.Module):
     if x.shape[-1] != 2:
       raise ValueError(f'MultiDecoderUNet expects image channels [B, H, W, 2], got shape {x.shape}.')
     features = tuple(self.features)
+    x = x.astype(jnp.float32)
+    if self.normalize:
+      mean, std = unet.channel_statistics(x)
+      x = (x - mean) / std
     bottleneck, skips = unet.UNetEncoder(features, self.norm, self.dtype, self.bn_axis_name, name='encoder')(
         x, train=train)
     correction = unet.UNetDecoder(features, 2, self.norm, self.dtype, self.bn_axis_name,
                                   name='recon_decoder')(bottleneck, skips, train=train)
     seg_logits = unet.UNetDecoder(features, self.num_classes, self.norm, self.dtype, self.bn_axis_name,
                                   name='seg_decoder')(bottleneck, skips, train=train)
-    recon = x.astype(jnp.float32) + correction.astype(jnp.float32)
+    recon = x + correction.astype(jnp.float32)
+    if self.normalize:
+      recon = recon * std + mean
     return ModelOutput(recon=recon, seg_logits=seg_logits.astype(jnp.float32))

@@ -23,6 +23,11 @@ Choices where the paper is silent (all fields):
   `2**(len(features) - 1)`.
 - Reconstruction (`residual=True`, the `UNetRecon` variant): the network maps the zero-filled image `[B, H, W, 2]`
   (real, imaginary) to a correction that is added to it, `recon = x + unet(x)`, returned as float32.
+- `normalize=True` (the reconstruction configs): as fastMRI's NormUnet, each example's channels are standardized
+  (mean, std over H, W) before the network and the output is mapped back, `recon = std * (x_n + unet(x_n)) + mean`
+  with `x_n = (x - mean) / std`. The network then works at unit scale: its initial correction is about the size of
+  x_n, where without it the correction's scale is set by the initialization alone, several times that of images
+  of max magnitude 1, and the small study U-Nets spent their short training undoing it.
 
 Computation runs in `dtype` (bfloat16 works); parameters stay float32. Arrays are NHWC.
 """
@@ -146,6 +151,9 @@ class UNet(nn.Module):
   residual: bool = False
   dtype: Dtype = jnp.float32
   bn_axis_name: Optional[str] = None  # Set to the pmap axis ('batch') to average batch statistics across devices.
+  # Standardize each example's channels (mean, std over H, W) before the network and undo it on the output, as
+  # fastMRI's NormUnet: the U-Net then works at unit scale whatever the scale of the images served.
+  normalize: bool = False
 
   @nn.compact
   def __call__(self, x: Array, kspace: Optional[Array] = None, mask: Optional[Array] = None, *,
@@ -154,16 +162,35 @@ class UNet(nn.Module):
     if self.residual and x.shape[-1] != self.out_channels:
       raise ValueError(f'a residual UNet needs out_channels ({self.out_channels}) equal to the input channels; '
                        f'got input of shape {x.shape}.')
+    if self.normalize and x.shape[-1] != self.out_channels:
+      raise ValueError(f'a normalizing UNet needs out_channels ({self.out_channels}) equal to the input channels '
+                       f'(its output is un-normalized with the input\'s statistics); got input of shape {x.shape}.')
+    x = x.astype(jnp.float32)
     features = tuple(self.features)
+    if self.normalize:
+      mean, std = channel_statistics(x)
+      net_in = (x - mean) / std
+    else:
+      net_in = x
     bottleneck, skips = UNetEncoder(features, self.norm, self.dtype, self.bn_axis_name, name='encoder')(
-        x, train=train)
+        net_in, train=train)
     decoder = UNetDecoder(features, self.out_channels, self.norm, self.dtype, self.bn_axis_name,
                           name='decoder')
     y = decoder(bottleneck, skips, train=train)
     y = y.astype(jnp.float32)
     if self.residual:
-      y = x.astype(jnp.float32) + y
+      y = net_in + y
+    if self.normalize:
+      y = y * std + mean
     return y
+
+
+def channel_statistics(x: Array, epsilon: float = 1e-6) -> Tuple[Array, Array]:
+  """Per-example, per-channel mean and standard deviation of `x` float32 `[B, H, W, C]` over H and W, each
+  `[B, 1, 1, C]` (the std floored at `epsilon`, so an all-zero example maps to zero, not NaN)."""
+  mean = jnp.mean(x, axis=(1, 2), keepdims=True)
+  std = jnp.sqrt(jnp.mean(jnp.square(x - mean), axis=(1, 2), keepdims=True))
+  return mean, jnp.maximum(std, epsilon)
 
 
 # Reconstruction: (real, imaginary) channels in and out, a residual on the zero-filled input.
