@@ -10,6 +10,7 @@ segrecon_jax.attention (the segmentation loss's gradient on the reconstruction a
 """
 
 import logging
+import os
 import sys
 
 from absl import app
@@ -60,6 +61,9 @@ def main(argv):
   except USER_ERRORS as e:
     sys.stderr.write(f'main.py: {e}\n')
     sys.exit(2)
+  except train.TrainingInterrupted as e:  # SIGTERM or SIGINT: checkpoint written, workdir released.
+    sys.stderr.write(f'main.py: {e}\n')
+    sys.exit(e.exit_code)
 
 
 def run(argv):
@@ -68,12 +72,14 @@ def run(argv):
   logging.getLogger('absl').setLevel(logging.WARNING)  # Orbax and TFDS log every save and shard at INFO.
   if FLAGS.mode == 'train':
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    out_dir = inference.predict(FLAGS.config, FLAGS.workdir)
+    out_dir = inference.predict(FLAGS.config, FLAGS.workdir,
+                                out_dir=os.path.join(FLAGS.workdir, inference.TRAINING_PREDICTIONS_DIR))
     print(f'Done: table in {FLAGS.workdir}/results.md (all metrics in metrics.json), figures in {out_dir}, '
           f'TensorBoard in {FLAGS.workdir}/tensorboard')
   elif FLAGS.mode == 'eval':
     inference.evaluate(FLAGS.config, FLAGS.workdir)
-    print(f'Wrote {FLAGS.workdir}/results.md and {FLAGS.workdir}/metrics.json')
+    out_dir = inference.eval_dir(FLAGS.workdir, FLAGS.config)
+    print(f'Wrote {out_dir}/results.md and {out_dir}/metrics.json (per slice: per_slice.json)')
   elif FLAGS.mode == 'attention':
     record = attention.pseudo_attention(FLAGS.config, FLAGS.workdir)
     print(f"Wrote {record['json_path']} and {record['figure_path']}: {record['energy_share']['mean']:.1%} of the "

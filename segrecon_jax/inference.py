@@ -1,6 +1,13 @@
-"""Inference from a workdir: evaluation over a split, restore for inference, `evaluate` and `predict`."""
+"""Inference from a workdir: evaluation over a split, restore for inference, `evaluate` and `predict`.
+
+`evaluate` and `predict` read the workdir under its shared lock (`workdir.WorkdirLock(shared=True)`: never while
+it trains) and write under their own names, `eval/<split>_x<R>/` and `predict/<split or file>_x<R>/`, so the
+training's record (`metrics.json`, `per_slice.json`, `results.md`, `predictions/` at the workdir root) stays as
+training wrote it.
+"""
 
 import collections
+import contextlib
 import functools
 import logging
 import os
@@ -14,6 +21,11 @@ from segrecon_jax import input_pipeline
 from segrecon_jax import parallel
 from segrecon_jax import reporting
 from segrecon_jax import steps
+from segrecon_jax import workdir as workdir_lib
+
+EVAL_DIR = 'eval'  # --mode=eval writes eval/<split>_x<R>/ under the workdir.
+PREDICT_DIR = 'predict'  # --mode=predict writes predict/<split or file stem>_x<R>/ under the workdir.
+TRAINING_PREDICTIONS_DIR = 'predictions'  # The predictions of --mode=train, part of the training's record.
 
 
 def log_results(what: str, results: Dict[str, float]) -> None:
@@ -124,8 +136,21 @@ def _allgather_sums(sums, counts):
   return ({k: float(v) for k, v in zip(keys, totals[0])}, {k: float(v) for k, v in zip(keys, totals[1])})
 
 
+def output_dir(workdir: str, mode_dir: str, name: str, config) -> str:
+  """`<workdir>/<mode_dir>/<name>_x<R>`: an inference's own folder, by what it read and the acceleration."""
+  return os.path.join(os.path.abspath(workdir), mode_dir, f'{name}_x{config.acceleration:g}')
+
+
+def reading_lock(workdir: str):
+  """The shared workdir lock on process 0 (eval and predict never run while the workdir trains)."""
+  if jax.process_index() != 0:
+    return contextlib.nullcontext()
+  return workdir_lib.WorkdirLock(workdir_lib.prepare(workdir), shared=True)
+
+
 def restore_for_inference(config, workdir: str):
-  """Model, replicated state and the stored data description of the latest checkpoint of `workdir`."""
+  """Model, replicated state and the stored meta of the latest intact checkpoint of `workdir` (a step that fails
+  its integrity check is named and skipped, see `checkpoints.restore_checkpoint`)."""
   parallel.setup_runtime(config)
   manager = checkpoints.checkpoint_manager(workdir, config)
   if manager.latest_step() is None:
@@ -139,15 +164,22 @@ def restore_for_inference(config, workdir: str):
   return model, parallel.replicate(state), eval_source, meta
 
 
-def evaluate(config, workdir: str) -> Dict[str, float]:
-  """Restores the latest checkpoint and writes metrics.json, per_slice.json and results.md to the workdir."""
+def evaluate(config, workdir: str) -> EvalResults:
+  """Restores the latest intact checkpoint and writes metrics.json, per_slice.json and results.md to
+  `eval_dir(workdir, config)`; returns the results."""
   parallel.check_batch_size(config.eval_batch_size, 'eval_batch_size')
-  model, state, eval_source, meta = restore_for_inference(config, workdir)
-  p_eval_step = parallel.pmap(functools.partial(steps.eval_step, model=model, config=config))
-  results, _ = evaluate_state(p_eval_step, state, eval_source, config)
-  reporting.write_results(workdir, config, results, extra={'checkpoint_step': meta['step']},
-                          per_slice=results.per_slice)
+  with reading_lock(workdir):
+    model, state, eval_source, meta = restore_for_inference(config, workdir)
+    p_eval_step = parallel.pmap(functools.partial(steps.eval_step, model=model, config=config))
+    results, _ = evaluate_state(p_eval_step, state, eval_source, config)
+    reporting.write_results(eval_dir(workdir, config), config, results, extra={'checkpoint_step': meta['step']},
+                            per_slice=results.per_slice)
   return results
+
+
+def eval_dir(workdir: str, config) -> str:
+  """Where `evaluate` writes: `<workdir>/eval/<eval split>_x<R>`."""
+  return output_dir(workdir, EVAL_DIR, config.eval_split, config)
 
 
 def _file_examples(input_path: str, image_size) -> list:
@@ -194,18 +226,24 @@ def write_predicted_labels(out_dir: str, input_path: str, examples, seg: np.ndar
                                         os.path.basename(input_path), origin='prediction', **attrs)
 
 
-def predict(config, workdir: str, input_path: str = '') -> str:
-  """Reconstructs and segments the eval split (or one OCMR-format .h5 file) with the latest checkpoint.
+def predict(config, workdir: str, input_path: str = '', out_dir: str = '') -> str:
+  """Reconstructs and segments the eval split (or one OCMR-format .h5 file) with the latest intact checkpoint.
 
-  Writes `.npy` arrays and Fig. 2-like PNGs to `workdir/predictions` (the eval split) or
-  `workdir/predictions/<file stem>` (a file: every frame; without its label file the reference segmentation maps
-  are all background and the figures have no focus box); returns that folder. For a file and a model that
+  Writes `.npy` arrays and Fig. 2-like PNGs to `out_dir`, by default `<workdir>/predict/<eval split>_x<R>` (the
+  eval split) or `<workdir>/predict/<file stem>_x<R>` (a file: every frame; without its label file the reference
+  segmentation maps are all background and the figures have no focus box); returns that folder (training passes
+  `<workdir>/predictions`, its own record). For a file and a model that
   segments, also writes the predicted segmentation as a label file `<that folder>/labels/<stem>.h5` in the
   project's format with every frame unlabelled (`write_predicted_labels`), to start labelling from.
   """
   parallel.check_batch_size(config.eval_batch_size, 'eval_batch_size')
   if input_path and jax.process_count() > 1:
     raise ValueError('predict --input reads one file: run it on a single host')
+  with reading_lock(workdir):
+    return _predict(config, workdir, input_path, out_dir)
+
+
+def _predict(config, workdir: str, input_path: str, out_dir: str) -> str:
   model, state, eval_source, meta = restore_for_inference(config, workdir)
   if input_path:
     examples, file_shape = _file_examples(input_path, steps.image_shape(eval_source))
@@ -226,8 +264,8 @@ def predict(config, workdir: str, input_path: str = '') -> str:
   arrays = {k: v[valid][order] for k, v in arrays.items()}
   if jax.process_index() != 0:
     return ''
-  name = os.path.splitext(os.path.basename(input_path))[0] if input_path else ''
-  out_dir = reporting.write_predictions(workdir, config, arrays, name)
+  name = os.path.splitext(os.path.basename(input_path))[0] if input_path else config.eval_split
+  out_dir = reporting.write_predictions(out_dir or output_dir(workdir, PREDICT_DIR, name, config), config, arrays)
   if input_path and 'seg' in arrays:
     label_path = write_predicted_labels(out_dir, input_path, examples, arrays['seg'], file_shape,
                                         model=reporting.method_name(config), checkpoint_step=int(meta['step']))
