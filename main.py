@@ -81,7 +81,8 @@ def run(argv):
     out_dir = inference.eval_dir(FLAGS.workdir, FLAGS.config)
     print(f'Wrote {out_dir}/results.md and {out_dir}/metrics.json (per slice: per_slice.json)')
   elif FLAGS.mode == 'attention':
-    record = attention.pseudo_attention(FLAGS.config, FLAGS.workdir)
+    with inference.reading_lock(FLAGS.workdir):  # Never while the workdir trains.
+      record = attention.pseudo_attention(FLAGS.config, FLAGS.workdir)
     print(f"Wrote {record['json_path']} and {record['figure_path']}: {record['energy_share']['mean']:.1%} of the "
           f"segmentation loss gradient's energy in the heart box, which covers {record['area_share']['mean']:.1%} "
           'of the image')
