@@ -115,8 +115,8 @@ def _resume_command() -> str:
 def _last_good(manager) -> str:
   step = manager.latest_step()
   if step is None:
-    return (f'No checkpoint was written before it, so there is none to resume from: the run must start again '
-            f'(for example with a lower config.learning_rate); {manager.directory} holds nothing of it.')
+    return ('No checkpoint was written before it, so there is none to resume from: start the run again (for example '
+            'with a lower config.learning_rate).')
   return f'The last good checkpoint is step {step} in {manager.directory}.'
 
 
