@@ -19,7 +19,6 @@ is a Cout->Cin convolution), and says which one `layers.native_forward_pays` pic
 """
 
 import argparse
-import functools
 import os
 import sys
 import time
@@ -111,28 +110,36 @@ def interleaved_medians(fns: Sequence[Callable[[], object]], repeats: int) -> Li
   return [float(np.median(t)) for t in times]
 
 
-def layer_for(case: Case, impl: str, dtype) -> nn.Module:
-  """`impl` 'xla' (XLA's convolutions; nn.ConvTranspose for up-convolutions) or 'native' (our layer: the native
-  kernels' weight gradient, and forward and input gradient where `layers.native_forward_pays`; UpConv2x2 for
-  up-convolutions)."""
+def compiled_under(impl: str, step: Callable, *args) -> Callable[[], object]:
+  """`step(*args)` jitted and compiled now under the runtime layer setting `impl` ('xla': XLA's convolutions and
+  nn.ConvTranspose; 'native': the native kernels' weight gradient, and forward and input gradient where
+  `layers.native_forward_pays`, and UpConv2x2), which a layer reads when it is traced."""
+  with layers.impls(conv_impl=impl, upconv_impl='dense' if impl == 'native' else 'xla'):
+    compiled = jax.jit(step).lower(*args).compile()
+  return lambda: compiled(*args)
+
+
+def layer_for(case: Case, dtype) -> nn.Module:
   if case.transpose:
-    return layers.conv_transpose_module('dense' if impl == 'native' else impl)(
-        case.out_channels, (case.kernel, case.kernel), strides=(case.stride, case.stride), dtype=dtype)
+    return layers.conv_transpose_module('dense')(case.out_channels, (case.kernel, case.kernel),
+                                                 strides=(case.stride, case.stride), dtype=dtype)
   return layers.Conv(case.out_channels, (case.kernel, case.kernel), strides=case.stride, padding='SAME',
-                     kernel_dilation=case.dilation, dtype=dtype, impl=impl)
+                     kernel_dilation=case.dilation, dtype=dtype)
 
 
 def layer_step(case: Case, impl: str, dtype) -> Callable[[], object]:
-  module = layer_for(case, impl, dtype)
+  module = layer_for(case, dtype)
   x = jax.random.normal(jax.random.key(0), (case.batch, case.size, case.size, case.in_channels), dtype)
   params = module.init(jax.random.key(1), x)
+  if case.transpose and impl == 'xla':  # The stock layer (same parameters).
+    module = nn.ConvTranspose(case.out_channels, (case.kernel, case.kernel), strides=(case.stride, case.stride),
+                              dtype=dtype)
 
-  @jax.jit
   def step(params, x):
     return jax.value_and_grad(lambda p, x: jnp.sum(module.apply(p, x).astype(jnp.float32)**2), argnums=(0, 1))(
         params, x)
 
-  return lambda: step(params, x)
+  return compiled_under(impl, step, params, x)
 
 
 def layer_flops(case: Case) -> float:
@@ -149,18 +156,16 @@ class ConvStack(nn.Module):
   cascades: int
   num_layers: int
   features: int
-  conv_impl: str = 'xla'
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x):
-    conv = functools.partial(layers.Conv, impl=self.conv_impl)
     for cascade in range(self.cascades):
       y = x.astype(self.dtype)
       for layer in range(self.num_layers):
         last = layer == self.num_layers - 1
-        y = conv(2 if last else self.features, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,
-                 name=f'cascade{cascade}_conv{layer}')(y)
+        y = layers.Conv(2 if last else self.features, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,
+                        name=f'cascade{cascade}_conv{layer}')(y)
         if not last:
           y = nn.relu(y)
       x = x + y.astype(x.dtype)
@@ -174,15 +179,14 @@ def stack_flops(args) -> float:
 
 
 def stack_step(args, impl: str, dtype) -> Callable[[], object]:
-  model = ConvStack(args.cascades, args.layers, args.features, impl, dtype)
+  model = ConvStack(args.cascades, args.layers, args.features, dtype)
   x = jax.random.normal(jax.random.key(0), (args.stack_batch, args.stack_size, args.stack_size, 2), jnp.float32)
   params = model.init(jax.random.key(1), x)
 
-  @jax.jit
   def step(params, x):
     return jax.value_and_grad(lambda p: jnp.mean((model.apply(p, x) - x)**2))(params)
 
-  return lambda: step(params, x)
+  return compiled_under(impl, step, params, x)
 
 
 def forward_table(repeats: int) -> None:

@@ -5,9 +5,12 @@
   /work/torchvenv/bin/python benchmarks/torch_reference.py --experiments=unet,cascade --json=torch.json
   /work/torchvenv/bin/python benchmarks/torch_reference.py --device=cuda --half_precision --threads=16
   /work/torchvenv/bin/python benchmarks/torch_reference.py --image_size=32 --batch=2 --steps=1 --num_acs=4  # smoke
+  python3 benchmarks/torch_reference.py --device=cuda --modes=eager,compile --tf32=on --batch=128  # + torch.compile
 
-What is timed, per experiment: one eager-mode (no torch.compile) training step, as `steps.train_step` runs it in JAX,
-from the fully sampled complex images already on the device to the updated parameters:
+What is timed, per experiment and per `--modes` entry: one training step, as `steps.train_step` runs it in JAX,
+from the fully sampled complex images already on the device to the updated parameters; 'eager' runs the model
+eagerly, 'compile' runs `torch.compile(model, mode=--compile_mode)` (forward and backward through TorchDynamo and
+Inductor; the masks, FFTs, losses and Adam stay eager in both modes), each mode on a freshly built model:
   1. masks: one random Cartesian phase-encode mask per example, drawn on the device inside the step (as our JAX step
      does): the `--num_acs` central lines plus `round(W / R) - num_acs` lines drawn without replacement
      (`torch.multinomial`) from our `mri.mask_density` (a Gaussian of std W / 10 plus a floor of 1 / (2R));
@@ -20,8 +23,11 @@ from the fully sampled complex images already on the device to the updated param
   5. backward and `torch.optim.Adam(lr=1e-4, betas=(0.99, 0.999), eps=1e-8)` (configs/default.py), PyTorch's
      default (foreach) implementation.
 Not timed: building the model and optimizer, the synthetic batch (the phantom of `segrecon_jax.benchmark`) and one
-warm-up step. The `--steps` timed steps report median, min and max seconds; with `--device=cuda` the device is
-synchronized before and after each step (cuDNN autotuning on, so the warm-up step also picks the kernels); on
+warm-up step (which compiles under 'compile'; its seconds are reported as `first_step_s`). The `--steps` timed
+steps report median, min and max seconds; with `--device=cuda` the device is synchronized before and after each
+step (cuDNN autotuning on, so the warm-up step also picks the kernels). `--tf32=on|off` sets both of PyTorch's
+TF32 switches (`torch.backends.cuda.matmul.allow_tf32`, `torch.backends.cudnn.allow_tf32`; PyTorch's own default
+is TF32 for convolutions only), to match `segrecon_jax.benchmark --tf32` on the JAX side; on
 the CPU, OpenMP waits passively unless OMP_WAIT_POLICY is set (see below the imports). Unlike
 our JAX step, there is no finite-loss guard per step (the loss is checked once at the end) and no gradient norm.
 
@@ -75,6 +81,8 @@ UNET_CHANS, UNET_POOLS = 32, 3  # Our features (32, 64, 128, 256): four levels, 
 MAGNITUDE_EPSILON = 1e-12  # models/segrecon.py: a finite gradient of the magnitude at 0.
 DICE_EPSILON = 1e-5  # losses.generalized_dice_loss's default.
 LEARNING_RATE, BETAS = 1e-4, (0.99, 0.999)  # configs/default.py (paper section 2.4).
+MODES = ('eager', 'compile')  # How the step's model runs: eagerly, or through torch.compile.
+TF32_CHOICES = ('default', 'on', 'off')
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -90,6 +98,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
   parser.add_argument('--device', default='cpu', choices=('cpu', 'cuda'), help='where the step runs')
   parser.add_argument('--half_precision', action='store_true', help='bfloat16 autocast of the networks')
   parser.add_argument('--seed', type=int, default=0, help='seeds the weights and the masks')
+  parser.add_argument('--modes', default='eager',
+                      help="comma-separated step modes timed one after the other, of 'eager', 'compile'")
+  parser.add_argument('--compile_mode', default='default',
+                      help="torch.compile mode under --modes=compile ('default', 'reduce-overhead', 'max-autotune')")
+  parser.add_argument('--tf32', default='default', choices=TF32_CHOICES,
+                      help="TF32 for float32 matmuls and convolutions on a GPU: 'on', 'off' or PyTorch's 'default'")
   parser.add_argument('--json', default='', help='also write the results as JSON to this path')
   return parser.parse_args(argv)
 
@@ -345,8 +359,10 @@ def synchronize(device: torch.device) -> None:
     torch.cuda.synchronize(device)
 
 
-def time_experiment(experiment: str, args: argparse.Namespace, device: torch.device) -> Dict[str, Any]:
-  """Builds the experiment's model and optimizer, runs one warm-up step and `args.steps` timed steps."""
+def time_experiment(experiment: str, args: argparse.Namespace, device: torch.device,
+                    mode: str = 'eager') -> Dict[str, Any]:
+  """Builds the experiment's model and optimizer, runs one warm-up step and `args.steps` timed steps; `mode`
+  'compile' runs the model through `torch.compile(mode=args.compile_mode)`."""
   torch.manual_seed(args.seed)
   model = BUILDERS[experiment]().to(device).train()
   factor = 2**UNET_POOLS
@@ -354,12 +370,16 @@ def time_experiment(experiment: str, args: argparse.Namespace, device: torch.dev
     raise ValueError(f'--image_size={args.image_size}: the U-Nets need a multiple of {factor}')
   optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE, betas=BETAS)
   sample_masks = MaskSampler(args.image_size, args.acceleration, args.num_acs, device, args.seed)
-  step = make_train_step(model, optimizer, sample_masks, SEGMENTS[experiment], device, args.half_precision)
+  run_model = torch.compile(model, mode=args.compile_mode) if mode == 'compile' else model  # Shares the parameters.
+  step = make_train_step(run_model, optimizer, sample_masks, SEGMENTS[experiment], device, args.half_precision)
   images, labels = synthetic_batch(args.batch, args.image_size, args.seed)
   image, label = torch.from_numpy(images).to(device), torch.from_numpy(labels).to(device)
 
-  loss = step(image, label)  # Warm-up: allocator, cuDNN autotuning, Adam's state.
   synchronize(device)
+  start = time.perf_counter()
+  loss = step(image, label)  # Warm-up: compilation (mode 'compile'), allocator, cuDNN autotuning, Adam's state.
+  synchronize(device)
+  first_step = time.perf_counter() - start
   times = []
   for _ in range(args.steps):
     synchronize(device)
@@ -369,17 +389,31 @@ def time_experiment(experiment: str, args: argparse.Namespace, device: torch.dev
     times.append(time.perf_counter() - start)
   if not torch.isfinite(loss):
     raise FloatingPointError(f'{experiment}: non-finite loss {float(loss)} in the benchmark step')
-  return {'experiment': experiment, 'step_s_median': float(np.median(times)), 'step_s_min': float(min(times)),
-          'step_s_max': float(max(times)), 'params': count_params(model), 'params_detail': param_summary(model),
-          'loss': float(loss)}
+  return {'experiment': experiment, 'mode': mode, 'step_s_median': float(np.median(times)),
+          'step_s_min': float(min(times)), 'step_s_max': float(max(times)), 'first_step_s': first_step,
+          'params': count_params(model), 'params_detail': param_summary(model), 'loss': float(loss)}
 
 
 def format_table(rows: List[Dict[str, Any]], batch: int) -> str:
-  lines = ['| experiment | params | step s (med) | min | max | slices/s |', '|---|---|---|---|---|---|']
+  lines = ['| experiment | mode | params | first step s | step s (med) | min | max | slices/s |',
+           '|---|---|---|---|---|---|---|---|']
   for row in rows:
-    lines.append(f'| {row["experiment"]} | {row["params_detail"]} | {row["step_s_median"]:.3f} | '
-                 f'{row["step_s_min"]:.3f} | {row["step_s_max"]:.3f} | {batch / row["step_s_median"]:.1f} |')
+    if 'error' in row:
+      lines.append(f'| {row["experiment"]} | {row["mode"]} | failed: {row["error"][:120]} | - | - | - | - | - |')
+      continue
+    lines.append(f'| {row["experiment"]} | {row["mode"]} | {row["params_detail"]} | {row["first_step_s"]:.1f} | '
+                 f'{row["step_s_median"]:.4f} | {row["step_s_min"]:.4f} | {row["step_s_max"]:.4f} | '
+                 f'{batch / row["step_s_median"]:.1f} |')
   return '\n'.join(lines)
+
+
+def set_tf32(tf32: str) -> Dict[str, bool]:
+  """Sets PyTorch's two TF32 switches ('on' / 'off'; 'default' leaves them) and returns their values."""
+  if tf32 != 'default':
+    torch.backends.cuda.matmul.allow_tf32 = tf32 == 'on'
+    torch.backends.cudnn.allow_tf32 = tf32 == 'on'
+  return {'matmul_allow_tf32': bool(torch.backends.cuda.matmul.allow_tf32),
+          'cudnn_allow_tf32': bool(torch.backends.cudnn.allow_tf32)}
 
 
 def run(args: argparse.Namespace) -> Dict[str, Any]:
@@ -389,6 +423,9 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     raise ValueError(f'--experiments: unknown {unknown}; valid are {list(EXPERIMENTS)}')
   if args.steps < 1:
     raise ValueError(f'--steps={args.steps}: time at least one step')
+  modes = [m.strip() for m in args.modes.split(',') if m.strip()]
+  if not modes or sorted(set(modes) - set(MODES)):
+    raise ValueError(f'--modes={args.modes!r}: valid modes are {list(MODES)}')
   torch.set_num_threads(args.threads)
   torch.set_num_interop_threads(args.threads)  # Only possible before the first inter-op parallel work.
   if args.device == 'cuda':
@@ -397,25 +434,37 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     torch.backends.cudnn.benchmark = True  # Fixed shapes: let cuDNN pick its fastest kernels in the warm-up step.
   device = torch.device(args.device)
   device_name = torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'
-  print(f'PyTorch {torch.__version__} on {device_name}, {args.threads} threads (OMP_WAIT_POLICY='
-        f'{os.environ["OMP_WAIT_POLICY"]}); image {args.image_size}x{args.image_size}, batch {args.batch}, '
-        f'x{args.acceleration} with {args.num_acs} ACS lines, '
-        f'{"bfloat16 autocast" if args.half_precision else "float32"}.', flush=True)
-  rows = []
-  for experiment in experiments:
-    row = time_experiment(experiment, args, device)
-    rows.append(row)
-    print(f'{experiment}: {row["params_detail"]} params, step {row["step_s_median"]:.3f} s '
-          f'(min {row["step_s_min"]:.3f}, max {row["step_s_max"]:.3f})', flush=True)
-  print()
-  print(format_table(rows, args.batch))
-  result = {'torch_version': torch.__version__, 'threads': args.threads, 'device': args.device,
+  tf32 = set_tf32(args.tf32)
+  print(f'PyTorch {torch.__version__} (CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}) on '
+        f'{device_name}, {args.threads} threads (OMP_WAIT_POLICY={os.environ["OMP_WAIT_POLICY"]}); image '
+        f'{args.image_size}x{args.image_size}, batch {args.batch}, x{args.acceleration} with {args.num_acs} ACS '
+        f'lines, {"bfloat16 autocast" if args.half_precision else "float32"}, TF32 {args.tf32} ({tf32}); modes '
+        f'{modes} (torch.compile mode {args.compile_mode!r}).', flush=True)
+  result = {'torch_version': torch.__version__, 'cuda_version': torch.version.cuda,
+            'cudnn_version': torch.backends.cudnn.version(), 'threads': args.threads, 'device': args.device,
             'device_name': device_name, 'omp_wait_policy': os.environ['OMP_WAIT_POLICY'],
             'image_size': args.image_size, 'batch': args.batch, 'acceleration': args.acceleration,
-            'num_acs': args.num_acs, 'half_precision': args.half_precision, 'steps': args.steps, 'rows': rows}
-  if args.json:
-    with open(args.json, 'w') as f:
-      json.dump(result, f, indent=2)
+            'num_acs': args.num_acs, 'half_precision': args.half_precision, 'steps': args.steps, 'tf32': args.tf32,
+            **tf32, 'modes': modes, 'compile_mode': args.compile_mode, 'rows': []}
+  for mode in modes:
+    for experiment in experiments:
+      try:
+        row = time_experiment(experiment, args, device, mode)
+      except Exception as e:  # pylint: disable=broad-except  (a failed compile leaves the other rows standing)
+        if mode == 'eager':
+          raise
+        row = {'experiment': experiment, 'mode': mode, 'error': f'{type(e).__name__}: {e}'}
+        print(f'{experiment} ({mode}): failed: {row["error"]}', flush=True)
+      else:
+        print(f'{experiment} ({mode}): {row["params_detail"]} params, first step {row["first_step_s"]:.1f} s, '
+              f'step {row["step_s_median"]:.4f} s (min {row["step_s_min"]:.4f}, max {row["step_s_max"]:.4f})',
+              flush=True)
+      result['rows'].append(row)
+      if args.json:  # After every row, so a run stopped by a time limit keeps what it measured.
+        with open(args.json, 'w') as f:
+          json.dump(result, f, indent=2)
+  print()
+  print(format_table(result['rows'], args.batch))
   return result
 
 

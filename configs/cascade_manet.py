@@ -2,7 +2,7 @@
 
   python main.py --config=configs/cascade_manet.py:x8_stab --workdir=/tmp/segrecon/cascade_manet_x8_stab
   python main.py --config=configs/cascade_manet.py:x4 --workdir=/tmp/segrecon/cascade_manet_x4
-Presets: x4, x8, x4_stab, x8_stab ("(S)" rows); switches `demo` (the README's main job: `:x8_stab,demo`), `runlocal`
+Presets: x4, x8, x4_stab, x8_stab ("(S)" rows); switches `demo` (the README's main job: `:x4_stab,demo`), `runlocal`
 (a CPU smoke run) and `cpu_study`; under each, CascadeNet and MANet both run at a quarter of their paper widths.
 """
 

@@ -3,8 +3,8 @@
 Presets and switches (`configs/<experiment>.py:<preset>[,<switch>...]`) are parsed by `parse_arg` below:
   presets   x4, x8 (acceleration; no stabilization), x4_stab, x8_stab (the paper's "(S)" rows, joint models only)
   switches  runlocal (a CPU smoke run: small phantom, 64x64 images, narrow networks, a few epochs)
-            demo (the README's main job: runlocal's widths on the 64x64 phantom_medium, trained for about 3
-            minutes of a 2-core CPU with a faster optimizer, long enough to learn visibly; see `apply_demo`)
+            demo (the README's main job: runlocal's widths on the 64x64 phantom_medium, trained with a faster
+            optimizer long enough to learn visibly; see `apply_demo`)
             cpu_study (the reduced-scale reproduction study of docs/results.md: runlocal's widths on the larger
             64x64 phantom_medium, trained longer with a faster optimizer; see `apply_cpu_study`)
 """
@@ -55,7 +55,9 @@ def get_config():
   config.eps = 0.01  # The ramp starts at sampled fraction 1 - eps (paper: "a small number close to 0").
   # Distinct fractions of the ramp; each compiles the train step once. None = the exact eq. 1 (P + 1 levels: one
   # per ramp epoch, then 1 / R); an integer quantizes the ramp's exponent to that many points on the same curve.
-  config.schedule_levels = config_dict.placeholder(int)
+  # Typed `object` so that the command line takes both (`--config.schedule_levels=None`, `=4`); checked in
+  # config_checks.
+  config.schedule_levels = config_dict.placeholder(object)
   config.schedule_levels = 6
 
   # Model: a plain dict read by segrecon_jax.models.get_model; experiment files set it.
@@ -68,8 +70,22 @@ def get_config():
   config.l2_weight = 1.0  # Weight of l2 inside the reconstruction loss.
   # Log the norms of the reconstruction and segmentation terms' gradients with respect to the reconstruction
   # network's parameters (train_recon_grad_norm, train_seg_grad_norm): a second, 2-wide backward pass through the
-  # whole model per step (about 1.8x the step time of cascade_manet at 64x64 on a 2-core CPU); the sweep turns it on.
+  # whole model per step (a markedly slower step, docs/benchmarks.md); the sweep turns it on.
   config.log_loss_grad_norms = False
+  # Automatic balancing of the two terms (models that segment; logged as train_seg_weight_effective): 'none' (the
+  # fixed weights above), 'grad_norm' (the Dice weight makes its gradient norm on the reconstruction network
+  # balance_ratio x the l1-l2 term's, a moving average; costs the 2-wide backward pass of log_loss_grad_norms every
+  # step) or 'uncertainty' (Kendall et al. 2018: learned log-variances s_i, sum_i exp(-s_i) w_i L_i + s_i).
+  config.loss_balancing = 'none'
+  config.balance_ratio = 1.0  # grad_norm: wanted Dice / l1-l2 gradient-norm ratio on the reconstruction network.
+  config.balance_momentum = 0.9  # grad_norm: momentum of the Dice weight's moving average over steps, in [0, 1).
+  config.uncertainty_learning_rate = 1e-2  # uncertainty: constant Adam rate of the log-variances s_i (own rate).
+  # Explicit focus: the l1-l2 term's pixels weighted 1 + focus_weight * region (the F- metrics' heart box with
+  # focus_margin_fraction), normalised to mean 1 per slice so the loss keeps its scale; 0 = off.
+  config.focus_weight = 0.0
+  # Where the focus box comes from: 'reference' (the reference labels, a training-time oracle) or 'prediction'
+  # (the segmentation network's argmax, no gradient; models that segment only).
+  config.focus_source = 'reference'
 
   # Optimization (paper section 2.4).
   config.optimizer = 'adam'  # Only Adam is used in the paper.
@@ -109,6 +125,11 @@ def get_config():
   config.process_id = 0  # With coordinator_address: this process's id, 0 .. num_processes - 1.
   config.progress_bar = True  # tqdm bar on a terminal.
   config.num_summary_images = 2  # Examples shown in TensorBoard image summaries.
+
+  # Runtime only: how the layers are computed, never part of the model (segrecon_jax/models/layers.py). Every value
+  # computes the same function with the same parameters, so a checkpoint trains, resumes and evaluates under any.
+  config.conv_impl = 'auto'  # 'auto' (native CPU kernels on CPU where they build, else XLA), 'xla' or 'native'.
+  config.upconv_impl = 'auto'  # U-Net up-convolutions: 'auto' ('dense' on CPU, else 'xla'), 'xla' or 'dense'.
   return config
 
 
@@ -138,7 +159,7 @@ def small_image_acs(acceleration) -> int:
 
 
 def apply_runlocal(config):
-  """Shrinks data, image size, widths and epochs so a run finishes in minutes on a 2-core CPU (a smoke run)."""
+  """Shrinks data, image size, widths and epochs to a CPU smoke run."""
   config.dataset_config = 'phantom_small'
   config.num_acs = small_image_acs(config.acceleration)
   config.batch_size = 8
@@ -154,7 +175,7 @@ def apply_runlocal(config):
 
 
 def apply_demo(config):
-  """The README's main job: a run that visibly learns in about 5 minutes of a 2-core CPU, cold cache included.
+  """The README's main job: a short CPU run that visibly learns (its duration is in the README).
 
   runlocal's widths and batch on `phantom_medium` (204 train / 36 test 64x64 slices). Adam at lr 2e-3, b1 0.9,
   decayed along a half cosine to 0 (the paper's constant lr 1e-4, b1 0.99 barely moves these networks in a few

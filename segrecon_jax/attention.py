@@ -31,6 +31,7 @@ from segrecon_jax import metrics
 from segrecon_jax import models
 from segrecon_jax import parallel
 from segrecon_jax import reporting
+from segrecon_jax import stats
 from segrecon_jax import steps
 
 matplotlib.use('Agg')
@@ -39,8 +40,6 @@ from matplotlib import patches  # pylint: disable=g-import-not-at-top,wrong-impo
 
 ATTENTION_DIR = 'attention'  # Under the workdir, unless pseudo_attention gets an out_dir.
 # Percentile bootstrap over slices, fixed seed (study.py's conventions): the intervals reproduce.
-BOOTSTRAP_RESAMPLES = 10000
-BOOTSTRAP_SEED = 0
 NUM_EXAMPLES = 3  # Example slices in the figure: the lowest, the median and the highest energy share.
 
 
@@ -97,21 +96,19 @@ def area_share(box: np.ndarray) -> np.ndarray:
   return np.mean(np.asarray(box, np.float64), axis=(-2, -1))
 
 
-def bootstrap_summary(share: np.ndarray, area: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES,
-                      seed: int = BOOTSTRAP_SEED) -> Dict[str, Dict[str, float]]:
+def bootstrap_summary(share: np.ndarray, area: np.ndarray, resamples: int = stats.BOOTSTRAP_RESAMPLES,
+                      seed: int = stats.BOOTSTRAP_SEED) -> Dict[str, Dict[str, float]]:
   """Means over slices with 95% percentile bootstrap intervals: energy share, area share and their ratio.
 
   Slices are resampled in pairs (share, area), so the ratio of the two means gets its interval from the same
   resamples.
   """
   share, area = np.asarray(share, np.float64), np.asarray(area, np.float64)
-  rng = np.random.default_rng(seed)
-  picks = rng.integers(0, share.size, size=(resamples, share.size))
-  share_means, area_means = share[picks].mean(axis=1), area[picks].mean(axis=1)
+  means = stats.joint_bootstrap_means([share, area], resamples, seed)
   summary = {}
-  for name, value, resampled in (('energy_share', share.mean(), share_means), ('area_share', area.mean(), area_means),
-                                 ('share_to_area_ratio', share.mean() / area.mean(), share_means / area_means)):
-    low, high = np.percentile(resampled, [2.5, 97.5])
+  for name, value, resampled in (('energy_share', share.mean(), means[:, 0]), ('area_share', area.mean(), means[:, 1]),
+                                 ('share_to_area_ratio', share.mean() / area.mean(), means[:, 0] / means[:, 1])):
+    low, high = stats.percentile_interval(resampled)
     summary[name] = {'mean': float(value), 'low': float(low), 'high': float(high)}
   return summary
 
@@ -217,7 +214,7 @@ def pseudo_attention(config, workdir: str, out_dir: Optional[str] = None) -> Dic
   record = {
       'model': reporting.method_name(config), 'acceleration': config.acceleration,
       'checkpoint_step': int(meta['step']), 'margin_pixels': margin, 'num_slices': len(kept), **summary,
-      'bootstrap': {'resamples': BOOTSTRAP_RESAMPLES, 'seed': BOOTSTRAP_SEED,
+      'bootstrap': {'resamples': stats.BOOTSTRAP_RESAMPLES, 'seed': stats.BOOTSTRAP_SEED,
                     'interval': '95% percentile, slices resampled with replacement'},
       'per_slice': {'ids': names, 'index': indices, 'energy_share': shares, 'area_share': areas,
                     'seg_loss': seg_losses},

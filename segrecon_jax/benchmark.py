@@ -5,6 +5,7 @@
   python -m segrecon_jax.benchmark --experiments=unet --devices=2      # 1..2 devices, same global batch
   python -m segrecon_jax.benchmark --experiments=unet,cascade --conv_impl=xla,native --upconv_impl=xla,dense
   python -m segrecon_jax.benchmark --steps=3 --torch_python=/path/to/torchvenv/bin/python   # + PyTorch columns
+  python -m segrecon_jax.benchmark --torch_python=python3 --torch_modes=eager,compile --tf32=on --batch=128
   python -m segrecon_jax.benchmark --experiments=cascade_manet --steps=2 --profile=/tmp/trace   # jax.profiler trace
 
 For each experiment (the model of `configs/<experiment>.py` at its paper settings, no `runlocal`) it measures the
@@ -17,16 +18,20 @@ number of compiles of a full stabilization schedule with their share of the wall
 phantom-like batches feed the step; the input pipeline is timed on its own over the TFDS `ocmr` data source.
 On CPU, `--devices N` fakes N host devices (correctness of the layout, not speed); on a multi-GPU host it prints
 the scaling efficiency of the same global batch over 1..N devices. `--conv_impl` and `--upconv_impl` time the
-step with each layer choice of `models/layers.py` in the same run (every pair of the two lists): `conv_impl` of
-every convolution of every model ('xla': XLA's convolutions, as nn.Conv; 'native': the native CPU kernels of
-models/native.py; 'auto': the models' default), `upconv_impl` of the U-Nets' 2x2 up-convolutions ('xla':
-nn.ConvTranspose; 'dense': UpConv2x2; 'auto').
+step with each value of the runtime layer setting of `models/layers.py` in the same run (every pair of the two
+lists; the model and its parameters are the same in each): `conv_impl` of every convolution ('xla': XLA's
+convolutions, as nn.Conv; 'native': the native CPU kernels of models/native.py; 'auto': the default),
+`upconv_impl` of the U-Nets' 2x2 up-convolutions ('xla': nn.ConvTranspose; 'dense': UpConv2x2; 'auto').
 
 With `--torch_python` (the Python of an environment with benchmarks/requirements-torch.txt), the same run then
 times the PyTorch reference (`benchmarks/torch_reference.py`, same shapes, loss, optimizer; `--torch_threads`
 threads, default all CPUs) in a subprocess and adds "PyTorch step" and "speed vs PyTorch" (PyTorch's step time
-over ours) columns. `--profile DIR` writes a `jax.profiler` trace of the timed steps (TensorBoard's profile plugin
-or Perfetto read it) and prints the most expensive XLA operations of the step.
+over ours) columns; `--torch_modes=eager,compile` also times it under `torch.compile` (`--torch_compile_mode`) and
+adds the compiled columns. `--tf32=on|off` sets TF32 for float32 matmuls and convolutions identically on both sides
+(JAX: `jax_default_matmul_precision` 'tensorfloat32' or 'highest', which convolutions follow too; PyTorch: both
+`allow_tf32` switches); 'default' leaves each framework's own default (on recent NVIDIA GPUs both use TF32 for
+float32 convolutions, and PyTorch not for matmuls). `--profile DIR` writes a `jax.profiler` trace of the timed steps
+(TensorBoard's profile plugin or Perfetto read it) and prints the most expensive XLA operations of the step.
 """
 
 import argparse
@@ -37,6 +42,12 @@ import time
 from typing import Any, Dict, List, Optional
 
 EXPERIMENTS = ('unet', 'multidecoder_unet', 'unet_unet', 'cascade', 'cascade_manet')
+# --tf32 -> jax_default_matmul_precision (None leaves JAX's default); PyTorch gets the same --tf32.
+TF32_PRECISIONS = {'default': None, 'on': 'tensorfloat32', 'off': 'highest'}
+TORCH_MODES = ('eager', 'compile')
+# The row fields of each PyTorch mode: (step seconds, our speed against it).
+TORCH_FIELDS = {'eager': ('torch_step_s', 'speed_vs_torch'),
+                'compile': ('torch_compile_step_s', 'speed_vs_torch_compile')}
 
 
 
@@ -57,6 +68,13 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
   parser.add_argument('--torch_python', default='',
                       help='Python with benchmarks/requirements-torch.txt: adds the PyTorch reference columns')
   parser.add_argument('--torch_threads', type=int, default=0, help='PyTorch threads (0: all CPUs of this host)')
+  parser.add_argument('--torch_modes', default='eager',
+                      help="comma-separated PyTorch step modes, of 'eager', 'compile' (torch.compile)")
+  parser.add_argument('--torch_compile_mode', default='default',
+                      help="torch.compile mode of --torch_modes=compile ('default', 'reduce-overhead', 'max-autotune')")
+  parser.add_argument('--tf32', default='default', choices=tuple(TF32_PRECISIONS),
+                      help="TF32 for float32 matmuls and convolutions, set the same in JAX and PyTorch: 'on', 'off', "
+                           "or each framework's 'default'")
   parser.add_argument('--profile', default='', help='write a jax.profiler trace of the timed steps to this folder')
   parser.add_argument('--pipeline_config', default='phantom',
                       help="TFDS ocmr config whose input pipeline is timed ('' skips it)")
@@ -129,8 +147,8 @@ def experiment_config(experiment: str, preset: str, args: argparse.Namespace, st
                       conv_impl: str = 'auto', upconv_impl: str = 'auto'):
   """`configs/<experiment>.py` at `preset` (e.g. 'x8_stab'; solo models drop '_stab'), with the benchmark's batch.
 
-  `stabilized` overrides the preset's stabilization (joint models only); `conv_impl` and `upconv_impl` set every
-  'conv_impl' / 'upconv_impl' layer choice of the model.
+  `stabilized` overrides the preset's stabilization (joint models only); `conv_impl` and `upconv_impl` set the
+  config's runtime layer setting (`time_train_step` applies it).
   """
   acceleration, _, suffix = preset.partition('_')
   stabilized = suffix == 'stab' if stabilized is None else stabilized
@@ -143,11 +161,18 @@ def experiment_config(experiment: str, preset: str, args: argparse.Namespace, st
 
 
 def set_layer_choices(config, **choices: str):
-  """Sets every layer-choice field of `config.model` named in `choices` (e.g. `conv_impl='xla'`), in place."""
-  for sub, field in models.layer_choice_fields(config.model):
-    if field in choices:
-      (config.model[sub] if sub else config.model)[field] = choices[field]
+  """Sets the runtime layer setting of `config` (`conv_impl`, `upconv_impl`, e.g. `conv_impl='xla'`), in place."""
+  unknown = sorted(set(choices) - set(layers.current_impls()))
+  if unknown:
+    raise ValueError(f'unknown layer setting(s) {unknown}; valid are {sorted(layers.current_impls())}')
+  for field, value in choices.items():
+    config[field] = value
   return config
+
+
+def layer_setting(config) -> Dict[str, str]:
+  """The runtime layer setting a config asks for (`layers.impls` keyword arguments)."""
+  return {field: config.get(field, 'auto') for field in layers.current_impls()}
 
 
 def _flops(stage) -> float:
@@ -161,14 +186,14 @@ def update_flops(config, tx, state, batch, masks, devices) -> float:
   """FLOPs of one device's train update as XLA counts them with XLA's own convolutions.
 
   XLA's cost analysis counts an FFI call as no work, so the compiled step of a model whose convolutions run on the
-  native CPU kernels (`models/layers.py`) would count only what XLA computes itself (the paper cascade's step: 12.4
-  of its 1,058 GFLOP). The same update is therefore lowered, not compiled, with `conv_impl='xla'` on every layer
-  and counted before XLA optimizes it: the model's arithmetic, whichever layers compute it (the parameters, and so
-  `state`, are the same for every layer choice)."""
-  config = set_layer_choices(config.copy_and_resolve_references(), conv_impl='xla')
-  update = parallel.pmap(functools.partial(step_lib.train_update, model=step_lib.create_model(config), tx=tx,
-                                           config=config), devices=devices)
-  return _flops(update.lower(state, batch, masks))
+  native CPU kernels (`models/layers.py`) would count only what XLA computes itself, a small part of the step. The
+  same update is therefore lowered, not compiled, with conv_impl 'xla' and counted before XLA optimizes it: the
+  model's arithmetic, whichever layers compute it (the parameters, and so `state`, are the same for every layer
+  setting). The setting is process-wide: call this when no compile of another setting is running."""
+  with layers.impls(conv_impl='xla'):
+    update = parallel.pmap(functools.partial(step_lib.train_update, model=step_lib.create_model(config), tx=tx,
+                                             config=config), devices=devices)
+    return _flops(update.lower(state, batch, masks))
 
 
 def _peak_memory_bytes(devices, compiled) -> Dict[str, Optional[float]]:
@@ -188,8 +213,14 @@ def _peak_memory_bytes(devices, compiled) -> Dict[str, Optional[float]]:
 def time_train_step(config, image_size: int, num_devices: int, steps: int, profile_dir: str = '') -> Dict[str, Any]:
   """Compile and steady-state times of the real train step on the first `num_devices` local devices.
 
-  With `profile_dir`, the timed steps run under `jax.profiler.trace(profile_dir)`.
+  With `profile_dir`, the timed steps run under `jax.profiler.trace(profile_dir)`. The step is traced and compiled
+  (on `TrainSteps`' background thread too) under the config's runtime layer setting (`layer_setting`).
   """
+  with layers.impls(**layer_setting(config)):
+    return _time_train_step(config, image_size, num_devices, steps, profile_dir)
+
+
+def _time_train_step(config, image_size: int, num_devices: int, steps: int, profile_dir: str) -> Dict[str, Any]:
   devices = jax.local_devices()[:num_devices]
   step_lib.check_masks_fit(config, image_size, f'--image_size={image_size}')
   if config.batch_size % num_devices:
@@ -205,7 +236,7 @@ def time_train_step(config, image_size: int, num_devices: int, steps: int, profi
   train_steps = step_lib.TrainSteps(model, tx, config, state, batch, rng, devices=devices, workers=1)
   train_steps.prefetch(fraction)
   step_fn = train_steps.get(fraction)
-  compiled = train_steps.update.get(None)
+  compiled = train_steps.update.get(None)  # Both compiles have finished: update_flops may change the setting.
   compile_seconds = train_steps.compile_seconds
   masks = jax.ShapeDtypeStruct((num_devices, config.batch_size // num_devices, 1, image_size), jnp.bool_)
   flops_per_device = update_flops(config, tx, state, batch, masks, devices)
@@ -264,9 +295,11 @@ def format_table(rows: List[Dict[str, Any]], ceiling: float) -> str:
              ('min', '{:.3f}'), ('max', '{:.3f}'), ('slices/s', '{:.1f}'), ('GFLOP/step', '{:.1f}'),
              ('GFLOP/s', '{:.1f}'), ('% ceiling', '{:.0f}'), ('peak MiB', '{}'), ('pipeline ex/s', '{}'),
              ('sched compiles', '{}'), ('compile share', '{:.1%}'))
-  with_torch = any('torch_step_s' in row for row in rows)
-  if with_torch:
-    columns += (('PyTorch step s', '{}'), ('speed vs PyTorch', '{}'))
+  torch_modes = [m for m in TORCH_MODES if any(TORCH_FIELDS[m][0] in row for row in rows)]
+  labels = {'eager': ('PyTorch step s', 'speed vs PyTorch'),
+            'compile': ('PyTorch compiled step s', 'speed vs compiled')}
+  for mode in torch_modes:
+    columns += tuple((label, '{}') for label in labels[mode])
   lines = ['| ' + ' | '.join(c for c, _ in columns) + ' |', '|' + '---|' * len(columns)]
   for row in rows:
     peak = row.get('device_peak_bytes') or row.get('xla_planned_bytes')
@@ -277,10 +310,11 @@ def format_table(rows: List[Dict[str, Any]], ceiling: float) -> str:
               100 * row['flops_per_s'] / (ceiling * row['devices']), '-' if peak is None else f'{peak / 2**20:.0f}',
               '-' if pipeline is None else f'{pipeline:.0f}', row['schedule_compiles'],
               row['schedule_compile_share'])
-    if with_torch:
-      torch_step = row.get('torch_step_s')
+    for mode in torch_modes:
+      step_field, speed_field = TORCH_FIELDS[mode]
+      torch_step = row.get(step_field)
       values += ('-' if torch_step is None else f'{torch_step:.3f}',
-                 '-' if torch_step is None else f'{row["speed_vs_torch"]:.2f}x')
+                 '-' if torch_step is None else f'{row[speed_field]:.2f}x')
     lines.append('| ' + ' | '.join(fmt.format(v) for (_, fmt), v in zip(columns, values)) + ' |')
   return '\n'.join(lines)
 
@@ -311,13 +345,19 @@ def torch_reference(args: argparse.Namespace, experiments: List[str]) -> Dict[st
     out = os.path.join(tmp, 'torch.json')
     command = [args.torch_python, script, f'--experiments={",".join(experiments)}', f'--image_size={args.image_size}',
                f'--batch={args.batch}', f'--steps={args.steps}', f'--threads={threads}',
-               f'--acceleration={acceleration}', f'--device={"cuda" if with_cuda else "cpu"}', f'--json={out}']
+               f'--acceleration={acceleration}', f'--device={"cuda" if with_cuda else "cpu"}', f'--json={out}',
+               f'--modes={",".join(torch_modes(args))}', f'--compile_mode={args.torch_compile_mode}',
+               f'--tf32={args.tf32}']
     if args.half_precision:
       command.append('--half_precision')
     print('PyTorch reference: ' + ' '.join(command), flush=True)
     subprocess.run(command, check=True)
     with open(out) as f:
       return json.load(f)
+
+
+def torch_modes(args: argparse.Namespace) -> List[str]:
+  return _choices(args.torch_modes, TORCH_MODES, '--torch_modes')
 
 
 def _top_ops(profile_dir: str, hlo_text: str = '', count: int = 8) -> List[Dict[str, Any]]:
@@ -359,6 +399,18 @@ def _top_ops(profile_dir: str, hlo_text: str = '', count: int = 8) -> List[Dict[
 
 
 def run(args: argparse.Namespace) -> Dict[str, Any]:
+  """Times every experiment (and PyTorch with `--torch_python`) under `--tf32`'s matmul precision, restored after."""
+  torch_modes(args)  # Checked before any timing.
+  previous = jax.config.jax_default_matmul_precision
+  if TF32_PRECISIONS[args.tf32]:
+    jax.config.update('jax_default_matmul_precision', TF32_PRECISIONS[args.tf32])
+  try:
+    return _run(args)
+  finally:
+    jax.config.update('jax_default_matmul_precision', previous)
+
+
+def _run(args: argparse.Namespace) -> Dict[str, Any]:
   experiments = [e.strip() for e in args.experiments.split(',') if e.strip()]
   unknown = sorted(set(experiments) - set(EXPERIMENTS))
   if unknown:
@@ -373,14 +425,16 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
   ceiling = matmul_ceiling(device)
   print(f'Device: {device.device_kind} ({device.platform}), {jax.local_device_count()} local; float32 matmul '
         f'ceiling {ceiling / 1e9:.1f} GFLOP/s per device; image {args.image_size}x{args.image_size}, global batch '
-        f'{args.batch}, {"bfloat16" if args.half_precision else "float32"}.', flush=True)
+        f'{args.batch}, {"bfloat16" if args.half_precision else "float32"}, TF32 {args.tf32} '
+        f'(jax_default_matmul_precision {jax.config.jax_default_matmul_precision}); jax {jax.__version__}.',
+        flush=True)
   rows = []
   for experiment in experiments:
     schedule_config = experiment_config(experiment, args.preset, args, stabilized=True)  # A full schedule's cost.
     pipeline = {}
     if args.pipeline_config:  # The pipeline reads only the batch and data fields, the same in every variant.
       pipeline = time_input_pipeline(schedule_config, args.pipeline_config, args.data_dir)
-    has_upconv = any(field == 'upconv_impl' for _, field in models.layer_choice_fields(experiment))
+    has_upconv = models.has_upconv(experiment)
     for conv_impl, upconv_impl in itertools.product(conv_impls, upconv_impls if has_upconv else [None]):
       config = experiment_config(experiment, args.preset, args, conv_impl=conv_impl,
                                  upconv_impl=upconv_impl or 'auto')
@@ -404,14 +458,22 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         print(f'{experiment} ({layers_label(row)} layers) on {num_devices} device(s): step '
               f'{row["step_median_s"]:.3f} s, {row["slices_per_s"]:.1f} slices/s, compile {row["compile_s"]:.1f} s',
               flush=True)
+  result = {'device': device.device_kind, 'platform': device.platform, 'matmul_ceiling_flops_per_s': ceiling,
+            'image_size': args.image_size, 'batch': args.batch, 'half_precision': args.half_precision,
+            'tf32': args.tf32, 'jax_default_matmul_precision': jax.config.jax_default_matmul_precision,
+            'jax_version': jax.__version__, 'rows': rows, 'torch': None}
+  if args.json and args.torch_python:  # Ours first, so a PyTorch run stopped by a time limit leaves them.
+    with open(args.json, 'w') as f:
+      json.dump(result, f, indent=2)
   torch_result = None
   if args.torch_python:
     torch_result = torch_reference(args, experiments)
-    by_name = {r['experiment']: r for r in torch_result['rows']}
+    by_key = {(r['experiment'], r.get('mode', 'eager')): r for r in torch_result['rows'] if 'error' not in r}
     for row in rows:
-      if row['experiment'] in by_name and row['devices'] == 1:
-        row['torch_step_s'] = by_name[row['experiment']]['step_s_median']
-        row['speed_vs_torch'] = row['torch_step_s'] / row['step_median_s']
+      for mode, (step_field, speed_field) in TORCH_FIELDS.items():
+        if (row['experiment'], mode) in by_key and row['devices'] == 1:
+          row[step_field] = by_key[(row['experiment'], mode)]['step_s_median']
+          row[speed_field] = row[step_field] / row['step_median_s']
   print()
   print(format_table(rows, ceiling))
   scaling = [r for r in rows if 'scaling_efficiency' in r]
@@ -440,9 +502,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     if row.get('pipeline_examples_per_s') and row['pipeline_examples_per_s'] < row['slices_per_s']:
       print(f'WARNING: the input pipeline ({row["pipeline_examples_per_s"]:.0f} ex/s) is slower than the '
             f'{row["experiment"]} step consumes ({row["slices_per_s"]:.0f} slices/s)')
-  result = {'device': device.device_kind, 'platform': device.platform, 'matmul_ceiling_flops_per_s': ceiling,
-            'image_size': args.image_size, 'batch': args.batch, 'half_precision': args.half_precision, 'rows': rows,
-            'torch': torch_result}
+  result['torch'] = torch_result
   if args.json:
     with open(args.json, 'w') as f:
       json.dump(result, f, indent=2)

@@ -34,6 +34,7 @@ RESUMABLE_FIELDS = frozenset({
     'checkpoint_every_epochs', 'max_checkpoints_to_keep', 'progress_bar', 'num_summary_images',
     'compilation_cache_dir', 'data_dir', 'manual_dir', 'distributed', 'coordinator_address', 'num_processes',
     'process_id', 'compile_ahead', 'compile_workers',
+    'conv_impl', 'upconv_impl',  # Runtime only: how the layers are computed (models/layers.py), not what.
 })
 # Fields that inference (eval, predict) must share with the checkpoint: what builds the model and its inputs.
 MODEL_FIELD_PREFIXES = ('model.', 'half_precision', 'num_classes')
@@ -130,7 +131,7 @@ def restore_checkpoint(manager, template, check: Optional[Callable[[dict], None]
     if check is not None:
       check(meta)  # A checkpoint of another experiment is refused, not skipped.
     try:
-      state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(template)))['state']
+      state = _restore_state(manager, step, template)
       problem = integrity_problem(state, meta)
     except Exception as e:  # pylint: disable=broad-except
       problem = f'cannot be read ({type(e).__name__}: {e})'
@@ -169,6 +170,17 @@ def _set_aside(manager, steps: List[int]) -> None:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     multihost_utils.sync_global_devices('checkpoints set aside')
   manager.reload()
+
+
+def _restore_state(manager, step: int, template):
+  """The state of `step`. A checkpoint written before the train state had `loss_state` (the loss balancing's
+  state, `{}` with fixed weights): its fields are restored and the template's loss_state kept, so older workdirs
+  still evaluate and predict."""
+  stored_fields = manager.item_metadata(step)['state']
+  legacy = hasattr(template, 'loss_state') and stored_fields is not None and 'loss_state' not in stored_fields.keys()
+  item = {k: v for k, v in vars(template).items() if k != 'loss_state'} if legacy else template
+  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(item)))['state']
+  return template.replace(**restored) if legacy else restored
 
 
 def jsonable(tree):

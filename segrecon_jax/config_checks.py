@@ -1,8 +1,11 @@
 """Checks of an experiment config's values before anything runs: each bad value gets one paragraph naming the field."""
 
 import numbers
+import os
+from typing import Optional, Tuple
 
 from segrecon_jax import models
+from segrecon_jax.models import layers
 
 
 class ConfigError(ValueError):
@@ -21,6 +24,12 @@ def _at_least(config, field: str, minimum, what: str) -> None:
     raise ConfigError(f'config.{field}={config[field]!r}: {what}.')
 
 
+def _integer(config, field: str, minimum: int, what: str) -> None:
+  value = _number(config, field)
+  if not float(value).is_integer() or value < minimum:
+    raise ConfigError(f'config.{field}={config[field]!r}: {what}.')
+
+
 def check_config(config) -> None:
   """Raises ConfigError for a value that would fail later (or train nonsense); see each message for what is valid."""
   _at_least(config, 'acceleration', 1, 'the acceleration R must be >= 1 (1 = fully sampled, the paper uses 4 and '
@@ -32,7 +41,10 @@ def check_config(config) -> None:
     _at_least(config, field, 1, 'must be a positive integer')
     if int(config[field]) != config[field]:
       raise ConfigError(f'config.{field}={config[field]!r}: must be a positive integer.')
-  _at_least(config, 'num_acs', 0, 'the number of autocalibration lines must be >= 0 (the paper: 8)')
+  _integer(config, 'num_acs', 0, 'the number of autocalibration lines must be an integer >= 0 (the paper: 8)')
+  for field in ('seed', 'eval_mask_seed'):
+    if field in config:
+      _integer(config, field, 0, 'seeds must be integers >= 0')
   _at_least(config, 'compile_workers', 0, 'compile threads must be >= 0 (0 = 1 on CPU, 2 on a GPU/TPU host)')
   if not 0 <= _number(config, 'focus_margin_fraction') < 0.5:
     raise ConfigError(f'config.focus_margin_fraction={config.focus_margin_fraction!r}: the margin around the heart '
@@ -52,17 +64,167 @@ def check_config(config) -> None:
     if not 0 < _number(config, 'eps') < 1:
       raise ConfigError(f'config.eps={config.eps!r}: the ramp starts at sampled fraction 1 - eps; eps must lie in '
                         '(0, 1) (a small number close to 0, e.g. 0.01).')
-    if config.schedule_levels is not None:
-      _at_least(config, 'schedule_levels', 2, 'the quantized ramp needs at least 2 levels (None: the exact eq. 1, '
-                'one level per ramp epoch)')
+  if config.get('schedule_levels') is not None:
+    _integer(config, 'schedule_levels', 2, 'the quantized ramp needs an integer of at least 2 levels (None: the '
+             'exact eq. 1, one level per ramp epoch)')
   _check_data_fields(config)
+  for field, valid in (('conv_impl', layers.CONV_IMPLS), ('upconv_impl', layers.UPCONV_IMPLS)):
+    if config.get(field, 'auto') not in valid:
+      raise ConfigError(f'config.{field}={config[field]!r}: expected one of {valid} (runtime only: how the layers '
+                        'are computed; see segrecon_jax/models/layers.py).')
   try:
     segments = models.segments(config.model)
-  except ValueError as e:
+    model = models.get_model(config.model)
+  except (TypeError, ValueError) as e:
     raise ConfigError(f'config.model: {e}') from None
   if config.stabilization and not segments:
     raise ConfigError(f'config.stabilization=True needs a joint model; {config.model.name!r} reconstructs only '
                       '(use the x4 or x8 preset).')
+  _check_loss_fields(config, segments)
+  _check_manual_dir(config)
+  shape = _served_image_shape(config)
+  if shape is not None:
+    _check_image_fits_model(config, model, shape)
+    _check_masks(config, shape[1])
+  if segments:
+    _check_classes(config, model)
+
+
+def _check_loss_fields(config, segments: bool) -> None:
+  """The loss balancing and explicit focus of configs/default.py's Loss section."""
+  balancing = config.get('loss_balancing', 'none')
+  if balancing not in ('none', 'grad_norm', 'uncertainty'):
+    raise ConfigError(f"config.loss_balancing={balancing!r}: expected 'none' (the fixed seg_loss_weight), "
+                      "'grad_norm' (equal gradient norms on the reconstruction network) or 'uncertainty' (Kendall "
+                      "et al.'s learned weights).")
+  if balancing != 'none' and not segments:
+    raise ConfigError(f'config.loss_balancing={balancing!r} balances the reconstruction and Dice terms; '
+                      f"{config.model.name!r} reconstructs only and has one term (use 'none').")
+  if balancing == 'grad_norm':
+    if config.model.get('stop_gradient', False):
+      raise ConfigError("config.loss_balancing='grad_norm' sets the Dice weight from the Dice term's gradient on "
+                        'the reconstruction network, which config.model.stop_gradient=True cuts (use \'none\').')
+    if not _number(config, 'balance_ratio') > 0:
+      raise ConfigError(f'config.balance_ratio={config.balance_ratio!r}: the wanted ratio of the Dice term\'s '
+                        'gradient norm to the l1-l2 term\'s must be > 0 (1 = equal norms).')
+    if not 0 <= _number(config, 'balance_momentum') < 1:
+      raise ConfigError(f'config.balance_momentum={config.balance_momentum!r}: the moving average\'s momentum '
+                        'must lie in [0, 1) (0 = this step\'s norms only).')
+  if balancing == 'uncertainty' and not _number(config, 'uncertainty_learning_rate') > 0:
+    raise ConfigError(f'config.uncertainty_learning_rate={config.uncertainty_learning_rate!r}: must be > 0.')
+  if 'focus_weight' in config:
+    _at_least(config, 'focus_weight', 0, 'the extra weight of the heart box\'s pixels must be >= 0 (0 = no focus)')
+  source = config.get('focus_source', 'reference')
+  if source not in ('reference', 'prediction'):
+    raise ConfigError(f"config.focus_source={source!r}: expected 'reference' (the reference labels) or "
+                      "'prediction' (the segmentation network's own argmax).")
+  if config.get('focus_weight', 0.0) and source == 'prediction' and not segments:
+    raise ConfigError(f"config.focus_source='prediction' takes the focus box from the segmentation network; "
+                      f"{config.model.name!r} reconstructs only (use 'reference').")
+
+
+
+def _check_manual_dir(config) -> None:
+  manual_dir = config.get('manual_dir') if hasattr(config, 'get') else None
+  if manual_dir and not os.path.isdir(os.path.expanduser(manual_dir)):
+    what = 'does not exist' if not os.path.exists(os.path.expanduser(manual_dir)) else 'is not a directory'
+    raise ConfigError(f'config.manual_dir={manual_dir!r} {what}: it must be the folder of your OCMR files (the '
+                      '`real` config) or of your NIfTI/HDF5 files (`nifti`); see tfds_ocmr/README.md.')
+
+
+def _served_image_shape(config) -> Optional[Tuple[int, int]]:
+  """(H, W) of the images the dataset serves, from the configs alone (None when the dataset is not `ocmr`)."""
+  if config.get('dataset') != 'ocmr':
+    return None
+  from segrecon_jax import input_pipeline  # pylint: disable=g-import-not-at-top  (imports TFDS)
+  try:
+    builder_config = input_pipeline.builder_config(config)
+  except (KeyError, ValueError) as e:
+    raise ConfigError(f'config.dataset_config={config.dataset_config!r} with the data fields of the config: '
+                      f'{str(e).strip(chr(34) + chr(39))}') from None
+  height, width = builder_config.image_size
+  return int(height), int(width)
+
+
+def _check_masks(config, width: int) -> None:
+  """Every mask keeps round(W / R) >= 1 lines, the ACS block included (eq. 1 never goes below 1 / R)."""
+  lines = int(round(width / config.acceleration))
+  where = f'the {width} phase-encode lines of the {config.dataset_config!r} images'
+  if config.num_acs > width:
+    raise ConfigError(f'config.num_acs={config.num_acs}: more autocalibration lines than {where}.')
+  if lines < 1:
+    raise ConfigError(f'config.acceleration={config.acceleration!r} keeps round({width} / {config.acceleration}) = '
+                      f'{lines} of {where}: the network would see all-zero input. Use an acceleration of at most '
+                      f'{2 * width} (the paper: 4 or 8).')
+  if lines < config.num_acs:
+    raise ConfigError(f'config.acceleration={config.acceleration!r} keeps {lines} of {where}, fewer than '
+                      f'config.num_acs={config.num_acs} autocalibration lines: lower num_acs or the acceleration, '
+                      'or use larger images.')
+
+
+def _size_multiple(module) -> int:
+  """The factor H and W must be a multiple of: the U-Nets halve them len(features) - 1 times, MANet encoder_depth
+  times; the cascades take any size."""
+  multiple = 1
+  if isinstance(module, (models.UNet, models.MultiDecoderUNet)):
+    multiple = 2 ** (len(module.features) - 1)
+  elif isinstance(module, models.MANet):
+    multiple = 2 ** int(module.encoder_depth)
+  for field in ('net', 'recon_net', 'seg_net'):
+    child = getattr(module, field, None)
+    if child is not None:
+      multiple = max(multiple, _size_multiple(child))
+  return multiple
+
+
+def _check_image_fits_model(config, model, shape: Tuple[int, int]) -> None:
+  multiple = _size_multiple(model)
+  if shape[0] % multiple or shape[1] % multiple:
+    size = 'config.image_size' if config.get('image_size') is not None else 'the image size'
+    raise ConfigError(f'{size}={config.get("image_size") or shape[0]!r}: model {config.model.name!r} halves the '
+                      f'image {multiple.bit_length() - 1} times, so H and W must be multiples of {multiple} '
+                      f'(the {config.dataset_config!r} images are {shape[0]}x{shape[1]}); e.g. '
+                      f'{max(multiple, shape[0] // multiple * multiple)}.')
+
+
+def data_label_classes(config) -> Optional[int]:
+  """The number of label values of the data (0 .. n - 1), or None when the dataset's labels are unknown here.
+
+  Every `ocmr` config serves the same classes: OCMR label files are checked to hold 0..3 and NIfTI labels are
+  mapped onto them (`label_mapping`).
+  """
+  if getattr(config, 'dataset', None) != 'ocmr':
+    return None
+  from segrecon_jax.data import labels  # pylint: disable=g-import-not-at-top
+  return labels.NUM_CLASSES
+
+
+def _segmentation_outputs(module) -> Optional[int]:
+  """The number of segmentation logits a joint model outputs (None: a reconstruction-only model)."""
+  module = getattr(module, 'seg_net', module)
+  if isinstance(module, (models.MANet, models.MultiDecoderUNet)):
+    return int(module.num_classes)
+  if isinstance(module, models.UNet):
+    return int(module.out_channels)
+  return None
+
+
+def _check_classes(config, model) -> None:
+  """The label set comes from the data: num_classes and the model's segmentation outputs must both cover it."""
+  classes = data_label_classes(config)
+  outputs = _segmentation_outputs(model)
+  if classes is not None and config.num_classes != classes:
+    from segrecon_jax.data import labels  # pylint: disable=g-import-not-at-top
+    effect = ('fewer would drop labels from the loss and the metrics' if config.num_classes < classes
+              else 'more would train and score classes that no example has')
+    raise ConfigError(f'config.num_classes={config.num_classes!r}: the {config.dataset!r} data hold {classes} label '
+                      f'values (0..{classes - 1}: {", ".join(labels.CLASS_NAMES)}), so num_classes must be '
+                      f'{classes} ({effect}).')
+  if outputs is not None and outputs != config.num_classes:
+    field = {'unet_unet': 'model.seg.out_channels', 'cascade_manet': 'model.seg.num_classes',
+             'multidecoder_unet': 'model.num_classes'}.get(config.model.name, 'the model\'s segmentation outputs')
+    raise ConfigError(f'config.{field}={outputs}: the model outputs {outputs} segmentation logits, but '
+                      f'config.num_classes={config.num_classes}; set {field}={config.num_classes}.')
 
 
 def _check_data_fields(config) -> None:
@@ -85,7 +247,7 @@ def _check_data_fields(config) -> None:
         raise ConfigError(f'config.{field}={config[field]!r}: seeds must be integers >= 0.')
   mapping = value('label_mapping')
   if mapping is not None:
-    num_classes = value('num_classes') or 4
+    num_classes = data_label_classes(config) or value('num_classes') or 4
     if (not isinstance(mapping, (tuple, list)) or not mapping
         or any(isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < num_classes for v in mapping)):
       raise ConfigError(f'config.label_mapping={mapping!r}: expected a tuple giving, for each label value v of your '

@@ -19,6 +19,7 @@ import numpy as np
 from segrecon_jax import checkpoints
 from segrecon_jax import input_pipeline
 from segrecon_jax import parallel
+from segrecon_jax import prediction_io
 from segrecon_jax import reporting
 from segrecon_jax import steps
 from segrecon_jax import workdir as workdir_lib
@@ -182,20 +183,6 @@ def eval_dir(workdir: str, config) -> str:
   return output_dir(workdir, EVAL_DIR, config.eval_split, config)
 
 
-def _file_examples(input_path: str, image_size) -> list:
-  """Every (slice, frame) of an OCMR-format file at the model's size, saying so when that crops or pads it."""
-  from segrecon_jax.data import ocmr  # pylint: disable=g-import-not-at-top
-  file_shape = tuple(ocmr.read_header(input_path)['image_shape'])
-  if file_shape != tuple(image_size):
-    changes = ', '.join(f'{axis} {"cropped" if f > m else "zero-padded"} {f} -> {m}' for axis, f, m in
-                        zip(('readout', 'phase encode'), file_shape, image_size) if f != m)
-    logging.warning('%s: its images are %dx%d (readout x phase encode), the model\'s %dx%d: for prediction each '
-                    'image (and label map) is centred and %s; predicted label files are put back at %dx%d, '
-                    'background where the model saw nothing', input_path, *file_shape, *image_size, changes,
-                    *file_shape)
-  return ocmr.load_examples(input_path, image_size, labelled_only=False), file_shape
-
-
 def write_predicted_labels(out_dir: str, input_path: str, examples, seg: np.ndarray, file_shape, **attrs) -> str:
   """The predicted segmentation of a file as its label file `out_dir/labels/<stem>.h5` (`ocmr` label format).
 
@@ -226,31 +213,9 @@ def write_predicted_labels(out_dir: str, input_path: str, examples, seg: np.ndar
                                         os.path.basename(input_path), origin='prediction', **attrs)
 
 
-def predict(config, workdir: str, input_path: str = '', out_dir: str = '') -> str:
-  """Reconstructs and segments the eval split (or one OCMR-format .h5 file) with the latest intact checkpoint.
-
-  Writes `.npy` arrays and Fig. 2-like PNGs to `out_dir`, by default `<workdir>/predict/<eval split>_x<R>` (the
-  eval split) or `<workdir>/predict/<file stem>_x<R>` (a file: every frame; without its label file the reference
-  segmentation maps are all background and the figures have no focus box); returns that folder (training passes
-  `<workdir>/predictions`, its own record). For a file and a model that
-  segments, also writes the predicted segmentation as a label file `<that folder>/labels/<stem>.h5` in the
-  project's format with every frame unlabelled (`write_predicted_labels`), to start labelling from.
-  """
-  parallel.check_batch_size(config.eval_batch_size, 'eval_batch_size')
-  if input_path and jax.process_count() > 1:
-    raise ValueError('predict --input reads one file: run it on a single host')
-  with reading_lock(workdir):
-    return _predict(config, workdir, input_path, out_dir)
-
-
-def _predict(config, workdir: str, input_path: str, out_dir: str) -> str:
-  model, state, eval_source, meta = restore_for_inference(config, workdir)
-  if input_path:
-    examples, file_shape = _file_examples(input_path, steps.image_shape(eval_source))
-    source = [dict(image=e['image'], segmentation=e['segmentation']) for e in examples]
-  else:
-    source = eval_source
-  p_eval_step = parallel.pmap(functools.partial(steps.eval_step, model=model, config=config))
+def _predict_arrays(p_eval_step, state, source, config) -> Dict[str, np.ndarray]:
+  """The eval step's outputs (`recon`, `zero_filled`, `masks`, optionally `seg`), `image` and `segmentation` of every
+  example of `source`, in source order, on every host."""
   collected = collections.defaultdict(list)
   for batch in input_pipeline.eval_batches(source, config):
     _, outputs = p_eval_step(state, parallel.shard(batch))
@@ -261,14 +226,58 @@ def _predict(config, workdir: str, input_path: str, out_dir: str) -> str:
   arrays = {k: np.concatenate(v) for k, v in collected.items()}
   valid = arrays.pop('valid') > 0
   order = np.argsort(arrays.pop('index')[valid], kind='stable')  # Hosts hold strided shares: back to split order.
-  arrays = {k: v[valid][order] for k, v in arrays.items()}
-  if jax.process_index() != 0:
-    return ''
-  name = os.path.splitext(os.path.basename(input_path))[0] if input_path else config.eval_split
-  out_dir = reporting.write_predictions(out_dir or output_dir(workdir, PREDICT_DIR, name, config), config, arrays)
-  if input_path and 'seg' in arrays:
-    label_path = write_predicted_labels(out_dir, input_path, examples, arrays['seg'], file_shape,
-                                        model=reporting.method_name(config), checkpoint_step=int(meta['step']))
-    logging.info('%s: predicted labels written to %s (every frame unlabelled until a person accepts it; see '
-                 'tfds_ocmr/README.md, Labels)', input_path, label_path)
-  return out_dir
+  return {k: v[valid][order] for k, v in arrays.items()}
+
+
+def predict(config, workdir: str, input_path: str = '', out_dir: str = '') -> str:
+  """Reconstructs and segments the eval split, or the files of `input_path`, with the latest intact checkpoint.
+
+  `input_path` is one file or a folder of them (`prediction_io.input_files`): OCMR k-space files, and NIfTI or HDF5
+  magnitude files (simulated single-coil k-space, as the `nifti` config serves them), labels optional.
+  Writes `.npy` arrays and Fig. 2-like PNGs to `out_dir`, by default `<workdir>/predict/<eval split>_x<R>` (the
+  eval split; training passes `<workdir>/predictions`, its own record), `<workdir>/predict/<file stem>_x<R>` (a
+  file) or `<workdir>/predict/<folder name>_x<R>/<file's path in the folder without suffix>` (each file of a
+  folder; every frame; without its labels the reference segmentation maps are all background and the figures have
+  no focus box), and for each file `recon.nii.gz` and `seg.nii.gz` on the file's voxel grid (`prediction_io.write_nifti`). For an OCMR file
+  and a model that segments, also writes the predicted segmentation as a label file `<that folder>/labels/<stem>.h5`
+  in the project's format with every frame unlabelled (`write_predicted_labels`), to start labelling from. Returns
+  the prediction folder (of the split, the file, or the folder holding the files' folders).
+  """
+  parallel.check_batch_size(config.eval_batch_size, 'eval_batch_size')
+  if input_path and jax.process_count() > 1:
+    raise ValueError('predict --input reads files on one host: run it on a single host')
+  with reading_lock(workdir):
+    return _predict(config, workdir, input_path, out_dir)
+
+
+def _predict(config, workdir: str, input_path: str, out_dir: str) -> str:
+  model, state, eval_source, meta = restore_for_inference(config, workdir)
+  p_eval_step = parallel.pmap(functools.partial(steps.eval_step, model=model, config=config))
+  if not input_path:
+    arrays = _predict_arrays(p_eval_step, state, eval_source, config)
+    if jax.process_index() != 0:
+      return ''
+    return reporting.write_predictions(out_dir or output_dir(workdir, PREDICT_DIR, config.eval_split, config),
+                                       config, arrays)
+  image_size = steps.image_shape(eval_source)
+  items = prediction_io.input_files(input_path)
+  one_file = os.path.isfile(input_path)
+  name = items[0].name if one_file else os.path.basename(os.path.normpath(input_path))
+  out_root = out_dir or output_dir(workdir, PREDICT_DIR, name, config)
+  out_dirs = []
+  for item in items:
+    loaded = prediction_io.load_file(item, image_size, config)
+    source = [dict(image=e['image'], segmentation=e['segmentation']) for e in loaded.examples]
+    arrays = _predict_arrays(p_eval_step, state, source, config)
+    file_dir = reporting.write_predictions(out_root if one_file else os.path.join(out_root, item.name), config,
+                                           arrays)
+    written = prediction_io.write_nifti(file_dir, loaded, arrays)
+    logging.info('%s: predictions in %s (NIfTI: %s)', item.path, file_dir, ', '.join(map(os.path.basename, written)))
+    if item.kind == prediction_io.OCMR and 'seg' in arrays:
+      file_shape = loaded.volume_shape[:2]
+      label_path = write_predicted_labels(file_dir, item.path, loaded.examples, arrays['seg'], file_shape,
+                                          model=reporting.method_name(config), checkpoint_step=int(meta['step']))
+      logging.info('%s: predicted labels written to %s (every frame unlabelled until a person accepts it; see '
+                   'tfds_ocmr/README.md, Labels)', item.path, label_path)
+    out_dirs.append(file_dir)
+  return out_dirs[0] if one_file else out_root

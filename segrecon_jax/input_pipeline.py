@@ -7,6 +7,7 @@ Each batch is a dict of numpy arrays with a leading per-host batch axis:
   slice and frame; eval masks are keyed by it), `valid`: float32 `[b]` (0 for padding).
 """
 
+import fcntl
 import json
 import logging
 import zlib
@@ -17,6 +18,7 @@ import grain
 import jax
 import numpy as np
 
+from segrecon_jax import config_checks
 from segrecon_jax import parallel
 
 
@@ -47,20 +49,118 @@ def builder(config):
   return tfds.builder(config.dataset, config=builder_config(config), data_dir=data_dir)
 
 
-def load_split(config, split: str):
-  """Prepares (builds once) the TFDS dataset of `config` and returns the random-access source of `split`."""
+class StaleDatasetError(ValueError):
+  """A prepared dataset that was not prepared from the files now in `config.manual_dir`."""
+
+
+class CorruptDatasetError(RuntimeError):
+  """A prepared dataset file that cannot be read back (array_record's checksums do not match)."""
+
+
+def read_example(source, index: int):
+  """`source[index]`, with a damaged array_record file as a CorruptDatasetError naming the dataset folder."""
+  try:
+    return source[index]
+  except RuntimeError as e:
+    if 'Riegeli' not in str(e) and 'records file' not in str(e):
+      raise
+    info = getattr(source, 'dataset_info', None)
+    where = f'{info.data_dir} (split {getattr(source, "split", "?")!r})' if info is not None else 'the prepared dataset'
+    folder = info.data_dir if info is not None else 'it'
+    raise CorruptDatasetError(f'{where}: example {index} cannot be read back, the prepared file is damaged ({e}). '
+                              f'Delete {folder} to prepare it again.') from None
+
+
+class PreparationLock:
+  """`with PreparationLock(builder):` holds `<data_dir>/<dataset>/<config>/.prepare.lock` (`fcntl.flock`, released
+  by the kernel when the holder dies in any way); a second process preparing the same config waits for it."""
+
+  def __init__(self, dataset_builder):
+    self.path = os.path.join(os.path.dirname(os.fspath(dataset_builder.data_path)), '.prepare.lock')
+    self._file = None
+
+  def __enter__(self) -> 'PreparationLock':
+    os.makedirs(os.path.dirname(self.path), exist_ok=True)
+    self._file = open(self.path, 'a+')  # pylint: disable=consider-using-with
+    try:
+      fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      logging.warning('Waiting for another process to finish preparing %s (it holds %s).',
+                      os.path.dirname(self.path), self.path)
+      fcntl.flock(self._file, fcntl.LOCK_EX)
+    return self
+
+  def __exit__(self, *exc) -> None:
+    fcntl.flock(self._file, fcntl.LOCK_UN)
+    self._file.close()
+    self._file = None
+
+
+def prepare(config):
+  """The TFDS builder of `config`, prepared: built once per data_dir, under `PreparationLock`, so two first runs
+  sharing a data_dir build it once (the second waits, then reuses it). A build killed before it finished leaves
+  `incomplete.*` folders and phantom scratch files; the next build deletes them. A dataset prepared from a
+  manual_dir is checked against the files now there (`check_source`)."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   dataset_builder = builder(config)
-  builder_name = dataset_builder.builder_config.name
-  download_config = tfds.download.DownloadConfig(
-      manual_dir=os.path.expanduser(config.manual_dir) if config.manual_dir else None)
   if not dataset_builder.is_prepared():
-    logging.info('Building TFDS %s/%s in %s (once).', config.dataset, builder_name, dataset_builder.data_dir)
-  dataset_builder.download_and_prepare(file_format='array_record', download_config=download_config)
+    with PreparationLock(dataset_builder):
+      dataset_builder = builder(config)  # Another process may have prepared it while this one waited.
+      if not dataset_builder.is_prepared():
+        if config.dataset == 'ocmr':
+          import tfds_ocmr  # pylint: disable=g-import-not-at-top
+          for path in tfds_ocmr.ocmr.clean_interrupted(dataset_builder):
+            logging.warning('Deleted %s, left by an interrupted preparation.', path)
+        logging.info('Building TFDS %s/%s in %s (once).', config.dataset, dataset_builder.builder_config.name,
+                     dataset_builder.data_dir)
+        download_config = tfds.download.DownloadConfig(
+            manual_dir=os.path.expanduser(config.manual_dir) if config.manual_dir else None)
+        dataset_builder.download_and_prepare(file_format='array_record', download_config=download_config)
+        return dataset_builder
+  check_source(config, dataset_builder)
+  return dataset_builder
+
+
+def check_source(config, dataset_builder) -> None:
+  """Raises StaleDatasetError unless a dataset prepared from a manual_dir was prepared from the files now in
+  `config.manual_dir` (tfds_ocmr's `SOURCE_RECORD`: names, sizes, modification times, sha256)."""
+  if config.dataset != 'ocmr' or getattr(dataset_builder.builder_config, 'source', 'phantom') == 'phantom':
+    return
+  import tfds_ocmr  # pylint: disable=g-import-not-at-top
+  dataset_dir = os.fspath(dataset_builder.data_dir)
+  recorded = tfds_ocmr.ocmr.read_source_record(dataset_dir)
+  if not config.manual_dir:
+    logging.info('Reusing %s, prepared from %s (config.manual_dir is empty: not checked).', dataset_dir,
+                 recorded['manual_dir'] if recorded else 'unrecorded files')
+    return
+  manual_dir = os.path.abspath(os.path.expanduser(config.manual_dir))
+  if not os.path.isdir(manual_dir):
+    raise config_checks.ConfigError(f'config.manual_dir={config.manual_dir!r} does not exist (or is not a folder); '
+                                    f'{dataset_dir} was prepared from '
+                                    f'{recorded["manual_dir"] if recorded else "files not recorded"}.')
+  remedy = (f'Delete {os.path.dirname(dataset_dir)} to prepare it again from {manual_dir}, or set config.data_dir '
+            'to another folder (a data_dir holds one preparation of each dataset config).')
+  if recorded is None:
+    raise StaleDatasetError(f'{dataset_dir} was prepared without a record of its source files (by an older '
+                            f'version), so whether it holds the files of config.manual_dir={config.manual_dir!r} '
+                            f'cannot be checked. {remedy}')
+  changes = tfds_ocmr.ocmr.source_changes(
+      recorded, tfds_ocmr.ocmr.source_record(dataset_builder.builder_config, manual_dir, hashes=False))
+  if changes:
+    shown = '; '.join(changes[:8]) + (f'; and {len(changes) - 8} more' if len(changes) > 8 else '')
+    raise StaleDatasetError(f'config.manual_dir={config.manual_dir!r}: the prepared dataset {dataset_dir} was built '
+                            f'from the files of {recorded["manual_dir"]}, and the files now in {manual_dir} differ: '
+                            f'{shown}. {remedy}')
+
+
+def load_split(config, split: str):
+  """Prepares (builds once) the TFDS dataset of `config` and returns the random-access source of `split`."""
+  dataset_builder = prepare(config)
   sources = dataset_builder.as_data_source()
   if split not in sources:
-    raise ValueError(f'config.{"eval_split" if split != config.train_split else "train_split"}={split!r} is '
-                     f'not a split of {config.dataset}/{builder_name}: {sorted(sources)}')
+    raise config_checks.ConfigError(
+        f'config.{"eval_split" if split != config.train_split else "train_split"}={split!r} is not a split of '
+        f'{config.dataset}/{dataset_builder.builder_config.name}: {sorted(sources)}')
   return sources[split]
 
 
@@ -128,14 +228,14 @@ def train_batches(source, config, epoch: int) -> Iterator[Dict[str, np.ndarray]]
   per_host = parallel.per_host_batch_size(config.batch_size)
   num_examples = len(source)
   if num_examples < config.batch_size:
-    raise ValueError(f'the {config.train_split!r} split has {num_examples} examples, fewer than '
-                     f'config.batch_size={config.batch_size}')
+    raise config_checks.ConfigError(f'config.batch_size={config.batch_size}: the {config.train_split!r} split has '
+                                    f'only {num_examples} examples; use a batch of at most {num_examples}.')
   num_steps = num_train_steps_per_epoch(source, config)
   order = np.random.default_rng(epoch_seed(config.seed, epoch)).permutation(num_examples)
   mine = order[:num_steps * config.batch_size].reshape(num_steps, jax.process_count(), per_host)
   mine = mine[:, jax.process_index()].reshape(-1)
   dataset = (grain.MapDataset.source(mine)
-             .map(lambda i: decode(source[int(i)], int(i)))
+             .map(lambda i: decode(read_example(source, int(i)), int(i)))
              .batch(per_host, drop_remainder=True))
   return iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=2 * per_host)))
 
@@ -155,7 +255,7 @@ def eval_batches(source, config) -> Iterator[Dict[str, np.ndarray]]:
   indices = np.arange(len(source))[jax.process_index()::jax.process_count()]
   num_batches = -(-len(source) // (per_host * jax.process_count()))
   for start in range(0, num_batches * per_host, per_host):
-    examples = [decode(source[int(i)], int(i)) for i in indices[start:start + per_host]]
-    filler = examples[-1] if examples else decode(source[0], 0)
+    examples = [decode(read_example(source, int(i)), int(i)) for i in indices[start:start + per_host]]
+    filler = examples[-1] if examples else decode(read_example(source, 0), 0)
     examples += [dict(filler, valid=np.float32(0.0))] * (per_host - len(examples))
     yield {key: np.stack([e[key] for e in examples]) for key in examples[0]}

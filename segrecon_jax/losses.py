@@ -1,8 +1,11 @@
-"""Training losses: the l1-l2 reconstruction term and the generalized Dice segmentation term (paper, Sect. 3).
+"""Training losses: the l1-l2 reconstruction term and the generalized Dice segmentation term (paper, Sect. 3), the
+focus weights of the reconstruction term and the two automatic balancings of the terms (`config.loss_balancing`).
 
-Both are pure `jnp` functions that return one value per example (`[B]`), compute in float32 whatever the input
-dtype, and work under `jit`, `grad`, `vmap` and `pmap`.
+The losses are pure `jnp` functions that return one value per example (`[B]`), compute in float32 whatever the
+input dtype, and work under `jit`, `grad`, `vmap` and `pmap`.
 """
+
+from typing import Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -10,26 +13,106 @@ import jax.numpy as jnp
 Array = jax.Array
 
 
-def l1_l2_loss(pred: Array, target: Array, l1_weight: float = 1.0, l2_weight: float = 1.0) -> Array:
+def l1_l2_loss(pred: Array, target: Array, l1_weight: float = 1.0, l2_weight: float = 1.0,
+               pixel_weights: Optional[Array] = None) -> Array:
   """The paper's "l1-l2" reconstruction term, per example.
 
   The paper gives no formula, so we take the plain sum `l1_weight * mean|pred - target| + l2_weight *
   mean (pred - target)^2` with equal weights by default, on the complex image held as two real channels: the mean
   runs over pixels and both channels, so the l1 part is the mean absolute error of the real and imaginary parts
-  (not of the complex modulus) and the l2 part is the mean squared complex error divided by 2.
+  (not of the complex modulus) and the l2 part is the mean squared complex error divided by 2. With
+  `pixel_weights` (explicit focus, `focus_pixel_weights`) each pixel's errors are multiplied by its weight inside
+  both means; weights of 1 everywhere give exactly the unweighted loss.
 
   Args:
     pred: reconstruction, real `[B, H, W, 2]` (real, imag); any float dtype.
     target: fully sampled image, real `[B, H, W, 2]`.
     l1_weight: weight of the mean absolute error.
     l2_weight: weight of the mean squared error.
+    pixel_weights: optional float `[B, H, W]`, the weight of each pixel (both channels).
 
   Returns:
     float32 `[B]`.
   """
   error = pred.astype(jnp.float32) - target.astype(jnp.float32)
   axes = tuple(range(1, error.ndim))
-  return l1_weight * jnp.mean(jnp.abs(error), axis=axes) + l2_weight * jnp.mean(jnp.square(error), axis=axes)
+  absolute, squared = jnp.abs(error), jnp.square(error)
+  if pixel_weights is not None:
+    weights = pixel_weights.astype(jnp.float32)[..., None]
+    absolute, squared = weights * absolute, weights * squared
+  return l1_weight * jnp.mean(absolute, axis=axes) + l2_weight * jnp.mean(squared, axis=axes)
+
+
+def focus_pixel_weights(region: Array, focus_weight: float) -> Array:
+  """Per-pixel weights of the reconstruction term that favour `region` (explicit focus), normalised to mean 1.
+
+  `w = (1 + focus_weight * region) / mean(1 + focus_weight * region)` per example. The normalisation keeps the
+  total weight of every slice at its pixel count, so the focused loss has the plain loss's scale (equal for an
+  error spread evenly over the image) and its balance against the Dice term and the optimizer's step size stay as
+  without focus: focus only moves weight from outside the region to inside it. A region covering a share `a` of the
+  slice gives its pixels `(1 + focus_weight) / (1 + focus_weight * a)` and the others `1 / (1 + focus_weight * a)`;
+  a slice whose region is the whole image (no heart found) gets 1 everywhere.
+
+  Args:
+    region: bool or {0, 1} `[B, H, W]` (e.g. `metrics.box_mask`, the F- metrics' heart box).
+    focus_weight: extra weight of the region's pixels, >= 0.
+
+  Returns:
+    float32 `[B, H, W]`, mean 1 over each example's pixels.
+  """
+  raw = 1.0 + focus_weight * region.astype(jnp.float32)
+  return raw / jnp.mean(raw, axis=(-2, -1), keepdims=True)
+
+
+def uncertainty_weighted_loss(term_losses: Sequence[Array], log_variances: Sequence[Array]) -> Array:
+  """Kendall, Gal & Cipolla 2018's homoscedastic-uncertainty weighting: `sum_i exp(-s_i) L_i + s_i`.
+
+  `s_i = log sigma_i^2` is a learned log-variance per task. This is the form common to multi-task implementations
+  (the paper's regression term is `L / (2 sigma^2) + log sigma`, i.e. half of it, and its classification term
+  differs by constants; the halving scales every gradient alike). The minimum over `s_i` is at `s_i = log L_i`, where
+  `exp(-s_i) L_i = 1`: each term is weighted by the inverse of its current size, so large terms do not dominate.
+
+  Args:
+    term_losses: the task losses `L_i` (scalars or broadcastable arrays).
+    log_variances: the `s_i`, one per loss.
+
+  Returns:
+    float32, the shape of the broadcast `L_i`.
+  """
+  if len(term_losses) != len(log_variances):
+    raise ValueError(f'{len(term_losses)} losses but {len(log_variances)} log-variances')
+  return sum(jnp.exp(-s) * loss + s for loss, s in zip(term_losses, log_variances))
+
+
+def uncertainty_log_variance_grads(term_losses: Sequence[Array], log_variances: Sequence[Array]) -> Tuple[Array, ...]:
+  """d/ds_i of `uncertainty_weighted_loss`: `1 - exp(-s_i) L_i` (zero where `s_i = log L_i`)."""
+  return tuple(1.0 - jnp.exp(-s) * loss for loss, s in zip(term_losses, log_variances))
+
+
+def grad_norm_seg_weight(recon_grad_norm: Array, unit_seg_grad_norm: Array, previous: Array, first: Array,
+                         ratio: float, momentum: float) -> Array:
+  """The Dice term's weight of gradient-norm balancing, an exponential moving average over steps.
+
+  This step's target is the weight that makes the weighted Dice term's gradient norm on the reconstruction network
+  `ratio` times the reconstruction term's: `ratio * recon_grad_norm / unit_seg_grad_norm`. The weight is
+  `momentum * previous + (1 - momentum) * target`, or the target itself on the first step (`first`). A step whose
+  Dice gradient is zero or whose target is not finite keeps `previous`.
+
+  Args:
+    recon_grad_norm: norm of the (weighted) reconstruction term's gradient on the reconstruction network, `[]`.
+    unit_seg_grad_norm: the same for the Dice term with weight 1, `[]`.
+    previous: the weight of the previous step, `[]`.
+    first: bool `[]`, whether this is the first step (no average yet).
+    ratio: wanted `||grad (w * dice)|| / ||grad recon||` (1 = equal norms).
+    momentum: the average's momentum in [0, 1).
+
+  Returns:
+    float32 `[]`.
+  """
+  target = ratio * recon_grad_norm / jnp.where(unit_seg_grad_norm > 0, unit_seg_grad_norm, 1.0)
+  usable = (unit_seg_grad_norm > 0) & jnp.isfinite(target)
+  target = jnp.where(usable, target, previous)
+  return jnp.where(first, target, momentum * previous + (1.0 - momentum) * target).astype(jnp.float32)
 
 
 def generalized_dice_loss(logits: Array, labels: Array, num_classes: int, eps: float = 1e-5) -> Array:

@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from segrecon_jax.models import layers
+
 AXIS_NAME = 'batch'  # The pmap axis: gradients, BatchNorm statistics and metrics are averaged over it.
 
 
@@ -114,16 +116,17 @@ class AheadOfTimeSteps:
   values' compiles (e.g. the later sampled fractions of the stabilization schedule) run while the current one
   trains: free on a GPU/TPU host whose CPU is otherwise idle, and on a small CPU host they share the cores.
   `workers=None` picks `default_compile_workers()`: one on a CPU backend (the compiles already compete with the
-  train step for the cores), two on a GPU/TPU host, whose cores are otherwise idle (on an H200 two levels of the
-  flagship's whole step compiled side by side in the time of one; eight at once did not finish in 150 s, as each
-  compile also autotunes on the one GPU). `get(value)` returns the executable (called without the static
-  argument), waiting for it if needed, compiling it now if it was never queued. `compile_seconds[value]` is each
-  compile's own time, `wait_seconds[value]` how long the caller was blocked waiting for it; the gap between the
-  two is compile time hidden behind training.
+  train step for the cores), two on a GPU/TPU host, whose cores are otherwise idle (more do not pay there: each
+  compile also autotunes on the one accelerator, so many at once queue behind each other). `get(value)` returns
+  the executable (called without the static argument), waiting for it if needed, compiling it now if it was never
+  queued. `compile_seconds[value]` is each compile's own time, `wait_seconds[value]` how long the caller was blocked
+  waiting for it; the gap between the two is compile time hidden behind training.
 
   `example_args` are only read for shapes and dtypes (`jax.ShapeDtypeStruct`s are taken), so donated buffers
-  may be passed. With `static=False` the step has no static argument: use the value None. Instances made with
-  `after=other` share `other`'s worker threads, so their compiles queue behind `other`'s instead of competing.
+  may be passed. The compiles trace the step on the worker threads, so what a trace reads from process state (the
+  layer setting of `models.layers`, set by `setup_runtime`) must be set before `prefetch`. With `static=False` the
+  step has no static argument: use the value None. Instances made with `after=other` share `other`'s worker
+  threads, so their compiles queue behind `other`'s instead of competing.
 
   In a multi-process job nothing is compiled ahead (jax 0.10.2's pmap cannot lower from shapes there: host-local
   to global avals): `get` returns the pmapped step with the value bound, which compiles at its first call.
@@ -194,12 +197,16 @@ _DISTRIBUTED = {'initialized': False}  # jax.distributed.initialize() runs once 
 
 
 def setup_runtime(config) -> None:
-  """Multi-host initialization and the persistent compilation cache (before any computation).
+  """Multi-host initialization, the persistent compilation cache and the layer implementations (before any
+  computation or tracing).
 
   `jax.distributed.initialize()` must come before anything starts the XLA backend (even `jax.process_count()`), so
   whether it ran is kept here rather than asked of JAX. With `coordinator_address` empty it detects the cluster
   (SLURM, Open MPI, TPU pods); otherwise it uses the given coordinator, process count and id (e.g. several
-  processes on one machine). On CPU, cross-process collectives go through gloo.
+  processes on one machine). On CPU, cross-process collectives go through gloo. `config.conv_impl` and
+  `config.upconv_impl` (runtime only: how the convolutions are computed, never part of the model) are set once for
+  the whole process (`layers.set_impls`), so every trace, the background compiles of `AheadOfTimeSteps` included,
+  uses the same layers.
   """
   if config.distributed and not _DISTRIBUTED['initialized']:
     kwargs = {}
@@ -215,3 +222,4 @@ def setup_runtime(config) -> None:
     os.makedirs(cache_dir, exist_ok=True)
     jax.config.update('jax_compilation_cache_dir', cache_dir)
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
+  layers.set_impls(conv_impl=config.get('conv_impl', 'auto'), upconv_impl=config.get('upconv_impl', 'auto'))

@@ -1,9 +1,8 @@
-"""Outputs of a run: TensorBoard event files, the progress bar, metrics.json / results.md, prediction figures."""
+"""Outputs of a run: scalars (TensorBoard and JSON lines), the progress bar, metrics.json / results.md, figures."""
 
 import json
 import os
-import struct
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Optional
 
 import jax
 import matplotlib
@@ -23,19 +22,32 @@ TABLE_COLUMNS = (('MSE (x10^3)', 'mse_x1e3'), ('PSNR', 'psnr'), ('SSIM', 'ssim')
 LABEL_COLORS = np.array([[0, 0, 0, 0], [1.0, 0.2, 0.2, 0.45], [0.2, 1.0, 0.2, 0.45], [0.2, 0.4, 1.0, 0.45]])
 
 
+SCALARS_FILE = 'scalars.jsonl'  # Under the workdir: one JSON object per write, {"step": s, "<tag>": value, ...}.
+
+
 class SummaryWriter:
-  """TensorBoard event files under `workdir/tensorboard` (tensorboardX, no TensorFlow); process 0 writes."""
+  """A run's scalars, images and config for people and for tools; process 0 writes.
+
+  Two backends, as CLU's MultiWriter: TensorBoard event files under `workdir/tensorboard` (tensorboardX, no
+  TensorFlow) for people, and `workdir/scalars.jsonl` (`SCALARS_FILE`) for tools such as the study, which read it
+  with `read_scalars` and never parse event files. Each line is flushed when written, so a killed run keeps every
+  scalar it logged; a resumed run appends the steps after its checkpoint again, and the later value wins.
+  """
 
   def __init__(self, workdir: str):
     self._writer = None
+    self._jsonl = None
     if jax.process_index() == 0:
       from tensorboardX import SummaryWriter as _Writer  # pylint: disable=g-import-not-at-top
       self._writer = _Writer(os.path.join(workdir, 'tensorboard'))
+      self._jsonl = open(os.path.join(workdir, SCALARS_FILE), 'a')
 
   def write_scalars(self, step: int, scalars: Dict[str, float]) -> None:
     if self._writer:
       for key, value in scalars.items():
         self._writer.add_scalar(key, float(value), step)
+      self._jsonl.write(json.dumps({'step': int(step), **{k: float(v) for k, v in scalars.items()}}) + '\n')
+      self._jsonl.flush()
 
   def write_hparams(self, config) -> None:
     if self._writer:
@@ -57,43 +69,32 @@ class SummaryWriter:
   def close(self) -> None:
     if self._writer:
       self._writer.close()
+      self._jsonl.close()
 
 
-def read_scalars(workdir: str) -> Dict[str, List[Tuple[int, float]]]:
-  """Every scalar of `workdir/tensorboard`'s event files as {tag: [(step, value), ...]} in file order (a resumed run
-  repeats the steps after its last checkpoint; the later value wins in `last_values`). No TensorFlow: the files are
-  TFRecords of tensorboardX's Event protos. A truncated or corrupt record raises ValueError naming the file."""
-  from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
-  folder = os.path.join(workdir, 'tensorboard')
+def read_scalars(workdir: str) -> Dict[str, Dict[int, float]]:
+  """Every scalar of `workdir/scalars.jsonl` as {tag: {step: value}} with steps in order; a step written twice (a
+  resumed run) keeps its later value. A line that is not JSON raises ValueError naming the file and line, except a
+  last line cut short by a kill, which is skipped."""
+  path = os.path.join(workdir, SCALARS_FILE)
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    lines = f.read().split('\n')
   scalars = {}
-  names = sorted(n for n in os.listdir(folder) if 'tfevents' in n) if os.path.isdir(folder) else []
-  for name in names:
-    path = os.path.join(folder, name)
-    with open(path, 'rb') as f:
-      data = f.read()
-    offset = 0
-    while offset < len(data):
-      if offset + 12 > len(data):
-        raise ValueError(f'{path}: truncated record header at byte {offset}')
-      (length,) = struct.unpack('<Q', data[offset:offset + 8])
-      start, end = offset + 12, offset + 12 + length
-      if end + 4 > len(data):
-        raise ValueError(f'{path}: truncated record at byte {offset} (length {length})')
-      event = event_pb2.Event()
-      try:
-        event.ParseFromString(data[start:end])
-      except Exception as e:  # pylint: disable=broad-except
-        raise ValueError(f'{path}: corrupt record at byte {offset}: {e}') from e
-      for value in event.summary.value:
-        if value.WhichOneof('value') == 'simple_value':
-          scalars.setdefault(value.tag, []).append((int(event.step), float(value.simple_value)))
-      offset = end + 4
-  return scalars
-
-
-def last_values(series: List[Tuple[int, float]]) -> Dict[int, float]:
-  """{step: value}, a step written twice (a resumed run) keeping its later value."""
-  return dict(series)
+  for number, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+      step = int(record.pop('step'))
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+      if number == len(lines):  # The unterminated last line of a killed run.
+        continue
+      raise ValueError(f'{path}: line {number} is not a scalars record ({e}): {line[:80]!r}') from e
+    for tag, value in record.items():
+      scalars.setdefault(tag, {})[step] = float(value)
+  return {tag: dict(sorted(values.items())) for tag, values in scalars.items()}
 
 
 def progress_bar(config, total: int, initial: int):

@@ -31,10 +31,12 @@ TRAIN_UPDATE_TRACES = collections.Counter()
 
 @flax.struct.dataclass
 class TrainState:
+  """`loss_state`: the state of the loss balancing (`initial_loss_state`); `{}` with fixed weights."""
   step: jax.Array
   params: Any
   batch_stats: Any
   opt_state: Any
+  loss_state: Any = flax.struct.field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -82,9 +84,9 @@ def initial_state(config, model, tx, shape: Tuple[int, int]) -> TrainState:
   """Parameters from `config.seed`; the unpmapped init sees one example with a full mask.
 
   The init key is an 'rbg' key: XLA compiles threefry's bit generation for every parameter shape, which made
-  `init` take longer to compile than the train step on CPU (5.5 s against 4.3 s for a small UNet -> UNet); 'rbg'
-  compiles about 3x faster. Masks and data order keep the default threefry keys. JAX does not promise the same
-  'rbg' stream on every backend, so one seed may give other initial weights on CPU and GPU.
+  `init` take longer to compile than the train step on CPU; 'rbg' compiles in a fraction of that. Masks and data
+  order keep the default threefry keys. JAX does not promise the same 'rbg' stream on every backend, so one seed
+  may give other initial weights on CPU and GPU.
   """
   height, width = shape
   image = jnp.zeros((1, height, width, 2), jnp.float32)
@@ -96,7 +98,34 @@ def initial_state(config, model, tx, shape: Tuple[int, int]) -> TrainState:
   variables = pretrained.apply_pretrained(config.model, variables)  # MANet encoder_weights, if given.
   params = variables['params']
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    batch_stats=variables.get('batch_stats', {}), opt_state=tx.init(params))
+                    batch_stats=variables.get('batch_stats', {}), opt_state=tx.init(params),
+                    loss_state=initial_loss_state(config))
+
+
+def initial_loss_state(config):
+  """The state of `config.loss_balancing`, carried in `TrainState.loss_state` (and so checkpointed and resumed).
+
+  'none': `{}`. 'grad_norm': `{'seg_weight'}`, the Dice term's weight (the moving average of
+  `losses.grad_norm_seg_weight`); `config.seg_loss_weight` until the first step replaces it. 'uncertainty':
+  `{'log_variances': {'recon', 'seg'}, 'opt_state'}`, Kendall et al.'s s_i (0 until the first step sets them) and
+  their own Adam state (`log_variance_optimizer`).
+  """
+  if config.loss_balancing == 'grad_norm':
+    return {'seg_weight': jnp.asarray(config.seg_loss_weight, jnp.float32)}
+  if config.loss_balancing == 'uncertainty':
+    log_variances = {'recon': jnp.zeros((), jnp.float32), 'seg': jnp.zeros((), jnp.float32)}
+    return {'log_variances': log_variances, 'opt_state': log_variance_optimizer(config).init(log_variances)}
+  if config.loss_balancing != 'none':
+    raise ValueError(f"config.loss_balancing={config.loss_balancing!r}: expected 'none', 'grad_norm' or "
+                     "'uncertainty'")
+  return {}
+
+
+def log_variance_optimizer(config) -> optax.GradientTransformation:
+  """Adam of the uncertainty weights' log-variances: `config.uncertainty_learning_rate`, constant, the model's
+  betas. Their own rate, since the s_i must follow the logarithm of losses that shrink many-fold during training,
+  which the model's small (and decaying) rate would not let them do."""
+  return optax.adam(config.uncertainty_learning_rate, b1=config.b1, b2=config.b2)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -120,19 +149,71 @@ def undersample_batch(image, keys, sampled_fraction: float, num_acs: int):
   return mri.complex_to_channels(mri.ifft2c(measured)), measured, masks
 
 
-def compute_losses(config, recon, seg_logits, batch):
+def compute_losses(config, recon, seg_logits, batch, loss_state=None):
+  """The training loss and its terms (`recon_loss`, `seg_loss` for a model that segments, `loss`), batch means.
+
+  The reconstruction term is weighted per pixel by `focus_pixel_weights` when `config.focus_weight > 0`. The terms
+  are combined with the weights of `loss_term_weights(config, loss_state)`: the fixed `recon_loss_weight` and
+  `seg_loss_weight` without `loss_state` or with 'none'; with 'uncertainty', Kendall et al.'s
+  `sum_i exp(-s_i) w_i L_i + s_i` (`losses.uncertainty_weighted_loss`).
+  """
   target = mri.complex_to_channels(batch['image'])
   recon_loss = jnp.mean(losses.l1_l2_loss(recon.astype(jnp.float32), target, l1_weight=config.l1_weight,
-                                          l2_weight=config.l2_weight))
+                                          l2_weight=config.l2_weight,
+                                          pixel_weights=focus_pixel_weights(config, seg_logits, batch)))
   terms = {'recon_loss': recon_loss}
   loss = config.recon_loss_weight * recon_loss
   if seg_logits is not None:
     seg_loss = jnp.mean(losses.generalized_dice_loss(seg_logits.astype(jnp.float32), batch['segmentation'],
                                                      config.num_classes))
     terms['seg_loss'] = seg_loss
-    loss = loss + config.seg_loss_weight * seg_loss
+    if loss_state and config.loss_balancing == 'uncertainty':
+      log_variances = loss_state['log_variances']
+      loss = losses.uncertainty_weighted_loss(
+          (config.recon_loss_weight * recon_loss, config.seg_loss_weight * seg_loss),
+          (log_variances['recon'], log_variances['seg']))
+    else:
+      loss = loss + loss_term_weights(config, loss_state)[1] * seg_loss
   terms['loss'] = loss
   return loss, terms
+
+
+def loss_term_weights(config, loss_state=None):
+  """(reconstruction weight, Dice weight) that multiply the two terms in the loss (the effective weights).
+
+  The fixed config weights without `loss_state` or with 'none'; with 'grad_norm', the stored Dice weight; with
+  'uncertainty', `w_i exp(-s_i)` (the loss also holds `sum_i s_i`, whose gradient on the model is zero).
+  """
+  if not loss_state or config.loss_balancing == 'none':
+    return config.recon_loss_weight, config.seg_loss_weight
+  if config.loss_balancing == 'grad_norm':
+    return config.recon_loss_weight, loss_state['seg_weight']
+  log_variances = loss_state['log_variances']
+  return (config.recon_loss_weight * jnp.exp(-log_variances['recon']),
+          config.seg_loss_weight * jnp.exp(-log_variances['seg']))
+
+
+def focus_pixel_weights(config, seg_logits, batch):
+  """The explicit focus's per-pixel weights float32 `[b, H, W]` (`losses.focus_pixel_weights`), or None when
+  `config.focus_weight` is 0.
+
+  The region is the F- metrics' heart box (`metrics.box_mask` with the margin of `focus_margin_pixels`), from the
+  reference labels (`config.focus_source='reference'`: a training-time oracle) or from the segmentation network's
+  argmax (`'prediction'`, no gradient through it). A slice without heart gets uniform weights.
+  """
+  if not config.focus_weight:
+    return None
+  if config.focus_source == 'reference':
+    labels = batch['segmentation']
+  elif config.focus_source == 'prediction':
+    if seg_logits is None:
+      raise ValueError(f"config.focus_source='prediction' needs a model that segments; {config.model.name!r} "
+                       "reconstructs only (use 'reference')")
+    labels = jnp.argmax(jax.lax.stop_gradient(seg_logits), axis=-1)
+  else:
+    raise ValueError(f"config.focus_source={config.focus_source!r}: expected 'reference' or 'prediction'")
+  region = metrics_lib.box_mask(labels, focus_margin_pixels(config, labels.shape[-2]))
+  return losses.focus_pixel_weights(region, config.focus_weight)
 
 
 def sample_train_masks(step, rng, sampled_fraction: float, *, num_examples: int, width: int, num_acs: int):
@@ -165,32 +246,77 @@ def train_update(state: TrainState, batch, masks, *, model, tx, config):
   `parallel.pmap`. A step whose loss or gradients are not finite leaves the state unchanged and reports
   `finite = 0`; the host loop stops on it. With `config.log_loss_grad_norms` and a model that segments, the terms
   also hold `recon_grad_norm` and `seg_grad_norm` (`_grads_with_term_norms`); the update is unchanged.
+
+  A model that segments also logs `seg_weight_effective`, the weight that multiplies the Dice term in this step's
+  loss (`config.seg_loss_weight` with 'none'). `config.loss_balancing='grad_norm'` sets it from this step's
+  gradient norms (`_grad_norm_balanced_grads`; the norms are logged too); 'uncertainty' logs `recon_weight_effective`
+  and the log-variances `log_variance_recon`, `log_variance_seg` used in this step, then updates them
+  (`_updated_log_variances`).
   """
   TRAIN_UPDATE_TRACES[masks.shape] += 1
   measured = mri.undersample(mri.fft2c(batch['image']), masks)
   zero_filled = mri.complex_to_channels(mri.ifft2c(measured))
+  segments = models.segments(config.model)
 
   def loss_fn(params):
     outputs, updates = model.apply({'params': params, 'batch_stats': state.batch_stats}, zero_filled, measured,
                                    masks, train=True, mutable=['batch_stats'])
     recon, seg_logits = outputs.recon, outputs.seg_logits
-    loss, terms = compute_losses(config, recon, seg_logits, batch)
+    loss, terms = compute_losses(config, recon, seg_logits, batch, state.loss_state)
     return loss, (terms, updates.get('batch_stats', {}))
 
-  if config.log_loss_grad_norms and models.segments(config.model):
-    grads, term_norms, (terms, batch_stats) = _grads_with_term_norms(loss_fn, state.params, model, config)
+  loss_state, balance_terms = state.loss_state, {}
+  if segments and config.loss_balancing == 'grad_norm':
+    grads, term_norms, (terms, batch_stats), seg_weight = _grad_norm_balanced_grads(loss_fn, state, model, config)
+    loss_state = {'seg_weight': seg_weight}
+    balance_terms['seg_weight_effective'] = seg_weight
+  elif config.log_loss_grad_norms and segments:
+    grads, term_norms, (terms, batch_stats) = _grads_with_term_norms(
+        loss_fn, state.params, model, loss_term_weights(config, state.loss_state))
   else:
     (_, (terms, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     term_norms = {}
+  if segments and config.loss_balancing == 'uncertainty':
+    recon_weight, seg_weight = loss_term_weights(config, state.loss_state)
+    log_variances = state.loss_state['log_variances']
+    balance_terms.update(seg_weight_effective=seg_weight, recon_weight_effective=recon_weight,
+                         log_variance_recon=log_variances['recon'], log_variance_seg=log_variances['seg'])
+    loss_state = _updated_log_variances(state, terms, config)
+  elif segments and config.loss_balancing == 'none':
+    balance_terms['seg_weight_effective'] = jnp.asarray(config.seg_loss_weight, jnp.float32)
   grads = parallel.pmean(grads)  # Average over the 'batch' axis: all devices apply the same update.
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  finite = parallel.all_finite((terms['loss'], grads))
-  new_state = TrainState(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
+  finite = parallel.all_finite((terms['loss'], grads, loss_state) if loss_state else (terms['loss'], grads))
+  new_state = TrainState(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state,
+                         loss_state=loss_state)
   new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
-  terms = dict(terms, **term_norms, grad_norm=optax.tree.norm(grads), finite=finite.astype(jnp.float32),
-               sampled_fraction=jnp.mean(masks.astype(jnp.float32)))
+  terms = dict(terms, **term_norms, **balance_terms, grad_norm=optax.tree.norm(grads),
+               finite=finite.astype(jnp.float32), sampled_fraction=jnp.mean(masks.astype(jnp.float32)))
   return new_state, parallel.pmean(terms)  # Metrics averaged over the 'batch' axis.
+
+
+def _updated_log_variances(state: TrainState, terms, config):
+  """The uncertainty weights' next state: Adam (`log_variance_optimizer`) on the analytic gradient of
+  `losses.uncertainty_weighted_loss` with respect to the s_i, `1 - exp(-s_i) w_i L_i`, averaged over the 'batch'
+  axis.
+
+  The first step (step 0) instead sets `s_i = log(w_i L_i)` from its losses, the minimum of the uncertainty loss
+  for them (`exp(-s_i) w_i L_i = 1`), so training starts balanced rather than at the fixed weights (s_i = 0); the
+  model's own update of that step used s_i = 0.
+  """
+  weighted = {'recon': config.recon_loss_weight * terms['recon_loss'],
+              'seg': config.seg_loss_weight * terms['seg_loss']}
+  log_variances, opt_state = state.loss_state['log_variances'], state.loss_state['opt_state']
+  names = ('recon', 'seg')
+  grads = losses.uncertainty_log_variance_grads([weighted[k] for k in names], [log_variances[k] for k in names])
+  grads = parallel.pmean(dict(zip(names, grads)))  # Average over the 'batch' axis.
+  updates, new_opt_state = log_variance_optimizer(config).update(grads, opt_state, log_variances)
+  stepped = optax.apply_updates(log_variances, updates)
+  initial = {k: jnp.log(jnp.maximum(v, 1e-12)) for k, v in parallel.pmean(weighted).items()}
+  first = state.step == 0
+  return {'log_variances': jax.tree.map(lambda a, b: jnp.where(first, a, b), initial, stepped),
+          'opt_state': jax.tree.map(lambda a, b: jnp.where(first, a, b), opt_state, new_opt_state)}
 
 
 class TrainSteps:
@@ -264,14 +390,44 @@ def recon_network_params(model, params):
   return params
 
 
-def _grads_with_term_norms(loss_fn, params, model, config):
+def _grad_norm_balanced_grads(loss_fn, state: TrainState, model, config):
+  """Gradient-norm balancing: the gradient of `w_r L_r + w_s L_s` with the Dice weight `w_s` set from this step's
+  gradient norms on the reconstruction network (`recon_network_params`), as `losses.grad_norm_seg_weight` says.
+
+  The two terms' gradients (`w_r L_r` and `L_s` with weight 1) come from one forward pass and a 2-wide backward pass
+  (as `_grads_with_term_norms`'s); their norms are taken after averaging over the 'batch' axis, so every device
+  computes the same weight. The gradient is `g_r + w_s g_s`.
+
+  Returns:
+    (gradient (this device's), {'recon_grad_norm', 'seg_grad_norm'} of the weighted terms, loss_fn's aux with
+    `loss` recomputed at `w_s`, `w_s` float32 `[]`).
+  """
+  def unit_terms(params):
+    _, aux = loss_fn(params)
+    terms = aux[0]
+    return (config.recon_loss_weight * terms['recon_loss'], terms['seg_loss']), aux
+
+  outputs, vjp_fn, (terms, batch_stats) = jax.vjp(unit_terms, state.params, has_aux=True)
+  one, zero = jnp.ones_like(outputs[0]), jnp.zeros_like(outputs[0])
+  (term_grads,) = jax.vmap(vjp_fn)((jnp.stack([one, zero]), jnp.stack([zero, one])))
+  norms = jax.vmap(optax.tree.norm)(parallel.pmean(recon_network_params(model, term_grads)))  # Over 'batch'.
+  seg_weight = losses.grad_norm_seg_weight(norms[0], norms[1], state.loss_state['seg_weight'], state.step == 0,
+                                           config.balance_ratio, config.balance_momentum)
+  grads = jax.tree.map(lambda g: g[0] + seg_weight * g[1], term_grads)
+  terms = dict(terms, loss=outputs[0] + seg_weight * outputs[1])
+  return grads, {'recon_grad_norm': norms[0], 'seg_grad_norm': seg_weight * norms[1]}, (terms, batch_stats), \
+      seg_weight
+
+
+def _grads_with_term_norms(loss_fn, params, model, term_weights):
   """The gradient of `loss_fn` exactly as `jax.value_and_grad` computes it, and the norms of the two weighted
   terms' gradients with respect to the reconstruction network (`recon_network_params`), from one forward pass.
 
   The vjp of (loss, w_r * recon_loss, w_s * seg_loss) seeded with (1, 0, 0) runs value_and_grad's backward pass
   plus exact additions of zeros at its head, so the update is bit-identical to the flag-off step; the seeds
   (0, 1, 0) and (0, 0, 1), batched by vmap, give the per-term gradients (a second, 2-wide backward pass). The
-  per-term gradients are averaged over the 'batch' axis before their norms, like `grad_norm`.
+  per-term gradients are averaged over the 'batch' axis before their norms, like `grad_norm`. `term_weights`:
+  (w_r, w_s), the weights the loss gives the two terms (`loss_term_weights`).
 
   Returns:
     (gradient of the loss (this device's), {'recon_grad_norm', 'seg_grad_norm'}, loss_fn's aux).
@@ -279,7 +435,7 @@ def _grads_with_term_norms(loss_fn, params, model, config):
   def weighted_terms(params):
     loss, aux = loss_fn(params)
     terms = aux[0]
-    return (loss, config.recon_loss_weight * terms['recon_loss'], config.seg_loss_weight * terms['seg_loss']), aux
+    return (loss, term_weights[0] * terms['recon_loss'], term_weights[1] * terms['seg_loss']), aux
 
   outputs, vjp_fn, aux = jax.vjp(weighted_terms, params, has_aux=True)
   one, zero = jnp.ones_like(outputs[0]), jnp.zeros_like(outputs[0])

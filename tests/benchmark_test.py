@@ -3,11 +3,15 @@
 import importlib.util
 import json
 import os
+import subprocess
+import sys
 
+import jax
 import pytest
 
 from segrecon_jax import benchmark
 from segrecon_jax import steps
+from segrecon_jax.models import layers
 
 
 def test_benchmark_runs_over_one_and_two_devices_and_writes_json(tmp_path):
@@ -26,16 +30,24 @@ def test_benchmark_runs_over_one_and_two_devices_and_writes_json(tmp_path):
 
 def test_benchmark_times_each_layer_choice_of_each_model(monkeypatch):
   defaults = benchmark.parse_args([])
-  # The built model (not the config) carries the choice, in every sub-network that has one.
-  built = {name: steps.create_model(benchmark.experiment_config(name, 'x8_stab', defaults, conv_impl='xla',
-                                                                 upconv_impl='dense'))
-           for name in benchmark.EXPERIMENTS}
-  assert built['unet'].net.upconv_impl == built['multidecoder_unet'].upconv_impl == 'dense'
-  assert built['unet_unet'].recon_net.upconv_impl == built['unet_unet'].seg_net.upconv_impl == 'dense'
-  assert built['unet'].net.conv_impl == built['multidecoder_unet'].conv_impl == 'xla'
-  assert built['unet_unet'].recon_net.conv_impl == built['unet_unet'].seg_net.conv_impl == 'xla'
-  assert built['cascade'].net.conv_impl == built['cascade_manet'].recon_net.conv_impl == 'xla'
-  assert built['cascade_manet'].seg_net.conv_impl == 'xla'
+  # The config's runtime setting (not the model) carries the choice; the model is the same for every choice.
+  for name in benchmark.EXPERIMENTS:
+    config = benchmark.experiment_config(name, 'x8_stab', defaults, conv_impl='xla', upconv_impl='dense')
+    assert benchmark.layer_setting(config) == {'conv_impl': 'xla', 'upconv_impl': 'dense'}
+    default = benchmark.experiment_config(name, 'x8_stab', defaults)
+    assert steps.create_model(config) == steps.create_model(default)
+  with pytest.raises(ValueError, match='unknown layer setting'):
+    benchmark.set_layer_choices(config, im2col='xla')
+  # What each row traces: the setting is applied around the step's trace and compiles (the update compiles on
+  # TrainSteps' background thread), then restored.
+  seen = []
+  real_train_update = steps.train_update
+
+  def recording_update(*args, **kwargs):
+    seen.append(layers.resolve_conv_impl())
+    return real_train_update(*args, **kwargs)
+
+  monkeypatch.setattr(steps, 'train_update', recording_update)
 
   paper_config = benchmark.experiment_config
 
@@ -49,6 +61,9 @@ def test_benchmark_times_each_layer_choice_of_each_model(monkeypatch):
   result = benchmark.run(benchmark.parse_args(['--experiments=cascade', '--image_size=32', '--batch=2', '--steps=1',
                                                '--pipeline_config=', '--conv_impl=xla,native']))
   assert [r['conv_impl'] for r in result['rows']] == ['xla', 'native']
+  # Each row's step traced with its own layers (update_flops traces with XLA's, after the step's compiles).
+  assert seen == ['xla', 'xla', 'native', 'xla'], seen
+  assert layers.current_impls() == {'conv_impl': 'auto', 'upconv_impl': 'auto'}
   assert all(r['step_median_s'] > 0 for r in result['rows'])
   # FLOPs count the model's arithmetic whichever layers compute it (XLA's cost analysis sees an FFI call as no
   # work): at least each convolution's forward and weight gradient, over the positions a 'VALID' 3x3 visits.
@@ -85,3 +100,74 @@ def test_compile_levels_script_prints_whole_and_split_compiles(capfd):
   assert any('all 2 programs' in row for row in rows) and any('all 3 programs' in row for row in rows)
   with pytest.raises(ValueError, match='--modes'):
     compile_levels.main(['--modes=fused'])
+
+
+def test_benchmark_passes_torch_modes_and_tf32_to_pytorch_and_sets_jax_precision(monkeypatch, tmp_path):
+  """--torch_modes, --torch_compile_mode and --tf32 reach the PyTorch command line; JAX times its step under the
+  matching matmul precision (restored after), and the compiled PyTorch column joins the table (no torch needed:
+  the subprocess is replaced by one that writes torch_reference.py's JSON)."""
+  paper_config = benchmark.experiment_config
+
+  def narrow_config(*args, **kwargs):  # A 2x3x4 CascadeNet, so the test compiles in seconds.
+    config = paper_config(*args, **kwargs)
+    config.model.num_cascades, config.model.num_layers, config.model.features = 2, 3, 4
+    config.num_acs = 4
+    return config
+
+  precisions, commands = [], []
+  time_train_step = benchmark.time_train_step
+
+  def recording_time_train_step(*args, **kwargs):
+    precisions.append(jax.config.jax_default_matmul_precision)
+    return time_train_step(*args, **kwargs)
+
+  real_run = subprocess.run
+
+  def fake_torch(command, *args, **kwargs):  # subprocess.run is also the native kernels' compiler call.
+    if not any(str(c).endswith('torch_reference.py') for c in command):
+      return real_run(command, *args, **kwargs)
+    commands.append(command)
+    out = next(c for c in command if c.startswith('--json=')).split('=', 1)[1]
+    rows = [{'experiment': 'cascade', 'mode': 'eager', 'step_s_median': 2.0},
+            {'experiment': 'cascade', 'mode': 'compile', 'step_s_median': 1.0}]
+    with open(out, 'w') as f:
+      json.dump({'rows': rows}, f)
+
+  monkeypatch.setattr(benchmark, 'experiment_config', narrow_config)
+  monkeypatch.setattr(benchmark, 'time_train_step', recording_time_train_step)
+  monkeypatch.setattr(benchmark.subprocess, 'run', fake_torch)
+  before = jax.config.jax_default_matmul_precision
+  out = tmp_path / 'bench.json'
+  result = benchmark.run(benchmark.parse_args([
+      '--experiments=cascade', '--image_size=32', '--batch=2', '--steps=1', '--pipeline_config=',
+      f'--torch_python={sys.executable}', '--torch_modes=eager,compile', '--torch_compile_mode=reduce-overhead',
+      '--tf32=off', f'--json={out}']))
+  assert precisions == ['highest'] and jax.config.jax_default_matmul_precision == before
+  command = commands[0]
+  assert '--modes=eager,compile' in command and '--compile_mode=reduce-overhead' in command
+  assert '--tf32=off' in command and '--batch=2' in command
+  row = result['rows'][0]
+  assert row['torch_step_s'] == 2.0 and row['torch_compile_step_s'] == 1.0
+  assert row['speed_vs_torch_compile'] == pytest.approx(1.0 / row['step_median_s'])
+  saved = json.loads(out.read_text())
+  assert saved['tf32'] == 'off' and saved['rows'][0]['torch_compile_step_s'] == 1.0
+  header = benchmark.format_table(result['rows'], result['matmul_ceiling_flops_per_s']).splitlines()[0]
+  assert 'PyTorch compiled step s' in header and 'speed vs compiled' in header
+
+  benchmark.run(benchmark.parse_args(['--experiments=cascade', '--image_size=32', '--batch=2', '--steps=1',
+                                      '--pipeline_config=', '--tf32=on']))
+  assert precisions[-1] == 'tensorfloat32' and jax.config.jax_default_matmul_precision == before
+  with pytest.raises(ValueError, match='--torch_modes'):
+    benchmark.run(benchmark.parse_args(['--experiments=cascade', '--torch_modes=graph']))
+  with pytest.raises(SystemExit):
+    benchmark.parse_args(['--tf32=maybe'])
+
+
+def test_gpu_scripts_parse():
+  """The device scripts are valid bash, and torch_reference.py is valid Python (it needs torch to import)."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  for script in ('gpu_checks.sh', 'prepare_gpu_data.sh'):
+    subprocess.run(['bash', '-n', os.path.join(root, 'benchmarks', script)], check=True)
+  path = os.path.join(root, 'benchmarks', 'torch_reference.py')
+  with open(path) as f:
+    compile(f.read(), path, 'exec')

@@ -3,14 +3,22 @@
 import importlib
 import json
 import os
+import shutil
 
+import h5py
+import nibabel as nib
 import numpy as np
 import pytest
 
 from segrecon_jax import inference
 from segrecon_jax import input_pipeline
+from segrecon_jax import prediction_io
 from segrecon_jax import reporting
 from segrecon_jax import train
+from segrecon_jax.data import magnitude
+from segrecon_jax.data import ocmr
+from segrecon_jax.data import phantom
+from segrecon_jax.data import phantom_nifti
 
 
 def tiny_config(data_dir):
@@ -89,3 +97,92 @@ def test_train_and_eval_write_per_slice_json(tmp_path):
   assert again['ids'] == record['ids']
   np.testing.assert_allclose(again['metrics']['psnr'], record['metrics']['psnr'], rtol=1e-5)
 
+
+
+def test_predict_input_files_of_a_folder(tmp_path):
+  """A folder's OCMR, NIfTI and HDF5 magnitude files, each under its path there; labels, hidden and us_ skipped."""
+  folder = tmp_path / 'in'
+  phantom_nifti.write_patient(str(folder), 1, recon_size=(24, 16), num_slices=1)
+  phantom.write_subject(str(folder), 1, seed=5, recon_size=(16, 16), num_coils=2, num_slices=1, num_frames=2)
+  with h5py.File(folder / 'case02_sa.h5', 'w') as f:
+    f['image'] = np.ones((2, 16, 16), np.float32)
+  (folder / '.hidden.nii.gz').write_bytes(b'')
+  shutil.copy(folder / 'fs_0001_phantom.h5', folder / 'us_0001.h5')
+  files = prediction_io.input_files(str(folder))
+  assert [(f.name, f.kind) for f in files] == [
+      ('case02_sa', 'magnitude'), ('fs_0001_phantom', 'ocmr'), ('patient001/patient001_frame01', 'magnitude'),
+      ('patient001/patient001_frame03', 'magnitude')]
+  assert [(f.name, f.kind) for f in prediction_io.input_files(files[2].path)] == [('patient001_frame01', 'magnitude')]
+  with pytest.raises(FileNotFoundError, match='nowhere: no such file or folder'):
+    prediction_io.input_files(str(tmp_path / 'nowhere'))
+  (tmp_path / 'empty').mkdir()
+  with pytest.raises(FileNotFoundError, match='empty: no file to predict in it'):
+    prediction_io.input_files(str(tmp_path / 'empty'))
+  with h5py.File(folder / 'notes.h5', 'w') as f:
+    f['masks'] = np.zeros((1, 1, 2, 2), np.uint8)
+  with pytest.raises(magnitude.MagnitudeFormatError, match=r'notes.h5: expected an OCMR file .*found \[.masks.\]'):
+    prediction_io.input_files(str(folder))
+
+
+def _placed(values, size):
+  return ocmr.crop_or_pad(np.asarray(values), size)
+
+
+def test_predict_a_folder_writes_nifti_on_each_files_grid(tmp_path):
+  """`predict --input=<folder>`: every file's predictions as NIfTI on the file's own voxel grid, with its affine."""
+  config = tiny_config(str(tmp_path / 'tfds'))
+  config.num_epochs = 1
+  workdir = str(tmp_path / 'run')
+  train.train_and_evaluate(config, workdir)
+  folder = tmp_path / 'in'
+  (nifti_image, _), _ = phantom_nifti.write_patient(str(folder), 1, recon_size=(36, 28), num_slices=2)
+  cine = np.random.default_rng(0).uniform(0, 1, (30, 34, 2, 3)).astype(np.float32)  # [x, y, z, t], no labels
+  affine = phantom_nifti.patient_affine(1.5)
+  nib.save(nib.Nifti1Image(cine, affine), str(folder / 'patient001' / 'patient001_4d.nii.gz'))
+  with h5py.File(folder / 'case02_sa.h5', 'w') as f:  # [slices, H, W], no labels
+    f['image'] = cine[..., 0].transpose(2, 0, 1)
+  kspace_path, _ = phantom.write_subject(str(folder), 1, seed=5, recon_size=(32, 24), num_coils=2, num_slices=1,
+                                         num_frames=2)
+  out_root = inference.predict(config, workdir, str(folder))
+  assert os.path.isdir(out_root)
+
+  def outputs(name):
+    out_dir = os.path.join(out_root, name)
+    arrays = {k: np.load(os.path.join(out_dir, f'{k}.npy')) for k in ('recon', 'seg', 'segmentation')}
+    volumes = {k: nib.load(os.path.join(out_dir, f'{k}.nii.gz')) for k in ('recon', 'seg')}
+    assert volumes['seg'].get_data_dtype() == np.uint8 and volumes['seg'].header.get_intent()[0] == 'label'
+    return arrays, volumes
+
+  # An ACDC-layout [x, y, z] volume with its labels: the source affine, its x, y, z.
+  arrays, volumes = outputs('patient001/patient001_frame01')
+  source = nib.load(nifti_image)
+  examples = magnitude.load_examples(nifti_image, nifti_image.replace('.nii.gz', '_gt.nii.gz'), (32, 32))
+  assert arrays['segmentation'].any()  # the reference labels were read
+  for key in ('recon', 'seg'):
+    assert volumes[key].shape == source.shape == (36, 28, 2)
+    np.testing.assert_allclose(volumes[key].affine, source.affine)
+  seg, recon = np.asarray(volumes['seg'].dataobj), volumes['recon'].get_fdata()
+  for z, e in enumerate(examples):
+    np.testing.assert_array_equal(seg[:, :, z], _placed(arrays['seg'][z], (36, 28)))
+    np.testing.assert_allclose(recon[:, :, z], _placed(np.abs(arrays['recon'][z]) * e['scale'], (36, 28)),
+                               rtol=1e-5, atol=1e-6)
+  # A 4-D [x, y, z, t] file without labels: example z * frames + t is voxel [..., z, t].
+  arrays, volumes = outputs('patient001/patient001_4d')
+  assert volumes['seg'].shape == (30, 34, 2, 3) and not arrays['segmentation'].any()
+  np.testing.assert_allclose(volumes['seg'].affine, affine)
+  seg = np.asarray(volumes['seg'].dataobj)
+  for z in range(2):
+    for t in range(3):
+      np.testing.assert_array_equal(seg[:, :, z, t], _placed(arrays['seg'][z * 3 + t], (30, 34)))
+  # HDF5 [slices, H, W]: (H, W, slices), identity affine.
+  arrays, volumes = outputs('case02_sa')
+  assert volumes['seg'].shape == (30, 34, 2) and np.allclose(volumes['seg'].affine, np.eye(4))
+  np.testing.assert_array_equal(np.asarray(volumes['seg'].dataobj)[:, :, 1], _placed(arrays['seg'][1], (30, 34)))
+  # OCMR: (readout, phase encode, slices, frames) with its voxel sizes, and the label file as before.
+  arrays, volumes = outputs('fs_0001_phantom')
+  assert volumes['seg'].shape == (32, 24, 1, 2)
+  pixel_mm = phantom.make_subject(5, 1, recon_size=(32, 24), num_coils=2, num_slices=1, num_frames=2).pixel_mm
+  assert volumes['seg'].header.get_zooms()[:2] == pytest.approx((pixel_mm, pixel_mm), rel=1e-3)
+  masks, _ = ocmr.read_labels(os.path.join(out_root, 'fs_0001_phantom', 'labels', 'fs_0001_phantom.h5'),
+                              (1, 2, 32, 24))
+  np.testing.assert_array_equal(np.asarray(volumes['seg'].dataobj)[:, :, 0, 1], masks[0, 1])

@@ -1,6 +1,7 @@
 """Tests for models/layers.py: `conv2d`, `Conv` and `UpConv2x2` against the stock XLA / Flax layers."""
 
 import functools
+import subprocess
 
 import jax
 import jax.test_util
@@ -24,6 +25,18 @@ CONFIGS = [
     ((7, 7), 2, ((3, 3), (3, 3)), 1, 2, 4),
     ((2, 3), (2, 1), 'VALID', (1, 2), 3, 3),
 ]
+
+
+@pytest.fixture
+def native_layers():
+  with layers.impls(conv_impl='native'):
+    yield
+
+
+@pytest.fixture
+def xla_layers():
+  with layers.impls(conv_impl='xla', upconv_impl='xla'):
+    yield
 
 
 def _stock(x, kernel, bias, kernel_size, strides, padding, dilation):
@@ -262,8 +275,13 @@ def test_conv_module_initializes_as_nn_conv():
     dict(features=2, kernel_size=(3, 3), padding='CIRCULAR'),
 ])
 def test_conv_module_is_a_drop_in(kwargs):
+  with layers.impls(conv_impl='native'):  # Read when the module is traced (every apply below).
+    _check_drop_in(kwargs)
+
+
+def _check_drop_in(kwargs):
   x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 12, 12, 3)), jnp.float32)
-  stock, ours = nn.Conv(**kwargs), layers.Conv(**kwargs, impl='native')
+  stock, ours = nn.Conv(**kwargs), layers.Conv(**kwargs)
   shapes = jax.eval_shape(stock.init, jax.random.key(0), x)
   assert jax.eval_shape(ours.init, jax.random.key(0), x) == shapes
   rng = np.random.default_rng(1)
@@ -278,10 +296,11 @@ def test_conv_module_is_a_drop_in(kwargs):
   jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-4), got, want)
 
 
+@pytest.mark.usefixtures('native_layers')
 def test_conv_module_bfloat16_and_extra_batch_axes():
   x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 2, 8, 8, 3)), jnp.float32)
   stock = nn.Conv(4, (3, 3), dtype=jnp.bfloat16)
-  ours = layers.Conv(4, (3, 3), dtype=jnp.bfloat16, impl='native')
+  ours = layers.Conv(4, (3, 3), dtype=jnp.bfloat16)
   variables = stock.init(jax.random.key(0), x)
   y = ours.apply(variables, x)
   assert y.shape == (2, 2, 8, 8, 4) and y.dtype == jnp.bfloat16
@@ -337,9 +356,10 @@ def test_upconv_rejects_overlapping_kernels():
     dict(features=6, kernel_size=(7, 7), strides=2, padding=((3, 3), (3, 3)), use_bias=False),
     dict(features=2, kernel_size=(3, 3), padding='CIRCULAR', kernel_dilation=2),
 ])
+@pytest.mark.usefixtures('xla_layers')
 def test_conv_module_with_xla_impl_is_nn_conv_exactly(kwargs):
   x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 12, 12, 3)), jnp.float32)
-  stock, ours = nn.Conv(**kwargs), layers.Conv(**kwargs, impl='xla')
+  stock, ours = nn.Conv(**kwargs), layers.Conv(**kwargs)
   variables = jax.tree.map(lambda v: v + 0.1, stock.init(jax.random.key(0), x))
   np.testing.assert_array_equal(ours.apply(variables, x), stock.apply(variables, x))
   loss = lambda module: jax.jit(jax.grad(lambda v, x: jnp.sum(jnp.tanh(module.apply(v, x))), argnums=(0, 1)))
@@ -360,8 +380,13 @@ def test_auto_picks_native_on_cpu_and_each_pass_where_it_pays():
     assert 'segrecon_conv_weight_grad' in jaxpr, (in_ch, features, jaxpr)
     assert ('segrecon_conv_forward' in jaxpr) == forward, (in_ch, features, jaxpr)
   assert not layers.native_weight_grad_pays(jnp.float64) and layers.native_weight_grad_pays(jnp.bfloat16)
+  with layers.impls(conv_impl='xla'):  # The runtime setting, read at trace time: XLA's convolutions only.
+    jaxpr = str(jax.make_jaxpr(jax.grad(lambda v: jnp.sum(module.apply(v, x)**2)))(variables))
+  assert 'segrecon_conv' not in jaxpr and 'conv_general_dilated' in jaxpr
+  assert layers.current_impls() == {'conv_impl': 'auto', 'upconv_impl': 'auto'}  # Restored after the block.
   with pytest.raises(ValueError, match='conv_impl'):
-    layers.Conv(4, (3, 3), impl='cudnn').init(jax.random.key(0), x)
+    layers.set_impls(conv_impl='cudnn')
+  assert layers.current_impls()['conv_impl'] == 'auto'
 
 
 def test_auto_falls_back_to_xla_without_the_kernel(monkeypatch, caplog):
@@ -395,6 +420,9 @@ def test_upconv_selector():
   assert layers.conv_transpose_module('auto') is layers.UpConv2x2
   with pytest.raises(ValueError, match='upconv_impl'):
     layers.conv_transpose_module('im2col')
+  with layers.impls(upconv_impl='xla'):  # Default: the runtime setting.
+    assert layers.conv_transpose_module() is nn.ConvTranspose
+  assert layers.conv_transpose_module() is layers.UpConv2x2
 
 
 @pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
@@ -411,3 +439,33 @@ def test_max_pool_2x2_equals_nn_max_pool_ties_included(dtype):
                                   jax.grad(functools.partial(loss, stock))(x))
   odd = jnp.ones((1, 5, 4, 2), dtype)  # Odd sides: nn.max_pool itself.
   np.testing.assert_array_equal(layers.max_pool_2x2(odd), stock(odd))
+
+
+def test_a_library_without_the_kernels_falls_back_to_xla(monkeypatch, tmp_path, caplog):
+  """A stale or foreign cached library (here one with the lanes query but neither kernel) is reported, and 'auto'
+  falls back to XLA's convolutions instead of raising when the kernel symbols are looked up."""
+  compiler = native._compiler()  # pylint: disable=protected-access
+  if compiler is None:
+    pytest.skip('no C++ compiler')
+  source, stale = tmp_path / 'stale.cc', tmp_path / 'stale.so'
+  source.write_text('extern "C" int SegreconConvWeightGradLanes() { return 8; }\n')
+  subprocess.run([compiler, '-shared', '-fPIC', str(source), '-o', str(stale)], check=True)
+  monkeypatch.setattr(native, '_build', lambda compiler: str(stale))
+  # A fresh cache of the loader for this test (monkeypatch restores the process's loaded kernels after it).
+  fresh_load = functools.lru_cache(maxsize=None)(native._load.__wrapped__)  # pylint: disable=protected-access
+  monkeypatch.setattr(native, '_load', fresh_load)
+  monkeypatch.setattr(layers, '_warned_fallback', [])
+  with caplog.at_level('WARNING'):
+    assert not native.available()
+    assert layers.resolve_conv_impl('auto') == 'xla'
+  reason = native.unavailable_reason()
+  assert str(stale) in reason and 'SegreconConvWeightGrad' in reason, reason
+  messages = [r.getMessage() for r in caplog.records]
+  assert any(str(stale) in m for m in messages) and any("conv_impl='auto' uses XLA" in m for m in messages)
+  with pytest.raises(RuntimeError, match='stale.so'):
+    layers.resolve_conv_impl('native')
+  x = jnp.ones((1, 8, 8, 32))  # A layer the native kernels would take in both passes.
+  module = layers.Conv(16, (3, 3))
+  variables = module.init(jax.random.key(0), x)
+  jaxpr = str(jax.make_jaxpr(jax.grad(lambda v: jnp.sum(module.apply(v, x)**2)))(variables))
+  assert 'segrecon_conv' not in jaxpr and 'conv_general_dilated' in jaxpr

@@ -122,3 +122,91 @@ def test_generalized_dice_accepts_bfloat16_logits():
   assert loss.dtype == jnp.float32
   expected = np_generalized_dice(np.asarray(logits, np.float32), labels, NUM_CLASSES)
   np.testing.assert_allclose(loss, expected, rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Explicit focus and loss balancing (config.focus_weight, config.loss_balancing).
+
+
+def np_box(labels, margin):
+  """The heart box of every example, enlarged by `margin` and clipped (whole image without heart), in NumPy."""
+  region = np.zeros(labels.shape, bool)
+  for i, example in enumerate(labels):
+    rows, cols = np.nonzero(example > 0)
+    if rows.size == 0:
+      region[i] = True
+      continue
+    size_y, size_x = example.shape
+    region[i, max(rows.min() - margin, 0):min(rows.max() + 1 + margin, size_y),
+           max(cols.min() - margin, 0):min(cols.max() + 1 + margin, size_x)] = True
+  return region
+
+
+def np_focus_weights(region, focus_weight):
+  raw = 1.0 + focus_weight * region.astype(np.float64)
+  return raw / raw.mean(axis=(1, 2), keepdims=True)
+
+
+def test_weighted_l1_l2_matches_numpy_and_unit_weights_change_nothing():
+  pred, target = random_logits((2, 16, 12, 2), 11), random_logits((2, 16, 12, 2), 12)
+  weights = np.random.default_rng(13).uniform(0.1, 3.0, (2, 16, 12)).astype(np.float32)
+  loss = jax.jit(functools.partial(losses.l1_l2_loss, l1_weight=0.3, l2_weight=2.0))(pred, target,
+                                                                                      pixel_weights=weights)
+  error = pred.astype(np.float64) - target
+  expected = (0.3 * (weights[..., None] * np.abs(error)).mean(axis=(1, 2, 3))
+              + 2.0 * (weights[..., None] * error**2).mean(axis=(1, 2, 3)))
+  np.testing.assert_allclose(loss, expected, rtol=1e-5)
+  plain = losses.l1_l2_loss(pred, target, 0.3, 2.0)
+  np.testing.assert_array_equal(losses.l1_l2_loss(pred, target, 0.3, 2.0, pixel_weights=np.ones((2, 16, 12))), plain)
+  assert not np.allclose(loss, plain, rtol=1e-3)
+
+
+def test_focus_pixel_weights_match_numpy_and_keep_the_mean_at_one():
+  labels = heart_labels()
+  labels[1] = 0  # No heart: the box is the whole image and the weights are 1.
+  region = np_box(labels, margin=1)
+  assert 0 < region[0].mean() < 1
+  for focus_weight in (0.0, 1.0, 9.0):
+    weights = np.asarray(losses.focus_pixel_weights(jnp.asarray(region), focus_weight))
+    np.testing.assert_allclose(weights, np_focus_weights(region, focus_weight), rtol=1e-6)
+    np.testing.assert_allclose(weights.mean(axis=(1, 2)), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(weights[1], 1.0, rtol=1e-6)
+  share = region[0].mean()
+  weights = np.asarray(losses.focus_pixel_weights(jnp.asarray(region), 9.0))[0]
+  np.testing.assert_allclose(weights[region[0]], 10.0 / (1 + 9.0 * share), rtol=1e-6)
+  np.testing.assert_allclose(weights[~region[0]], 1.0 / (1 + 9.0 * share), rtol=1e-6)
+
+
+def test_uncertainty_weighted_loss_and_its_log_variance_gradient_match_numpy():
+  term_losses, log_variances = (0.03, 0.4), (-1.5, 0.7)
+  loss = losses.uncertainty_weighted_loss([jnp.float32(v) for v in term_losses],
+                                          [jnp.float32(s) for s in log_variances])
+  expected = sum(np.exp(-s) * value + s for value, s in zip(term_losses, log_variances))
+  np.testing.assert_allclose(loss, expected, rtol=1e-6)
+  grads = losses.uncertainty_log_variance_grads(term_losses, [jnp.float32(s) for s in log_variances])
+  autodiff = jax.grad(lambda s: losses.uncertainty_weighted_loss(term_losses, s))(
+      [jnp.float32(s) for s in log_variances])
+  np.testing.assert_allclose(grads, [1 - np.exp(-s) * v for v, s in zip(term_losses, log_variances)], rtol=1e-6)
+  np.testing.assert_allclose(grads, autodiff, rtol=1e-6)
+  # At s_i = log L_i each term contributes exp(-s_i) L_i = 1 and its s-gradient is 0.
+  at_minimum = [jnp.log(jnp.float32(v)) for v in term_losses]
+  np.testing.assert_allclose(losses.uncertainty_log_variance_grads(term_losses, at_minimum), 0.0, atol=1e-6)
+  with pytest.raises(ValueError, match='2 losses but 1 log-variances'):
+    losses.uncertainty_weighted_loss(term_losses, log_variances[:1])
+
+
+def test_grad_norm_seg_weight_follows_the_norms():
+  def weight(recon_norm, seg_norm, previous=0.5, first=False, ratio=1.0, momentum=0.9):
+    return float(losses.grad_norm_seg_weight(jnp.float32(recon_norm), jnp.float32(seg_norm), jnp.float32(previous),
+                                             jnp.asarray(first), ratio, momentum))
+
+  # First step: the target itself, ratio * recon / seg; a recon gradient 10x larger makes it 10x larger.
+  assert weight(0.03, 0.24, first=True) == pytest.approx(0.125, rel=1e-6)
+  assert weight(0.3, 0.24, first=True) == pytest.approx(1.25, rel=1e-6)
+  assert weight(0.03, 0.24, first=True, ratio=2.0) == pytest.approx(0.25, rel=1e-6)
+  # Later steps: the moving average.
+  assert weight(0.03, 0.24) == pytest.approx(0.9 * 0.5 + 0.1 * 0.125, rel=1e-6)
+  assert weight(0.03, 0.24, momentum=0.0) == pytest.approx(0.125, rel=1e-6)
+  # No Dice gradient on the reconstruction network: the previous weight stays.
+  assert weight(0.03, 0.0) == pytest.approx(0.5) and weight(0.03, 0.0, first=True) == pytest.approx(0.5)
+  assert weight(np.inf, 0.24) == pytest.approx(0.5)

@@ -9,6 +9,8 @@ import pytest
 import tensorflow_datasets as tfds
 
 import tfds_ocmr
+from segrecon_jax import inference
+from segrecon_jax import input_pipeline
 from segrecon_jax.data import labels
 from segrecon_jax.data import magnitude
 from segrecon_jax.data import ocmr
@@ -40,7 +42,8 @@ def _write_nifti(path, image, label, label_affine=None):
 
 @pytest.fixture(name='folder', scope='module')
 def fixture_folder(tmp_path_factory):
-  """Four ACDC-layout patients (ED + ES files), a 4-D M&Ms-like patient and an HDF5 pair; an unpaired 4-D file."""
+  """Four ACDC-layout patients (ED + ES files), a 4-D M&Ms-like patient, a 3-D HDF5 file whose last slice is all
+  background and a 4-D HDF5 file with an unlabelled frame; an unpaired 4-D file."""
   root = str(tmp_path_factory.mktemp('acdc_like'))
   for patient in range(1, 5):
     for frame, shift in ((1, 0), (7, 1)):
@@ -53,22 +56,78 @@ def fixture_folder(tmp_path_factory):
   cine_label = np.repeat(label[..., None], 3, axis=-1)
   cine_label[..., 1] = 0  # frame 1 not labelled (M&Ms labels ED and ES only)
   _write_nifti(os.path.join(root, 'mnm05', 'mnm05_sa'), cine, cine_label)
+  image, label = _acdc_volume(0, num_slices=3)
+  label[..., 2] = 0  # a slice past the apex: no heart, a valid all-background label map
   with h5py.File(os.path.join(root, 'case06_sa.h5'), 'w') as f:
     f['image'] = np.transpose(image, (2, 0, 1))  # [slices, H, W]
     f['label'] = np.transpose(label, (2, 0, 1))
+  with h5py.File(os.path.join(root, 'case07_sa.h5'), 'w') as f:
+    f['image'] = np.transpose(cine, (2, 3, 0, 1))  # [slices, frames, H, W]
+    f['label'] = np.transpose(cine_label, (2, 3, 0, 1))
   return root
 
 
 def test_find_pairs_and_subjects(folder):
   pairs = magnitude.find_pairs(folder)
   names = [os.path.relpath(image, folder) for image, _ in pairs]
-  assert names == ['case06_sa.h5', 'mnm05/mnm05_sa.nii.gz'] + [
+  assert names == ['case06_sa.h5', 'case07_sa.h5', 'mnm05/mnm05_sa.nii.gz'] + [
       f'patient{p:03d}/patient{p:03d}_frame{f:02d}.nii.gz' for p in range(1, 5) for f in (1, 7)]
   assert all(label.endswith(('_gt.nii.gz', '.h5')) for _, label in pairs)
-  assert {magnitude.subject_id(image) for image, _ in pairs} == {'case06', 'mnm05', 'patient001', 'patient002',
-                                                                 'patient003', 'patient004'}
-  four_d = [p for p in pairs if 'mnm05' in p[0]][0]
-  assert magnitude.example_frames(*four_d) == [(0, 0), (0, 2), (1, 0), (1, 2)]  # the all-background frame 1 is not
+  assert {magnitude.subject_id(image) for image, _ in pairs} == {'case06', 'case07', 'mnm05', 'patient001',
+                                                                 'patient002', 'patient003', 'patient004'}
+  for name in ('mnm05', 'case07'):  # NIfTI [x, y, z, t] and HDF5 [slices, frames, H, W]
+    four_d = [p for p in pairs if name in p[0]][0]
+    assert magnitude.example_frames(*four_d) == [(0, 0), (0, 2), (1, 0), (1, 2)]  # the all-background frame 1 is not
+
+
+def test_hdf5_slices_are_slices_and_every_slice_is_served(folder):
+  """A 3-D HDF5 file is [slices, H, W]: each slice is served once, as frame 0 of itself, the all-background one too."""
+  path = os.path.join(folder, 'case06_sa.h5')
+  magnitude_volume, _, labelled = magnitude.read_pair(path, path)
+  assert magnitude_volume.shape == (3, 1) + _SHAPE and labelled.all()
+  assert magnitude.example_frames(path, path) == [(0, 0), (1, 0), (2, 0)]
+  image, label = _acdc_volume(0, num_slices=3)
+  examples = magnitude.load_examples(path, path, _SHAPE, root=folder)
+  assert [(e['slice'], e['frame'], e['has_labels']) for e in examples] == [(0, 0, True), (1, 0, True), (2, 0, True)]
+  for e in examples:
+    np.testing.assert_allclose(np.abs(e['image']) * e['scale'], image[:, :, e['slice']], rtol=1e-5, atol=1e-6)
+  assert not examples[2]['segmentation'].any() and examples[0]['segmentation'].any()
+  np.testing.assert_array_equal(examples[1]['segmentation'], labels.remap(label[:, :, 1], (0, 3, 2, 1)))
+  # Ids and evaluation masks follow the slice: case06/<slice>/0, three distinct masks.
+  assert [inference.example_id(e, i) for i, e in enumerate(examples)] == ['case06/0/0', 'case06/1/0', 'case06/2/0']
+  assert len({input_pipeline.mask_id(e, 0) for e in examples}) == 3
+
+
+def test_single_phase_files_are_their_cine_frame():
+  """ACDC's `<patient>_frameYY` volumes hold frame YY - 1 of the cine (the index in `_4d.nii.gz`)."""
+  assert magnitude.cine_frame('/d/patient001/patient001_frame01.nii.gz') == 0
+  assert magnitude.cine_frame('patient001_frame12.h5') == 11
+  assert magnitude.cine_frame('A0S9V9_sa.nii.gz') == 0 and magnitude.cine_frame('case06_sa.h5') == 0
+
+
+def test_phantom_writer_hdf5_with_background_slices(tmp_path):
+  """The writer's HDF5 layout, [slices, H, W] per phase with slices past the apex, is served slice by slice."""
+  pairs = phantom_nifti.write_patient(str(tmp_path), 1, recon_size=(24, 16), num_slices=2, file_format='h5',
+                                      background_slices=1)
+  assert [os.path.basename(p) for p, _ in pairs] == ['patient001_frame01.h5', 'patient001_frame03.h5']
+  assert magnitude.find_pairs(str(tmp_path)) == pairs
+  for path, label_path in pairs:
+    with h5py.File(path, 'r') as f:
+      assert f['image'].shape == f['label'].shape == (3, 24, 16)
+      assert f['label'][:2].any(axis=(1, 2)).all() and not f['label'][2].any()
+    frame = magnitude.cine_frame(path)
+    assert magnitude.example_frames(path, label_path) == [(0, frame), (1, frame), (2, frame)]
+  ed, es = (magnitude.load_examples(p, l, (24, 16), root=str(tmp_path)) for p, l in pairs)
+  ids = [inference.example_id(e, 0) for e in ed + es]
+  assert ids == [f'patient001/{s}/{t}' for t in (0, 2) for s in range(3)]
+  nifti = phantom_nifti.write_patient(str(tmp_path / 'nifti'), 1, recon_size=(24, 16), num_slices=2,
+                                      background_slices=1)
+  for (path, label_path), served in zip(nifti, (ed, es)):
+    examples = magnitude.load_examples(path, label_path, (24, 16), root=str(tmp_path / 'nifti'))
+    assert [(e['slice'], e['frame']) for e in examples] == [(e['slice'], e['frame']) for e in served]
+    for a, b in zip(examples, served):
+      np.testing.assert_array_equal(a['segmentation'], b['segmentation'])
+      np.testing.assert_allclose(np.abs(a['image']) * a['scale'], np.abs(b['image']) * b['scale'], rtol=1e-6)
 
 
 def test_served_labels_sit_on_the_served_image(folder):
@@ -78,7 +137,7 @@ def test_served_labels_sit_on_the_served_image(folder):
   size = (24, 10)  # pads x 20 -> 24, crops y 14 -> 10
   examples = magnitude.load_examples(image_path, image_path.replace('.nii.gz', '_gt.nii.gz'), size,
                                      magnitude.ACDC_LABEL_MAPPING, phase_seed=3, root=folder)
-  assert [(e['slice'], e['frame']) for e in examples] == [(0, 0), (1, 0)]
+  assert [(e['slice'], e['frame']) for e in examples] == [(0, 6), (1, 6)]  # z slices of ACDC's frame 7
   for e in examples:
     z = e['slice']
     served = np.abs(e['image']) * e['scale']
@@ -118,8 +177,11 @@ def test_nifti_config_builds_split_by_patient(tmp_path, folder):
   sources = builder.as_data_source()
   subjects = {split: {s[i]['subject_id'].decode() for i in range(len(s))} for split, s in sources.items()}
   assert subjects['train'] and subjects['test'] and not subjects['train'] & subjects['test']
-  # 4 patients x 2 files x 2 slices, the 4-D file's 2 labelled frames x 2 slices, the HDF5 pair's 2 slices.
-  assert sum(len(s) for s in sources.values()) == 16 + 4 + 2
+  # 4 patients x 2 files x 2 slices, the 4-D files' 2 labelled frames x 2 slices, the 3-D HDF5 file's 3 slices.
+  assert sum(len(s) for s in sources.values()) == 16 + 4 + 4 + 3
+  ids = [inference.example_id(s[i], i) for s in sources.values() for i in range(len(s))]
+  assert len(set(ids)) == len(ids)  # ED and ES of a patient differ in frame
+  assert {i for i in ids if i.startswith('case06/')} == {'case06/0/0', 'case06/1/0', 'case06/2/0'}
   for source in sources.values():
     for i in range(len(source)):
       example = source[i]

@@ -17,6 +17,7 @@ from configs import unet_unet as unet_unet_config
 from segrecon_jax import models
 from segrecon_jax import mri
 from segrecon_jax.models import cascade
+from segrecon_jax.models import layers
 
 TINY = (4, 8, 16)
 TINY_CASCADE = {'num_cascades': 2, 'num_layers': 3, 'features': 4}
@@ -341,27 +342,24 @@ def test_get_model_rejects_unknown_names_and_fields(config, match):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Layer choices (models/layers.py): the same function and parameters whichever implementation a model picks.
+# Layer settings (models/layers.py): the same function and parameters whichever implementation the runtime picks.
 
 
-def _with(config, sub, field, value):
-  config = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items()}
-  (config[sub] if sub else config)[field] = value
-  return config
-
-
-@pytest.mark.parametrize('name,sub,field', [(name, sub, field) for name in models.MODELS
-                                            for sub, field in models.layer_choice_fields(name)])
-def test_layer_choices_give_the_same_model(name, sub, field):
+@pytest.mark.parametrize('name,field', [(name, field) for name in models.MODELS
+                                        for field in ('conv_impl', 'upconv_impl')
+                                        if field == 'conv_impl' or models.has_upconv(name)])
+def test_layer_settings_give_the_same_model(name, field):
   inputs = make_inputs()
   variables = tiny_variables(name)
+  model = models.get_model(TINY_CONFIGS[name])  # One model; the runtime setting decides how its layers run.
 
   def loss(params, impl):
-    model = models.get_model(_with(TINY_CONFIGS[name], sub, field, impl))
-    out = model.apply({**variables, 'params': params}, *inputs, train=False)
+    with layers.impls(**{field: impl}):  # Read when the model is traced, i.e. inside value_and_grad below.
+      out = model.apply({**variables, 'params': params}, *inputs, train=False)
     return sum(jnp.sum(jnp.sin(o)) for o in jax.tree.leaves(out))
 
-  stock_params = param_shapes(models.get_model(_with(TINY_CONFIGS[name], sub, field, 'xla')), inputs)
+  with layers.impls(**{field: 'xla'}):
+    stock_params = param_shapes(model, inputs)
   assert jax.tree.map(lambda a: a.shape, stock_params) == jax.tree.map(lambda a: a.shape, variables['params'])
   ours_impl = 'native' if field == 'conv_impl' else 'dense'
   stock_value, stock_grads = jax.value_and_grad(loss)(variables['params'], 'xla')
@@ -374,4 +372,5 @@ def test_layer_choices_give_the_same_model(name, sub, field):
     np.testing.assert_allclose(ours, stock, rtol=1e-3,
                                atol=1e-4 * float(jnp.max(jnp.abs(stock))) + 3e-8 * largest + 1e-6)
   with pytest.raises(ValueError, match=field):
-    models.get_model(_with(TINY_CONFIGS[name], sub, field, 'cudnn')).apply(variables, *inputs, train=False)
+    with layers.impls(**{field: 'cudnn'}):
+      pass

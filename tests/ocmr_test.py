@@ -259,8 +259,9 @@ def test_bad_inputs(tmp_path, small_file):
 
   missing_lines = str(tmp_path / 'fs_0104_3T.h5')
   write_ismrmrd(missing_lines, kspace, skip_lines={(0, 1, 2, 3), (0, 0, 0, 9)})
-  _assert_raises_naming(missing_lines, ocmr.OCMRFormatError, 'fully sampled.*2 of 60 lines are missing',
-                        ocmr.load_examples, missing_lines, (16, 16))
+  _assert_raises_naming(missing_lines, ocmr.OCMRFormatError,
+                        r'slice 0 frame 0: phase-encode \(ky\) line\(s\) 9 of 0..9 are missing.*1 more of the '
+                        r"file's 6 frames.*fully sampled", ocmr.load_examples, missing_lines, (16, 16))
   assert ocmr.read_ocmr(missing_lines, require_fully_sampled=False)[0].shape[1] == 10
 
   nan = str(tmp_path / 'fs_0105_3T.h5')
@@ -360,5 +361,47 @@ def test_files_that_lie_name_the_slice_and_frame(tmp_path):
   with pytest.raises(ocmr.OCMRFormatError, match=r'fs_0002_noise.h5: slice 0 frame 1: .*outside the central half'):
     ocmr.read_ocmr(noise)
   zeroed = corrupt('fs_0003_zeroed.h5', 1, 0, np.zeros_like)
-  with pytest.raises(ocmr.OCMRFormatError, match=r'fs_0003_zeroed.h5: slice 1 frame 0: .*0 times'):
+  with pytest.raises(ocmr.OCMRFormatError, match=r'fs_0003_zeroed.h5: slice 1 frame 0: .*line\(s\) 0-23 .* zero'):
     ocmr.read_ocmr(zeroed)
+  with pytest.raises(ocmr.OCMRFormatError, match=r'fs_0003_zeroed.h5: slice 1 frame 0: .*0 times'):
+    ocmr.read_ocmr(zeroed, require_fully_sampled=False)  # the frame check sees it too
+
+
+def _ky_rows(path, lines, slice_index=None, phase=None):
+  """Row numbers of the imaging acquisitions with ky in `lines` (of one slice / frame when given)."""
+  with h5py.File(path, 'r') as f:
+    heads = f['dataset']['data']['head']
+  imaging = (heads['flags'].astype(np.uint64) & np.uint64(1 << (ismrmrd.ACQ_IS_NOISE_MEASUREMENT - 1))) == 0
+  keep = imaging & np.isin(heads['idx']['kspace_encode_step_1'], lines)
+  if slice_index is not None:
+    keep &= (heads['idx']['slice'] == slice_index) & (heads['idx']['phase'] == phase)
+  return np.flatnonzero(keep)
+
+
+def test_zeroed_phase_encode_lines_name_file_slice_frame_and_lines(tmp_path):
+  """Zeroed ky lines are lines never measured: the build must not serve the file as fully sampled."""
+  kwargs = dict(recon_size=(32, 24), num_coils=2, num_slices=2, num_frames=3, snr=40.0)
+  clean, _ = phantom.write_subject(str(tmp_path / 'clean'), 1, 3, **kwargs)
+  every_frame = str(tmp_path / 'fs_0005_lines.h5')
+  with open(clean, 'rb') as src, open(every_frame, 'wb') as dst:
+    dst.write(src.read())
+  _rewrite_rows(every_frame, _ky_rows(every_frame, [5, 6, 7]), np.zeros_like)
+  with pytest.raises(ocmr.OCMRFormatError, match=r"fs_0005_lines.h5: slice 0 frame 0: phase-encode \(ky\) line\(s\) "
+                                                 r"5-7 of 0..23 are zero in every coil; 5 more of the file's 6 frames"):
+    ocmr.load_examples(every_frame, (32, 32))
+
+  one_frame = str(tmp_path / 'fs_0006_line.h5')
+  with open(clean, 'rb') as src, open(one_frame, 'wb') as dst:
+    dst.write(src.read())
+  _rewrite_rows(one_frame, _ky_rows(one_frame, [2, 11, 12], slice_index=1, phase=2), np.zeros_like)
+  with pytest.raises(ocmr.OCMRFormatError, match=r'fs_0006_line.h5: slice 1 frame 2: .*line\(s\) 2, 11-12 of 0..23 '
+                                                 r'are zero in every coil\. Expected fully sampled'):
+    ocmr.read_ocmr(one_frame)
+  # Undersampled data (predict on a us_* file) may hold zero lines; the frames are still checked.
+  assert ocmr.read_ocmr(one_frame, require_fully_sampled=False)[0].shape[1] == 24
+  # A single zeroed sample is not a zeroed line.
+  one_sample = str(tmp_path / 'fs_0007_sample.h5')
+  with open(clean, 'rb') as src, open(one_sample, 'wb') as dst:
+    dst.write(src.read())
+  _rewrite_rows(one_sample, _ky_rows(one_sample, [5])[:1], lambda v: np.concatenate([np.zeros(2, v.dtype), v[2:]]))
+  ocmr.read_ocmr(one_sample)

@@ -184,3 +184,173 @@ def test_train_steps_split_equals_the_one_program_train_step(ahead):
   assert int(parallel.unreplicate(got).step) == len(fractions)
   assert set(split.compile_seconds) == {1.0, 0.5, 0.25, 'update'} == set(split.wait_seconds)
   split.close()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Explicit focus and loss balancing (config.focus_weight, focus_source, loss_balancing).
+
+
+def old_compute_losses(config, recon, seg_logits, batch):
+  """`steps.compute_losses` as it was before the focus and balancing options, verbatim."""
+  from segrecon_jax import losses, mri  # pylint: disable=g-import-not-at-top
+  target = mri.complex_to_channels(batch['image'])
+  recon_loss = jnp.mean(losses.l1_l2_loss(recon.astype(jnp.float32), target, l1_weight=config.l1_weight,
+                                          l2_weight=config.l2_weight))
+  terms = {'recon_loss': recon_loss}
+  loss = config.recon_loss_weight * recon_loss
+  if seg_logits is not None:
+    seg_loss = jnp.mean(losses.generalized_dice_loss(seg_logits.astype(jnp.float32), batch['segmentation'],
+                                                     config.num_classes))
+    terms['seg_loss'] = seg_loss
+    loss = loss + config.seg_loss_weight * seg_loss
+  terms['loss'] = loss
+  return loss, terms
+
+
+def loss_inputs(seed=0):
+  """A reconstruction, segmentation logits whose argmax has its heart in the top-left corner, and a batch of 2."""
+  rng = np.random.default_rng(seed)
+  recon = rng.standard_normal((2, SIZE, SIZE, 2)).astype(np.float32)
+  seg_logits = rng.standard_normal((2, SIZE, SIZE, 4)).astype(np.float32)
+  seg_logits[..., 0] += 10.0
+  seg_logits[:, 1:4, 2:5, 1] += 20.0  # Predicted heart: rows 1-3, columns 2-4.
+  return recon, seg_logits, tiny_batch(batch=2, seed=seed)
+
+
+def np_loss(config, recon, seg_logits, batch, region=None, log_variances=None):
+  """The training loss in float64 NumPy: focus-weighted l1-l2 (with `region`) and Dice, combined as configured."""
+  import losses_test  # pylint: disable=g-import-not-at-top
+  target = np.stack([batch['image'].real, batch['image'].imag], axis=-1)
+  weights = np.ones(recon.shape[:3]) if region is None else losses_test.np_focus_weights(region, config.focus_weight)
+  error = recon.astype(np.float64) - target
+  recon_loss = np.mean(config.l1_weight * (weights[..., None] * np.abs(error)).mean(axis=(1, 2, 3))
+                       + config.l2_weight * (weights[..., None] * error**2).mean(axis=(1, 2, 3)))
+  seg_loss = np.mean(losses_test.np_generalized_dice(seg_logits, batch['segmentation'], 4))
+  terms = (config.recon_loss_weight * recon_loss, config.seg_loss_weight * seg_loss)
+  if log_variances is None:
+    return sum(terms)
+  return sum(np.exp(-s) * term + s for term, s in zip(terms, log_variances))
+
+
+def test_none_is_bit_identical_to_the_fixed_weight_loss():
+  config = tiny_config()
+  assert config.loss_balancing == 'none' and config.focus_weight == 0.0
+  recon, seg_logits, batch = loss_inputs()
+  for loss_state in (None, {}, steps.initial_loss_state(config)):
+    def new(r, s, loss_state=loss_state):
+      return steps.compute_losses(config, r, s, batch, loss_state)
+
+    want = jax.jit(jax.value_and_grad(lambda r, s: old_compute_losses(config, r, s, batch), (0, 1), has_aux=True))
+    got = jax.jit(jax.value_and_grad(new, (0, 1), has_aux=True))
+    jax.tree.map(np.testing.assert_array_equal, got(recon, seg_logits), want(recon, seg_logits))
+  np.testing.assert_allclose(steps.compute_losses(config, recon, seg_logits, batch)[0],
+                             np_loss(config, recon, seg_logits, batch), rtol=1e-5)
+
+
+@pytest.mark.parametrize('source', ['reference', 'prediction'])
+def test_focus_loss_matches_numpy(source):
+  import losses_test  # pylint: disable=g-import-not-at-top
+  config = tiny_config(focus_weight=4.0, focus_source=source)
+  recon, seg_logits, batch = loss_inputs()
+  labels = batch['segmentation'] if source == 'reference' else np.argmax(seg_logits, axis=-1)
+  margin = steps.focus_margin_pixels(config, SIZE)
+  assert margin == 1
+  region = losses_test.np_box(labels, margin)
+  assert 0 < region.mean() < 0.5
+  loss, terms = jax.jit(functools.partial(steps.compute_losses, config))(recon, seg_logits, batch)
+  np.testing.assert_allclose(loss, np_loss(config, recon, seg_logits, batch, region), rtol=1e-5)
+  plain = steps.compute_losses(tiny_config(), recon, seg_logits, batch)[1]['recon_loss']
+  assert abs(float(terms['recon_loss']) / float(plain) - 1) > 1e-3
+  other = losses_test.np_box(np.argmax(seg_logits, axis=-1) if source == 'reference' else batch['segmentation'],
+                             margin)
+  assert not np.allclose(loss, np_loss(config, recon, seg_logits, batch, other), rtol=1e-4)
+  # The predicted box is a constant of the reconstruction loss: no gradient reaches the logits through it.
+  recon_grad = jax.grad(lambda s: steps.compute_losses(config, recon, s, batch)[1]['recon_loss'])(seg_logits)
+  np.testing.assert_array_equal(recon_grad, 0.0)
+
+
+def test_uncertainty_loss_matches_numpy():
+  config = tiny_config(loss_balancing='uncertainty')
+  recon, seg_logits, batch = loss_inputs()
+  loss_state = steps.initial_loss_state(config)
+  loss_state['log_variances'] = {'recon': jnp.float32(-1.0), 'seg': jnp.float32(0.5)}
+  loss, _ = steps.compute_losses(config, recon, seg_logits, batch, loss_state)
+  np.testing.assert_allclose(loss, np_loss(config, recon, seg_logits, batch, log_variances=(-1.0, 0.5)), rtol=1e-5)
+  recon_weight, seg_weight = steps.loss_term_weights(config, loss_state)
+  np.testing.assert_allclose((recon_weight, seg_weight), (0.7 * np.exp(1.0), 1.3 * np.exp(-0.5)), rtol=1e-6)
+
+
+def run_steps(config, num_steps, num_devices=2, batch=None):
+  """`num_steps` pmapped train steps from the initial state: (initial state, final state, terms of every step)."""
+  devices = jax.local_devices()[:num_devices]
+  model, tx = steps.create_model(config), steps.create_optimizer(config)
+  initial = steps.initial_state(config, model, tx, (SIZE, SIZE))
+  p_step = parallel.pmap(functools.partial(steps.train_step, model=model, tx=tx, config=config),
+                         static_broadcasted_argnums=(3,), devices=devices)
+  state = parallel.replicate(initial, devices)
+  batch = parallel.shard(tiny_batch() if batch is None else batch, num_devices)
+  rng = parallel.replicate(jax.random.PRNGKey(3), devices)
+  history = []
+  for _ in range(num_steps):
+    state, terms = p_step(state, batch, rng, 1.0 / config.acceleration)
+    history.append(jax.device_get(parallel.unreplicate(terms)))
+  return initial, jax.device_get(parallel.unreplicate(state)), history
+
+
+def test_grad_norm_weight_equalises_the_norms_and_follows_a_scaled_term(experiment='unet_unet'):
+  batch = tiny_batch(batch=2)
+  config = tiny_config(experiment, loss_balancing='grad_norm')
+  initial, state, (terms,) = run_steps(config, 1, num_devices=1, batch=batch)
+  weight = float(terms['seg_weight_effective'])
+  # The first step's weight makes the weighted Dice gradient's norm on the reconstruction network equal the
+  # l1-l2 term's; by a direct jax.grad of each term (Dice at weight 1).
+  unit = direct_norms(tiny_config(experiment, seg_loss_weight=1.0), initial, batch, jax.random.PRNGKey(3))
+  np.testing.assert_allclose(weight, unit['recon_grad_norm'] / unit['seg_grad_norm'], rtol=1e-4)
+  np.testing.assert_allclose(terms['seg_grad_norm'], terms['recon_grad_norm'], rtol=1e-5)
+  np.testing.assert_allclose(state.loss_state['seg_weight'], weight)
+  # The update is the fixed-weight update at that weight.
+  _, fixed_state, (fixed_terms,) = run_steps(tiny_config(experiment, seg_loss_weight=weight), 1, num_devices=1,
+                                            batch=batch)
+  for key in ('loss', 'grad_norm', 'recon_loss', 'seg_loss'):
+    np.testing.assert_allclose(terms[key], fixed_terms[key], rtol=1e-5, err_msg=key)
+  jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-4, atol=1e-6), state.params, fixed_state.params)
+  # A reconstruction term 10x larger, with a wanted ratio of 2, moves the Dice weight 20x with it.
+  _, _, (scaled,) = run_steps(tiny_config(experiment, loss_balancing='grad_norm', recon_loss_weight=7.0,
+                                          balance_ratio=2.0), 1, num_devices=1, batch=batch)
+  np.testing.assert_allclose(scaled['seg_weight_effective'], 20.0 * weight, rtol=1e-4)
+  np.testing.assert_allclose(scaled['seg_grad_norm'], 2.0 * scaled['recon_grad_norm'], rtol=1e-5)
+
+
+def test_grad_norm_weight_is_a_moving_average_over_steps():
+  config = tiny_config(loss_balancing='grad_norm', balance_momentum=0.6)
+  _, state, history = run_steps(config, 3)
+  weights = [float(t['seg_weight_effective']) for t in history]
+  for previous, terms in zip(weights, history[1:]):
+    weight = float(terms['seg_weight_effective'])
+    target = terms['recon_grad_norm'] / (terms['seg_grad_norm'] / weight)  # Ratio 1 over the Dice norm at weight 1.
+    np.testing.assert_allclose(weight, 0.6 * previous + 0.4 * target, rtol=1e-4)
+  assert len(set(weights)) == 3
+  np.testing.assert_allclose(state.loss_state['seg_weight'], weights[-1])
+
+
+def test_uncertainty_log_variances_start_at_the_log_losses_then_follow_adam():
+  config = tiny_config(loss_balancing='uncertainty')
+  _, state, history = run_steps(config, 2)
+  first, second = history
+  assert first['log_variance_recon'] == first['log_variance_seg'] == 0.0
+  np.testing.assert_allclose((first['recon_weight_effective'], first['seg_weight_effective']), (0.7, 1.3), rtol=1e-6)
+  s1 = np.log([0.7 * first['recon_loss'], 1.3 * first['seg_loss']])
+  np.testing.assert_allclose((second['log_variance_recon'], second['log_variance_seg']), s1, rtol=1e-5)
+  np.testing.assert_allclose((second['recon_weight_effective'], second['seg_weight_effective']),
+                             (1.0 / first['recon_loss'], 1.0 / first['seg_loss']), rtol=1e-5)
+  # Adam's first step on the s-gradient 1 - exp(-s) w L: -lr g / (|g| + eps), towards s = log(w L).
+  grads = 1.0 - np.exp(-s1) * np.array([0.7 * second['recon_loss'], 1.3 * second['seg_loss']])
+  s2 = s1 - config.uncertainty_learning_rate * grads / (np.abs(grads) + 1e-8)
+  log_variances = state.loss_state['log_variances']
+  np.testing.assert_allclose((log_variances['recon'], log_variances['seg']), s2, rtol=1e-5)
+  np.testing.assert_allclose(second['loss'], np.sum(np.exp(-s1) * np.array(
+      [0.7 * second['recon_loss'], 1.3 * second['seg_loss']]) + s1), rtol=1e-5)
+  # A Dice term 10x larger starts with an s_seg larger by log 10: the same effective weight.
+  _, scaled_state, _ = run_steps(tiny_config(loss_balancing='uncertainty', seg_loss_weight=13.0), 1)
+  np.testing.assert_allclose(scaled_state.loss_state['log_variances']['seg'] - second['log_variance_seg'],
+                             np.log(10.0), rtol=1e-5)

@@ -1,273 +1,229 @@
-"""Tests of the reproduction-study report on synthetic run folders (no training)."""
+"""Tests of the study: its plan, runner, cross-seed verdicts and report on synthetic run folders, and one real study
+run on a NIfTI folder written here."""
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
-import scipy.stats
 
 from segrecon_jax import reporting
-from segrecon_jax import study
+from segrecon_jax import stats
+from segrecon_jax.data import phantom_nifti
+from segrecon_jax.study import claims
+from segrecon_jax.study import cli
+from segrecon_jax.study import plan
+from segrecon_jax.study import report
+from segrecon_jax.study import results
+from segrecon_jax.study import runner
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def write_run(root, experiment, acceleration, stabilized, seed, value):
-  """A run whose every metric is `value` (so 'better' is decided by the sign of each metric)."""
-  workdir = study.run_dir(root, experiment, acceleration, stabilized, seed)
-  os.makedirs(workdir)
-  metrics = {key: value for _, key, _ in study.METRICS}
-  metrics.update({f'zero_filled_{key}': 0.5 for _, key, _ in study.METRICS}, dice_mean=0.7)
+def write_run(workdir, ids, metrics, scalars=()):
+  """A finished run: per-slice metrics, metrics.json with their means (and zero-filled values), optional scalars."""
+  os.makedirs(workdir, exist_ok=True)
+  reporting.write_per_slice(workdir, {'ids': ids, 'metrics': metrics})
+  means = {key: float(np.nanmean(values)) for key, values in metrics.items()}
+  means.update({f'zero_filled_{key}': 0.5 for key in metrics}, num_examples=len(ids))
   with open(os.path.join(workdir, 'metrics.json'), 'w') as f:
-    json.dump({'metrics': metrics}, f)
+    json.dump({'metrics': means}, f)
+  if scalars:
+    writer = reporting.SummaryWriter(workdir)
+    for step, values in scalars:
+      writer.write_scalars(step, values)
+    writer.close()
 
 
-def test_report_tables_seeds_and_claims(tmp_path):
-  root = str(tmp_path / 'runs')
-  for seed, offset in ((0, 0.0), (1, 0.2)):
-    write_run(root, 'cascade', 4, False, seed, 1.0 + offset)
-    write_run(root, 'cascade_manet', 4, False, seed, 2.0 + offset)
-    write_run(root, 'cascade_manet', 4, True, seed, 3.0 + offset)
-  for seed, offset in ((0, 0.0), (1, 0.4)):  # x8: (S) ahead by 0.1, within the seed spread of 0.28.
-    write_run(root, 'cascade', 8, False, seed, 1.0 + offset)
-    write_run(root, 'cascade_manet', 8, True, seed, 1.1 + offset)
-  write_run(root, 'unet', 4, False, 0, 2.0)  # One seed each: no spread.
-  write_run(root, 'multidecoder_unet', 4, False, 0, 1.0)
-  predictions = os.path.join(study.run_dir(root, 'cascade', 4, False, 0), 'predictions')
-  os.makedirs(predictions)
-  labels = np.zeros((2, 16, 16), np.uint8)
-  labels[1, 6:9, 6:10] = 2
-  for key, value in (('image', np.ones((2, 16, 16), np.complex64)), ('zero_filled', np.ones((2, 16, 16))),
-                     ('segmentation', labels), ('recon', np.ones((2, 16, 16), np.complex64))):
-    np.save(os.path.join(predictions, f'{key}.npy'), value)
-  results = study.collect(root)
-  assert len(results[('CascadeNet -> MANet (S)', 4)]) == 2
-  mean, std, count = study.summarize(results[('CascadeNet', 4)], 'psnr')
-  assert count == 2 and abs(mean - 1.1) < 1e-9 and abs(std - 0.1414) < 1e-3
-  out = str(tmp_path / 'results.md')
-  study.report(root, out, 'cpu_study')
-  text = open(out).read()
-  assert '| CascadeNet | 2 | ' in text and '1.1000 ± 0.1414' in text
-  assert '*paper: CascadeNet -> MANet (S)*' in text and '*30.0000*' in text  # The paper's F-PSNR at x4.
-  assert '| Zero-filled input | 2 |' in text
-  # Higher is better for PSNR/SSIM but lower for MSE, so a run that is higher everywhere wins 2 of 3 metrics.
-  # The (S) runs are ahead by 1.0 against spreads of 0.14: beyond the spread on both metrics it wins.
-  assert ('x4: Stabilization helps CascadeNet -> MANet on the F- metrics: **partly (2 of 3 metrics); 2 of 3 beyond '
-          'the spread; 1 of 3 against it beyond the spread**') in text
-  assert ('x4: Solo CascadeNet beats CascadeNet -> MANet on the global metrics: **partly (1 of 3 metrics); 1 of 3 '
-          'beyond the spread; 2 of 3 against it beyond the spread**') in text
-  assert ('x8: Segmentation-aware CascadeNet -> MANet (S) beats solo CascadeNet on the F- metrics: **partly (2 of 3 '
-          'metrics); 0 of 3 beyond the spread; 0 of 3 against it beyond the spread**') in text
-  assert ('x4: Solo UNet beats Multi-Decoder UNet on the global metrics: **partly (2 of 3 metrics); one seed, no '
-          'spread**') in text
-  assert 'x8: Stabilization helps CascadeNet -> MANet on the F- metrics: **not run yet**' in text
-  assert 'reduced-scale study' in text and 'phantom_medium' in text
-  assert '![fig2_table2_x4.png](figures/fig2_table2_x4.png)' in text
-  assert os.path.exists(tmp_path / 'figures' / 'fig2_table2_x4.png')
+def row_metrics(rng, base, shift, noise=0.05):
+  """Every metric of the paper's columns: `base` + `shift` (MSE: - shift, lower is better) + noise."""
+  size = base.size
+  found = {}
+  for _, key, sign in plan.METRICS:
+    found[key] = base + sign * shift + rng.normal(0, noise, size)
+  found['dice_mean'] = np.full(size, 0.7)
+  return found
 
 
-def test_run_skips_finished_runs(tmp_path, monkeypatch):
-  root = str(tmp_path / 'runs')
-  write_run(root, 'unet', 4, False, 0, 1.0)
+def test_plan_flags_order_and_overrides(tmp_path):
+  settings = plan.Settings('', ('--config.dataset_config=nifti', '--config.manual_dir=/data/acdc'))
+  runs = plan.table_runs(str(tmp_path), settings, [0], tables=[2, 1])
+  assert [r.flags[0] for r in runs[:3]] == ['--config=configs/cascade.py:x4', '--config=configs/cascade_manet.py:x4',
+                                            '--config=configs/cascade_manet.py:x4_stab']
+  assert runs[6].flags[0] == '--config=configs/unet.py:x4' and len(runs) == 16
+  assert runs[0].flags[1:] == ('--config.seed=0', '--config.dataset_config=nifti', '--config.manual_dir=/data/acdc')
+  assert runs[0].workdir == os.path.join(str(tmp_path), 'cascade_x4', 'seed0')
+  sweep = plan.sweep_runs('/r', plan.Settings('cpu_study'), [1], [0.01], [8])
+  assert sweep[0].flags == ('--config=configs/cascade_manet.py:x8_stab,cpu_study', '--config.seg_loss_weight=0.01',
+                            '--config.log_loss_grad_norms=True', '--config.seed=1')
+  losses = plan.loss_runs('/r', plan.Settings('cpu_study'), [0], ['focus_reference'], [4])
+  assert losses[0].flags[0] == '--config=configs/cascade.py:x4,cpu_study'
+  assert '--config.focus_source=reference' in losses[0].flags
+  with pytest.raises(ValueError, match='unknown loss method'):
+    plan.loss_methods(['nope'])
+  with pytest.raises(ValueError, match='sets config.seed itself'):
+    plan.Settings('', ('--config.seed=3',))
+  with pytest.raises(ValueError, match='expected --config.<field>=<value>'):
+    plan.Settings('', ('--data_dir=/x',))
+
+
+def test_settings_are_recorded_and_a_root_refuses_other_data(tmp_path, monkeypatch, capsys):
   calls = []
-  monkeypatch.setattr(study.subprocess, 'run', lambda command, **kwargs: calls.append(command))
-  study.run(root, 'cpu_study', seeds=[0], experiments=['unet'], accelerations=[4, 8])
-  assert len(calls) == 1 and '--config=configs/unet.py:x8,cpu_study' in calls[0]
-
-
-def write_slices(workdir, ids, metrics):
-  """A finished run with per_slice.json: `metrics` maps keys to per-slice lists in the order of `ids` (None =
-  NaN); metrics.json holds their means."""
-  os.makedirs(workdir)
-  means = {k: float(np.nanmean(np.array(v, float))) for k, v in metrics.items()}
-  with open(os.path.join(workdir, 'metrics.json'), 'w') as f:
-    json.dump({'metrics': dict(means, num_examples=len(ids))}, f)
-  with open(os.path.join(workdir, 'per_slice.json'), 'w') as f:
-    json.dump({'ids': list(ids), 'metrics': {k: list(v) for k, v in metrics.items()}}, f)
-
-
-def row_metrics(rng, num_slices, shift):
-  """Per-slice values of every table metric: the slice's own difficulty, plus `shift` in the better direction (MSE
-  goes down by it), plus a little noise."""
-  base = rng.normal(0, 1, num_slices)
-  values = {}
-  for _, key, sign in study.METRICS:
-    values[key] = list(10 + base + sign * shift + rng.normal(0, 0.05, num_slices))
-  values['dice_mean'] = list(np.full(num_slices, 0.5 + 0.1 * shift))
-  return values
-
-
-def test_paired_differences_and_statistics_match_numpy_and_scipy():
-  better = {0: {'ids': ['a', 'b', 'c', 'd'], 'metrics': {'psnr': np.array([3.0, 5.0, np.nan, 1.0])}},
-            1: {'ids': ['b', 'a', 'c', 'd'], 'metrics': {'psnr': np.array([6.0, 2.0, 4.0, 1.5])}},
-            2: {'ids': ['a'], 'metrics': {'psnr': np.array([100.0])}}}  # No partner run: left out.
-  worse = {0: {'ids': ['d', 'c', 'b', 'a'], 'metrics': {'psnr': np.array([2.0, 1.0, 4.0, 1.0])}},
-           1: {'ids': ['a', 'b', 'c', 'e'], 'metrics': {'psnr': np.array([1.0, 3.0, 3.5, 0.0])}}}
-  differences, names, seeds = study.paired_differences(better, worse, 'psnr')
-  # a: (3 - 1, 2 - 1) -> 1.5; b: (5 - 4, 6 - 3) -> 2; c: seed 0 NaN, seed 1 0.5; d: seed 0 only, -1.
-  assert names == ['a', 'b', 'c', 'd'] and seeds == [0, 1]
-  np.testing.assert_allclose(differences, [1.5, 2.0, 0.5, -1.0])
-  lower_is_better, _, _ = study.paired_differences(better, worse, 'psnr', sign=-1)
-  np.testing.assert_allclose(lower_is_better, -differences)
-
-  stats = study.paired_statistics(differences)
-  means = differences[np.random.default_rng(study.BOOTSTRAP_SEED).integers(
-      0, 4, size=(study.BOOTSTRAP_RESAMPLES, 4))].mean(axis=1)
-  np.testing.assert_allclose([stats['low'], stats['high']], np.percentile(means, [2.5, 97.5]))
-  assert stats['effect'] == np.mean(differences) and stats['slices'] == 4
-  np.testing.assert_allclose(stats['p'], scipy.stats.wilcoxon(differences).pvalue)
-  assert study.paired_statistics(np.zeros(5))['p'] == 1.0
-
-
-def test_bootstrap_interval_covers_the_true_difference_and_excludes_zero():
-  rng = np.random.default_rng(3)
-  clear = 0.5 + rng.normal(0, 0.3, 200)  # The true mean difference is 0.5.
-  stats = study.paired_statistics(clear)
-  assert 0 < stats['low'] < 0.5 < stats['high'] and stats['p'] < 1e-6
-  null = rng.normal(0, 0.3, 200)
-  unclear = study.paired_statistics(null)
-  assert unclear['low'] < 0 < unclear['high']
-  against = study.paired_statistics(-clear)
-  assert study.paired_verdict([stats, stats]) == 'holds'
-  assert study.paired_verdict([unclear, against]) == 'does not hold'
-  assert study.paired_verdict([unclear, unclear]) == 'inconclusive: every interval holds 0'
-  assert study.paired_verdict([stats, unclear, against]) == 'partly (1 of 3 metrics for it, 1 against it)'
-
-
-def test_report_states_paired_verdicts(tmp_path):
+  monkeypatch.setattr(runner.subprocess, 'run', lambda command, **kwargs: calls.append(command))
   root = str(tmp_path / 'runs')
-  rng = np.random.default_rng(0)
-  ids = [f'fs_{i:04d}/0/{i % 3}' for i in range(30)]
-  for seed in (0, 1):
-    write_slices(study.run_dir(root, 'cascade', 4, False, seed), ids, row_metrics(rng, 30, 0.0))
-    joint = row_metrics(rng, 30, 1.0)  # Better than CascadeNet on every metric, by far more than the noise.
-    joint['f_psnr'][0] = None  # A slice without heart: left out of the F- pairs.
-    write_slices(study.run_dir(root, 'cascade_manet', 4, True, seed), ids, joint)
-    write_slices(study.run_dir(root, 'cascade_manet', 4, False, seed), ids, row_metrics(rng, 30, 1.0))
-  write_run(root, 'unet', 4, False, 0, 2.0)  # Older runs without per_slice.json.
-  write_run(root, 'multidecoder_unet', 4, False, 0, 1.0)
-  out = str(tmp_path / 'results.md')
-  study.report(root, out, 'cpu_study')
-  text = open(out).read()
-  slices = study.collect_slices(root)
-  line = next(l for l in text.splitlines()
-              if l.startswith('- x4: Segmentation-aware CascadeNet -> MANet (S) beats solo CascadeNet'))
-  assert line.startswith('- x4: Segmentation-aware CascadeNet -> MANet (S) beats solo CascadeNet on the F- metrics: '
-                         '**holds** (')
-  for name, key, sign in study.METRICS:
-    if key in study.FOCUSED:
-      differences, names, _ = study.paired_differences(slices[('CascadeNet -> MANet (S)', 4)],
-                                                       slices[('CascadeNet', 4)], key, sign)
-      assert len(names) == (29 if key == 'f_psnr' else 30)
-      stats = study.paired_statistics(differences)
-      np.testing.assert_allclose(stats['effect'], 1.0, atol=0.05)
-      assert study._format_statistics(name, stats) in line
-  assert '2 seeds, 29/30 slices' in line
-  # MSE lower and PSNR/SSIM higher on the joint model: solo CascadeNet is significantly behind on all three.
-  assert '- x4: Solo CascadeNet beats CascadeNet -> MANet (S) on the global metrics: **does not hold** (' in text
-  # Two rows that differ only by noise: no interval clear of 0.
-  assert ('- x4: Stabilization helps CascadeNet -> MANet on the F- metrics: **inconclusive: every interval holds 0** '
-          in text)
-  assert ('x4: Solo UNet beats Multi-Decoder UNet on the global metrics: **partly (2 of 3 metrics); one seed, no '
-          'spread** (') in text and 'No per_slice.json in these runs' in text
-  assert '| CascadeNet | 2 | ' in text  # The mean ± std tables stay.
+  data = ['--config.image_size=48', f'--config.data_dir={tmp_path / "tfds"}']
+  cli.main(['run', f'--root={root}', '--switch=runlocal', '--experiments=cascade', '--accelerations=8'] + data)
+  assert [c[2:] for c in calls] == [['--config=configs/cascade.py:x8,runlocal', '--config.seed=0'] + data +
+                                    ['--config.progress_bar=False', f'--workdir={root}/cascade_x8/seed0']]
+  assert plan.load_settings(root) == plan.Settings('runlocal', tuple(data))
+  with pytest.raises(ValueError, match='records the study settings .*image_size=48.* but this call has'):
+    cli.main(['run', f'--root={root}', '--switch=runlocal', '--config.image_size=64'])
+  with pytest.raises(ValueError, match='config.no_such_field'):  # A typo fails before anything runs.
+    cli.main(['run', f'--root={tmp_path / "other"}', '--config.no_such_field=1'])
+  assert len(calls) == 1
+  with pytest.raises(SystemExit):
+    cli.main(['run', f'--root={root}', '--data_dir=/x'])
+  assert 'unrecognized arguments: --data_dir=/x' in capsys.readouterr().err
 
 
-def test_sweep_runs_every_weight_once(tmp_path, monkeypatch, capsys):
-  root = str(tmp_path / 'runs')
-  done = study.sweep_dir(root, 8, 0.1, 0)
-  os.makedirs(done)
-  open(os.path.join(done, 'metrics.json'), 'w').write('{"metrics": {}}')
+def test_run_skips_finished_runs_and_prints_the_plan(tmp_path, monkeypatch, capsys):
   calls = []
-  monkeypatch.setattr(study.subprocess, 'run', lambda command, **kwargs: calls.append((command, kwargs['cwd'])))
-  study.main(['sweep', f'--root={root}', '--switch=cpu_study', '--seeds=0', '--weights=0,0.01,0.1,1,10',
-              '--accelerations=4,8'])
-  assert len(calls) == 9
-  command, cwd = calls[1]
-  workdir = os.path.join(root, 'sweep', 'cascade_manet_x4_stab_w0.01', 'seed0')
-  assert command[1:] == ['main.py', '--config=configs/cascade_manet.py:x4_stab,cpu_study',
-                         '--config.seg_loss_weight=0.01', '--config.log_loss_grad_norms=True', '--config.seed=0',
-                         '--config.progress_bar=False', f'--workdir={workdir}']
-  assert os.path.exists(os.path.join(cwd, 'main.py'))
-  workdirs = [c[-1] for c, _ in calls]
-  assert f'--workdir={os.path.join(root, "sweep", "cascade_manet_x8_stab_w0", "seed0")}' in workdirs
-  assert f'--workdir={done}' not in workdirs
-  assert '--config.seg_loss_weight=0' in calls[0][0] and '--config.seg_loss_weight=10' in calls[4][0]
-  assert '[study] 9 runs to do (1 already done).' in capsys.readouterr().out
-
-
-def test_run_tables_in_order_at_paper_scale_prints_the_plan(tmp_path, monkeypatch, capsys):
-  calls = []
-  monkeypatch.setattr(study.subprocess, 'run', lambda command, **kwargs: calls.append(command))
-  study.main(['run', f'--root={tmp_path}', '--switch=', '--tables=2,1', '--seeds=0', '--seconds_per_step=0.5'])
-  configs = [c[2] for c in calls]
-  assert len(configs) == 16
-  assert configs[:6] == ['--config=configs/cascade.py:x4', '--config=configs/cascade_manet.py:x4',
-                         '--config=configs/cascade_manet.py:x4_stab', '--config=configs/cascade.py:x8',
-                         '--config=configs/cascade_manet.py:x8', '--config=configs/cascade_manet.py:x8_stab']
-  assert configs[6] == '--config=configs/unet.py:x4'
+  monkeypatch.setattr(runner.subprocess, 'run', lambda command, **kwargs: calls.append(command))
+  done = plan.run_dir(str(tmp_path), 'cascade', 4, False, 0)
+  write_run(done, ['a'], {'psnr': np.array([1.0])})
+  cli.main(['run', f'--root={tmp_path}', '--switch=', '--tables=2', '--seeds=0', '--seconds_per_step=0.5'])
   out = capsys.readouterr().out
+  assert len(calls) == 5 and f'--workdir={done}' not in [c[-1] for c in calls]
   # The paper-scale phantom: 155 training slices (estimated from its config unless prepared), batch 16, 100 epochs.
-  assert '[study] 16 runs to do (0 already done).' in out
-  assert '16 run(s): 900 steps (100 epochs x 9 steps of global batch 16; train split 155 slices' in out
-  assert 'expected: 14400 training steps x 0.5 s/step = 2.0 h' in out
+  assert '[study] 5 runs to do (1 already done).' in out
+  assert '5 run(s): 900 steps (100 epochs x 9 steps of global batch 16; train split 155 slices' in out
+  assert 'expected: 4500 training steps x 0.5 s/step = 0.6 h' in out
 
 
-def test_sweep_report_table_and_figure(tmp_path):
+def _three_seed_root(root):
+  """Table 2 at x4 with 3 seeds: (S) ahead of solo by 0.5 on every metric and seed; the unstabilized joint row
+  ahead of (S) in two seeds, behind in the third."""
+  rng = np.random.default_rng(0)
+  ids = [f'p{i:02d}/0/0' for i in range(30)]
+  base = rng.normal(30, 1, 30)
+  for seed in range(3):
+    write_run(plan.run_dir(root, 'cascade', 4, False, seed), ids, row_metrics(rng, base, 0.0),
+              scalars=[(s, {'eval_psnr': 20 + s / 10}) for s in (10, 20)])
+    write_run(plan.run_dir(root, 'cascade_manet', 4, True, seed), ids, row_metrics(rng, base, 0.5),
+              scalars=[(s, {'eval_psnr': 21 + s / 10, 'eval_f_psnr': 20.0, 'eval_dice_mean': s / 40})
+                       for s in (10, 20, 30)])
+    write_run(plan.run_dir(root, 'cascade_manet', 4, False, seed), ids,
+              row_metrics(rng, base, (1.0, 1.0, -1.5)[seed]))
+  return ids
+
+
+def test_cross_seed_verdicts_and_report(tmp_path):
+  root = str(tmp_path / 'runs')
+  _three_seed_root(root)
+  found = results.collect(root)
+  assert sorted(found[('CascadeNet -> MANet (S)', 4)]) == [0, 1, 2]
+  verdicts = {(v.claim.text, v.acceleration): v for v in claims.evaluate(found)}
+  aware = verdicts[('Segmentation-aware CascadeNet -> MANet (S) beats solo CascadeNet on the F- metrics', 4)]
+  assert aware.verdict == stats.HOLDS and aware.seeds == 3 and aware.slices == [30]
+  expected = stats.compare(results.per_slice(found[('CascadeNet -> MANet (S)', 4)]),
+                           results.per_slice(found[('CascadeNet', 4)]), 'f_psnr')
+  assert aware.metrics['f_psnr'] == expected and expected['effect'] == pytest.approx(0.5, abs=0.03)
+  assert expected['low'] > 0.4 and expected['interval'] == 'seeds and slices'
+  stabilization = verdicts[('Stabilization helps CascadeNet -> MANet on the F- metrics', 4)]
+  # Per seed the unstabilized row leads by 0.5 / 0.5 and trails by 2.0: across seeds no metric's interval is clear.
+  np.testing.assert_allclose(stabilization.metrics['f_psnr']['seed_effects'], [-0.5, -0.5, 2.0], atol=0.05)
+  assert stabilization.verdict == stats.INCONCLUSIVE
+  assert verdicts[('Solo CascadeNet beats CascadeNet -> MANet (S) on the global metrics', 4)].verdict == stats.FAILS
+  assert verdicts[('Solo UNet beats UNet -> UNet on the global metrics', 8)].verdict == 'not run'
+  out = str(tmp_path / 'docs' / 'results.md')
+  report.report(root, out)
+  text = open(out).read()
+  assert '## Table 2 (CascadeNet and MANet; 3 seeds (0, 1, 2))' in text
+  assert '| CascadeNet -> MANet (S) | 3 | ' in text
+  assert claims.format_verdict(aware) in text
+  summary = text.split('## Verdicts at a glance')[1].split('## Table 1')[0]
+  assert (f'| Segmentation-aware CascadeNet -> MANet (S) beats solo CascadeNet on the F- metrics | **holds**: F-PSNR '
+          f'{expected["effect"]:+.2f} [{expected["low"]:+.2f}, {expected["high"]:+.2f}] dB, 3 seeds | not run |'
+          ) in summary
+  # Training curves from scalars.jsonl: only the joint rows with 3+ evaluations.
+  assert '![curves_x4.png](figures/curves_x4.png)' in text
+  assert os.path.getsize(tmp_path / 'docs' / 'figures' / 'curves_x4.png') > 1000
+
+
+def test_scalars_jsonl_written_beside_tensorboard_and_read_back(tmp_path):
+  writer = reporting.SummaryWriter(str(tmp_path))
+  writer.write_scalars(1, {'train_loss': 0.5, 'eval_psnr': 20.0})
+  writer.write_scalars(2, {'train_loss': 0.25})
+  writer.write_scalars(2, {'train_loss': 0.125})  # A resumed run rewrites step 2: the later value wins.
+  writer.close()
+  assert os.listdir(tmp_path / 'tensorboard')
+  assert reporting.read_scalars(str(tmp_path)) == {'train_loss': {1: 0.5, 2: 0.125}, 'eval_psnr': {1: 20.0}}
+  assert reporting.read_scalars(str(tmp_path / 'nothing')) == {}
+  path = tmp_path / reporting.SCALARS_FILE
+  path.write_text(path.read_text() + '{"step": 3, "train_lo')  # Cut by a kill: skipped.
+  assert reporting.read_scalars(str(tmp_path))['train_loss'] == {1: 0.5, 2: 0.125}
+  path.write_text('{"step": 1, "a": 1}\nnot json\n{"step": 2, "a": 2}\n')
+  with pytest.raises(ValueError, match=rf'{path}: line 2 is not a scalars record'):
+    reporting.read_scalars(str(tmp_path))
+
+
+def test_sweep_report_reads_grad_norms_from_jsonl(tmp_path):
   root = str(tmp_path / 'runs')
   rng = np.random.default_rng(1)
   ids = [f's{i:02d}/0/0' for i in range(20)]
   base = rng.normal(30, 1, 20)
-  for acceleration in (4, 8):
-    for weight, gain in ((0.0, 0.0), (0.1, 0.5), (1.0, 1.0), (10.0, -0.5)):
-      for seed in (0, 1):
-        noise = rng.normal(0, 0.05, 20)
-        metrics = {'psnr': list(base + gain + noise), 'f_psnr': list(base - 2 + 2 * gain + noise),
-                   'dice_mean': list(np.full(20, 0.1 + 0.05 * weight))}
-        write_slices(study.sweep_dir(root, acceleration, weight, seed), ids, metrics)
-  for seed, scale in ((0, 1.0), (1, 3.0)):  # Logged gradient norms of the x8, w = 1 runs; step 10 written twice.
-    writer = reporting.SummaryWriter(study.sweep_dir(root, 8, 1.0, seed))
-    for step, recon, seg in ((5, 0.1, 0.4), (10, 0.9, 9.0), (10, 0.3, 0.8)):
-      writer.write_scalars(step, {'train_recon_grad_norm': recon * scale, 'train_seg_grad_norm': seg * scale})
-    writer.close()
-  out = str(tmp_path / 'docs' / 'results.md')
-  os.makedirs(os.path.dirname(out))
-  study.report(root, out, 'cpu_study')
+  for weight, gain in ((0.0, 0.0), (1.0, 1.0)):
+    for seed, scale in ((0, 1.0), (1, 3.0)):
+      metrics = {'psnr': base + gain + rng.normal(0, 0.05, 20), 'f_psnr': base - 2 + 2 * gain,
+                 'dice_mean': np.full(20, 0.1 + 0.5 * weight)}
+      scalars = [(5, {'train_recon_grad_norm': 0.1 * scale, 'train_seg_grad_norm': 0.4 * scale}),
+                 (10, {'train_recon_grad_norm': 0.3 * scale, 'train_seg_grad_norm': 0.8 * scale})]
+      write_run(plan.sweep_dir(root, 8, weight, seed), ids, metrics, scalars if weight else ())
+  out = str(tmp_path / 'results.md')
+  report.report(root, out)
   text = open(out).read()
-  assert '## Segmentation loss weight (CascadeNet -> MANet (S))' in text
-  assert '![loss_weight.png](figures/loss_weight.png)' in text
-  assert os.path.getsize(tmp_path / 'docs' / 'figures' / 'loss_weight.png') > 1000
-  sweep = study.collect_sweep(root)
-  assert sorted(sweep) == [(a, w) for a in (4, 8) for w in (0.0, 0.1, 1.0, 10.0)]
-  section = text.split('## Segmentation loss weight')[1]
-  row = next(l for l in section.split('**x8**')[1].splitlines() if l.startswith('| 1 | 2 |'))
-  psnr = study.sweep_summary(sweep[(8, 1.0)], 'psnr')
-  np.testing.assert_allclose(psnr[0], base.mean() + 1.0, atol=0.05)
-  difference = study.sweep_summary(sweep[(8, 1.0)], 'f_psnr', sweep[(8, 0.0)])
-  np.testing.assert_allclose(difference[0], 2.0, atol=0.05)
-  assert difference[1] > 1.9 and difference[2] < 2.1
-  assert row.startswith(f'| 1 | 2 | {psnr[0]:.4f} [{psnr[1]:.4f}, {psnr[2]:.4f}] |')
-  # Means over logged steps (the resumed step's later value) and seeds: recon (0.2 + 0.6) / 2, seg (0.6 + 1.8) / 2.
+  sweep = results.collect_sweep(root)
+  difference = report.sweep_summary(sweep[(8, 1.0)], 'f_psnr', sweep[(8, 0.0)])
+  assert difference[0] == pytest.approx(2.0) and difference[1] == pytest.approx(2.0)
+  row = next(l for l in text.split('## Segmentation loss weight')[1].splitlines() if l.startswith('| 1 | 2 |'))
+  # Means over logged steps and seeds: recon (0.2 + 0.6) / 2, seg (0.6 + 1.8) / 2.
   assert row.endswith(f'| {difference[0]:+.4f} [{difference[1]:+.4f}, {difference[2]:+.4f}] | 0.4 | 1.2 |')
-  assert sweep[(8, 1.0)][1]['grad_norms'] == {'recon_grad_norm': pytest.approx(0.6),
-                                               'seg_grad_norm': pytest.approx(1.8)}
-  assert sweep[(4, 1.0)][0]['grad_norms'] == {}  # Not logged: '-' cells.
-  assert '| 0 | 2 |' in text and '| - | - |' in text  # Weight 0 is its own baseline.
+  assert '| 0 | 2 |' in text and '| - | - |' in text  # Weight 0 is its own baseline, without logged norms.
+  assert os.path.getsize(tmp_path / 'figures' / 'loss_weight.png') > 1000
 
 
-def test_read_scalars_reads_tensorboard_files_without_tensorflow_and_names_a_corrupt_one(tmp_path):
-  writer = reporting.SummaryWriter(str(tmp_path))
-  writer.write_scalars(1, {'train_loss': 0.5, 'eval_psnr': 20.0})
-  writer.write_scalars(2, {'train_loss': 0.25})
-  writer.write_scalars(2, {'train_loss': 0.125})  # A resumed run rewrites step 2.
-  writer.close()
-  scalars = reporting.read_scalars(str(tmp_path))
-  assert scalars == {'train_loss': [(1, 0.5), (2, 0.25), (2, 0.125)], 'eval_psnr': [(1, 20.0)]}
-  assert reporting.last_values(scalars['train_loss']) == {1: 0.5, 2: 0.125}
-  assert reporting.read_scalars(str(tmp_path / 'nothing')) == {}
-  (path,) = [p for p in (tmp_path / 'tensorboard').iterdir()]
-  path.write_bytes(path.read_bytes()[:-7])
-  with pytest.raises(ValueError, match=rf'{path}: truncated record'):
-    reporting.read_scalars(str(tmp_path))
+def test_loss_comparison_target(tmp_path):
+  """A method ahead of solo on the F- metrics by 0.3 at both accelerations, losing 0.2 dB PSNR, meets the target;
+  one losing 1 dB does not."""
+  root = str(tmp_path / 'runs')
+  rng = np.random.default_rng(2)
+  ids = [f's{i:02d}/0/0' for i in range(25)]
+  base = rng.normal(28, 1, 25)
+  for acceleration in (4, 8):
+    for seed in (0, 1, 2):
+      def metrics(psnr_shift, focus_shift):
+        found = row_metrics(rng, base, 0.0, noise=0.02)
+        found['psnr'] = found['psnr'] + psnr_shift
+        found['f_psnr'] = found['f_psnr'] + focus_shift
+        found['f_ssim'] = found['f_ssim'] + focus_shift / 10
+        return found
+      write_run(plan.run_dir(root, 'cascade', acceleration, False, seed), ids, metrics(0, 0))
+      write_run(plan.loss_dir(root, 'grad_norm', acceleration, seed), ids, metrics(-0.2, 0.3),
+                scalars=[(10, {'train_seg_weight_effective': 0.02})])
+      write_run(plan.loss_dir(root, 'w0.01', acceleration, seed), ids, metrics(-1.0, 0.3))
+  comparison = report.loss_comparison(root)
+  assert comparison['met_everywhere'] == ['grad_norm']
+  row = next(r for r in comparison['rows'] if r['name'] == 'grad_norm' and r['acceleration'] == 8)
+  assert row['seeds'] == [0, 1, 2] and row['seg_weight'] == pytest.approx(0.02)
+  assert row['differences']['f_psnr']['effect'] == pytest.approx(0.3, abs=0.02)
+  assert row['differences']['psnr']['effect'] == pytest.approx(-0.2, abs=0.02)
+  out = str(tmp_path / 'results.md')
+  report.report(root, out)
+  text = open(out).read()
+  assert 'Meets the target at every acceleration: grad_norm.' in text
+  assert os.path.getsize(tmp_path / 'figures' / 'loss_tradeoff.png') > 1000
 
 
 def write_attention(workdir, energy, area=0.1):
@@ -281,18 +237,17 @@ def write_attention(workdir, energy, area=0.1):
     f.write(b'png of ' + workdir.encode())
 
 
-def test_attention_runs_the_segrecon_rows_and_the_untrained_control_then_reports_them(tmp_path, monkeypatch,
-                                                                                         capsys):
+def test_attention_runs_the_segmenting_runs_and_the_untrained_control(tmp_path, monkeypatch, capsys):
   root = str(tmp_path / 'runs')
-  flagship = study.run_dir(root, 'cascade_manet', 4, True, 0)
-  control = study.sweep_dir(root, 4, 0.0, 0)
-  for workdir in (flagship, study.run_dir(root, 'unet_unet', 8, False, 0), control,
-                  study.run_dir(root, 'multidecoder_unet', 4, True, 0), study.run_dir(root, 'cascade', 4, False, 0)):
-    write_slices(workdir, ['a/0/0'], {'psnr': [20.0]})
-  write_attention(study.run_dir(root, 'unet_unet', 8, False, 0), 0.3)  # Done already: skipped.
+  flagship = plan.run_dir(root, 'cascade_manet', 4, True, 0)
+  control = plan.sweep_dir(root, 4, 0.0, 0)
+  for workdir in (flagship, plan.run_dir(root, 'unet_unet', 8, False, 0), control,
+                  plan.run_dir(root, 'multidecoder_unet', 4, True, 0), plan.run_dir(root, 'cascade', 4, False, 0)):
+    write_run(workdir, ['a/0/0'], {'psnr': np.array([20.0])})
+  write_attention(plan.run_dir(root, 'unet_unet', 8, False, 0), 0.3)  # Done already: skipped.
   calls = []
-  monkeypatch.setattr(study.subprocess, 'run', lambda command, **kwargs: calls.append(command))
-  study.main(['attention', f'--root={root}', '--switch=cpu_study', '--seeds=0'])
+  monkeypatch.setattr(runner.subprocess, 'run', lambda command, **kwargs: calls.append(command))
+  cli.main(['attention', f'--root={root}', '--switch=cpu_study', '--seeds=0'])
   assert '[study] pseudo-attention: 2 run(s) to do (1 already done).' in capsys.readouterr().out
   assert [c[1:] for c in calls] == [
       ['main.py', '--config=configs/cascade_manet.py:x4_stab,cpu_study', '--config.seed=0',
@@ -303,12 +258,39 @@ def test_attention_runs_the_segrecon_rows_and_the_untrained_control_then_reports
   write_attention(flagship, 0.8)
   write_attention(control, 0.2)
   out = str(tmp_path / 'docs' / 'results.md')
-  os.makedirs(os.path.dirname(out))
-  study.report(root, out, 'cpu_study')
-  text = open(out).read()
-  section = text.split('## Pseudo-attention of the segmentation loss')[1]
-  assert '| CascadeNet -> MANet (S) | 4 | 0 | 36 | 80.0 [79.0, 81.0] % | 10.0 [9.0, 11.0] % | 8.00 [7.99, 8.01] |' in section
-  assert '| CascadeNet -> MANet (S), seg_loss_weight 0 | 4 | 0 | 36 | 20.0 [19.0, 21.0] % |' in section
-  assert '| UNet -> UNet | 8 | 0 | 36 | 30.0 [29.0, 31.0] % |' in section
-  assert '![attention_x4.png](figures/attention_x4.png)' in section and 'attention_x8.png' not in section
+  report.report(root, out)
+  found = results.collect_attention(root)
+  assert found[('CascadeNet -> MANet (S)', 4)][0][0]['share_to_area_ratio']['mean'] == pytest.approx(8.0)
+  assert sorted(found) == [('CascadeNet -> MANet (S)', 4), ('CascadeNet -> MANet (S), seg_loss_weight 0', 4),
+                           ('UNet -> UNet', 8)]
   assert open(tmp_path / 'docs' / 'figures' / 'attention_x4.png', 'rb').read() == b'png of ' + flagship.encode()
+
+
+def test_study_runs_on_a_nifti_folder(tmp_path):
+  """The study on data of the user's: a NIfTI folder (ACDC layout) written here, passed with --config.* flags;
+  one real run trains, and the report names the data and the settings."""
+  folder = str(tmp_path / 'acdc_like')
+  phantom_nifti.write_folder(folder, num_patients=4, seed=0, recon_size=(40, 32))
+  root = str(tmp_path / 'study')
+  overrides = ['--config.dataset_config=nifti', f'--config.manual_dir={folder}', '--config.image_size=32',
+               f'--config.data_dir={tmp_path / "tfds"}', '--config.compilation_cache_dir=',
+               '--config.num_epochs=1', '--config.batch_size=4', '--config.eval_batch_size=4',
+               '--config.num_acs=2', '--config.model.features=4', '--config.model.num_cascades=2',
+               '--config.model.num_layers=2']
+  command = [sys.executable, '-m', 'segrecon_jax.study', 'run', f'--root={root}', '--switch=runlocal',
+             '--tables=2', '--experiments=cascade', '--accelerations=4'] + overrides
+  done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+  workdir = plan.run_dir(root, 'cascade', 4, False, 0)
+  log = open(os.path.join(workdir, 'log.txt')).read() if os.path.exists(os.path.join(workdir, 'log.txt')) else ''
+  assert done.returncode == 0, done.stdout + done.stderr + log
+  assert '[study] 1 runs to do (0 already done).' in done.stdout
+  metrics = results.read_metrics(workdir)
+  assert np.isfinite(metrics['psnr']) and metrics['num_examples'] > 0
+  assert results.stored_meta(workdir)['data']['dataset_config'].startswith('nifti')
+  out = str(tmp_path / 'results.md')
+  subprocess.run([sys.executable, '-m', 'segrecon_jax.study', 'report', f'--root={root}', f'--out={out}'],
+                 cwd=REPO, check=True, capture_output=True, timeout=300)
+  text = open(out).read()
+  assert text.startswith('# Reproduction study: Tables 1 and 2 on `nifti')
+  assert f'--config.manual_dir={folder}' in text and 'Data `ocmr/nifti` (source magnitude, images [32, 32]' in text
+  assert '| CascadeNet | 1 | ' in text and '## Table 1 (U-Net family; not run yet)' in text

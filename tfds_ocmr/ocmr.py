@@ -8,8 +8,12 @@ The builder writes array_record by default (no TensorFlow needed). See README.md
 """
 
 import dataclasses
+import datetime
+import hashlib
+import json
 import logging
 import os
+import shutil
 import tempfile
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -62,6 +66,114 @@ SOURCES = ('phantom', 'real', 'magnitude')
 
 class OCMRManualDirError(FileNotFoundError):
   """A `real` or `nifti` config found no usable files in its manual_dir (or no manual_dir)."""
+
+
+# The record of the files a `real` or `nifti` dataset was prepared from, written into the prepared folder with the
+# data (so it is renamed into place with them): {'manual_dir': path, 'files': {path under manual_dir: None for a
+# label file that was absent, else {'size', 'mtime_ns', 'sha256'}}}.
+SOURCE_RECORD = 'source_files.json'
+PHANTOM_SCRATCH = 'ocmr_phantom_scratch'  # Under the download dir: one folder per config, deleted once prepared.
+
+
+def real_files(manual_dir: str) -> List[str]:
+  """The fully sampled OCMR files (top-level *.h5 but us_*.h5) of a `real` manual_dir."""
+  names = sorted(n for n in os.listdir(manual_dir) if n.endswith('.h5'))
+  return [os.path.join(manual_dir, n) for n in names if not n.startswith('us_')]
+
+
+def source_files(config: 'OcmrConfig', manual_dir: str) -> List[str]:
+  """Every file a manual config reads from `manual_dir`: for `real` each OCMR file and its label file (whether it
+  exists or not: a label file added later changes the data), for `nifti` each image and label file."""
+  if config.source == 'real':
+    files = real_files(manual_dir)
+    return files + [ocmr.label_path_for(path) for path in files]
+  if config.source == 'magnitude':
+    return sorted({path for pair in magnitude.find_pairs(manual_dir) for path in pair})
+  return []
+
+
+def _sha256(path: str) -> str:
+  digest = hashlib.sha256()
+  with open(path, 'rb') as f:
+    for block in iter(lambda: f.read(1 << 22), b''):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def source_record(config: 'OcmrConfig', manual_dir: str, hashes: bool = True) -> Dict:
+  """The fingerprint of the files `config` reads from `manual_dir` (`SOURCE_RECORD`); `hashes=False` leaves the
+  sha256 out (cheap: sizes and modification times only)."""
+  manual_dir = os.path.abspath(manual_dir)
+  files = {}
+  for path in source_files(config, manual_dir):
+    name = os.path.relpath(path, manual_dir).replace(os.sep, '/')
+    if not os.path.exists(path):
+      files[name] = None
+      continue
+    stat = os.stat(path)
+    files[name] = {'size': stat.st_size, 'mtime_ns': stat.st_mtime_ns}
+    if hashes:
+      files[name]['sha256'] = _sha256(path)
+  return {'manual_dir': manual_dir, 'files': files}
+
+
+def _mtime(ns: int) -> str:
+  return datetime.datetime.fromtimestamp(ns / 1e9).isoformat(sep=' ', timespec='seconds')
+
+
+def source_changes(recorded: Dict, current: Dict) -> List[str]:
+  """What differs between the recorded files and the files of `current` (`source_record(..., hashes=False)`).
+
+  A file whose size and modification time are unchanged counts as unchanged; one with another modification time
+  but its recorded size is hashed and compared (a copy of the same folder matches).
+  """
+  old, new = recorded.get('files', {}), current['files']
+  changes = []
+  for name in sorted(set(old) | set(new)):
+    before, after = old.get(name), new.get(name)
+    if before is None and after is None:
+      continue
+    if before is None:
+      changes.append(f'{name} was added')
+    elif after is None:
+      changes.append(f'{name} was removed')
+    elif before['size'] != after['size']:
+      changes.append(f'{name} changed size ({before["size"]} -> {after["size"]} bytes)')
+    elif before['mtime_ns'] != after['mtime_ns']:
+      if before.get('sha256') != _sha256(os.path.join(current['manual_dir'], name)):
+        changes.append(f'{name} changed (modified {_mtime(after["mtime_ns"])}, recorded {_mtime(before["mtime_ns"])})')
+  return changes
+
+
+def read_source_record(dataset_dir: str) -> Optional[Dict]:
+  """The `SOURCE_RECORD` of a prepared dataset folder, or None (prepared from no manual_dir, or before records)."""
+  path = os.path.join(dataset_dir, SOURCE_RECORD)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def clean_interrupted(builder) -> List[str]:
+  """Deletes what a killed preparation of `builder`'s config left: TFDS's `incomplete.*` folders beside the
+  version folder and the config's phantom scratch folder. Call only while holding the preparation lock.
+
+  Returns:
+    The deleted paths.
+  """
+  config_dir = os.path.dirname(os.fspath(builder.data_path))
+  leftovers = []
+  if os.path.isdir(config_dir):
+    leftovers += [os.path.join(config_dir, n) for n in sorted(os.listdir(config_dir)) if n.startswith('incomplete.')]
+  scratch = os.path.join(os.fspath(builder.data_dir_root), 'downloads', PHANTOM_SCRATCH, builder.builder_config.name)
+  if os.path.exists(scratch):
+    leftovers.append(scratch)
+  for path in leftovers:
+    if os.path.isdir(path):
+      shutil.rmtree(path, ignore_errors=True)
+    else:
+      os.remove(path)
+  return leftovers
 
 
 @dataclasses.dataclass(eq=False)
@@ -326,7 +438,7 @@ class Ocmr(tfds.core.GeneratorBasedBuilder):
       counts = {self._phantom_stem(s): phantom_subject_examples(config, s)
                 for s in range(1, config.num_phantom_subjects + 1)}
       train, test = split_subjects(counts, config.test_fraction, config.split_seed)
-      scratch = os.path.join(os.fspath(dl_manager.download_dir), 'ocmr_phantom_scratch')
+      scratch = os.path.join(os.fspath(dl_manager.download_dir), PHANTOM_SCRATCH, config.name)
       return {'train': self._generate_examples(phantom_stems=train, counts=counts, scratch=scratch),
               'test': self._generate_examples(phantom_stems=test, counts=counts, scratch=scratch)}
     if config.source == 'magnitude':
@@ -335,6 +447,7 @@ class Ocmr(tfds.core.GeneratorBasedBuilder):
       if not pairs:
         raise OCMRManualDirError(f'{manual_dir}: found no image file with a label file (<stem>.nii.gz with '
                                  f'<stem>_gt.nii.gz, or .h5 with image/label).\n{_NIFTI_INSTRUCTIONS}')
+      self._write_source_record(manual_dir)
       counts = {}
       for image_path, label_path in pairs:
         subject = magnitude.subject_id(image_path)
@@ -348,6 +461,7 @@ class Ocmr(tfds.core.GeneratorBasedBuilder):
               for split, subjects in (('train', train), ('test', test))}
     if config.source == 'real':
       files = self._real_files(dl_manager)
+      self._write_source_record(os.path.dirname(files[0]))
       counts = {ocmr.subject_id(p): len(ocmr.example_frames(p, include_unlabelled=config.include_unlabelled))
                 for p in files}
       for path in files:
@@ -372,15 +486,19 @@ class Ocmr(tfds.core.GeneratorBasedBuilder):
       raise OCMRManualDirError(f'The `{self.builder_config.name}` config needs your files in a manual_dir, but '
                                f'{given or "none"} is missing or empty.\n{instructions}') from e
 
+  def _write_source_record(self, manual_dir: str) -> None:
+    """Records the files read (`SOURCE_RECORD`) in the folder being prepared (renamed into place with the data)."""
+    with open(os.path.join(os.fspath(self.data_dir), SOURCE_RECORD), 'w') as f:
+      json.dump(source_record(self.builder_config, manual_dir), f, indent=1, sort_keys=True)
+
   def _real_files(self, dl_manager) -> List[str]:
     """The fs_*.h5 files in manual_dir (us_*.h5 are skipped with a warning)."""
     manual_dir = self._manual_dir(dl_manager, _MANUAL_INSTRUCTIONS)
-    names = sorted(n for n in os.listdir(manual_dir) if n.endswith('.h5'))
-    for name in names:
-      if name.startswith('us_'):
+    for name in sorted(os.listdir(manual_dir)):
+      if name.endswith('.h5') and name.startswith('us_'):
         logging.warning('%s: undersampled OCMR file skipped; the `real` config needs fully sampled fs_* files',
                         os.path.join(manual_dir, name))
-    files = [os.path.join(manual_dir, n) for n in names if not n.startswith('us_')]
+    files = real_files(manual_dir)
     if not files:
       raise OCMRManualDirError(f'{manual_dir}: found no fully sampled OCMR file (*.h5 other than us_*.h5); '
                                f'contents {sorted(os.listdir(manual_dir))}.\n{_MANUAL_INSTRUCTIONS}')
@@ -430,5 +548,6 @@ class Ocmr(tfds.core.GeneratorBasedBuilder):
         yield _example_key(example['subject_id'], example['slice'], example['frame']), _to_features(example)
     try:
       os.rmdir(scratch)  # only once empty: the other split may still be writing there
+      os.rmdir(os.path.dirname(scratch))  # PHANTOM_SCRATCH, once no other config uses it
     except OSError:
       pass

@@ -10,12 +10,18 @@ Folder layout (searched recursively, sorted; hidden files skipped):
           (`A0S9V9/A0S9V9_sa.nii.gz` + `A0S9V9_sa_gt.nii.gz`) ship them. Voxel axes `[x, y]`, `[x, y, z]` or
           `[x, y, z, t]`: served images are `[H, W] = [x, y]` in voxel order (no reorientation, the same for image
           and labels), slices along z, frames along t. Image files without a `_gt` partner are skipped.
-  HDF5    `<stem>.h5` with datasets `image` and `label` of one shape, `[H, W]`, `[slices, H, W]` or
-          `[slices, frames, H, W]`, and optionally `labelled` uint8 `[slices, frames]`.
+  HDF5    `<stem>.h5` with datasets `image` and `label` of one shape, `[H, W]`, `[slices, H, W]` (one cardiac
+          phase, as an ACDC `_frameYY` volume) or `[slices, frames, H, W]`, and optionally `labelled` uint8
+          `[slices, frames]`.
 Subject (the unit of the train/test split): the file name up to its first `_` (`patient001_frame01` ->
 `patient001`, `A0S9V9_sa` -> `A0S9V9`), so every frame and file of a patient lands in one split.
-Labelled frames: every slice of a file without a time axis; in a 4-D file, the frames whose label volume is not
-all background (M&Ms labels only end-diastole and end-systole); `labelled` when an HDF5 file gives it.
+Labelled frames: every slice of a file without a time axis, also one whose label map is all background (a slice
+past the apex or base, with no heart in it); in a 4-D file, the frames whose label volume is not all background
+(M&Ms labels only end-diastole and end-systole); `labelled` when an HDF5 file gives it.
+Served `slice` and `frame`: the slice index, and the frame index along t (from 0). A file without a time axis
+holds one cardiac phase: its `frame` is the number in an ACDC-style name less one (`patient001_frame12` -> 11, the
+index of that phase in ACDC's `_4d.nii.gz`), else 0; so the ED and ES volumes of a patient get different example
+ids (`subject/slice/frame`) and evaluation masks.
 Label values go through `labels.remap(label, label_mapping)`: value `v` of the file becomes ours `label_mapping[v]`
 (ACDC: 1 RV, 2 myocardium, 3 LV cavity -> `(0, 3, 2, 1)`; M&Ms: 1 LV, 2 myocardium, 3 RV -> `(0, 1, 2, 3)`).
 
@@ -24,6 +30,7 @@ file and what was expected.
 """
 
 import os
+import re
 import zlib
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -38,6 +45,8 @@ LABEL_SUFFIX = '_gt'
 ACDC_LABEL_MAPPING = (0, labels_format.RV_POOL, labels_format.MYOCARDIUM, labels_format.LV_POOL)
 # The affines of an image and its labels may differ by rounding in the writer, not by a voxel.
 _AFFINE_TOLERANCE_MM = 1e-3
+# ACDC names each single-phase volume after its 1-based frame in the cine: `patient001_frame12`.
+_FRAME_IN_NAME = re.compile(r'_frame(\d+)$')
 
 
 class MagnitudeFormatError(ValueError):
@@ -55,6 +64,46 @@ def subject_id(path: str) -> str:
   """The subject key of a file: its name up to the first `_` (`patient001_frame01.nii.gz` -> `patient001`)."""
   stem, _ = _strip_suffix(os.path.basename(path))
   return stem.split('_')[0]
+
+
+def cine_frame(path: str) -> int:
+  """The frame (from 0) that a file without a time axis holds: `<subject>_frameYY` -> YY - 1, else 0."""
+  match = _FRAME_IN_NAME.search(_strip_suffix(os.path.basename(path))[0])
+  return max(int(match.group(1)) - 1, 0) if match else 0
+
+
+def is_image_name(name: str) -> bool:
+  """A NIfTI or HDF5 file name that is not a `_gt` label file (nor hidden)."""
+  stem, suffix = _strip_suffix(name)
+  return bool(suffix) and not name.startswith('.') and not (suffix != '.h5' and stem.endswith(LABEL_SUFFIX))
+
+
+def label_partner(image_path: str) -> Optional[str]:
+  """The label file of an image: the HDF5 file itself when it has `label`, `<stem>_gt.nii(.gz)` beside a NIfTI
+  image; None when there is none."""
+  if image_path.endswith('.h5'):
+    with ocmr.open_h5(image_path, 'HDF5 image/label') as f:
+      return image_path if 'label' in f else None
+  stem, _ = _strip_suffix(image_path)
+  return next((stem + LABEL_SUFFIX + s for s in NIFTI_SUFFIXES if os.path.isfile(stem + LABEL_SUFFIX + s)), None)
+
+
+def image_geometry(image_path: str) -> Tuple[Tuple[int, ...], Optional[np.ndarray]]:
+  """The array shape of an image file (NIfTI voxel axes or HDF5 `image`) and its affine (NIfTI; None for HDF5),
+  read from the header."""
+  if image_path.endswith('.h5'):
+    with ocmr.open_h5(image_path, 'HDF5 image/label') as f:
+      if 'image' not in f:
+        raise MagnitudeFormatError(f'{image_path}: expected an HDF5 dataset `image`, found {sorted(f.keys())}')
+      return tuple(f['image'].shape), None
+  import nibabel as nib  # pylint: disable=g-import-not-at-top  (only NIfTI users need it)
+  if not os.path.isfile(image_path):
+    raise FileNotFoundError(f'{image_path}: no such image file')
+  try:
+    image = nib.load(image_path)
+  except Exception as e:  # nibabel raises several types for truncated or foreign files
+    raise MagnitudeFormatError(f'{image_path}: expected a NIfTI image file, but it cannot be read: {e}') from e
+  return tuple(int(n) for n in image.shape), np.asarray(image.affine, np.float64)
 
 
 def find_pairs(directory: str) -> List[Tuple[str, str]]:
@@ -102,33 +151,39 @@ def _to_slices_frames(array: np.ndarray, path: str, voxel_order: bool) -> np.nda
   if voxel_order:
     array = array.reshape(array.shape + (1,) * (4 - array.ndim))
     return np.transpose(array, (2, 3, 0, 1))
+  if array.ndim == 3:  # [slices, H, W]: one frame of each slice
+    return array[:, None]
   return array.reshape((1,) * (4 - array.ndim) + array.shape)
 
 
-def read_pair(image_path: str, label_path: str) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Reads one image file and its label file.
+def read_pair(image_path: str, label_path: Optional[str]) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Reads one image file and its label file (None: no labels, for prediction).
 
   Returns:
     `magnitude` float32 `[slices, frames, H, W]` (>= 0), `label` int64 `[slices, frames, H, W]` in the file's own
-    convention (not remapped), `labelled` bool `[slices, frames]` (rule in the module docstring).
+    convention (not remapped), `labelled` bool `[slices, frames]` (rule in the module docstring). `frames` is 1 for
+    a file without a time axis (its frame number is `cine_frame`). Without a label file: all-zero labels, nothing
+    labelled.
   """
   labelled = None
   if image_path.endswith('.h5'):
     with ocmr.open_h5(image_path, 'HDF5 image/label') as f:
-      missing = [n for n in ('image', 'label') if n not in f]
+      missing = [n for n in (('image', 'label') if label_path else ('image',)) if n not in f]
       if missing:
         raise MagnitudeFormatError(f'{image_path}: expected HDF5 datasets `image` and `label` of one shape '
                                    f'([H, W], [slices, H, W] or [slices, frames, H, W]); missing {missing}')
       try:
-        image, label = f['image'][()], f['label'][()]
-        labelled = f['labelled'][()] if 'labelled' in f else None
+        image = f['image'][()]
+        label = f['label'][()] if label_path else np.zeros(image.shape, np.uint8)
+        labelled = f['labelled'][()] if 'labelled' in f and label_path else None
       except (OSError, ValueError) as e:
         raise MagnitudeFormatError(f'{image_path}: the datasets cannot be read (truncated or corrupt file): '
                                    f'{e}') from e
     voxel_order = False
   else:
     image, image_affine = _load_nifti(image_path, 'image')
-    label, label_affine = _load_nifti(label_path, 'label')
+    label, label_affine = _load_nifti(label_path, 'label') if label_path else (np.zeros(image.shape, np.uint8),
+                                                                                image_affine)
     if image.shape == label.shape and not np.allclose(image_affine, label_affine, atol=_AFFINE_TOLERANCE_MM):
       raise MagnitudeFormatError(f'{label_path}: its affine\n{label_affine}\ndiffers from that of its image '
                                  f'{image_path}\n{image_affine}\nso the labels do not lie on the image voxels')
@@ -157,7 +212,9 @@ def read_pair(image_path: str, label_path: str) -> Tuple[np.ndarray, np.ndarray,
       raise MagnitudeFormatError(f'{image_path}: `labelled` shape {labelled.shape} does not match the '
                                  f'[slices, frames] {magnitude.shape[:2]} of its `image`')
     labelled = labelled.reshape(magnitude.shape[:2]).astype(bool)
-  elif magnitude.shape[1] == 1:
+  elif not label_path:
+    labelled = np.zeros(magnitude.shape[:2], bool)
+  elif magnitude.shape[1] == 1:  # One phase: every slice is labelled (all background where it shows no heart).
     labelled = np.ones(magnitude.shape[:2], bool)
   else:  # A frame is labelled when its label volume is not all background.
     labelled = np.broadcast_to(np.any(label != 0, axis=(0, 2, 3))[None], magnitude.shape[:2]).copy()
@@ -190,12 +247,18 @@ def relative_stem(path: str, root: str) -> str:
   return stem.replace(os.sep, '/')
 
 
+def _first_frame(image_path: str, magnitude: np.ndarray) -> int:
+  """The served `frame` of index 0 of the `[slices, frames, H, W]` array: `cine_frame` for a single-phase file."""
+  return cine_frame(image_path) if magnitude.shape[1] == 1 else 0
+
+
 def example_frames(image_path: str, label_path: str, include_unlabelled: bool = False) -> List[Tuple[int, int]]:
   """The (slice, frame) pairs `load_examples` serves for a pair of files."""
   magnitude, _, labelled = read_pair(image_path, label_path)
+  first = _first_frame(image_path, magnitude)
   if include_unlabelled:
-    return [(s, t) for s in range(magnitude.shape[0]) for t in range(magnitude.shape[1])]
-  return [tuple(int(i) for i in sf) for sf in np.argwhere(labelled)]
+    return [(s, first + t) for s in range(magnitude.shape[0]) for t in range(magnitude.shape[1])]
+  return [(int(s), first + int(t)) for s, t in np.argwhere(labelled)]
 
 
 def load_examples(image_path: str, label_path: str, image_size: Sequence[int],
@@ -204,7 +267,7 @@ def load_examples(image_path: str, label_path: str, image_size: Sequence[int],
   """Reads one image file and its labels into examples like `ocmr.load_examples`.
 
   Args:
-    image_path, label_path: a pair from `find_pairs`.
+    image_path, label_path: a pair from `find_pairs` (label_path None: no labels, every example unlabelled).
     image_size: `(H, W)` every image and label map is centred-cropped or zero-padded to (`ocmr.crop_or_pad`).
     label_mapping: value `v` of the label file becomes `label_mapping[v]` (our classes, `labels.CLASS_NAMES`).
     phase_seed: seed of the synthetic phase.
@@ -214,8 +277,8 @@ def load_examples(image_path: str, label_path: str, image_size: Sequence[int],
 
   Returns:
     One dict per example: `image` complex64 `[H, W]` (magnitude times `exp(i synthetic_phase)`, max magnitude 1),
-    `segmentation` uint8 `[H, W]`, `subject_id`, `file_name` (path under root), `slice`, `frame`, `scale` (the
-    magnitude was divided by it), `has_labels`.
+    `segmentation` uint8 `[H, W]`, `subject_id`, `file_name` (path under root), `slice`, `frame` (the cine frame,
+    `cine_frame` for a single-phase file), `scale` (the magnitude was divided by it), `has_labels`.
   """
   magnitude, label, labelled = read_pair(image_path, label_path)
   ours = labels_format.remap(label, label_mapping, label_path)
@@ -225,11 +288,13 @@ def load_examples(image_path: str, label_path: str, image_size: Sequence[int],
   root = root or os.path.dirname(os.path.abspath(image_path))
   stem = relative_stem(image_path, root)
   file_name = os.path.relpath(os.path.abspath(image_path), os.path.abspath(root)).replace(os.sep, '/')
+  first = _first_frame(image_path, magnitude)
   examples = []
   for s in range(magnitude.shape[0]):
     for t in range(magnitude.shape[1]):
       if labelled_only and not labelled[s, t]:
         continue
+      # Keyed by the file's stem and array indices: unique within the folder.
       phase = synthetic_phase(magnitude.shape[2:], phase_seed, f'{stem}/slice{s:02d}/frame{t:03d}')
       image = (magnitude[s, t] * np.exp(1j * phase)).astype(np.complex64)
       image, scale = ocmr.normalize(ocmr.crop_or_pad(image, image_size))
@@ -240,7 +305,7 @@ def load_examples(image_path: str, label_path: str, image_size: Sequence[int],
           'subject_id': subject_id(image_path),
           'file_name': file_name,
           'slice': s,
-          'frame': t,
+          'frame': first + t,
           'scale': scale,
           'has_labels': bool(labelled[s, t]),
       })

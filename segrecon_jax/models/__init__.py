@@ -6,22 +6,22 @@ mask) and `mask` bool `[B, 1, W]`. Solo reconstruction models ('unet', 'cascade'
 `[B, H, W, 2]`; joint models return `(recon, seg_logits float32 [B, H, W, num_classes])`.
 
 Model dicts (`config.model`), by name; every field but 'name' is optional and defaults to the module's:
-  unet               features, norm, residual, conv_impl, upconv_impl           -> UNet (out_channels=2)
-  cascade            num_cascades, num_layers, features, activation, dc_noise_level, learnable_noise_level,
-                     conv_impl                                                  -> CascadeNet
-  multidecoder_unet  features, num_classes, norm, conv_impl, upconv_impl        -> MultiDecoderUNet
+  unet               features, norm, residual                                   -> UNet (out_channels=2)
+  cascade            num_cascades, num_layers, features, activation, dc_noise_level, learnable_noise_level
+                                                                                -> CascadeNet
+  multidecoder_unet  features, num_classes, norm                                -> MultiDecoderUNet
   unet_unet          recon: {UNet fields}, seg: {UNet fields but residual}, stop_gradient
                                                                                 -> SegRecon(UNet, UNet)
   cascade_manet      recon: {CascadeNet fields}, seg: {preset, MANet fields}, stop_gradient
                                                                                 -> SegRecon(CascadeNet, MANet)
 `seg.preset` of 'cascade_manet' names a `manet.MANET_PRESETS` entry ('paper', 'smp_default', 'tiny'); fields given
-next to it override the preset's. `conv_impl` ('auto', 'xla', 'native': every convolution) and `upconv_impl`
-('auto', 'xla', 'dense': the U-Nets' up-convolutions) pick the layer implementation of models/layers.py; every
-choice computes the same function with the same parameters.
+next to it override the preset's. How the layers are computed (XLA or the native CPU kernels) is not a model field
+but a runtime setting of models/layers.py (`layers.set_impls`, from `config.conv_impl` / `config.upconv_impl`):
+every choice computes the same function with the same parameters.
 """
 
 import dataclasses
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -131,21 +131,15 @@ class ModelSpec:
   build: Callable[..., nn.Module]  # (fields without 'name', dtype, bn_axis_name) -> module.
   display_name: str  # The method's name in the paper's tables.
   segments: bool  # Has a segmentation output (trained with the Dice term, evaluated with Dice).
-  # Where the model dict takes a layer choice of models/layers.py: (sub-network dict or None, field), the field
-  # being 'conv_impl' (values layers.CONV_IMPLS) or 'upconv_impl' (values layers.UPCONV_IMPLS).
-  layer_choices: Tuple[Tuple[Optional[str], str], ...] = ()
+  upconv: bool = False  # Has U-Net up-convolutions (the runtime setting upconv_impl changes how they run).
 
 
 MODELS: Dict[str, ModelSpec] = {
-    'unet': ModelSpec(_unet, 'UNet', segments=False, layer_choices=((None, 'conv_impl'), (None, 'upconv_impl'))),
-    'cascade': ModelSpec(_cascade, 'CascadeNet', segments=False, layer_choices=((None, 'conv_impl'),)),
-    'multidecoder_unet': ModelSpec(_multidecoder_unet, 'Multi-Decoder UNet', segments=True,
-                                   layer_choices=((None, 'conv_impl'), (None, 'upconv_impl'))),
-    'unet_unet': ModelSpec(_unet_unet, 'UNet -> UNet', segments=True,
-                           layer_choices=(('recon', 'conv_impl'), ('recon', 'upconv_impl'), ('seg', 'conv_impl'),
-                                          ('seg', 'upconv_impl'))),
-    'cascade_manet': ModelSpec(_cascade_manet, 'CascadeNet -> MANet', segments=True,
-                               layer_choices=(('recon', 'conv_impl'), ('seg', 'conv_impl'))),
+    'unet': ModelSpec(_unet, 'UNet', segments=False, upconv=True),
+    'cascade': ModelSpec(_cascade, 'CascadeNet', segments=False),
+    'multidecoder_unet': ModelSpec(_multidecoder_unet, 'Multi-Decoder UNet', segments=True, upconv=True),
+    'unet_unet': ModelSpec(_unet_unet, 'UNet -> UNet', segments=True, upconv=True),
+    'cascade_manet': ModelSpec(_cascade_manet, 'CascadeNet -> MANet', segments=True),
 }
 
 
@@ -170,9 +164,9 @@ def display_name(model_config) -> str:
   return spec(model_config).display_name
 
 
-def layer_choice_fields(model_config) -> Tuple[Tuple[Optional[str], str], ...]:
-  """(sub-network dict or None, field) of every layer choice the model takes."""
-  return spec(model_config).layer_choices
+def has_upconv(model_config) -> bool:
+  """Whether the model has U-Net up-convolutions (so the runtime setting upconv_impl applies to it)."""
+  return spec(model_config).upconv
 
 
 def get_model(model_config, dtype=jnp.float32, bn_axis_name=None) -> nn.Module:
@@ -196,5 +190,5 @@ def get_model(model_config, dtype=jnp.float32, bn_axis_name=None) -> nn.Module:
 __all__ = [
     'CascadeNet', 'MANet', 'MANET_PRESETS', 'MODELS', 'ModelOutput', 'ModelSpec', 'MultiDecoderUNet',
     'ReconOnly', 'SegRecon', 'UNet', 'UNetDecoder', 'UNetEncoder', 'UNetRecon',
-    'display_name', 'get_model', 'layer_choice_fields', 'safe_magnitude', 'segments', 'spec',
+    'display_name', 'get_model', 'has_upconv', 'safe_magnitude', 'segments', 'spec',
 ]

@@ -67,7 +67,6 @@ class CascadeCNN(nn.Module):
   out_channels: int = 2
   activation: str = 'relu'
   dtype: Dtype = jnp.float32
-  conv_impl: str = 'auto'  # layers.Conv's impl: 'auto', 'xla' (nn.Conv's computation) or 'native'; see layers.py.
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -76,12 +75,11 @@ class CascadeCNN(nn.Module):
     if self.activation not in ACTIVATIONS:
       raise ValueError(f'activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}.')
     x = x.astype(self.dtype)
-    conv = functools.partial(layers.Conv, impl=self.conv_impl)
     for layer in range(self.num_layers):
       last = layer == self.num_layers - 1
-      x = conv(self.out_channels if last else self.features, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,
-               param_dtype=jnp.float32, kernel_init=_torch_kernel_init,
-               bias_init=_torch_bias_init(9 * x.shape[-1]), name=f'conv{layer}')(x)
+      x = layers.Conv(self.out_channels if last else self.features, (3, 3), padding=((1, 1), (1, 1)),
+                      dtype=self.dtype, param_dtype=jnp.float32, kernel_init=_torch_kernel_init,
+                      bias_init=_torch_bias_init(9 * x.shape[-1]), name=f'conv{layer}')(x)
       if not last:
         x = ACTIVATIONS[self.activation](x)
     return x
@@ -123,7 +121,6 @@ class CascadeNet(nn.Module):
   learnable_noise_level: bool = False
   dtype: Dtype = jnp.float32
   bn_axis_name: Optional[str] = None  # Unused (no BatchNorm); accepted like every model's.
-  conv_impl: str = 'auto'  # Every convolution: 'auto', 'xla' or 'native' (layers.Conv); see layers.py.
 
   @nn.compact
   def __call__(self, x: Array, kspace: Array, mask: Array, *, train: bool) -> Array:
@@ -134,8 +131,7 @@ class CascadeNet(nn.Module):
       raise ValueError(f'CascadeNet: kspace shape {kspace.shape} does not match the image {x.shape[:-1]}.')
     x = x.astype(jnp.float32)
     for cascade in range(self.num_cascades):
-      residual = CascadeCNN(self.num_layers, self.features, 2, self.activation, self.dtype,
-                            conv_impl=self.conv_impl, name=f'cnn{cascade}')(x)
+      residual = CascadeCNN(self.num_layers, self.features, 2, self.activation, self.dtype, name=f'cnn{cascade}')(x)
       x = x + residual.astype(jnp.float32)
       x = DataConsistency(self.dc_noise_level, self.learnable_noise_level, name=f'dc{cascade}')(x, kspace, mask)
     return x

@@ -1,40 +1,37 @@
-"""The convolution layers every model uses, with a choice of how they are computed (for CPU speed).
+"""The convolution layers every model uses, and the runtime choice of how they are computed.
 
 `Conv` is a drop-in for Flax's `nn.Conv` on 2D NHWC inputs (same fields, parameter names, shapes and initial
-values, so checkpoints are interchangeable) whose `impl` field picks the computation:
+values). How it is computed is a runtime setting of this process, never a field of a model, so parameter trees,
+checkpoints and stored configs are the same whichever runs (`set_impls`, the context manager `impls`, and
+`parallel.setup_runtime`, which sets them from `config.conv_impl` / `config.upconv_impl` at start-up):
 
-- 'xla': exactly `nn.Conv` (`lax.conv_general_dilated`, XLA's forward and backward);
-- 'native': `conv2d`: the project's direct CPU kernels (`models/native.py`, `csrc/`, called through XLA's FFI in
-  a `jax.custom_vjp`) for each pass where they beat XLA:CPU, XLA's convolutions for the rest: the weight gradient
-  of every layer that is not float64 (`native_weight_grad_pays`), the forward pass and (stride 1) the input
-  gradient of float32 layers with 32+ inputs and at most 128 outputs (`native_forward_pays`);
-- 'auto' (the default): 'native' on CPU when the kernels could be built here, else 'xla'. XLA:CPU (jaxlib 0.10.2)
-  computes a convolution's weight gradient as another convolution that runs far below the machine's FMA rate (30
-  GFLOP/s on the 2-core Intel Xeon machines of this project, 6-10 on the AMD EPYC ones, against 230 for its
-  forward), where PyTorch's oneDNN runs a direct kernel; the native kernel is such a direct kernel (a layer's
-  forward+backward 1.2x to 2.8x faster than with XLA's, a reconstruction's 2-channel last layer included). XLA's
-  forward convolution itself runs the models' layers with 32 or 64 outputs at 80-180 GFLOP/s, the native forward
-  kernel at 180-360 (1.2x to 2.4x faster; 1x1 layers 2x to 2.7x); with 128 outputs the kernel is mostly ahead
-  (0.95x to 2x), with 256 XLA's convolution, at about 300 GFLOP/s, is; XLA runs the 2- and 4-output heads at
-  2-17 GFLOP/s, the kernel (its outputs padded to one vector) 1.65x-1.74x (3x3) and 3.6x (1x1) faster (2-core AMD
-  EPYC; `benchmarks/conv_bench.py` and `--forward`, docs/benchmarks.md). On GPU/TPU 'auto' is 'xla' (cuDNN / the
-  TPU compiler); 'native' there is an error.
+- conv_impl 'xla': exactly `nn.Conv` (`lax.conv_general_dilated`, XLA's forward and backward);
+- conv_impl 'native': `conv2d`: the project's direct CPU kernels (`models/native.py`, `csrc/`, called through XLA's
+  FFI in a `jax.custom_vjp`) for the passes where they beat XLA:CPU, XLA's convolutions for the rest: the weight
+  gradient of every layer that is not float64 (`native_weight_grad_pays`; XLA:CPU computes it as another
+  convolution far below its forward rate, where PyTorch's oneDNN runs a direct kernel), the forward pass and
+  (stride 1) the input gradient of float32 layers with 32+ inputs and at most 128 outputs (`native_forward_pays`);
+- conv_impl 'auto' (the default): 'native' on CPU when the kernels could be built here, else 'xla' (with one
+  warning naming the reason). On GPU/TPU 'auto' is 'xla' (cuDNN / the TPU compiler); 'native' there is an error.
 
 `UpConv2x2` replaces a transposed convolution whose kernel equals its stride (the U-Net's 2x2, stride-2
 up-convolution) by a dense layer and a depth-to-space; with the same `kernel [2, 2, Cin, Cout]` it is numerically
-the same function as `nn.ConvTranspose`. `conv_transpose_module(impl)` picks it: 'dense' (`UpConv2x2`), 'xla'
-(`nn.ConvTranspose`) or 'auto' (`UpConv2x2` on CPU, where it is 4x to 9x faster, `nn.ConvTranspose` elsewhere).
+the same function as `nn.ConvTranspose`. upconv_impl picks it (`conv_transpose_module`): 'dense' (`UpConv2x2`),
+'xla' (`nn.ConvTranspose`) or 'auto' (`UpConv2x2` on CPU, where XLA's transposed convolution is the slower of the
+two, `nn.ConvTranspose` elsewhere).
 
 `max_pool_2x2` is `nn.max_pool(x, (2, 2), strides=(2, 2))` (the U-Nets' pooling) as an elementwise maximum of the
 four window elements, with the same gradient (to the first maximum of each window in row-major order, as
 XLA's select-and-scatter and PyTorch's MaxPool2d give it): XLA:CPU differentiates `reduce_window` max with four
-index arrays the size of the input and a scatter, about 5% of UNet -> UNet's step on CPU (docs/benchmarks.md).
+index arrays the size of the input and a scatter.
 
-Models take the choices as fields (`conv_impl` for every convolution, `upconv_impl` for the U-Nets'
-up-convolutions); `python -m segrecon_jax.benchmark --conv_impl=... --upconv_impl=...` times the whole train step
-with each. Arrays are NHWC, kernels HWIO.
+The setting is read when a model is traced: a function compiled earlier keeps the layers it was traced with, so
+set it before building the steps (it is process-wide, so the ahead-of-time compiles on background threads of
+`parallel.AheadOfTimeSteps` see it too). `python -m segrecon_jax.benchmark --conv_impl=... --upconv_impl=...` and
+`benchmarks/conv_bench.py` time the choices; their figures are in docs/benchmarks.md. Arrays are NHWC, kernels HWIO.
 """
 
+import contextlib
 import functools
 import logging
 from typing import Any, Optional, Sequence, Tuple, Union
@@ -51,8 +48,13 @@ Dtype = Any
 PaddingLike = Union[str, int, Sequence[Union[int, Tuple[int, int]]]]
 Pads = Tuple[Tuple[int, int], Tuple[int, int]]
 
-CONV_IMPLS = ('auto', 'xla', 'native')  # `Conv.impl`, a model's `conv_impl`.
-UPCONV_IMPLS = ('auto', 'xla', 'dense')  # `conv_transpose_module`, a U-Net's `upconv_impl`.
+CONV_IMPLS = ('auto', 'xla', 'native')  # The runtime setting conv_impl: how every `Conv` is computed.
+UPCONV_IMPLS = ('auto', 'xla', 'dense')  # The runtime setting upconv_impl: `conv_transpose_module`'s class.
+
+# The process-wide runtime setting (see the module docstring): module-level rather than thread-local, so the
+# background compile threads trace with the value the main thread set.
+_IMPLS = {'conv_impl': 'auto', 'upconv_impl': 'auto'}
+_VALID_IMPLS = {'conv_impl': CONV_IMPLS, 'upconv_impl': UPCONV_IMPLS}
 
 # 'native' computes a float32 convolution (and a stride-1 one's input gradient) with the native forward kernel when
 # it has at least NATIVE_FORWARD_MIN_IN input and at most NATIVE_FORWARD_MAX_OUT output channels
@@ -61,6 +63,43 @@ NATIVE_FORWARD_MIN_IN = 32
 NATIVE_FORWARD_MAX_OUT = 128
 
 _DIMENSION_NUMBERS = ('NHWC', 'HWIO', 'NHWC')
+
+
+def _check_impl(field: str, value: str) -> str:
+  if value not in _VALID_IMPLS[field]:
+    raise ValueError(f'{field} must be one of {_VALID_IMPLS[field]}, got {value!r}.')
+  return value
+
+
+def set_impls(conv_impl: Optional[str] = None, upconv_impl: Optional[str] = None) -> None:
+  """Sets how this process computes the layers from now on (None leaves a setting as it is).
+
+  Functions traced before keep the layers they were traced with: set it at start-up, before building the steps.
+  """
+  new = {'conv_impl': conv_impl, 'upconv_impl': upconv_impl}
+  for field, value in new.items():
+    if value is not None:
+      _check_impl(field, value)
+  _IMPLS.update({field: value for field, value in new.items() if value is not None})
+
+
+def current_impls() -> dict:
+  """`{'conv_impl': ..., 'upconv_impl': ...}`: the runtime setting as set (before 'auto' is resolved)."""
+  return dict(_IMPLS)
+
+
+@contextlib.contextmanager
+def impls(conv_impl: Optional[str] = None, upconv_impl: Optional[str] = None):
+  """`set_impls` for the body of a `with` block (tests, benchmarks timing each choice), restored after it.
+
+  The setting is process-wide: do not enter this with different values on threads that trace at the same time.
+  """
+  before = current_impls()
+  set_impls(conv_impl, upconv_impl)
+  try:
+    yield
+  finally:
+    _IMPLS.update(before)
 
 
 def _pair(value: Union[int, Sequence[int]], what: str) -> Tuple[int, int]:
@@ -100,15 +139,13 @@ def _stock_conv(x: Array, kernel: Array, strides: Tuple[int, int], pads: Pads, d
 
 
 def native_forward_pays(in_channels: int, out_channels: int, dtype: Dtype) -> bool:
-  """Whether the native forward kernel beats XLA:CPU's convolution for a float32 layer `in_channels -> out_channels`.
+  """Whether the native forward kernel computes a float32 layer `in_channels -> out_channels` (and its input gradient,
+  the `out -> in` pass).
 
   The rule (at least `NATIVE_FORWARD_MIN_IN` input and at most `NATIVE_FORWARD_MAX_OUT` output channels; outputs that
-  are not whole vectors are padded to them) is read off `python benchmarks/conv_bench.py --forward` on this project's
-  2-core AVX-512 Xeon: the native kernel ran the models' 3x3 passes with 32 or 64 outputs 1.2x to 2.4x faster than
-  XLA, their 1x1 passes 2x to 2.7x, those with 128 outputs 0.95x to 2x (and the U-Net steps 4% faster with them than
-  without), while XLA won the passes with 256 outputs (0.91x and 0.96x for the kernel) and 16 -> 16 (0.73x); on a
-  2-core AMD EPYC (Zen 4) the heads 64 -> 2 and 32 -> 4 (3x3) ran 1.65x and 1.74x faster with the kernel, 32 -> 2 and
-  32 -> 4 (1x1) 3.6x. A layer's input gradient is its `out -> in` pass."""
+  are not whole vectors are padded to them) is where `python benchmarks/conv_bench.py --forward` found the kernel
+  ahead of XLA:CPU's convolution on this project's machines: XLA's own convolution keeps the layers with many outputs
+  or few inputs (docs/benchmarks.md has the figures)."""
   return (jnp.dtype(dtype) == jnp.float32 and in_channels >= NATIVE_FORWARD_MIN_IN and
           out_channels <= NATIVE_FORWARD_MAX_OUT and native.available())
 
@@ -116,12 +153,10 @@ def native_forward_pays(in_channels: int, out_channels: int, dtype: Dtype) -> bo
 def native_weight_grad_pays(dtype: Dtype) -> bool:
   """Whether the native kernel computes the weight gradient of a layer in `dtype`.
 
-  Every layer that is not float64 (the kernel computes in float32; float64 keeps XLA's precision). With the outputs
-  as its inner loop the kernel wastes most of a vector on a 2-output layer, and still beats XLA's weight gradient
-  there, which lays the input out as [C, H, W, B] for it: cascade's 64 -> 2 layer's forward+backward ran 1.47x
-  faster than XLA's layer with it, 1.24x without, and every train step 3-7% faster (2-core AMD EPYC,
-  `python benchmarks/conv_bench.py --cases=cascade`, docs/benchmarks.md). An earlier kernel, which took a padded
-  copy of the input, ran such layers at 0.89x-0.95x on the Intel Xeon; 16+ outputs were its threshold."""
+  Every layer that is not float64: the kernel computes in float32, and float64 keeps XLA's precision. With the
+  outputs as its inner loop the kernel wastes most of a vector on a 2-output layer, and still beats XLA's weight
+  gradient there, which lays the input out as [C, H, W, B] for it (`python benchmarks/conv_bench.py
+  --cases=cascade`; docs/benchmarks.md)."""
   return jnp.dtype(dtype) != jnp.float64 and native.available()
 
 
@@ -215,14 +250,13 @@ def conv2d(x: Array, kernel: Array, bias: Optional[Array] = None, *, strides: Un
 _warned_fallback = []
 
 
-def resolve_conv_impl(impl: str) -> str:
-  """'xla' or 'native' for a `Conv` on the default backend ('auto' resolved).
+def resolve_conv_impl(impl: Optional[str] = None) -> str:
+  """'xla' or 'native': how a `Conv` is computed on the default backend under `impl` (default: the runtime setting).
 
   'auto' falls back to 'xla' (with one warning naming the reason) when the native kernels cannot be built here; an
   explicit 'native' off the CPU, or where the kernels cannot be built, is an error.
   """
-  if impl not in CONV_IMPLS:
-    raise ValueError(f'conv_impl must be one of {CONV_IMPLS}, got {impl!r}.')
+  impl = _check_impl('conv_impl', _IMPLS['conv_impl'] if impl is None else impl)
   cpu = jax.default_backend() == 'cpu'
   if impl == 'native':
     if not cpu:
@@ -236,20 +270,21 @@ def resolve_conv_impl(impl: str) -> str:
     if not native.available():
       if not _warned_fallback:
         _warned_fallback.append(True)
-        logging.warning("conv_impl='auto' uses XLA's convolutions and their weight gradient (several times slower "
-                        'on CPU): the native kernels are not available: %s.', native.unavailable_reason())
+        logging.warning("conv_impl='auto' uses XLA's convolutions and their weight gradient (slower on CPU): the "
+                        'native kernels are not available: %s.', native.unavailable_reason())
       return 'xla'
     return 'native'
   return impl
 
 
 class Conv(nn.Module):
-  """Drop-in for `nn.Conv` on 2D NHWC inputs; `impl` picks XLA's convolutions or the native CPU kernels.
+  """Drop-in for `nn.Conv` on 2D NHWC inputs, computed by XLA or the native CPU kernels as the runtime setting says.
 
   Same fields, defaults, parameter names (`kernel [kh, kw, Cin, features]`, `bias [features]`) and initial values as
   `nn.Conv`; `feature_group_count`, `input_dilation`, `mask` and 'CAUSAL' padding are not supported. Inputs with
   more than one leading batch axis are flattened into one, as `nn.Conv` does. Circular and reflect padding pad the
-  input first, as `nn.Conv` does. With `impl='xla'` it computes what `nn.Conv` computes, op for op.
+  input first, as `nn.Conv` does. With conv_impl 'xla' it computes what `nn.Conv` computes, op for op; the
+  choice is read when the module is traced (`resolve_conv_impl`), never stored in it.
   """
   features: int
   kernel_size: Sequence[int]
@@ -262,14 +297,13 @@ class Conv(nn.Module):
   precision: Any = None
   kernel_init: nn.initializers.Initializer = nn.linear.default_kernel_init
   bias_init: nn.initializers.Initializer = nn.initializers.zeros_init()
-  impl: str = 'auto'  # 'auto', 'xla' or 'native' (see the module docstring).
 
   @nn.compact
   def __call__(self, inputs: Array) -> Array:
     """`inputs [..., H, W, Cin]` -> `[..., Ho, Wo, features]`."""
     if isinstance(self.kernel_size, int) or len(self.kernel_size) != 2:
       raise ValueError(f'Conv is 2D: kernel_size must be a pair, got {self.kernel_size!r}.')
-    impl = resolve_conv_impl(self.impl)
+    impl = resolve_conv_impl()
     kernel_size = tuple(self.kernel_size)
     strides = _pair(1 if self.strides is None else self.strides, 'strides')
     dilation = _pair(1 if self.kernel_dilation is None else self.kernel_dilation, 'kernel_dilation')
@@ -339,12 +373,13 @@ class UpConv2x2(nn.Module):
     return y
 
 
-def conv_transpose_module(impl: str = 'auto') -> type:
-  """The 2x2 stride-2 up-convolution class: 'dense' -> `UpConv2x2`, 'xla' -> `nn.ConvTranspose`, 'auto' ->
-  `UpConv2x2` on CPU (4x to 9x faster there in forward+backward, benchmarks/conv_bench.py), `nn.ConvTranspose`
-  elsewhere. Call the result with `strides` equal to `kernel_size` (what `UpConv2x2` supports)."""
-  if impl not in UPCONV_IMPLS:
-    raise ValueError(f'upconv_impl must be one of {UPCONV_IMPLS}, got {impl!r}.')
+def conv_transpose_module(impl: Optional[str] = None) -> type:
+  """The 2x2 stride-2 up-convolution class under `impl` (default: the runtime setting upconv_impl): 'dense' ->
+  `UpConv2x2`, 'xla' -> `nn.ConvTranspose`, 'auto' -> `UpConv2x2` on CPU (faster there in forward+backward:
+  benchmarks/conv_bench.py), `nn.ConvTranspose` elsewhere. Both have the same parameters; give the module a `name`,
+  so the parameter tree does not depend on the class. Call the result with `strides` equal to `kernel_size` (what
+  `UpConv2x2` supports)."""
+  impl = _check_impl('upconv_impl', _IMPLS['upconv_impl'] if impl is None else impl)
   if impl == 'auto':
     impl = 'dense' if jax.default_backend() == 'cpu' else 'xla'
   return UpConv2x2 if impl == 'dense' else nn.ConvTranspose

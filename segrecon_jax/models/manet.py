@@ -61,14 +61,13 @@ class Conv2dReLU(nn.Module):
   bn_axis_name: Optional[str] = None
   bn_momentum: float = 0.9  # PyTorch momentum 0.1.
   bn_epsilon: float = 1e-5
-  conv_impl: str = 'auto'  # layers.Conv's impl: 'auto', 'xla' or 'native'.
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
     pad = self.kernel_size // 2
     x = layers.Conv(self.features, (self.kernel_size, self.kernel_size), padding=((pad, pad), (pad, pad)),
                     use_bias=False, dtype=self.dtype, param_dtype=jnp.float32, kernel_init=_decoder_init,
-                    impl=self.conv_impl, name='conv')(x)
+                    name='conv')(x)
     x = resnet.batch_norm(train, self.bn_axis_name, self.bn_momentum, self.bn_epsilon, self.dtype, name='bn')(x)
     return nn.relu(x)
 
@@ -83,13 +82,11 @@ class PAB(nn.Module):
   """
   pab_channels: int = 64
   dtype: Dtype = jnp.float32
-  conv_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     batch, height, width, channels = x.shape
-    conv = functools.partial(layers.Conv, dtype=self.dtype, param_dtype=jnp.float32, kernel_init=_decoder_init,
-                             impl=self.conv_impl)
+    conv = functools.partial(layers.Conv, dtype=self.dtype, param_dtype=jnp.float32, kernel_init=_decoder_init)
     top = conv(self.pab_channels, (1, 1), name='top_conv')(x).reshape(batch, height * width, self.pab_channels)
     center = conv(self.pab_channels, (1, 1), name='center_conv')(x).reshape(batch, height * width, self.pab_channels)
     bottom = conv(channels, (3, 3), padding=((1, 1), (1, 1)), name='bottom_conv')(x).reshape(
@@ -109,13 +106,12 @@ class SqueezeExcite(nn.Module):
   features: int
   reduction: int = 16
   dtype: Dtype = jnp.float32
-  conv_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     reduced = max(1, self.features // self.reduction)
     conv = functools.partial(layers.Conv, kernel_size=(1, 1), dtype=self.dtype, param_dtype=jnp.float32,
-                             kernel_init=_decoder_init, impl=self.conv_impl)
+                             kernel_init=_decoder_init)
     y = jnp.mean(x, axis=(1, 2), keepdims=True)
     y = nn.relu(conv(reduced, name='reduce')(y))
     return nn.sigmoid(conv(self.features, name='expand')(y))
@@ -133,19 +129,17 @@ class MFAB(nn.Module):
   bn_axis_name: Optional[str] = None
   bn_momentum: float = 0.9  # PyTorch momentum 0.1.
   bn_epsilon: float = 1e-5
-  conv_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x: Array, skip: Array, *, train: bool) -> Array:
     conv_relu = functools.partial(Conv2dReLU, dtype=self.dtype, bn_axis_name=self.bn_axis_name,
-                                  bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon, conv_impl=self.conv_impl)
+                                  bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon)
     skip_channels = skip.shape[-1]
     x = conv_relu(x.shape[-1], 3, name='hl_conv1')(x, train=train)
     x = conv_relu(skip_channels, 1, name='hl_conv2')(x, train=train)
     x = _upsample2x(x)
-    attention = SqueezeExcite(skip_channels, self.reduction, self.dtype, self.conv_impl, name='se_hl')(x)
-    attention = attention + SqueezeExcite(skip_channels, self.reduction, self.dtype, self.conv_impl,
-                                          name='se_ll')(skip)
+    attention = SqueezeExcite(skip_channels, self.reduction, self.dtype, name='se_hl')(x)
+    attention = attention + SqueezeExcite(skip_channels, self.reduction, self.dtype, name='se_ll')(skip)
     x = jnp.concatenate([x * attention, skip.astype(self.dtype)], axis=-1)
     x = conv_relu(self.features, 3, name='conv1')(x, train=train)
     return conv_relu(self.features, 3, name='conv2')(x, train=train)
@@ -158,12 +152,11 @@ class DecoderBlock(nn.Module):
   bn_axis_name: Optional[str] = None
   bn_momentum: float = 0.9  # PyTorch momentum 0.1.
   bn_epsilon: float = 1e-5
-  conv_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x: Array, skip: Optional[Array] = None, *, train: bool) -> Array:
     conv_relu = functools.partial(Conv2dReLU, dtype=self.dtype, bn_axis_name=self.bn_axis_name,
-                                  bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon, conv_impl=self.conv_impl)
+                                  bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon)
     x = _upsample2x(x)
     if skip is not None:
       x = jnp.concatenate([x, skip.astype(self.dtype)], axis=-1)
@@ -191,7 +184,6 @@ class MANet(nn.Module):
   # A ResNet34 ImageNet checkpoint (.safetensors, torchvision/timm layout) for the encoder, loaded after init by
   # `pretrained.apply_pretrained`; '' = random init. Not used by the forward pass.
   encoder_weights: str = ''
-  conv_impl: str = 'auto'  # Every convolution: 'auto', 'xla' or 'native' (layers.Conv; see models/layers.py).
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
@@ -209,13 +201,13 @@ class MANet(nn.Module):
       raise ValueError(f'MANet with encoder_depth={self.encoder_depth} needs H and W divisible by {stride}; '
                        f'got input of shape {x.shape} (H={x.shape[1]}, W={x.shape[2]}).')
     bn = dict(dtype=self.dtype, bn_axis_name=self.bn_axis_name, bn_momentum=self.bn_momentum,
-              bn_epsilon=self.bn_epsilon, conv_impl=self.conv_impl)
+              bn_epsilon=self.bn_epsilon)
     features = resnet.ResNetEncoder(stage_sizes=tuple(self.encoder_stage_sizes), widths=tuple(self.encoder_widths),
                                     stem_width=self.stem_width, depth=self.encoder_depth, name='encoder',
                                     **bn)(x, train=train)
     # smp drops the input feature; the deepest feature is the head, the others are skips, deepest first.
     features = features[1:][::-1]
-    y = PAB(self.pab_channels, self.dtype, self.conv_impl, name='center')(features[0])
+    y = PAB(self.pab_channels, self.dtype, name='center')(features[0])
     skips = features[1:]
     for i, channels in enumerate(self.decoder_channels):
       if i < len(skips):
@@ -223,8 +215,7 @@ class MANet(nn.Module):
       else:
         y = DecoderBlock(channels, name=f'block{i}', **bn)(y, train=train)
     logits = layers.Conv(self.num_classes, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,
-                         param_dtype=jnp.float32, kernel_init=_head_init, impl=self.conv_impl,
-                         name='segmentation_head')(y)
+                         param_dtype=jnp.float32, kernel_init=_head_init, name='segmentation_head')(y)
     return logits.astype(jnp.float32)
 
 

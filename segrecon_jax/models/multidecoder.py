@@ -32,8 +32,6 @@ class MultiDecoderUNet(nn.Module):
   norm: str = 'batch'
   dtype: Dtype = jnp.float32
   bn_axis_name: Optional[str] = None  # Set to the pmap axis ('batch') to average batch statistics across devices.
-  upconv_impl: str = 'auto'  # Both decoders' up-convolutions: 'auto', 'xla' (nn.ConvTranspose), 'dense' (UpConv2x2).
-  conv_impl: str = 'auto'  # Every convolution: 'auto', 'xla' or 'native' (layers.Conv).
 
   @nn.compact
   def __call__(self, x: Array, kspace: Optional[Array] = None, mask: Optional[Array] = None, *,
@@ -42,13 +40,11 @@ class MultiDecoderUNet(nn.Module):
     if x.shape[-1] != 2:
       raise ValueError(f'MultiDecoderUNet expects image channels [B, H, W, 2], got shape {x.shape}.')
     features = tuple(self.features)
-    bottleneck, skips = unet.UNetEncoder(features, self.norm, self.dtype, self.bn_axis_name, self.conv_impl,
-                                         name='encoder')(x, train=train)
+    bottleneck, skips = unet.UNetEncoder(features, self.norm, self.dtype, self.bn_axis_name, name='encoder')(
+        x, train=train)
     correction = unet.UNetDecoder(features, 2, self.norm, self.dtype, self.bn_axis_name,
-                                  upconv_impl=self.upconv_impl, conv_impl=self.conv_impl,
                                   name='recon_decoder')(bottleneck, skips, train=train)
     seg_logits = unet.UNetDecoder(features, self.num_classes, self.norm, self.dtype, self.bn_axis_name,
-                                  upconv_impl=self.upconv_impl, conv_impl=self.conv_impl,
                                   name='seg_decoder')(bottleneck, skips, train=train)
     recon = x.astype(jnp.float32) + correction.astype(jnp.float32)
     return ModelOutput(recon=recon, seg_logits=seg_logits.astype(jnp.float32))

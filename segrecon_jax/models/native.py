@@ -2,13 +2,13 @@
 gradient, and a direct convolution (the forward pass, and a stride-1 convolution's input gradient).
 
 XLA:CPU computes a convolution's weight gradient as a convolution with a `Ho x Wo` window and a `kh x kw` output,
-which runs at 6 to 30 GFLOP/s on this project's 2-core machines (about a tenth of their matmul rate), where
-PyTorch's oneDNN runs a direct kernel. `csrc/conv_weight_grad.cc` is such a direct kernel: register-blocked outer
-products of input channels and output channels, accumulated over the output positions of cache-sized chunks of rows,
-without materializing im2col patches or a padded copy of the input (the padding is implicit). XLA's forward
-convolution runs the layers with 32 or 64 outputs at 80-180 GFLOP/s; `csrc/conv_forward.cc` computes them at 180-360
-GFLOP/s, as a GEMM of output pixels x output channels x (tap, input channel) with register blocks of 24 accumulators
-and L1-sized weight panels, the zero padding implicit. Both spread their work over XLA's intra-op thread pool
+which runs far below the machine's matmul rate, where PyTorch's oneDNN runs a direct kernel.
+`csrc/conv_weight_grad.cc` is such a direct kernel: register-blocked outer products of input channels and output
+channels, accumulated over the output positions of cache-sized chunks of rows, without materializing im2col patches
+or a padded copy of the input (the padding is implicit). `csrc/conv_forward.cc` computes a convolution as a GEMM of
+output pixels x output channels x (tap, input channel) with register blocks of 24 accumulators and L1-sized weight
+panels, the zero padding implicit; `layers.native_forward_pays` says which layers it takes (docs/benchmarks.md has
+the measurements behind both). Both spread their work over XLA's intra-op thread pool
 (`xla::ffi::ThreadPool`, `csrc/native_common.h`) and give the same bits on every run. They are compiled once per
 machine with the system's C++ compiler (`$CXX`, else `g++` or `c++`; `-O3 -march=native`) against jaxlib's FFI
 headers (`jax.ffi.include_dir()`) into one shared library, cached under `$SEGRECON_NATIVE_DIR` (default
@@ -16,8 +16,10 @@ headers (`jax.ffi.include_dir()`) into one shared library, cached under `$SEGREC
 targets `segrecon_conv_weight_grad` and `segrecon_conv_forward` for the CPU platform.
 
 `conv_weight_grad(x, g, ...)` and `conv_forward(x, kernel, ...)` call them; `available()` says whether they could be
-built here (and `unavailable_reason()` why not). `layers.Conv(impl='auto')` takes them on CPU when they are
-available and falls back to XLA's convolutions, with one warning that names the reason, when they are not.
+built here (and `unavailable_reason()` why not). `layers.Conv` takes them on CPU under the runtime setting
+conv_impl='auto' when they are available, and falls back to XLA's convolutions, with one warning that names the
+reason, when they are not: no compiler, a failed build, or a cached library that cannot be loaded or lacks a
+kernel's symbol.
 """
 
 import ctypes
@@ -101,13 +103,21 @@ def _load() -> Tuple[Optional[int], Optional[str]]:
   if compiler is None:
     return None, 'no C++ compiler was found ($CXX, g++ or c++)'
   try:
-    library = ctypes.cdll.LoadLibrary(_build(compiler))
+    path = _build(compiler)
   except (OSError, RuntimeError, subprocess.SubprocessError) as e:
     return None, f'building {" and ".join(_SOURCES)} failed: {e}'
-  jax.ffi.register_ffi_target(_TARGET, jax.ffi.pycapsule(library.SegreconConvWeightGrad), platform='cpu')
-  jax.ffi.register_ffi_target(_FORWARD_TARGET, jax.ffi.pycapsule(library.SegreconConvForward), platform='cpu')
-  library.SegreconConvWeightGradLanes.restype = ctypes.c_int
-  return int(library.SegreconConvWeightGradLanes()), None  # Both kernels take kLanes from native_common.h.
+  try:  # Every symbol is looked up before anything is registered: a stale or foreign library falls back whole.
+    library = ctypes.cdll.LoadLibrary(path)
+    weight_grad, forward = library.SegreconConvWeightGrad, library.SegreconConvForward
+    lanes_function = library.SegreconConvWeightGradLanes
+  except (OSError, AttributeError) as e:
+    reason = f'the cached library {path} cannot be used ({e}); delete it to rebuild'
+    logging.warning('Native convolution kernels: %s.', reason)
+    return None, reason
+  jax.ffi.register_ffi_target(_TARGET, jax.ffi.pycapsule(weight_grad), platform='cpu')
+  jax.ffi.register_ffi_target(_FORWARD_TARGET, jax.ffi.pycapsule(forward), platform='cpu')
+  lanes_function.restype = ctypes.c_int
+  return int(lanes_function()), None  # Both kernels take kLanes from native_common.h.
 
 
 def available() -> bool:

@@ -46,12 +46,11 @@ class BasicBlock(nn.Module):
   bn_axis_name: Optional[str] = None
   bn_momentum: float = 0.9  # PyTorch momentum 0.1.
   bn_epsilon: float = 1e-5
-  conv_impl: str = 'auto'  # layers.Conv's impl: 'auto', 'xla' or 'native'.
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
     conv = functools.partial(layers.Conv, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
-                             kernel_init=_conv_init, impl=self.conv_impl)
+                             kernel_init=_conv_init)
     norm = functools.partial(batch_norm, train, self.bn_axis_name, self.bn_momentum, self.bn_epsilon, self.dtype)
     residual = x
     y = conv(self.features, (3, 3), strides=self.strides, padding=((1, 1), (1, 1)), name='conv1')(x)
@@ -78,7 +77,6 @@ class ResNetEncoder(nn.Module):
   bn_axis_name: Optional[str] = None
   bn_momentum: float = 0.9  # PyTorch momentum 0.1.
   bn_epsilon: float = 1e-5
-  conv_impl: str = 'auto'  # Every convolution: layers.Conv's impl.
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> List[Array]:
@@ -90,7 +88,7 @@ class ResNetEncoder(nn.Module):
     features = [x]
     y = x.astype(self.dtype)
     y = layers.Conv(self.stem_width, (7, 7), strides=2, padding=((3, 3), (3, 3)), use_bias=False, dtype=self.dtype,
-                    param_dtype=jnp.float32, kernel_init=_conv_init, impl=self.conv_impl, name='conv1')(y)
+                    param_dtype=jnp.float32, kernel_init=_conv_init, name='conv1')(y)
     y = batch_norm(train, self.bn_axis_name, self.bn_momentum, self.bn_epsilon, self.dtype, name='bn1')(y)
     y = nn.relu(y)
     features.append(y)
@@ -101,6 +99,6 @@ class ResNetEncoder(nn.Module):
       for block in range(self.stage_sizes[stage]):
         y = BasicBlock(features=self.widths[stage], strides=2 if stage > 0 and block == 0 else 1, dtype=self.dtype,
                        bn_axis_name=self.bn_axis_name, bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
-                       conv_impl=self.conv_impl, name=f'layer{stage + 1}_block{block}')(y, train=train)
+                       name=f'layer{stage + 1}_block{block}')(y, train=train)
       features.append(y)
     return features

@@ -57,14 +57,13 @@ class ConvNormReLU(nn.Module):
   bn_axis_name: Optional[str] = None
   bn_momentum: float = 0.9  # Flax convention (weight of the old average): PyTorch momentum 0.1.
   bn_epsilon: float = 1e-5
-  conv_impl: str = 'auto'  # layers.Conv's impl: 'auto', 'xla' or 'native' (see models/layers.py).
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
     if self.norm not in NORMS:
       raise ValueError(f'norm must be one of {NORMS}, got {self.norm!r}.')
     x = layers.Conv(self.features, (3, 3), padding='SAME', use_bias=self.norm == 'none', dtype=self.dtype,
-                    param_dtype=jnp.float32, impl=self.conv_impl, name='conv')(x)
+                    param_dtype=jnp.float32, name='conv')(x)
     if self.norm == 'batch':
       x = nn.BatchNorm(use_running_average=not train, axis_name=self.bn_axis_name, momentum=self.bn_momentum,
                        epsilon=self.bn_epsilon, dtype=self.dtype, param_dtype=jnp.float32, name='bn')(x)
@@ -80,12 +79,10 @@ class DoubleConv(nn.Module):
   norm: str = 'batch'
   dtype: Dtype = jnp.float32
   bn_axis_name: Optional[str] = None
-  conv_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
-    block = functools.partial(ConvNormReLU, self.features, self.norm, self.dtype, self.bn_axis_name,
-                              conv_impl=self.conv_impl)
+    block = functools.partial(ConvNormReLU, self.features, self.norm, self.dtype, self.bn_axis_name)
     x = block(name='conv1')(x, train=train)
     return block(name='conv2')(x, train=train)
 
@@ -96,7 +93,6 @@ class UNetEncoder(nn.Module):
   norm: str = 'batch'
   dtype: Dtype = jnp.float32
   bn_axis_name: Optional[str] = None
-  conv_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Tuple[Array, List[Array]]:
@@ -104,11 +100,11 @@ class UNetEncoder(nn.Module):
     x = x.astype(self.dtype)
     skips = []
     for level, width in enumerate(self.features[:-1]):
-      x = DoubleConv(width, self.norm, self.dtype, self.bn_axis_name, self.conv_impl, name=f'down{level}')(
+      x = DoubleConv(width, self.norm, self.dtype, self.bn_axis_name, name=f'down{level}')(
           x, train=train)
       skips.append(x)
       x = layers.max_pool_2x2(x)  # nn.max_pool's 2x2, stride 2, with a faster backward on CPU.
-    x = DoubleConv(self.features[-1], self.norm, self.dtype, self.bn_axis_name, self.conv_impl, name='bottleneck')(
+    x = DoubleConv(self.features[-1], self.norm, self.dtype, self.bn_axis_name, name='bottleneck')(
         x, train=train)
     return x, skips
 
@@ -120,10 +116,6 @@ class UNetDecoder(nn.Module):
   norm: str = 'batch'
   dtype: Dtype = jnp.float32
   bn_axis_name: Optional[str] = None
-  # 'auto': on CPU the up-convolutions are a dense + depth-to-space (`layers.UpConv2x2`, equal to nn.ConvTranspose
-  # with the same parameters, 4x to 9x faster there: benchmarks/conv_bench.py); elsewhere nn.ConvTranspose.
-  upconv_impl: str = 'auto'
-  conv_impl: str = 'auto'  # The 3x3 and head convolutions: layers.Conv's impl.
 
   @nn.compact
   def __call__(self, x: Array, skips: Sequence[Array], *, train: bool) -> Array:
@@ -132,14 +124,14 @@ class UNetDecoder(nn.Module):
                        f'got {len(skips)}.')
     for level in reversed(range(len(self.features) - 1)):
       width = self.features[level]
-      upconv = layers.conv_transpose_module(self.upconv_impl)
+      # nn.ConvTranspose or its CPU equivalent layers.UpConv2x2 (the runtime setting upconv_impl), same parameters.
+      upconv = layers.conv_transpose_module()
       x = upconv(width, (2, 2), strides=(2, 2), padding='VALID', dtype=self.dtype, param_dtype=jnp.float32,
                  name=f'upconv{level}')(x)
       x = jnp.concatenate([x, skips[level].astype(self.dtype)], axis=-1)
-      x = DoubleConv(width, self.norm, self.dtype, self.bn_axis_name, self.conv_impl, name=f'up{level}')(
+      x = DoubleConv(width, self.norm, self.dtype, self.bn_axis_name, name=f'up{level}')(
           x, train=train)
-    return layers.Conv(self.out_channels, (1, 1), dtype=self.dtype, param_dtype=jnp.float32, impl=self.conv_impl,
-                       name='head')(x)
+    return layers.Conv(self.out_channels, (1, 1), dtype=self.dtype, param_dtype=jnp.float32, name='head')(x)
 
 
 class UNet(nn.Module):
@@ -154,8 +146,6 @@ class UNet(nn.Module):
   residual: bool = False
   dtype: Dtype = jnp.float32
   bn_axis_name: Optional[str] = None  # Set to the pmap axis ('batch') to average batch statistics across devices.
-  upconv_impl: str = 'auto'  # The decoder's up-convolution: 'auto', 'xla' (nn.ConvTranspose), 'dense' (UpConv2x2).
-  conv_impl: str = 'auto'  # Every convolution: 'auto', 'xla' or 'native' (layers.Conv).
 
   @nn.compact
   def __call__(self, x: Array, kspace: Optional[Array] = None, mask: Optional[Array] = None, *,
@@ -165,10 +155,10 @@ class UNet(nn.Module):
       raise ValueError(f'a residual UNet needs out_channels ({self.out_channels}) equal to the input channels; '
                        f'got input of shape {x.shape}.')
     features = tuple(self.features)
-    bottleneck, skips = UNetEncoder(features, self.norm, self.dtype, self.bn_axis_name, self.conv_impl,
-                                    name='encoder')(x, train=train)
+    bottleneck, skips = UNetEncoder(features, self.norm, self.dtype, self.bn_axis_name, name='encoder')(
+        x, train=train)
     decoder = UNetDecoder(features, self.out_channels, self.norm, self.dtype, self.bn_axis_name,
-                          upconv_impl=self.upconv_impl, conv_impl=self.conv_impl, name='decoder')
+                          name='decoder')
     y = decoder(bottleneck, skips, train=train)
     y = y.astype(jnp.float32)
     if self.residual:

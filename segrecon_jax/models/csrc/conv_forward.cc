@@ -4,9 +4,9 @@
 //   out[b, y, x, o] = sum_{i, j, c} x[b, y*sh + i*dh - pt, x*sw + j*dw - pl, c] * w[i, j, c, o]
 //
 // with zero padding implicit (positions outside the input contribute nothing; the bottom and right padding follow
-// from the output's shape), all float32. XLA:CPU (jaxlib 0.10.2, YNNPACK) runs 3x3 layers with 32 or 64 outputs at
-// 80-180 GFLOP/s on this project's 2-core machines, and 1x1 layers at 20-30, against about 330 for the FMA units;
-// this kernel runs them at 180-360 (benchmarks/conv_bench.py --forward).
+// from the output's shape), all float32. XLA:CPU runs the models' layers with 32 or 64 outputs, and 1x1 layers most
+// of all, well below the FMA units' rate; this kernel is closer to it (benchmarks/conv_bench.py --forward; the
+// figures are in docs/benchmarks.md).
 // This is a direct kernel without patches, blocked as a GEMM of output pixels x output channels x (tap, input
 // channel): for each tap and chunk of input channels (whose weight panel stays in L1 cache), register blocks of P
 // consecutive output pixels x NV vectors of output channels (P * NV = 24 accumulators) are loaded from the output,

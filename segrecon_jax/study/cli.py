@@ -1,0 +1,76 @@
+"""The study's command line: `python -m segrecon_jax.study run|sweep|losses|attention|report ...`."""
+
+import argparse
+from typing import List, Optional
+
+from segrecon_jax.study import plan
+from segrecon_jax.study import report as report_lib
+from segrecon_jax.study import runner
+
+ACTIONS = ('run', 'sweep', 'losses', 'attention', 'report')
+
+
+def _ints(text: str) -> List[int]:
+  return [int(part) for part in text.split(',') if part.strip()]
+
+
+def parse(argv: Optional[List[str]] = None):
+  """The parsed arguments and the `--config.*` overrides (every other unknown argument is an error)."""
+  parser = argparse.ArgumentParser(
+      prog='python -m segrecon_jax.study',
+      description='Runs the study (each run a main.py process; finished runs are skipped) and writes its report. '
+      'Any --config.<field>=<value> argument is passed to every run, as to main.py: the data '
+      '(--config.dataset_config=nifti --config.manual_dir=DIR --config.image_size=128 --config.data_dir=DIR) or '
+      'any other setting; a root records its switch and overrides (ROOT/study.json) and refuses others.')
+  parser.add_argument('action', choices=ACTIONS)
+  parser.add_argument('--root', required=True, help='folder holding one workdir per (row, acceleration, seed)')
+  parser.add_argument('--switch', default='cpu_study', help="config switch for every run ('' = paper scale)")
+  parser.add_argument('--seeds', default='0', help='comma-separated seeds')
+  parser.add_argument('--experiments', default='', help='comma-separated subset of the experiments (run)')
+  parser.add_argument('--tables', default=','.join(map(str, plan.TABLES)),
+                      help="comma-separated paper tables, in the order to run them, e.g. '2,1' (run)")
+  parser.add_argument('--accelerations', default='4,8', help='comma-separated accelerations')
+  parser.add_argument('--weights', default=','.join(f'{w:g}' for w in plan.SWEEP_WEIGHTS),
+                      help='comma-separated seg_loss_weight values (sweep)')
+  parser.add_argument('--methods', default='', help='comma-separated subset of the loss methods (losses): '
+                      + ', '.join(m.name for m in plan.LOSS_METHODS))
+  parser.add_argument('--seconds_per_step', type=float, default=None,
+                      help='seconds per training step, for the expected duration printed before starting')
+  parser.add_argument('--out', default='docs/results.md', help='the report (report)')
+  args, unknown = parser.parse_known_args(argv)
+  overrides = [a for a in unknown if a.startswith('--config.')]
+  others = [a for a in unknown if not a.startswith('--config.')]
+  if others:
+    parser.error(f'unrecognized arguments: {" ".join(others)} (config settings are passed as --config.<field>=<value>)')
+  if args.action == 'report' and overrides:
+    parser.error('report reads the settings the runs were started with (ROOT/study.json); it takes no --config.*')
+  unknown_tables = sorted(set(_ints(args.tables)) - set(plan.TABLES))
+  if unknown_tables:
+    parser.error(f'--tables={args.tables}: the paper has tables {list(plan.TABLES)}, not {unknown_tables}')
+  try:
+    settings = plan.Settings(args.switch, tuple(overrides))
+  except ValueError as e:
+    parser.error(str(e))
+  return args, settings
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+  args, settings = parse(argv)
+  seeds, accelerations = _ints(args.seeds), _ints(args.accelerations)
+  if args.action == 'report':
+    print(report_lib.report(args.root, args.out, settings))
+    return
+  if args.action == 'run':
+    runs = plan.table_runs(args.root, settings, seeds, _ints(args.tables), accelerations,
+                           [e for e in args.experiments.split(',') if e])
+  elif args.action == 'sweep':
+    runs = plan.sweep_runs(args.root, settings, seeds, [float(w) for w in args.weights.split(',')], accelerations)
+  elif args.action == 'losses':
+    runs = plan.loss_runs(args.root, settings, seeds, [m for m in args.methods.split(',') if m], accelerations)
+  else:
+    runs = plan.attention_runs(args.root, settings, seeds, accelerations)
+  plan.save_settings(args.root, settings)
+  if args.action == 'attention':
+    runner.attention_all(runs)
+  else:
+    runner.run_all(runs, args.seconds_per_step)

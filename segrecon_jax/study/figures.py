@@ -1,0 +1,100 @@
+"""The study's figures: Fig. 2-like comparisons, the loss-weight curves, the loss trade-off and training curves."""
+
+import os
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+
+from segrecon_jax import reporting
+from segrecon_jax.study import plan
+
+plt = reporting.plt
+
+
+def fig2(root: str, out_dir: str, margin_fraction: float, data_name: str) -> List[str]:
+  """Fig. 2-like figures per table and acceleration: fully sampled, zero-filled and each row's reconstruction of the
+  test slice with the most heart, seed 0 (or the lowest seed a row ran)."""
+  os.makedirs(out_dir, exist_ok=True)
+  paths = []
+  for table_number in plan.TABLES:
+    for acceleration in plan.ACCELERATIONS:
+      columns, reference, index = [], None, 0
+      for number, method, experiment, stabilized in plan.ROWS:
+        if number != table_number:
+          continue
+        parent = os.path.dirname(plan.run_dir(root, experiment, acceleration, stabilized, 0))
+        seeds = sorted(int(n[4:]) for n in os.listdir(parent) if n[4:].isdigit()) if os.path.isdir(parent) else []
+        pred = next((p for p in (os.path.join(parent, f'seed{s}', 'predictions') for s in seeds)
+                     if os.path.exists(os.path.join(p, 'recon.npy'))), None)
+        if pred is None:
+          continue
+        if reference is None:
+          reference = {k: np.load(os.path.join(pred, f'{k}.npy')) for k in ('image', 'zero_filled', 'segmentation')}
+          index = int(np.argmax([(s > 0).sum() for s in reference['segmentation']]))
+          columns += [('Fully sampled', reference['image'][index], None),
+                      (f'Zero-filled x{acceleration}', reference['zero_filled'][index], None)]
+        columns.append((method, np.load(os.path.join(pred, 'recon.npy'))[index], None))
+      if reference is None:
+        continue
+      margin = int(round(margin_fraction * reference['image'].shape[-2]))  # The F- box of the tables.
+      path = os.path.join(out_dir, f'fig2_table{table_number}_x{acceleration}.png')
+      reporting.comparison_figure(path, columns, reference['segmentation'][index], margin,
+                                  title=f'Table {table_number} models, x{acceleration} ({data_name} test slice)')
+      paths.append(path)
+  return paths
+
+
+def tradeoff(path: str, points: Sequence[Tuple[str, int, Tuple[float, float, float], Tuple[float, float, float]]],
+             title: str) -> None:
+  """F-PSNR gain against global PSNR cost, both paired against solo reconstruction, one point per (method,
+  acceleration) with its 95% intervals as error bars.
+
+  Args:
+    points: (method label, acceleration, (PSNR difference, low, high), (F-PSNR difference, low, high)).
+  """
+  fig, ax = plt.subplots(figsize=(7.5, 5.2))
+  markers = {4: 'o', 8: 's'}
+  labels = sorted({p[0] for p in points}, key=[p[0] for p in points].index)
+  colors = {label: plt.cm.tab10(i % 10) for i, label in enumerate(labels)}
+  for label, acceleration, (x, x_low, x_high), (y, y_low, y_high) in points:
+    ax.errorbar([x], [y], xerr=[[x - x_low], [x_high - x]], yerr=[[y - y_low], [y_high - y]], capsize=3,
+                marker=markers.get(acceleration, 'D'), color=colors[label], linestyle='none')
+  ax.axhline(0, color='grey', linewidth=0.8)
+  ax.axvline(0, color='grey', linewidth=0.8)
+  ax.axvline(-0.5, color='grey', linewidth=0.8, linestyle=':')
+  handles = [plt.Line2D([], [], color=colors[l], marker='o', linestyle='none', label=l) for l in labels]
+  handles += [plt.Line2D([], [], color='black', marker=m, linestyle='none', label=f'x{a}') for a, m in markers.items()]
+  ax.legend(handles=handles, fontsize=7, loc='best')
+  ax.set_xlabel('PSNR - PSNR(solo CascadeNet) (dB)')
+  ax.set_ylabel('F-PSNR - F-PSNR(solo CascadeNet) (dB)')
+  ax.grid(True, alpha=0.3)
+  ax.set_title(title, fontsize=9)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def curves(path: str, series: Dict[str, Dict[str, Tuple[np.ndarray, np.ndarray]]],
+           panels: Sequence[Tuple[str, str]], title: str) -> None:
+  """Eval metrics against the training step, one panel per metric, one line per row (mean over seeds).
+
+  Args:
+    series: row label -> {metric tag: (steps `[n]`, values `[n]`)}.
+    panels: (axis label, metric tag).
+  """
+  fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
+  for ax, (label, tag) in zip(axes[0], panels):
+    for row, tags in series.items():
+      if tag in tags:
+        steps, values = tags[tag]
+        ax.plot(steps, values, marker='.', label=row)
+    ax.set_xlabel('training step')
+    ax.set_ylabel(label)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+  fig.suptitle(title, fontsize=10)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=120)
+  plt.close(fig)

@@ -1,0 +1,95 @@
+"""Tests of the config checks that run before any dataset is built: each bad value is one ConfigError naming it."""
+
+import os
+
+from absl import flags
+import pytest
+from ml_collections import config_flags
+
+from configs import cascade_manet
+from configs import unet_unet
+from segrecon_jax import config_checks
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _config(module=unet_unet, arg='x4,runlocal', **fields):
+  config = module.get_config(arg)
+  for field, value in fields.items():
+    if field.startswith('model.'):
+      sub, name = field[len('model.'):].split('.')
+      config.model[sub][name] = value
+    else:
+      setattr(config, field, value)
+  return config
+
+
+def test_the_shipped_configs_pass():
+  for module in (unet_unet, cascade_manet):
+    for arg in ('x4', 'x8_stab', 'x4,runlocal', 'x8_stab,demo', 'x8_stab,cpu_study'):
+      config_checks.check_config(module.get_config(arg))
+
+
+@pytest.mark.parametrize('fields,match', [
+    # A mask keeps round(W / R) lines: 32 / 100 rounds to 0, the network would see all-zero input.
+    (dict(dataset_config='phantom_tiny', acceleration=100, num_acs=0), r'config.acceleration=100 keeps .* = 0 of the 32'),
+    (dict(num_acs=100), r'config.num_acs=100: more autocalibration lines than the 64'),
+    (dict(acceleration=16, num_acs=8), r'config.acceleration=16 keeps 4 of .* fewer than config.num_acs=8'),
+    (dict(image_size=9), r'config.image_size=9: model .unet_unet. halves the image 3 times'),
+    (dict(image_size=48), None),
+])
+def test_masks_and_image_size_are_checked_before_any_data(fields, match):
+  config = _config(**fields)
+  if match is None:
+    config_checks.check_config(config)
+    return
+  with pytest.raises(config_checks.ConfigError, match=match):
+    config_checks.check_config(config)
+
+
+@pytest.mark.parametrize('module,fields,match', [
+    # Fewer classes than the data's labels 0..3: labels 2 and 3 would be silently dropped by the one-hot.
+    (unet_unet, {'num_classes': 2, 'model.seg.out_channels': 2}, r'config.num_classes=2: .* 4 label values'),
+    (unet_unet, {'num_classes': 5, 'model.seg.out_channels': 5}, r'config.num_classes=5: .* must be 4'),
+    (unet_unet, {'num_classes': 5}, r'config.num_classes=5'),
+    (unet_unet, {'model.seg.out_channels': 3}, r'config.model.seg.out_channels=3: .*config.num_classes=4'),
+    (cascade_manet, {'model.seg.num_classes': 2}, r'config.model.seg.num_classes=2: .*config.num_classes=4'),
+])
+def test_the_label_set_comes_from_the_data(module, fields, match):
+  with pytest.raises(config_checks.ConfigError, match=match):
+    config_checks.check_config(_config(module, **fields))
+
+
+@pytest.mark.parametrize('fields,match', [
+    (dict(seed=-1), r'config.seed=-1: seeds must be integers >= 0'),
+    (dict(eval_mask_seed=-3), r'config.eval_mask_seed=-3'),
+    (dict(schedule_levels='six'), r'config.schedule_levels=.six.: expected a number'),
+    (dict(schedule_levels=2.5), r'config.schedule_levels=2.5: .* integer'),
+    (dict(schedule_levels=float('inf')), r'config.schedule_levels=inf: .* integer'),
+    (dict(manual_dir='/nonexistent/ocmr_files'), r"config.manual_dir='/nonexistent/ocmr_files' does not exist"),
+    (dict(dataset_config='realz'), r"config.dataset_config='realz'.*expected one of"),
+    (dict(model={'name': 'unet_unet', 'recon': {'featurez': (8, 16)}}), r"config.model: .*unknown field.*featurez"),
+])
+def test_bad_values_name_their_field(fields, match):
+  with pytest.raises(config_checks.ConfigError, match=match):
+    config_checks.check_config(_config(**fields))
+
+
+def test_manual_dir_that_is_a_file(tmp_path):
+  path = tmp_path / 'fs_0001.h5'
+  path.write_bytes(b'')
+  with pytest.raises(config_checks.ConfigError, match='is not a directory'):
+    config_checks.check_config(_config(manual_dir=str(path)))
+
+
+@pytest.mark.parametrize('value,expected', [('None', None), ('4', 4)])
+def test_schedule_levels_none_from_the_command_line(value, expected):
+  """configs/default.py documents None (the exact eq. 1); the command line must be able to say it."""
+  argv = ['main.py', f'--config={_ROOT}/configs/unet_unet.py:x8_stab,runlocal', f'--config.schedule_levels={value}']
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', None, 'config', flag_values=flag_values, lock_config=True,
+                                  sys_argv=argv)
+  flag_values(argv)
+  config = flag_values.config
+  assert config.schedule_levels == expected
+  config_checks.check_config(config)

@@ -1,0 +1,94 @@
+"""Tests of main.py's error handling: user errors are one paragraph that names the file or field, exit code 2."""
+
+import errno
+import os
+import subprocess
+import sys
+
+import pytest
+
+import main
+from segrecon_jax import parallel
+from segrecon_jax import train
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _raised(make):
+  """The exception `make` raises, with the chain Python gives it."""
+  try:
+    make()
+  except Exception as e:  # pylint: disable=broad-except
+    return e
+  raise AssertionError('nothing raised')
+
+
+def _chained_oserror(inner):
+  def make():
+    try:
+      raise inner
+    except OSError as e:
+      raise OSError('Failed to save the checkpoint.') from e
+  return make
+
+
+def _raise(error):
+  def make():
+    raise error
+  return make
+
+
+_TENSORSTORE = ('OUT_OF_RANGE: Error opening "cast" driver: Error reading Byte range [0, 320) of local file '
+                '"/wd/checkpoints/80/state/d/0479": Requested byte range [0, 320) is not valid for value of size 160 '
+                '[tensorstore_spec=\'{"driver":"zarr"}\']')
+
+
+@pytest.mark.parametrize('make,expected', [
+    (_raise(ValueError('config.acceleration=100 keeps 0 of the 32 phase-encode lines')), ['config.acceleration=100']),
+    (_raise(parallel.BatchSizeError('config.batch_size=3 must be a positive multiple of the number of devices')),
+     ['config.batch_size=3']),
+    (_raise(train.NonFiniteError('non-finite loss or gradient at step 82')), ['step 82']),
+    (_chained_oserror(OSError(errno.ENOSPC, 'No space left on device', '/wd/checkpoints/5/meta')),
+     ['Failed to save the checkpoint', '/wd/checkpoints/5/meta: No space left on device', 'the disk is full']),
+    (_raise(OSError(errno.EROFS, 'Read-only file system', '/ro/wd/.lock')),
+     ['/ro/wd/.lock: Read-only file system', 'read-only file system: choose a writable --workdir']),
+    (_raise(FileExistsError('Cannot rename /d/ocmr/real/incomplete.AB12_1.0.0. Destination /d/ocmr/real/1.0.0 '
+                            'already exists.')), ['Destination /d/ocmr/real/1.0.0', 'run again to reuse it']),
+    (_raise(ValueError(_TENSORSTORE)), ['local file "/wd/checkpoints/80/state/d/0479"', 'Delete /wd/checkpoints/80']),
+    (_raise(RuntimeError('Corrupted Riegeli/records file: chunk data hash mismatch')),
+     ['prepared dataset file is damaged', 'Riegeli']),
+])
+def test_user_errors_are_one_paragraph(make, expected):
+  message = main.user_error_message(_raised(make))
+  assert message is not None and 'Traceback' not in message and 'tensorstore_spec' not in message
+  for part in expected:
+    assert part in message
+
+
+@pytest.mark.parametrize('error', [KeyError('params'), ValueError('operands could not be broadcast'),
+                                   RuntimeError('XLA compilation failed'), TypeError('unhashable')])
+def test_bugs_keep_their_traceback(error):
+  assert main.user_error_message(error) is None
+
+
+@pytest.mark.parametrize('flags_,match', [
+    (['--config=configs/unet_unet.py:x4,runlocal', '--config.seed=-1'], 'main.py: config.seed=-1: seeds must be'),
+    (['--config=configs/unet_unet.py:x4,runlocal', '--config.dataset_config=phantom_tiny', '--config.num_acs=0',
+      '--config.acceleration=100'], 'main.py: config.acceleration=100 keeps round(32 / 100) = 0'),
+    (['--config=configs/no_such_experiment.py:x4'], "no such config file 'configs/no_such_experiment.py'"),
+    # A workdir that cannot be created (OSError, raised from the makedirs error): one line, not a chain.
+    (['--config=configs/unet_unet.py:x4,runlocal', '--workdir=/dev/null/wd'],
+     'main.py: --workdir=/dev/null/wd: cannot create /dev/null/wd (Not a directory)'),
+])
+def test_main_stops_before_any_data_with_exit_code_2(tmp_path, flags_, match):
+  data_dir = tmp_path / 'tfds'
+  args = [sys.executable, 'main.py', *flags_]
+  if not any(f.startswith('--workdir=') for f in flags_):
+    args.append(f'--workdir={tmp_path / "wd"}')
+  if len(flags_) > 1:
+    args.append(f'--config.data_dir={data_dir}')
+  run = subprocess.run(args, cwd=_ROOT, capture_output=True, text=True, timeout=300)
+  stderr = '\n'.join(l for l in run.stderr.splitlines() if 'DeprecationWarning' not in l)
+  assert run.returncode == 2 and match in stderr and 'Traceback' not in stderr, stderr
+  assert len(stderr.strip().splitlines()) == 1
+  assert not data_dir.exists() and not (tmp_path / 'wd').exists()  # nothing built, nothing written
