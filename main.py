@@ -125,6 +125,9 @@ def main(argv):
   try:
     config_checks.check_config(FLAGS.config)  # Every check that needs no data, before any is built.
     run(argv)
+  except train.TrainingInterrupted as e:  # SIGTERM or SIGINT: checkpoint written, workdir released.
+    sys.stderr.write(f'main.py: {e}\n')
+    sys.exit(e.exit_code)
   except Exception as e:  # pylint: disable=broad-except
     message = user_error_message(e)
     if message is None:
@@ -141,14 +144,17 @@ def run(argv):
   logging.getLogger('absl').setLevel(logging.WARNING)  # Orbax and TFDS log every save and shard at INFO.
   if FLAGS.mode == 'train':
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    out_dir = inference.predict(FLAGS.config, FLAGS.workdir)
+    out_dir = inference.predict(FLAGS.config, FLAGS.workdir,
+                                out_dir=os.path.join(FLAGS.workdir, inference.TRAINING_PREDICTIONS_DIR))
     print(f'Done: table in {FLAGS.workdir}/results.md (all metrics in metrics.json), figures in {out_dir}, '
           f'TensorBoard in {FLAGS.workdir}/tensorboard')
   elif FLAGS.mode == 'eval':
     inference.evaluate(FLAGS.config, FLAGS.workdir)
-    print(f'Wrote {FLAGS.workdir}/results.md and {FLAGS.workdir}/metrics.json')
+    out_dir = inference.eval_dir(FLAGS.workdir, FLAGS.config)
+    print(f'Wrote {out_dir}/results.md and {out_dir}/metrics.json (per slice: per_slice.json)')
   elif FLAGS.mode == 'attention':
-    record = attention.pseudo_attention(FLAGS.config, FLAGS.workdir)
+    with inference.reading_lock(FLAGS.workdir):  # Never while the workdir trains.
+      record = attention.pseudo_attention(FLAGS.config, FLAGS.workdir)
     print(f"Wrote {record['json_path']} and {record['figure_path']}: {record['energy_share']['mean']:.1%} of the "
           f"segmentation loss gradient's energy in the heart box, which covers {record['area_share']['mean']:.1%} "
           'of the image')

@@ -5,16 +5,28 @@ description (`input_pipeline.data_info`). On resume the stored config decides wh
 the training (seed, model, learning rate, acceleration, schedule, ...) must be equal, and `check_resume` lists each
 one that is not with its old and new value; the fields of `RESUMABLE_FIELDS` (more epochs, eval/log/checkpoint
 cadence, the progress bar, where caches and data live) may change.
+
+Each checkpoint also stores an integrity record: the SHA-256 of every array of the state (with its dtype and
+shape), computed from the arrays being saved and written in the meta item, which orbax commits together with the
+state (both appear at once, when the step's folder is renamed into place). A restore recomputes the hashes of what
+it read, so bytes changed on disk (a bad disk, a partial copy, an edit) are caught: that step is named and the
+previous intact step is used instead, or, with none intact, `CorruptCheckpointError` stops the run. Training moves
+the bad steps aside (`<workdir>/corrupt_checkpoints/<step>`), so it never writes over them or resumes them later.
+A checkpoint is written only when every array of the state is finite (`non_finite_arrays`, checked by the loop).
 """
 
+import hashlib
 import json
+import logging
 import os
-from typing import Any, Callable, Dict, Optional, Tuple
+import shutil
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
+import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 
-from segrecon_jax import parallel
 
 # Fields a resumed run may change: they do not change the optimization of the steps already taken.
 RESUMABLE_FIELDS = frozenset({
@@ -32,42 +44,143 @@ class ResumeError(ValueError):
   """The workdir's checkpoint belongs to another experiment (or other data) than the config."""
 
 
+class CorruptCheckpointError(ResumeError):
+  """No checkpoint of the workdir passes its integrity check, so there is none to resume or evaluate."""
+
+
 def checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(max_to_keep=config.max_checkpoints_to_keep, create=True)
   return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), 'checkpoints'), options=options,
                                item_names=('state', 'meta'))
 
 
-def save_checkpoint(manager, state, epoch: int, config, data_info) -> None:
-  """Saves the (replicated) train state with its epoch, config and data description; every process calls it."""
-  host_state = parallel.unreplicate(state)
-  meta = {'epoch': epoch, 'step': int(host_state.step), 'seed': config.seed, 'config': config.to_dict(),
-          'data': data_info}
+def array_digests(tree) -> Dict[str, str]:
+  """`{path in the tree: SHA-256 of the array's dtype, shape and bytes}` of every leaf of `tree`."""
+  digests = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    array = np.ascontiguousarray(np.asarray(leaf))
+    digest = hashlib.sha256(f'{array.dtype.str}{array.shape}'.encode())
+    digest.update(array.reshape(-1).view(np.uint8))
+    digests[jax.tree_util.keystr(path)] = digest.hexdigest()
+  return digests
+
+
+def non_finite_arrays(tree) -> List[str]:
+  """The paths of the floating-point leaves of `tree` that hold a NaN or an infinity."""
+  bad = []
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    array = np.asarray(leaf)
+    if np.issubdtype(array.dtype, np.inexact) and not np.all(np.isfinite(array)):
+      bad.append(jax.tree_util.keystr(path))
+  return bad
+
+
+def save_checkpoint(manager, host_state, epoch: int, config, data_info, steps_into_epoch: int = 0) -> None:
+  """Saves the host train state (`parallel.unreplicate` of the replicated one) with its epoch, config, data
+  description and integrity record; every process calls it.
+
+  `epoch` is the last whole epoch trained; `steps_into_epoch` counts the steps of the next epoch already taken
+  (a run stopped by a signal between two steps), which a resume skips.
+  """
+  meta = {'epoch': epoch, 'steps_into_epoch': steps_into_epoch, 'step': int(host_state.step), 'seed': config.seed,
+          'config': config.to_dict(), 'data': data_info, 'integrity': {'sha256': array_digests(host_state)}}
   manager.save(int(host_state.step), args=ocp.args.Composite(
       state=ocp.args.StandardSave(host_state), meta=ocp.args.JsonSave(jsonable(meta))))
 
 
-def restore_checkpoint(manager, template, check: Optional[Callable[[dict], None]] = None
-                       ) -> Tuple[Optional[Any], Optional[dict]]:
-  """The latest checkpoint as (host state, meta), or (None, None) when the workdir has none.
+def integrity_problem(state, meta: Dict[str, Any]) -> Optional[str]:
+  """What is wrong with a restored state, or None: arrays whose hashes differ from the record, non-finite values.
+
+  Checkpoints written before integrity records existed are checked for finiteness only.
+  """
+  record = (meta.get('integrity') or {}).get('sha256')
+  if record is not None:
+    digests = array_digests(state)
+    changed = [key for key in sorted(set(record) | set(digests)) if record.get(key) != digests.get(key)]
+    if changed:
+      return (f'fails its integrity check: {len(changed)} of {len(record)} arrays differ from the SHA-256 '
+              f'written with them ({", ".join(changed[:3])}{", ..." if len(changed) > 3 else ""})')
+  bad = non_finite_arrays(state)
+  if bad:
+    return f'holds non-finite values ({", ".join(bad[:3])}{", ..." if len(bad) > 3 else ""})'
+  return None
+
+
+def restore_checkpoint(manager, template, check: Optional[Callable[[dict], None]] = None,
+                       set_aside_corrupt: bool = False) -> Tuple[Optional[Any], Optional[dict]]:
+  """The latest intact checkpoint as (host state, meta), or (None, None) when the workdir has none.
 
   `check(meta)` runs on the stored meta before the state is read, so a checkpoint of another model is refused with
-  the list of differing fields rather than an array-shape error.
+  the list of differing fields rather than an array-shape error. A step that cannot be read or fails its
+  integrity check (`integrity_problem`) is logged by name and the previous step is tried; with none intact,
+  `CorruptCheckpointError`. With `set_aside_corrupt` (training, which holds the workdir), the failed steps are
+  moved to `<workdir>/corrupt_checkpoints/`.
   """
-  step = manager.latest_step()
-  if step is None:
+  steps = sorted(manager.all_steps(), reverse=True)
+  if not steps:
     return None, None
-  if check is not None:
-    check(manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta'])
-  # A checkpoint written before the train state had `loss_state` (the loss balancing's state, `{}` with fixed
-  # weights): restore its fields and keep the template's loss_state, so older workdirs still evaluate and predict.
+  directory = str(manager.directory)
+  failed = []
+  for step in steps:
+    try:
+      meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+    except Exception as e:  # pylint: disable=broad-except
+      failed.append((step, f'cannot be read ({type(e).__name__}: {e})'))
+      logging.error('checkpoint step %d in %s %s', step, directory, failed[-1][1])
+      continue
+    if check is not None:
+      check(meta)  # A checkpoint of another experiment is refused, not skipped.
+    try:
+      state = _restore_state(manager, step, template)
+      problem = integrity_problem(state, meta)
+    except Exception as e:  # pylint: disable=broad-except
+      problem = f'cannot be read ({type(e).__name__}: {e})'
+    if problem is None:
+      if failed:
+        logging.warning('using checkpoint step %d of %s instead of the later step(s) %s, which failed their checks',
+                        step, directory, ', '.join(str(s) for s, _ in failed))
+        if set_aside_corrupt:
+          _set_aside(manager, [s for s, _ in failed])
+      return state, meta
+    failed.append((step, problem))
+    logging.error('checkpoint step %d in %s %s', step, directory, problem)
+  lines = '\n'.join(f'  step {step}: {problem}' for step, problem in failed)
+  raise CorruptCheckpointError(
+      f'no intact checkpoint in {directory}; every step failed its check:\n{lines}\nNothing was trained or '
+      'evaluated on them. Restore the folder from a copy, or move it away to train again from the start.')
+
+
+def _set_aside(manager, steps: List[int]) -> None:
+  """Moves the step folders `steps` out of the manager's directory (process 0), so training never writes over or
+  resumes them, and makes the manager forget them."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices('checkpoints checked')
+  if jax.process_index() == 0:
+    aside = os.path.join(os.path.dirname(str(manager.directory)), 'corrupt_checkpoints')
+    os.makedirs(aside, exist_ok=True)
+    for step in steps:
+      target = os.path.join(aside, str(step))
+      suffix = 1
+      while os.path.exists(target):
+        target, suffix = os.path.join(aside, f'{step}.{suffix}'), suffix + 1
+      shutil.move(os.path.join(str(manager.directory), str(step)), target)
+      logging.warning('moved the failed checkpoint step %d to %s', step, target)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices('checkpoints set aside')
+  manager.reload()
+
+
+def _restore_state(manager, step: int, template):
+  """The state of `step`. A checkpoint written before the train state had `loss_state` (the loss balancing's
+  state, `{}` with fixed weights): its fields are restored and the template's loss_state kept, so older workdirs
+  still evaluate and predict."""
   stored_fields = manager.item_metadata(step)['state']
   legacy = hasattr(template, 'loss_state') and stored_fields is not None and 'loss_state' not in stored_fields.keys()
   item = {k: v for k, v in vars(template).items() if k != 'loss_state'} if legacy else template
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(item), meta=ocp.args.JsonRestore()))
-  state = template.replace(**restored['state']) if legacy else restored['state']
-  return state, restored['meta']
+  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(item)))['state']
+  return template.replace(**restored) if legacy else restored
 
 
 def jsonable(tree):

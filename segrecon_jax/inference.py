@@ -1,6 +1,13 @@
-"""Inference from a workdir: evaluation over a split, restore for inference, `evaluate` and `predict`."""
+"""Inference from a workdir: evaluation over a split, restore for inference, `evaluate` and `predict`.
+
+`evaluate` and `predict` read the workdir under its shared lock (`workdir.WorkdirLock(shared=True)`: never while
+it trains) and write under their own names, `eval/<split>_x<R>/` and `predict/<split or file>_x<R>/`, so the
+training's record (`metrics.json`, `per_slice.json`, `results.md`, `predictions/` at the workdir root) stays as
+training wrote it.
+"""
 
 import collections
+import contextlib
 import functools
 import logging
 import os
@@ -15,6 +22,11 @@ from segrecon_jax import parallel
 from segrecon_jax import prediction_io
 from segrecon_jax import reporting
 from segrecon_jax import steps
+from segrecon_jax import workdir as workdir_lib
+
+EVAL_DIR = 'eval'  # --mode=eval writes eval/<split>_x<R>/ under the workdir.
+PREDICT_DIR = 'predict'  # --mode=predict writes predict/<split or file stem>_x<R>/ under the workdir.
+TRAINING_PREDICTIONS_DIR = 'predictions'  # The predictions of --mode=train, part of the training's record.
 
 
 def log_results(what: str, results: Dict[str, float]) -> None:
@@ -125,8 +137,21 @@ def _allgather_sums(sums, counts):
   return ({k: float(v) for k, v in zip(keys, totals[0])}, {k: float(v) for k, v in zip(keys, totals[1])})
 
 
+def output_dir(workdir: str, mode_dir: str, name: str, config) -> str:
+  """`<workdir>/<mode_dir>/<name>_x<R>`: an inference's own folder, by what it read and the acceleration."""
+  return os.path.join(os.path.abspath(workdir), mode_dir, f'{name}_x{config.acceleration:g}')
+
+
+def reading_lock(workdir: str):
+  """The shared workdir lock on process 0 (eval and predict never run while the workdir trains)."""
+  if jax.process_index() != 0:
+    return contextlib.nullcontext()
+  return workdir_lib.WorkdirLock(workdir_lib.prepare(workdir), shared=True)
+
+
 def restore_for_inference(config, workdir: str):
-  """Model, replicated state and the stored data description of the latest checkpoint of `workdir`."""
+  """Model, replicated state and the stored meta of the latest intact checkpoint of `workdir` (a step that fails
+  its integrity check is named and skipped, see `checkpoints.restore_checkpoint`)."""
   parallel.setup_runtime(config)
   manager = checkpoints.checkpoint_manager(workdir, config)
   if manager.latest_step() is None:
@@ -140,15 +165,22 @@ def restore_for_inference(config, workdir: str):
   return model, parallel.replicate(state), eval_source, meta
 
 
-def evaluate(config, workdir: str) -> Dict[str, float]:
-  """Restores the latest checkpoint and writes metrics.json, per_slice.json and results.md to the workdir."""
+def evaluate(config, workdir: str) -> EvalResults:
+  """Restores the latest intact checkpoint and writes metrics.json, per_slice.json and results.md to
+  `eval_dir(workdir, config)`; returns the results."""
   parallel.check_batch_size(config.eval_batch_size, 'eval_batch_size')
-  model, state, eval_source, meta = restore_for_inference(config, workdir)
-  p_eval_step = parallel.pmap(functools.partial(steps.eval_step, model=model, config=config))
-  results, _ = evaluate_state(p_eval_step, state, eval_source, config)
-  reporting.write_results(workdir, config, results, extra={'checkpoint_step': meta['step']},
-                          per_slice=results.per_slice)
+  with reading_lock(workdir):
+    model, state, eval_source, meta = restore_for_inference(config, workdir)
+    p_eval_step = parallel.pmap(functools.partial(steps.eval_step, model=model, config=config))
+    results, _ = evaluate_state(p_eval_step, state, eval_source, config)
+    reporting.write_results(eval_dir(workdir, config), config, results, extra={'checkpoint_step': meta['step']},
+                            per_slice=results.per_slice)
   return results
+
+
+def eval_dir(workdir: str, config) -> str:
+  """Where `evaluate` writes: `<workdir>/eval/<eval split>_x<R>`."""
+  return output_dir(workdir, EVAL_DIR, config.eval_split, config)
 
 
 def write_predicted_labels(out_dir: str, input_path: str, examples, seg: np.ndarray, file_shape, **attrs) -> str:
@@ -197,15 +229,16 @@ def _predict_arrays(p_eval_step, state, source, config) -> Dict[str, np.ndarray]
   return {k: v[valid][order] for k, v in arrays.items()}
 
 
-def predict(config, workdir: str, input_path: str = '') -> str:
-  """Reconstructs and segments the eval split, or the files of `input_path`, with the latest checkpoint.
+def predict(config, workdir: str, input_path: str = '', out_dir: str = '') -> str:
+  """Reconstructs and segments the eval split, or the files of `input_path`, with the latest intact checkpoint.
 
   `input_path` is one file or a folder of them (`prediction_io.input_files`): OCMR k-space files, and NIfTI or HDF5
   magnitude files (simulated single-coil k-space, as the `nifti` config serves them), labels optional.
-  Writes `.npy` arrays and Fig. 2-like PNGs to `workdir/predictions` (the eval split) or
-  `workdir/predictions/<file stem>` (each file, every frame; a file in a folder: its path there without suffix;
-  without its labels the reference segmentation maps are all background and the figures have no focus box), and for
-  each file `recon.nii.gz` and `seg.nii.gz` on the file's voxel grid (`prediction_io.write_nifti`). For an OCMR file
+  Writes `.npy` arrays and Fig. 2-like PNGs to `out_dir`, by default `<workdir>/predict/<eval split>_x<R>` (the
+  eval split; training passes `<workdir>/predictions`, its own record), `<workdir>/predict/<file stem>_x<R>` (a
+  file) or `<workdir>/predict/<folder name>_x<R>/<file's path in the folder without suffix>` (each file of a
+  folder; every frame; without its labels the reference segmentation maps are all background and the figures have
+  no focus box), and for each file `recon.nii.gz` and `seg.nii.gz` on the file's voxel grid (`prediction_io.write_nifti`). For an OCMR file
   and a model that segments, also writes the predicted segmentation as a label file `<that folder>/labels/<stem>.h5`
   in the project's format with every frame unlabelled (`write_predicted_labels`), to start labelling from. Returns
   the prediction folder (of the split, the file, or the folder holding the files' folders).
@@ -213,25 +246,38 @@ def predict(config, workdir: str, input_path: str = '') -> str:
   parallel.check_batch_size(config.eval_batch_size, 'eval_batch_size')
   if input_path and jax.process_count() > 1:
     raise ValueError('predict --input reads files on one host: run it on a single host')
+  with reading_lock(workdir):
+    return _predict(config, workdir, input_path, out_dir)
+
+
+def _predict(config, workdir: str, input_path: str, out_dir: str) -> str:
   model, state, eval_source, meta = restore_for_inference(config, workdir)
   p_eval_step = parallel.pmap(functools.partial(steps.eval_step, model=model, config=config))
   if not input_path:
     arrays = _predict_arrays(p_eval_step, state, eval_source, config)
-    return reporting.write_predictions(workdir, config, arrays) if jax.process_index() == 0 else ''
+    if jax.process_index() != 0:
+      return ''
+    return reporting.write_predictions(out_dir or output_dir(workdir, PREDICT_DIR, config.eval_split, config),
+                                       config, arrays)
   image_size = steps.image_shape(eval_source)
+  items = prediction_io.input_files(input_path)
+  one_file = os.path.isfile(input_path)
+  name = items[0].name if one_file else os.path.basename(os.path.normpath(input_path))
+  out_root = out_dir or output_dir(workdir, PREDICT_DIR, name, config)
   out_dirs = []
-  for item in prediction_io.input_files(input_path):
+  for item in items:
     loaded = prediction_io.load_file(item, image_size, config)
     source = [dict(image=e['image'], segmentation=e['segmentation']) for e in loaded.examples]
     arrays = _predict_arrays(p_eval_step, state, source, config)
-    out_dir = reporting.write_predictions(workdir, config, arrays, item.name)
-    written = prediction_io.write_nifti(out_dir, loaded, arrays)
-    logging.info('%s: predictions in %s (NIfTI: %s)', item.path, out_dir, ', '.join(map(os.path.basename, written)))
+    file_dir = reporting.write_predictions(out_root if one_file else os.path.join(out_root, item.name), config,
+                                           arrays)
+    written = prediction_io.write_nifti(file_dir, loaded, arrays)
+    logging.info('%s: predictions in %s (NIfTI: %s)', item.path, file_dir, ', '.join(map(os.path.basename, written)))
     if item.kind == prediction_io.OCMR and 'seg' in arrays:
       file_shape = loaded.volume_shape[:2]
-      label_path = write_predicted_labels(out_dir, item.path, loaded.examples, arrays['seg'], file_shape,
+      label_path = write_predicted_labels(file_dir, item.path, loaded.examples, arrays['seg'], file_shape,
                                           model=reporting.method_name(config), checkpoint_step=int(meta['step']))
       logging.info('%s: predicted labels written to %s (every frame unlabelled until a person accepts it; see '
                    'tfds_ocmr/README.md, Labels)', item.path, label_path)
-    out_dirs.append(out_dir)
-  return out_dirs[0] if os.path.isfile(input_path) else os.path.commonpath(out_dirs)
+    out_dirs.append(file_dir)
+  return out_dirs[0] if one_file else out_root

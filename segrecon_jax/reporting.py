@@ -10,6 +10,7 @@ import numpy as np
 
 from segrecon_jax import metrics
 from segrecon_jax import models
+from segrecon_jax import workdir as workdir_lib
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -130,16 +131,14 @@ def write_results(workdir: str, config, results: Dict[str, float], extra: Option
     write_per_slice(workdir, per_slice)
   record = {'method': method_name(config), 'acceleration': config.acceleration, 'metrics': results,
             **(extra or {})}
-  with open(os.path.join(workdir, 'metrics.json'), 'w') as f:
-    json.dump(record, f, indent=2, sort_keys=True)
+  workdir_lib.write_text_atomic(os.path.join(workdir, 'metrics.json'), json.dumps(record, indent=2, sort_keys=True))
   text = (f'# {method_name(config)}, x{config.acceleration} acceleration\n\n'
           f'{int(results.get("num_examples", 0))} {config.eval_split} slices of '
           f'{config.dataset}/{config.dataset_config}; MSE columns are scaled by 10^3 as in the paper; F- metrics '
           f'use the ground-truth heart bounding box + {config.focus_margin_fraction:.4g} of the image side on each '
           'side.\n\n'
           + results_table([(method_name(config), results)]))
-  with open(os.path.join(workdir, 'results.md'), 'w') as f:
-    f.write(text)
+  workdir_lib.write_text_atomic(os.path.join(workdir, 'results.md'), text)
 
 
 def write_per_slice(workdir: str, per_slice: Dict[str, Any]) -> str:
@@ -152,10 +151,7 @@ def write_per_slice(workdir: str, per_slice: Dict[str, Any]) -> str:
   record = {'ids': list(per_slice['ids']), 'index': [int(i) for i in per_slice.get('index', [])],
             'metrics': {k: [float(x) if np.isfinite(x) else None for x in np.asarray(v, np.float64)]
                         for k, v in sorted(per_slice['metrics'].items())}}
-  path = os.path.join(workdir, 'per_slice.json')
-  with open(path, 'w') as f:
-    json.dump(record, f)
-  return path
+  return workdir_lib.write_text_atomic(os.path.join(workdir, 'per_slice.json'), json.dumps(record))
 
 
 def read_per_slice(workdir: str) -> Optional[Dict[str, Any]]:
@@ -213,9 +209,8 @@ def comparison_figure(path: str, columns, segmentation: np.ndarray, margin: int,
   plt.close(fig)
 
 
-def write_predictions(workdir: str, config, arrays: Dict[str, np.ndarray], name: str = '') -> str:
-  """Saves `.npy` arrays and a figure per example (the first few) under `workdir/predictions[/name]`."""
-  out_dir = os.path.join(workdir, 'predictions', name)
+def write_predictions(out_dir: str, config, arrays: Dict[str, np.ndarray]) -> str:
+  """Saves `.npy` arrays and a figure per example (the first few) in `out_dir`; returns it."""
   os.makedirs(out_dir, exist_ok=True)
   for key, value in arrays.items():
     np.save(os.path.join(out_dir, f'{key}.npy'), value)

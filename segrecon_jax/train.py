@@ -15,13 +15,24 @@ are all queued at the first step (`parallel.AheadOfTimeSteps`) and compile in sc
 threads (`config.compile_workers`) while the earlier levels train; the loop only waits when a level starts before
 its executable is ready. The time waited is what the `train_compile_wait_seconds` scalar and metrics.json
 report; `train_compile_seconds` is the compiles' own time.
+
+SIGTERM (what SLURM and TPU preemption send first) and SIGINT stop training at the next step boundary: the loop
+writes a checkpoint there (with the steps of the unfinished epoch, which a resume skips), waits for it, releases
+the workdir and raises `TrainingInterrupted`, whose message says how to resume; a resumed run trains exactly as an
+uninterrupted one. A second signal stops at once, without a checkpoint.
 """
 
 import contextlib
 import functools
+import itertools
 import logging
+import os
+import shlex
+import signal
+import sys
+import threading
 import time
-from typing import Dict
+from typing import Dict, Optional
 
 import jax
 import ml_collections
@@ -38,7 +49,75 @@ from segrecon_jax import workdir as workdir_lib
 
 
 class NonFiniteError(FloatingPointError):
-  """The loss or a gradient stopped being finite; the last good checkpoint stays in the workdir."""
+  """The loss, a gradient or the train state stopped being finite; the last good checkpoint stays in the workdir."""
+
+
+class TrainingInterrupted(Exception):
+  """SIGTERM or SIGINT stopped training at a step boundary after its checkpoint was written; `exit_code` is the
+  shell's code for the signal (128 + its number)."""
+
+  def __init__(self, message: str, signum: int):
+    super().__init__(message)
+    self.exit_code = 128 + signum
+
+
+class StopSignals:
+  """`with StopSignals() as stop:` turns the first SIGTERM or SIGINT into a request (`stop.signum`) that the loop
+  reads between steps; a second one ends the process at once. Handlers are installed from the main thread only
+  (Python's rule) and the previous ones come back at exit."""
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __init__(self):
+    self.signum: Optional[int] = None
+    self._previous = {}
+
+  def __enter__(self) -> 'StopSignals':
+    if threading.current_thread() is threading.main_thread():
+      for signum in self.SIGNALS:
+        self._previous[signum] = signal.signal(signum, self._handle)
+    return self
+
+  def __exit__(self, *exc) -> None:
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
+    self._previous.clear()
+
+  def _handle(self, signum, frame) -> None:
+    del frame
+    name = signal.Signals(signum).name
+    if self.signum is not None:  # Second signal: stop now. The workdir lock goes with the process.
+      os.write(2, f'{name} again: stopping at once, without a checkpoint; the last checkpoint in the workdir '
+                  'is kept (a checkpoint being written is discarded).\n'.encode())
+      os._exit(128 + signum)  # pylint: disable=protected-access
+    self.signum = signum
+    os.write(2, f'{name} received: training stops after the current step and writes a checkpoint (send it '
+                'again to stop at once, without one).\n'.encode())
+
+  def requested(self, step: int, every: int) -> Optional[int]:
+    """The signal to stop for, or None. With several processes they agree every `every` steps (all of them call
+    this at the same steps), so every process stops after the same step."""
+    if jax.process_count() == 1:
+      return self.signum
+    if step % every:
+      return None
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    signums = np.asarray(multihost_utils.process_allgather(np.int32(self.signum or 0)))
+    return int(signums.max()) or None
+
+
+def _resume_command() -> str:
+  if sys.argv and os.path.basename(sys.argv[0]) == 'main.py':
+    return ': python ' + shlex.join(sys.argv)
+  return ' (the same config and workdir)'
+
+
+def _last_good(manager) -> str:
+  step = manager.latest_step()
+  if step is None:
+    return ('No checkpoint was written before it, so there is none to resume from: start the run again (for example '
+            'with a lower config.learning_rate).')
+  return f'The last good checkpoint is step {step} in {manager.directory}.'
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, float]:
@@ -50,8 +129,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   parallel.setup_runtime(config)
   workdir = workdir_lib.prepare(workdir)
   lock = workdir_lib.WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
-  with lock:
-    return _train_and_evaluate(config, workdir)
+  with lock, StopSignals() as stop:
+    return _train_and_evaluate(config, workdir, stop)
 
 
 def _format_seconds(seconds: float) -> str:
@@ -70,7 +149,7 @@ def compile_summary(compiled_steps) -> Dict[str, float]:
           'train_compile_wait_seconds': float(sum(compiled_steps.wait_seconds.values()))}
 
 
-def _train_and_evaluate(config, workdir: str) -> Dict[str, float]:
+def _train_and_evaluate(config, workdir: str, stop: StopSignals) -> Dict[str, float]:
   parallel.check_batch_size(config.batch_size)
   parallel.check_batch_size(config.eval_batch_size, 'eval_batch_size')
   train_source = input_pipeline.load_split(config, config.train_split)
@@ -83,11 +162,13 @@ def _train_and_evaluate(config, workdir: str) -> Dict[str, float]:
   state = steps.initial_state(config, model, tx, steps.image_shape(train_source, config))
   manager = checkpoints.checkpoint_manager(workdir, config)
   restored, meta = checkpoints.restore_checkpoint(
-      manager, state, check=lambda meta: checkpoints.check_resume(meta, config, data_info, manager.directory))
-  start_epoch = 1
+      manager, state, check=lambda meta: checkpoints.check_resume(meta, config, data_info, manager.directory),
+      set_aside_corrupt=True)
+  start_epoch, skip_steps = 1, 0  # Steps of start_epoch already trained (a run stopped by a signal).
   if restored is not None:
-    state, start_epoch = restored, meta['epoch'] + 1
-    logging.info('Resumed from %s at step %d (epoch %d done).', manager.directory, int(state.step), meta['epoch'])
+    state, start_epoch, skip_steps = restored, meta['epoch'] + 1, meta.get('steps_into_epoch', 0)
+    logging.info('Resumed from %s at step %d (epoch %d done%s).', manager.directory, int(state.step), meta['epoch'],
+                 f', {skip_steps} steps of epoch {start_epoch}' if skip_steps else '')
   step = int(state.step)
   writer = reporting.SummaryWriter(workdir)
   writer.write_hparams(config)
@@ -118,8 +199,7 @@ def _train_and_evaluate(config, workdir: str) -> Dict[str, float]:
       bad_step = step - len(window) + int(np.argmin(finite)) + 1
       manager.wait_until_finished()
       raise NonFiniteError(f'non-finite loss or gradient at step {bad_step} (epoch {epoch}); the update was skipped '
-                           f'and training stopped. The last good checkpoint is step {manager.latest_step()} in '
-                           f'{manager.directory}.')
+                           f'and training stopped. {_last_good(manager)}')
     if not log:
       return
     means = {k: float(np.mean([h[k] for h in host])) for k in host[0] if k not in ('finite', 'sampled_fraction')}
@@ -139,11 +219,25 @@ def _train_and_evaluate(config, workdir: str) -> Dict[str, float]:
     window.clear()
     window_start, window_compile_seconds = time.time(), 0.0
 
+  def checked_host_state(epoch: int):
+    """The state on the host, after checking every array (params, batch statistics, optimizer state) is finite:
+    a non-finite state is neither evaluated nor checkpointed."""
+    host_state = parallel.unreplicate(state)
+    bad = checkpoints.non_finite_arrays(host_state)
+    if bad:
+      manager.wait_until_finished()
+      raise NonFiniteError(f'non-finite values in the train state after step {step} (epoch {epoch}): '
+                           f'{", ".join(bad[:4])}{", ..." if len(bad) > 4 else ""}; training stopped without '
+                           f'evaluating or writing a checkpoint. {_last_good(manager)}')
+    return host_state
+
   try:
     for epoch in range(start_epoch, config.num_epochs + 1):
       fraction = steps.sampled_fraction_for_epoch(config, epoch)
       epoch_start = time.time()
-      for batch in input_pipeline.train_batches(train_source, config, epoch):
+      epoch_steps = skip_steps if epoch == start_epoch else 0
+      batches = input_pipeline.train_batches(train_source, config, epoch)
+      for batch in itertools.islice(batches, epoch_steps, None):  # The same order as an uninterrupted run.
         batch = parallel.shard(batch)
         if compiled_steps is None:
           compiled_steps = steps.TrainSteps(model, tx, config, state, batch, rng,
@@ -162,21 +256,37 @@ def _train_and_evaluate(config, workdir: str) -> Dict[str, float]:
               compiled_steps.wait_seconds.get('update', 0.0) if first else 0.0)
         state, terms = train_step(state, batch, rng)
         step += 1
+        epoch_steps += 1
         window.append(terms)
         progress.update(1)
         if step % config.log_every_steps == 0:
           flush_window(epoch, fraction, log=True)
+        signum = stop.requested(step, config.log_every_steps)
+        if signum is not None:
+          flush_window(epoch, fraction, log=False)
+          checkpoints.save_checkpoint(manager, checked_host_state(epoch), epoch - 1, config, data_info,
+                                      steps_into_epoch=epoch_steps)
+          manager.wait_until_finished()
+          progress.close()
+          writer.close()
+          raise TrainingInterrupted(
+              f'{signal.Signals(signum).name}: training stopped after step {step} (epoch {epoch}, step '
+              f'{epoch_steps} of it) and wrote its checkpoint to {manager.directory}. To resume, run the same '
+              f'command again{_resume_command()}', signum)
       flush_window(epoch, fraction, log=False)  # Every step finite before this epoch's checkpoint can be written.
       writer.write_scalars(step, {**compile_summary(compiled_steps), 'train_epoch_seconds': time.time() - epoch_start})
       last = epoch == config.num_epochs
-      if last or epoch % config.eval_every_epochs == 0:
+      evaluate = last or epoch % config.eval_every_epochs == 0
+      save = last or epoch % config.checkpoint_every_epochs == 0
+      host_state = checked_host_state(epoch) if evaluate or save else None
+      if evaluate:
         eval_step = compiled_eval.get(None) if compiled_eval is not None else p_eval_step
         results, images = inference.evaluate_state(eval_step, state, eval_source, config)
         writer.write_scalars(step, {f'eval_{k}': v for k, v in results.items()})
         writer.write_images(step, images, config)
         inference.log_results(f'eval at step {step} (epoch {epoch})', results)
-      if last or epoch % config.checkpoint_every_epochs == 0:
-        checkpoints.save_checkpoint(manager, state, epoch, config, data_info)
+      if save:
+        checkpoints.save_checkpoint(manager, host_state, epoch, config, data_info)
   finally:
     if compiled_steps is not None:  # Also when training stops early (NonFiniteError): no compile left running.
       compiled_steps.close()  # (compiled_eval shares its thread.)

@@ -91,10 +91,9 @@ def test_train_and_eval_write_per_slice_json(tmp_path):
     np.testing.assert_allclose(np.nanmean(values), mean, rtol=1e-5, err_msg=key)
     if key.startswith('f_'):  # NaN exactly where the slice has no heart labels.
       np.testing.assert_array_equal(np.isnan(values), np.array(record['metrics']['has_heart']) == 0)
-  # --mode=eval rewrites the same per-slice values from the checkpoint.
-  os.remove(os.path.join(workdir, 'per_slice.json'))
+  # --mode=eval writes the same per-slice values from the checkpoint, in its own folder.
   inference.evaluate(config, workdir)
-  again = reporting.read_per_slice(workdir)
+  again = reporting.read_per_slice(os.path.join(workdir, 'eval', 'test_x4'))
   assert again['ids'] == record['ids']
   np.testing.assert_allclose(again['metrics']['psnr'], record['metrics']['psnr'], rtol=1e-5)
 

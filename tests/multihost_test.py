@@ -72,7 +72,7 @@ def test_two_processes_train_like_one_process_with_the_same_devices(tmp_path):
 
   one = str(tmp_path / 'one_process')
   one_results = train.train_and_evaluate(config, one)
-  inference.predict(config, one)
+  inference.predict(config, one, out_dir=os.path.join(one, inference.TRAINING_PREDICTIONS_DIR))  # As main.py.
 
   two = str(tmp_path / 'two_processes')
   reports, logs = run_job(two, data_dir, tmp_path, 'train')

@@ -43,7 +43,7 @@ def main(workdir, data_dir, coordinator, num_processes, process_id, report_path)
   config.distributed = True
   config.coordinator_address, config.num_processes, config.process_id = coordinator, num_processes, process_id
   results = train.train_and_evaluate(config, workdir)
-  inference.predict(config, workdir)
+  inference.predict(config, workdir, out_dir=os.path.join(workdir, inference.TRAINING_PREDICTIONS_DIR))
   report = dict(process_index=jax.process_index(), process_count=jax.process_count(),
                 device_count=jax.device_count(), local_device_count=jax.local_device_count(),
                 results={k: float(v) for k, v in results.items()}, written=written)

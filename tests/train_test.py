@@ -113,11 +113,11 @@ def test_eval_and_predict_write_table_and_figure(data_dir, tmp_path):
   config.model.features = 4
   workdir = str(tmp_path / 'cascade')
   train.train_and_evaluate(config, workdir)
-  os.remove(os.path.join(workdir, 'results.md'))
   results = inference.evaluate(config, workdir)
   assert 'dice_mean' not in results and np.isfinite(results['f_psnr'])
-  assert '| CascadeNet |' in open(os.path.join(workdir, 'results.md')).read()
+  assert '| CascadeNet |' in open(os.path.join(workdir, 'eval', 'test_x8', 'results.md')).read()
   out_dir = inference.predict(config, workdir)
+  assert out_dir == os.path.join(workdir, 'predict', 'test_x8')
   assert os.path.exists(os.path.join(out_dir, 'figure_0.png'))
   recon = np.load(os.path.join(out_dir, 'recon.npy'))
   image = np.load(os.path.join(out_dir, 'image.npy'))
@@ -129,7 +129,7 @@ def test_eval_and_predict_write_table_and_figure(data_dir, tmp_path):
     if not labelled:
       os.remove(label_path)
     file_dir = inference.predict(config, workdir, kspace_path)
-    assert file_dir.endswith('fs_0001_phantom') and os.path.exists(os.path.join(file_dir, 'figure_0.png'))
+    assert file_dir.endswith(os.path.join('predict', 'fs_0001_phantom_x8')) and os.path.exists(os.path.join(file_dir, 'figure_0.png'))
     recon = np.load(os.path.join(file_dir, 'recon.npy'))
     labels = np.load(os.path.join(file_dir, 'segmentation.npy'))
     assert recon.shape == (2, 32, 32) and np.all(np.isfinite(recon))
