@@ -123,7 +123,7 @@ def restore_checkpoint(manager, template, check: Optional[Callable[[dict], None]
   failed = []
   for step in steps:
     try:
-      meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+      meta = read_meta(manager, step)
     except Exception as e:  # pylint: disable=broad-except
       failed.append((step, f'cannot be read ({type(e).__name__}: {e})'))
       logging.error('checkpoint step %d in %s %s', step, directory, failed[-1][1])
@@ -148,6 +148,25 @@ def restore_checkpoint(manager, template, check: Optional[Callable[[dict], None]
   raise CorruptCheckpointError(
       f'no intact checkpoint in {directory}; every step failed its check:\n{lines}\nNothing was trained or '
       'evaluated on them. Restore the folder from a copy, or move it away to train again from the start.')
+
+
+class _MetaOnlyFilter(logging.Filter):
+  """Drops orbax's warning that a composite checkpoint's other items were not restored: reading a step's meta
+  alone is intended, not a partial restore."""
+
+  def filter(self, record):
+    return 'could not be restored' not in record.getMessage()
+
+
+def read_meta(manager, step: int) -> Dict[str, Any]:
+  """The JSON meta of checkpoint `step` (epoch, step, config, data, integrity record), without its arrays."""
+  quiet = _MetaOnlyFilter()
+  logger = logging.getLogger('absl')
+  logger.addFilter(quiet)
+  try:
+    return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+  finally:
+    logger.removeFilter(quiet)
 
 
 def _set_aside(manager, steps: List[int]) -> None:
