@@ -269,8 +269,8 @@ def loss_comparison(root: str) -> Dict[str, Any]:
 def loss_section(root: str, figure_path: str) -> str:
   comparison = loss_comparison(root)
   rows = comparison['rows']
-  if not rows:
-    return ''
+  if not any(row['name'] in {m.name for m in plan.LOSS_METHODS} for row in rows):
+    return ''  # Table 2's baselines alone are no comparison.
   lines = ['| Method | x | seeds | ' + ' | '.join(n for n, _ in LOSS_VALUES) + ' | ' +
            ' | '.join(f'{plan.NAMES[k]} - solo' for k in LOSS_DIFFERENCES) +
            ' | Dice weight | attention / area | target |', '|' + '---|' * (len(LOSS_VALUES) + 8)]
