@@ -106,6 +106,15 @@ def integrity_problem(state, meta: Dict[str, Any]) -> Optional[str]:
   return None
 
 
+def _unreadable(error: Exception) -> str:
+  """One line for a step that cannot be read: TensorStore's errors carry a many-line spec after the cause."""
+  first = str(error).strip().split('\n', 1)[0]
+  first = first.split(' See full TensorStore details', 1)[0]
+  if len(first) > 300:
+    first = first[:300] + '...'
+  return f'cannot be read ({type(error).__name__}: {first})'
+
+
 def restore_checkpoint(manager, template, check: Optional[Callable[[dict], None]] = None,
                        set_aside_corrupt: bool = False) -> Tuple[Optional[Any], Optional[dict]]:
   """The latest intact checkpoint as (host state, meta), or (None, None) when the workdir has none.
@@ -125,7 +134,7 @@ def restore_checkpoint(manager, template, check: Optional[Callable[[dict], None]
     try:
       meta = read_meta(manager, step)
     except Exception as e:  # pylint: disable=broad-except
-      failed.append((step, f'cannot be read ({type(e).__name__}: {e})'))
+      failed.append((step, _unreadable(e)))
       logging.error('checkpoint step %d in %s %s', step, directory, failed[-1][1])
       continue
     if check is not None:
@@ -134,7 +143,7 @@ def restore_checkpoint(manager, template, check: Optional[Callable[[dict], None]
       state = _restore_state(manager, step, template)
       problem = integrity_problem(state, meta)
     except Exception as e:  # pylint: disable=broad-except
-      problem = f'cannot be read ({type(e).__name__}: {e})'
+      problem = _unreadable(e)
     if problem is None:
       if failed:
         logging.warning('using checkpoint step %d of %s instead of the later step(s) %s, which failed their checks',
