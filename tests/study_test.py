@@ -148,8 +148,8 @@ def test_cross_seed_verdicts_and_report(tmp_path):
           f'{expected["effect"]:+.2f} [{expected["low"]:+.2f}, {expected["high"]:+.2f}] dB, 3 seeds | not run |'
           ) in summary
   # Training curves from scalars.jsonl: only the joint rows with 3+ evaluations.
-  assert '![curves_x4.png](figures/curves_x4.png)' in text
-  assert os.path.getsize(tmp_path / 'docs' / 'figures' / 'curves_x4.png') > 1000
+  assert '![curves_x4.png](figures/results/curves_x4.png)' in text
+  assert os.path.getsize(tmp_path / 'docs' / 'figures' / 'results' / 'curves_x4.png') > 1000
 
 
 def test_scalars_jsonl_written_beside_tensorboard_and_read_back(tmp_path):
@@ -191,7 +191,7 @@ def test_sweep_report_reads_grad_norms_from_jsonl(tmp_path):
   # Means over logged steps and seeds: recon (0.2 + 0.6) / 2, seg (0.6 + 1.8) / 2.
   assert row.endswith(f'| {difference[0]:+.4f} [{difference[1]:+.4f}, {difference[2]:+.4f}] | 0.4 | 1.2 |')
   assert '| 0 | 2 |' in text and '| - | - |' in text  # Weight 0 is its own baseline, without logged norms.
-  assert os.path.getsize(tmp_path / 'figures' / 'loss_weight.png') > 1000
+  assert os.path.getsize(tmp_path / 'figures' / 'results' / 'loss_weight.png') > 1000
 
 
 def test_loss_comparison_target(tmp_path):
@@ -223,7 +223,7 @@ def test_loss_comparison_target(tmp_path):
   report.report(root, out)
   text = open(out).read()
   assert 'Meets the target at every acceleration: grad_norm.' in text
-  assert os.path.getsize(tmp_path / 'figures' / 'loss_tradeoff.png') > 1000
+  assert os.path.getsize(tmp_path / 'figures' / 'results' / 'loss_tradeoff.png') > 1000
 
 
 def write_attention(workdir, energy, area=0.1):
@@ -263,7 +263,7 @@ def test_attention_runs_the_segmenting_runs_and_the_untrained_control(tmp_path, 
   assert found[('CascadeNet -> MANet (S)', 4)][0][0]['share_to_area_ratio']['mean'] == pytest.approx(8.0)
   assert sorted(found) == [('CascadeNet -> MANet (S)', 4), ('CascadeNet -> MANet (S), seg_loss_weight 0', 4),
                            ('UNet -> UNet', 8)]
-  assert open(tmp_path / 'docs' / 'figures' / 'attention_x4.png', 'rb').read() == b'png of ' + flagship.encode()
+  assert open(tmp_path / 'docs' / 'figures' / 'results' / 'attention_x4.png', 'rb').read() == b'png of ' + flagship.encode()
 
 
 def test_study_runs_on_a_nifti_folder(tmp_path):

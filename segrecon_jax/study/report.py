@@ -331,7 +331,9 @@ def attention_section(root: str, figure_dir: str) -> Tuple[str, List[str]]:
 
 
 def _image(path: str) -> str:
-  return f'![{os.path.basename(path)}](figures/{os.path.basename(path)})\n'
+  """A markdown image of `path`, a figure in `figures/<report name>/` beside the report."""
+  name = os.path.basename(path)
+  return f'![{name}](figures/{os.path.basename(os.path.dirname(path))}/{name})\n'
 
 
 STATISTICS_TEXT = (
@@ -349,12 +351,13 @@ STATISTICS_TEXT = (
 
 
 def report(root: str, out: str, settings: Optional[plan.Settings] = None) -> str:
-  """Writes the report of the runs under `root` to `out` (figures in `figures/` beside it) and returns its path."""
+  """Writes the report of the runs under `root` to `out` (figures in `figures/<out's name>/` beside it, so that
+  several reports share a folder) and returns its path."""
   settings = plan.load_settings(root) or settings
   results = results_lib.collect(root)
   verdicts = claims_lib.evaluate(results)
   out_dir = os.path.dirname(os.path.abspath(out))
-  figure_dir = os.path.join(out_dir, 'figures')
+  figure_dir = os.path.join(out_dir, 'figures', os.path.splitext(os.path.basename(out))[0])
   metas = results_lib.first_meta(results, root)
   meta = next(iter(metas.values()), {})
   data_name = meta.get('data', {}).get('dataset_config', 'phantom')
