@@ -114,7 +114,7 @@ def get_config():
   config.checkpoint_every_epochs = 5  # Orbax checkpoint every N epochs (and always at the end).
   config.max_checkpoints_to_keep = 2  # Older checkpoints are deleted.
   config.compilation_cache_dir = '~/.cache/segrecon_jax/jax_cache'  # Persistent XLA cache; '' disables it.
-  # Compile the train step's programs (steps.TrainSteps: the update, and a mask sampler per sampled fraction of the
+  # Compile the train step's programs (compiled.TrainSteps: the update, and a mask sampler per sampled fraction of the
   # schedule) on background threads, in order, while the earlier levels train (parallel.AheadOfTimeSteps); False
   # compiles each when its first epoch starts.
   config.compile_ahead = True

@@ -13,8 +13,9 @@ import pytest
 
 from configs import multidecoder_unet as multidecoder_unet_config
 from configs import unet_unet as unet_unet_config
-from segrecon_jax import parallel
-from segrecon_jax import steps
+from segrecon_jax.training import compiled
+from segrecon_jax.training import parallel
+from segrecon_jax.training import steps
 
 SIZE = 16
 TINY = (4, 8)
@@ -144,7 +145,7 @@ def test_cosine_learning_rate_decays_to_zero_over_the_run_and_fixes_num_epochs_o
   assert float(jnp.abs(steps.create_optimizer(constant).update({'w': jnp.ones(3)}, steps.create_optimizer(
       constant).init(params), params)[0]['w'][0])) == pytest.approx(config.learning_rate, rel=1e-5)
   # More epochs resume a constant rate but not a cosine one, whose decay they would stretch.
-  from segrecon_jax import checkpoints
+  from segrecon_jax.training import checkpoints
   for schedule, refused in (('constant', False), ('cosine', True)):
     stored = tiny_config(lr_schedule=schedule)
     meta = {'data': {'name': 'x'}, 'config': checkpoints.jsonable(stored.to_dict())}
@@ -170,7 +171,7 @@ def test_train_steps_split_equals_the_one_program_train_step(ahead):
   rng = parallel.replicate(jax.random.PRNGKey(5), devices)
   p_step = parallel.pmap(functools.partial(steps.train_step, model=model, tx=tx, config=config),
                          static_broadcasted_argnums=(3,), devices=devices)
-  split = steps.TrainSteps(model, tx, config, state, batch, rng, devices=devices)
+  split = compiled.TrainSteps(model, tx, config, state, batch, rng, devices=devices)
   fractions = (1.0, 0.5, 0.5, 0.25)
   if ahead:
     for fraction in dict.fromkeys(fractions):

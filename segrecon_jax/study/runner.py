@@ -38,7 +38,7 @@ def train_split_size(config) -> Tuple[Optional[int], str]:
   from a phantom config (its slices and labelled frames times 1 - test_fraction; the real split takes whole
   subjects, so it differs by a few slices), or unknown (real or NIfTI data not prepared yet)."""
   try:
-    from segrecon_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+    from segrecon_jax.training import input_pipeline  # pylint: disable=g-import-not-at-top
     dataset_builder = input_pipeline.builder(config)
     name = f'{config.dataset}/{dataset_builder.builder_config.name}'
     if dataset_builder.is_prepared():
@@ -93,7 +93,7 @@ def print_plan(todo: Sequence[plan.Run], num_done: int, seconds_per_step: Option
           'guide).', flush=True)
   elif todo:
     print('[study] pass --seconds_per_step=S (a run\'s train_steps_per_second in TensorBoard, inverted, or '
-          'python -m segrecon_jax.benchmark) for the expected duration.', flush=True)
+          'python benchmarks/train_step.py) for the expected duration.', flush=True)
 
 
 def is_finished(workdir: str) -> bool:

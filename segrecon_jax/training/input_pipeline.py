@@ -12,14 +12,14 @@ import json
 import logging
 import zlib
 import os
-from typing import Any, Dict, Iterator, Mapping
+from typing import Any, Dict, Iterator, Mapping, Tuple
 
 import grain
 import jax
 import numpy as np
 
-from segrecon_jax import config_checks
-from segrecon_jax import parallel
+from segrecon_jax.training import config_checks
+from segrecon_jax.training import parallel
 
 
 # The experiment-config fields that change the `ocmr` builder config (None keeps the dataset config's value).
@@ -209,6 +209,11 @@ def decode(example: Mapping[str, Any], index: int) -> Dict[str, np.ndarray]:
       'mask_id': np.int32(mask_id(example, index)),
       'valid': np.float32(1.0),
   }
+
+
+def image_shape(source) -> Tuple[int, int]:
+  """`(H, W)` of the split's images (all examples of a split share it)."""
+  return tuple(decode(source[0], 0)['image'].shape)
 
 
 def epoch_seed(seed: int, epoch: int) -> int:

@@ -136,7 +136,7 @@ def _served_image_shape(config) -> Optional[Tuple[int, int]]:
   """(H, W) of the images the dataset serves, from the configs alone (None when the dataset is not `ocmr`)."""
   if config.get('dataset') != 'ocmr':
     return None
-  from segrecon_jax import input_pipeline  # pylint: disable=g-import-not-at-top  (imports TFDS)
+  from segrecon_jax.training import input_pipeline  # pylint: disable=g-import-not-at-top  (imports TFDS)
   try:
     builder_config = input_pipeline.builder_config(config)
   except (KeyError, ValueError) as e:
