@@ -195,8 +195,7 @@ def old_compute_losses(config, recon, seg_logits, batch):
   """`steps.compute_losses` as it was before the focus and balancing options, verbatim."""
   from segrecon_jax import losses, mri  # pylint: disable=g-import-not-at-top
   target = mri.complex_to_channels(batch['image'])
-  recon_loss = jnp.mean(losses.l1_l2_loss(recon.astype(jnp.float32), target, l1_weight=config.l1_weight,
-                                          l2_weight=config.l2_weight))
+  recon_loss = jnp.mean(losses.l1_l2_loss(recon.astype(jnp.float32), target))
   terms = {'recon_loss': recon_loss}
   loss = config.recon_loss_weight * recon_loss
   if seg_logits is not None:
@@ -224,8 +223,8 @@ def np_loss(config, recon, seg_logits, batch, region=None, log_variances=None):
   target = np.stack([batch['image'].real, batch['image'].imag], axis=-1)
   weights = np.ones(recon.shape[:3]) if region is None else losses_test.np_focus_weights(region, config.focus_weight)
   error = recon.astype(np.float64) - target
-  recon_loss = np.mean(config.l1_weight * (weights[..., None] * np.abs(error)).mean(axis=(1, 2, 3))
-                       + config.l2_weight * (weights[..., None] * error**2).mean(axis=(1, 2, 3)))
+  recon_loss = np.mean((weights[..., None] * np.abs(error)).mean(axis=(1, 2, 3))
+                       + (weights[..., None] * error**2).mean(axis=(1, 2, 3)))
   seg_loss = np.mean(losses_test.np_generalized_dice(seg_logits, batch['segmentation'], 4))
   terms = (config.recon_loss_weight * recon_loss, config.seg_loss_weight * seg_loss)
   if log_variances is None:

@@ -10,6 +10,7 @@ from typing import Optional, Sequence, Tuple
 from absl import flags as absl_flags
 from ml_collections import config_flags
 
+from segrecon_jax import settings
 from segrecon_jax.study import plan
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -59,8 +60,8 @@ def train_split_size(config) -> Tuple[Optional[int], str]:
                     f'{described.test_fraction:.3f})')
 
 
-_DATA_FIELDS = ('dataset', 'dataset_config', 'data_dir', 'manual_dir', 'train_split', 'image_size', 'test_fraction',
-                'split_seed', 'include_unlabelled', 'label_mapping', 'phase_seed')
+# The fields that say which dataset a run reads, and where: runs that share them share the train split's size.
+_DATA_FIELDS = settings.names(settings.DATA, settings.DATA_BUILDER, settings.DATA_PLACE)
 
 
 def print_plan(todo: Sequence[plan.Run], num_done: int, seconds_per_step: Optional[float]) -> None:

@@ -18,12 +18,13 @@ import grain
 import jax
 import numpy as np
 
+from segrecon_jax import settings
 from segrecon_jax.training import config_checks
 from segrecon_jax.training import parallel
 
 
 # The experiment-config fields that change the `ocmr` builder config (None keeps the dataset config's value).
-DATA_FIELDS = ('image_size', 'test_fraction', 'split_seed', 'include_unlabelled', 'label_mapping', 'phase_seed')
+DATA_FIELDS = settings.names(settings.DATA_BUILDER)
 
 
 def builder_config(config):

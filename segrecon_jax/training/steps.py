@@ -50,8 +50,6 @@ def create_optimizer(config, total_steps: int = 1) -> optax.GradientTransformati
   """Adam at `config.learning_rate`, constant (the paper) or, with `config.lr_schedule='cosine'`, decayed along a
   half cosine to 0 over `total_steps` (the run's `num_epochs` x steps per epoch). The optimizer state has the same
   structure for every `total_steps`, so restoring needs no step count."""
-  if config.optimizer != 'adam':
-    raise ValueError(f"config.optimizer={config.optimizer!r}: only 'adam' (the paper's optimizer) is supported")
   if config.lr_schedule == 'constant':
     learning_rate = config.learning_rate
   elif config.lr_schedule == 'cosine':
@@ -147,8 +145,7 @@ def compute_losses(config, recon, seg_logits, batch, loss_state=None):
   `sum_i exp(-s_i) w_i L_i + s_i` (`losses.uncertainty_weighted_loss`).
   """
   target = mri.complex_to_channels(batch['image'])
-  recon_loss = jnp.mean(losses.l1_l2_loss(recon.astype(jnp.float32), target, l1_weight=config.l1_weight,
-                                          l2_weight=config.l2_weight,
+  recon_loss = jnp.mean(losses.l1_l2_loss(recon.astype(jnp.float32), target,
                                           pixel_weights=focus_pixel_weights(config, seg_logits, batch)))
   terms = {'recon_loss': recon_loss}
   loss = config.recon_loss_weight * recon_loss
