@@ -10,7 +10,7 @@ dataset a run reads).
 """
 
 import dataclasses
-from typing import Any, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import ml_collections
 from ml_collections import config_dict
@@ -163,6 +163,11 @@ def names(*roles: str) -> Tuple[str, ...]:
   if unknown:
     raise ValueError(f'unknown role(s) {unknown}: expected some of {list(ROLES)} (segrecon_jax/settings.py)')
   return tuple(field.name for field in FIELDS if field.role in roles)
+
+
+def data_builder_fields(config) -> Dict[str, Any]:
+  """`{field: value}` of the DATA_BUILDER fields that `config` sets (None keeps the dataset config's own value)."""
+  return {name: config.get(name) for name in names(DATA_BUILDER) if config.get(name) is not None}
 
 
 def base_config() -> ml_collections.ConfigDict:

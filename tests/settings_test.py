@@ -49,7 +49,10 @@ def test_every_list_of_fields_is_the_one_it_was_before():
       'process_id', 'compile_ahead', 'compile_workers', 'conv_impl', 'upconv_impl'}
   assert checkpoints.MODEL_FIELDS == {'model', 'half_precision', 'num_classes'}
   builder_fields = ('image_size', 'test_fraction', 'split_seed', 'include_unlabelled', 'label_mapping', 'phase_seed')
-  assert input_pipeline.DATA_FIELDS == tfds_ocmr.ocmr.CONFIGURABLE_FIELDS == builder_fields  # Order names folders.
+  assert settings.names(settings.DATA_BUILDER) == tfds_ocmr.ocmr.CONFIGURABLE_FIELDS == builder_fields  # Names folders.
+  config = _runlocal_config()
+  config.image_size = 32
+  assert input_pipeline.builder_config(config).name == 'phantom_small_32x32'
   assert set(runner._DATA_FIELDS) == {  # pylint: disable=protected-access
       'dataset', 'dataset_config', 'data_dir', 'manual_dir', 'train_split', *builder_fields}
 

@@ -147,9 +147,9 @@ def _served_image_shape(config) -> Optional[Tuple[int, int]]:
   """(H, W) of the images the dataset serves, from the configs alone (None when the dataset is not `ocmr`)."""
   if config.get('dataset') != 'ocmr':
     return None
-  from segrecon_jax.training import input_pipeline  # pylint: disable=g-import-not-at-top  (imports TFDS)
+  import tfds_ocmr  # pylint: disable=g-import-not-at-top  (imports TFDS)
   try:
-    builder_config = input_pipeline.builder_config(config)
+    builder_config = tfds_ocmr.configure(config.dataset_config, **settings.data_builder_fields(config))
   except (KeyError, ValueError) as e:
     raise ConfigError(f'config.dataset_config={config.dataset_config!r} with the data fields of the config: '
                       f'{str(e).strip(chr(34) + chr(39))}') from None

@@ -23,17 +23,13 @@ from segrecon_jax.training import config_checks
 from segrecon_jax.training import parallel
 
 
-# The experiment-config fields that change the `ocmr` builder config (None keeps the dataset config's value).
-DATA_FIELDS = settings.names(settings.DATA_BUILDER)
-
-
 def builder_config(config):
-  """The TFDS builder config of `config`: `dataset_config` with the experiment's `DATA_FIELDS` that are set.
+  """The TFDS builder config of `config`: `dataset_config` with the DATA_BUILDER fields (`settings.py`) it sets.
 
   For `ocmr` a changed field gives a derived config with a name of its own (`tfds_ocmr.configure`, e.g.
   `real_128x128`), so each distinct setting is prepared into its own folder; other datasets take the name only.
   """
-  overrides = {f: getattr(config, f, None) for f in DATA_FIELDS if getattr(config, f, None) is not None}
+  overrides = settings.data_builder_fields(config)
   if config.dataset != 'ocmr':
     if overrides:
       raise ValueError(f'config fields {sorted(overrides)} apply to the ocmr dataset only, not {config.dataset!r}')
