@@ -24,12 +24,11 @@ ACCELERATION_PRESETS = {
     'x8_stab': dict(acceleration=8, stabilization=True),
 }
 
-# The 64x64 phantoms at runlocal's batch; the exact eq. 1 ramp (None: P + 1 levels, one compile of the mask sampler
-# each); the demo's optimizer: Adam at lr 2e-3, b1 0.9, decayed along a half cosine to 0 (the paper's constant lr
-# 1e-4, b1 0.99 barely moves these small networks in a few hundred steps; at a constant 1e-3 the demo's mean Dice was
-# 0.60 after 500 steps, 0.62 after 700).
-_SMALL_BATCH = dict(batch_size=8, eval_batch_size=8)
-_EXACT_RAMP = dict(schedule_levels=None)
+_SMALL_BATCH = dict(batch_size=8, eval_batch_size=8)  # runlocal's batch, for the 64x64 phantoms.
+_EXACT_RAMP = dict(schedule_levels=None)  # The exact eq. 1 ramp: P + 1 levels, a mask-sampler compile each.
+# The demo's optimizer: Adam at lr 2e-3, b1 0.9, decayed along a half cosine to 0 (the paper's constant lr 1e-4, b1
+# 0.99 barely moves these small networks in a few hundred steps; at a constant 1e-3 the demo's mean Dice was 0.60
+# after 500 steps, 0.62 after 700).
 _FAST_ADAM = dict(learning_rate=2e-3, lr_schedule='cosine', b1=0.9)
 
 # What each switch sets over the preset; under every one the images are 64x64 (`small_image_acs` lines of ACS, one
