@@ -5,8 +5,8 @@
   python main.py --config=configs/cascade_manet.py:x8_stab --workdir=... --mode=predict [--input=FILE_OR_FOLDER]
   python main.py --config=configs/cascade_manet.py:x8_stab --workdir=... --mode=attention
 
-Intentionally kept short: everything happens in segrecon_jax.train (training), segrecon_jax.inference and
-segrecon_jax.attention (the segmentation loss's gradient on the reconstruction against the heart box).
+Intentionally kept short: everything happens in segrecon_jax.training (train, inference) and
+segrecon_jax.study.attention (the segmentation loss's gradient on the reconstruction against the heart box).
 """
 
 import errno
@@ -20,16 +20,16 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from segrecon_jax import attention
-from segrecon_jax import checkpoints
-from segrecon_jax import config_checks
-from segrecon_jax import inference
-from segrecon_jax import input_pipeline
-from segrecon_jax import parallel
-from segrecon_jax import train
-from segrecon_jax import workdir as workdir_lib
 from segrecon_jax.data import magnitude
 from segrecon_jax.data import ocmr
+from segrecon_jax.study import attention
+from segrecon_jax.training import checkpoints
+from segrecon_jax.training import config_checks
+from segrecon_jax.training import inference
+from segrecon_jax.training import input_pipeline
+from segrecon_jax.training import parallel
+from segrecon_jax.training import train
+from segrecon_jax.training import workdir as workdir_lib
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Experiment config file, e.g. configs/cascade_manet.py:x8_stab.',

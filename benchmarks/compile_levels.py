@@ -5,8 +5,8 @@
   python benchmarks/compile_levels.py --levels=2 --modes=whole                                  # a quicker look
 
 `whole`: the pmapped `steps.train_step` with the sampled fraction static, one compile of the whole step (model,
-losses, optimizer) per distinct fraction of the schedule, as the training loop ran it before `steps.TrainSteps`.
-`split`: `steps.TrainSteps`, what the loop runs now: the update (model, losses, optimizer) compiled once and a mask
+losses, optimizer) per distinct fraction of the schedule, as the training loop ran it before `compiled.TrainSteps`.
+`split`: `compiled.TrainSteps`, what the loop runs now: the update (model, losses, optimizer) compiled once and a mask
 sampler per fraction. The compiles run one after the other on one thread (`--workers`; more threads compile levels
 side by side). Each mode runs in a process of its own, so neither reuses the other's in-memory caches (XLA's GPU
 autotuning results, for one); the persistent compilation cache is not used. Prints one table row per compiled
@@ -26,9 +26,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax
 
-from segrecon_jax import parallel
-from segrecon_jax import steps
-from segrecon_jax.benchmark import synthetic_batch
+from segrecon_jax.training import compiled
+from segrecon_jax.training import parallel
+from segrecon_jax.training import steps
+from benchmarks.train_step import synthetic_batch
 
 
 def parse_args(argv=None):
@@ -78,7 +79,7 @@ def main(argv=None):
                              static_broadcasted_argnums=(3,), donate_argnums=(0,))
       ahead = parallel.AheadOfTimeSteps(p_step, (state, batch, rng), 'whole step', workers=args.workers)
     else:
-      ahead = steps.TrainSteps(model, tx, config, state, batch, rng, workers=args.workers)
+      ahead = compiled.TrainSteps(model, tx, config, state, batch, rng, workers=args.workers)
     for fraction in fractions:
       ahead.prefetch(fraction)
     for fraction in fractions:

@@ -13,7 +13,7 @@
 #      x4 and x8, through `segrecon_jax.study run`, several processes on the one GPU at once (T2_LANES), each on its
 #      own seeds, until T_TRAIN seconds have passed; then `study report`.
 #   2. Table 1 at paper scale (T1_LANES), in what is left of T_TRAIN once Table 2's lanes have ended.
-#   3. Speed: `segrecon_jax.benchmark` against the PyTorch reference, eager and torch.compile, TF32 on both sides,
+#   3. Speed: `benchmarks/train_step.py` against the PyTorch reference, eager and torch.compile, TF32 on both sides,
 #      at batch 16, then batch BIG_BATCH, then bfloat16, each under the time then left.
 # Written to OUT (at most 8 files come back from the device): summary.txt (the log: versions, plan, each part's exit
 # status and seconds, the tables), versions.txt, results_paper.md (the study report), bench.md (the speed tables),
@@ -321,7 +321,7 @@ bench() {  # bench NAME EXTRA_ARGS...: one benchmark invocation under the time l
   [ "$HAVE_TORCH" = 1 ] && torch_args=(--torch_python="$(command -v "$PY" || echo "$PY")" --torch_modes=eager,compile)
   local t0=$SECONDS
   # shellcheck disable=SC2086
-  XLA_PYTHON_CLIENT_MEM_FRACTION=$BENCH_MEM_FRACTION timeout -k 10 "$limit" "$PY" -m segrecon_jax.benchmark \
+  XLA_PYTHON_CLIENT_MEM_FRACTION=$BENCH_MEM_FRACTION timeout -k 10 "$limit" "$PY" benchmarks/train_step.py \
     --experiments="$BENCH_EXPERIMENTS" $BENCH_ARGS \
     --tf32="$TF32" "${torch_args[@]}" --json="$WORK/bench_$name.json" "$@" > "$WORK/logs/bench_$name.log" 2>&1 \
     < /dev/null

@@ -1,4 +1,4 @@
-"""PyTorch reference: the time of one training step of the paper's experiments, for `segrecon_jax.benchmark`'s table.
+"""PyTorch reference: the time of one training step of the paper's experiments, for `benchmarks/train_step.py`'s table.
 
   pip install -r benchmarks/requirements-torch.txt      # a separate environment; never needed by the library
   /work/torchvenv/bin/python benchmarks/torch_reference.py --steps=3
@@ -22,12 +22,12 @@ Inductor; the masks, FFTs, losses and Adam stay eager in both modes), each mode 
      losses.generalized_dice_loss on the softmax of the segmentation logits (weight 1);
   5. backward and `torch.optim.Adam(lr=1e-4, betas=(0.99, 0.999), eps=1e-8)` (configs/default.py), PyTorch's
      default (foreach) implementation.
-Not timed: building the model and optimizer, the synthetic batch (the phantom of `segrecon_jax.benchmark`) and one
+Not timed: building the model and optimizer, the synthetic batch (the phantom of `benchmarks/train_step.py`) and one
 warm-up step (which compiles under 'compile'; its seconds are reported as `first_step_s`). The `--steps` timed
 steps report median, min and max seconds; with `--device=cuda` the device is synchronized before and after each
 step (cuDNN autotuning on, so the warm-up step also picks the kernels). `--tf32=on|off` sets both of PyTorch's
 TF32 switches (`torch.backends.cuda.matmul.allow_tf32`, `torch.backends.cudnn.allow_tf32`; PyTorch's own default
-is TF32 for convolutions only), to match `segrecon_jax.benchmark --tf32` on the JAX side; on
+is TF32 for convolutions only), to match `benchmarks/train_step.py --tf32` on the JAX side; on
 the CPU, OpenMP waits passively unless OMP_WAIT_POLICY is set (see below the imports). Unlike
 our JAX step, there is no finite-loss guard per step (the loss is checked once at the end) and no gradient norm.
 
@@ -315,7 +315,7 @@ def generalized_dice_loss(logits: torch.Tensor, labels: torch.Tensor, num_classe
 
 
 def synthetic_batch(batch: int, size: int, seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
-  """`segrecon_jax.benchmark.synthetic_batch`'s phantom: a cone of random phase per example, a disc of labels 1
+  """`benchmarks/train_step.py synthetic_batch`'s phantom: a cone of random phase per example, a disc of labels 1
   inside a ring of labels 2. Returns (complex64 `[B, H, W]`, int64 `[B, H, W]`)."""
   rng = np.random.default_rng(seed)
   rows, cols = np.mgrid[:size, :size] / size - 0.5

@@ -1,4 +1,4 @@
-"""Tests of segrecon_jax.attention: the segmentation-loss gradient on the reconstruction against a direct gradient
+"""Tests of segrecon_jax.study.attention: the segmentation-loss gradient on the reconstruction against a direct gradient
 through the whole model, the energy and area shares against NumPy, and a run on a tiny trained workdir."""
 
 import importlib
@@ -12,11 +12,11 @@ import ml_collections
 import numpy as np
 import pytest
 
-from segrecon_jax import attention
-from segrecon_jax import config_checks
 from segrecon_jax import losses
-from segrecon_jax import steps
-from segrecon_jax import train
+from segrecon_jax.study import attention
+from segrecon_jax.training import config_checks
+from segrecon_jax.training import steps
+from segrecon_jax.training import train
 
 SIZE = 16
 

@@ -9,9 +9,9 @@ import sys
 import jax
 import pytest
 
-from segrecon_jax import benchmark
-from segrecon_jax import steps
+from benchmarks import train_step as benchmark
 from segrecon_jax.models import layers
+from segrecon_jax.training import steps
 
 
 def test_benchmark_runs_over_one_and_two_devices_and_writes_json(tmp_path):

@@ -8,7 +8,7 @@ from ml_collections import config_flags
 
 from configs import cascade_manet
 from configs import unet_unet
-from segrecon_jax import config_checks
+from segrecon_jax.training import config_checks
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

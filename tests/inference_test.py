@@ -10,15 +10,15 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from segrecon_jax import inference
-from segrecon_jax import input_pipeline
-from segrecon_jax import prediction_io
-from segrecon_jax import reporting
-from segrecon_jax import train
 from segrecon_jax.data import magnitude
 from segrecon_jax.data import ocmr
 from segrecon_jax.data import phantom
 from segrecon_jax.data import phantom_nifti
+from segrecon_jax.training import inference
+from segrecon_jax.training import input_pipeline
+from segrecon_jax.training import prediction_io
+from segrecon_jax.training import reporting
+from segrecon_jax.training import train
 
 
 def tiny_config(data_dir):

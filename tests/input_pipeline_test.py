@@ -5,7 +5,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from segrecon_jax import input_pipeline
+from segrecon_jax.training import input_pipeline
 
 
 def fake_source(num_examples, size=4):
@@ -82,7 +82,7 @@ def test_experiment_data_fields_pick_a_derived_dataset_config():
                                                ('label_mapping', (0, 7), 'ACDC .* is \\(0, 3, 2, 1\\)')])
 def test_config_checks_name_bad_data_fields(field, value, match):
   from configs import default  # pylint: disable=g-import-not-at-top
-  from segrecon_jax import config_checks  # pylint: disable=g-import-not-at-top
+  from segrecon_jax.training import config_checks  # pylint: disable=g-import-not-at-top
   config = default.get_config()
   config_checks.check_config(config)
   setattr(config, field, value)

@@ -6,8 +6,8 @@ import jax
 import numpy as np
 import pytest
 
-from segrecon_jax import config_checks
-from segrecon_jax import train
+from segrecon_jax.training import config_checks
+from segrecon_jax.training import train
 import train_test
 
 
@@ -104,8 +104,8 @@ def test_a_checkpoint_without_loss_state_still_restores(tmp_path):
   import optax  # pylint: disable=g-import-not-at-top
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   from typing import Any  # pylint: disable=g-import-not-at-top
-  from segrecon_jax import checkpoints  # pylint: disable=g-import-not-at-top
-  from segrecon_jax import steps  # pylint: disable=g-import-not-at-top
+  from segrecon_jax.training import checkpoints  # pylint: disable=g-import-not-at-top
+  from segrecon_jax.training import steps  # pylint: disable=g-import-not-at-top
 
   @flax.struct.dataclass
   class OldTrainState:

@@ -9,12 +9,12 @@ import pytest
 import tensorflow_datasets as tfds
 
 import tfds_ocmr
-from segrecon_jax import inference
-from segrecon_jax import input_pipeline
 from segrecon_jax.data import labels
 from segrecon_jax.data import magnitude
 from segrecon_jax.data import ocmr
 from segrecon_jax.data import phantom_nifti
+from segrecon_jax.training import inference
+from segrecon_jax.training import input_pipeline
 
 # ACDC's values: 1 RV, 2 myocardium, 3 LV cavity; each class gets its own intensity, so a label map that sat one
 # pixel off (or transposed, or flipped) on its image would pair a class with another class's intensity.

@@ -8,8 +8,8 @@ import sys
 import pytest
 
 import main
-from segrecon_jax import parallel
-from segrecon_jax import train
+from segrecon_jax.training import parallel
+from segrecon_jax.training import train
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -9,7 +9,7 @@ import pytest
 from skimage import metrics as skmetrics
 
 from segrecon_jax import metrics
-from segrecon_jax import reporting
+from segrecon_jax.training import reporting
 
 PAD = (metrics.SSIM_WIN_SIZE - 1) // 2
 RECON_KEYS = ('mse', 'mse_x1e3', 'psnr', 'ssim', 'f_mse', 'f_mse_x1e3', 'f_psnr', 'f_ssim', 'has_heart')

@@ -11,9 +11,9 @@ import jax
 import numpy as np
 import pytest
 
-from segrecon_jax import inference
-from segrecon_jax import input_pipeline
-from segrecon_jax import train
+from segrecon_jax.training import inference
+from segrecon_jax.training import input_pipeline
+from segrecon_jax.training import train
 import train_test
 
 _WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'multihost_worker.py')

@@ -36,8 +36,8 @@ def main(workdir, data_dir, coordinator, num_processes, process_id, report_path)
   logging.getLogger().setLevel(logging.INFO)
   import jax  # pylint: disable=g-import-not-at-top
   import train_test  # pylint: disable=g-import-not-at-top
-  from segrecon_jax import inference  # pylint: disable=g-import-not-at-top
-  from segrecon_jax import train  # pylint: disable=g-import-not-at-top
+  from segrecon_jax.training import inference  # pylint: disable=g-import-not-at-top
+  from segrecon_jax.training import train  # pylint: disable=g-import-not-at-top
 
   config = train_test.multihost_config(data_dir)
   config.distributed = True

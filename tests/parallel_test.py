@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from segrecon_jax import parallel
+from segrecon_jax.training import parallel
 
 TRACED_ON = []
 
@@ -104,7 +104,7 @@ def test_default_compile_workers():
 
 def test_negative_compile_workers_is_a_config_error():
   from configs import default  # pylint: disable=g-import-not-at-top
-  from segrecon_jax import config_checks  # pylint: disable=g-import-not-at-top
+  from segrecon_jax.training import config_checks  # pylint: disable=g-import-not-at-top
   config = default.get_config()
   config_checks.check_config(config)  # 0: the default for the backend.
   config.compile_workers = -1

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 import tfds_ocmr
-from segrecon_jax import config_checks
-from segrecon_jax import input_pipeline
 from segrecon_jax.data import phantom
+from segrecon_jax.training import config_checks
+from segrecon_jax.training import input_pipeline
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -84,7 +84,7 @@ _PREPARE = '''
 import logging, sys
 logging.basicConfig(level=logging.INFO, format='%(message)s')
 import ml_collections
-from segrecon_jax import input_pipeline
+from segrecon_jax.training import input_pipeline
 config = ml_collections.ConfigDict(dict(dataset='ocmr', dataset_config='phantom_tiny', data_dir=sys.argv[1],
                                         manual_dir='', train_split='train'))
 print('examples', len(input_pipeline.load_split(config, 'train')))

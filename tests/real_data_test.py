@@ -11,12 +11,12 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from segrecon_jax import checkpoints
-from segrecon_jax import inference
-from segrecon_jax import train
 from segrecon_jax.data import ocmr
 from segrecon_jax.data import phantom
 from segrecon_jax.data import phantom_nifti
+from segrecon_jax.training import checkpoints
+from segrecon_jax.training import inference
+from segrecon_jax.training import train
 
 
 def nifti_config(data_dir, manual_dir, image_size=32):

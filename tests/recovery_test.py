@@ -12,11 +12,11 @@ import jax
 import numpy as np
 import pytest
 
-from segrecon_jax import checkpoints
-from segrecon_jax import inference
-from segrecon_jax import steps
-from segrecon_jax import train
-from segrecon_jax import workdir as workdir_lib
+from segrecon_jax.training import checkpoints
+from segrecon_jax.training import inference
+from segrecon_jax.training import steps
+from segrecon_jax.training import train
+from segrecon_jax.training import workdir as workdir_lib
 
 from train_test import tiny_config  # pylint: disable=g-bad-import-order
 
@@ -141,7 +141,7 @@ _INTERRUPTED_RUN = """
 import os, signal, sys
 sys.path.insert(0, {root!r})
 sys.path.insert(0, os.path.join({root!r}, 'tests'))
-from segrecon_jax import input_pipeline, train
+from segrecon_jax.training import input_pipeline, train
 from recovery_test import two_epochs
 
 batches = input_pipeline.train_batches

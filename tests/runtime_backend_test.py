@@ -12,15 +12,15 @@ import jax
 import numpy as np
 import pytest
 
-from segrecon_jax import checkpoints
-from segrecon_jax import config_checks
-from segrecon_jax import inference
-from segrecon_jax import input_pipeline
 from segrecon_jax import models
-from segrecon_jax import parallel
-from segrecon_jax import train
 from segrecon_jax.models import layers
 from segrecon_jax.models import native
+from segrecon_jax.training import checkpoints
+from segrecon_jax.training import config_checks
+from segrecon_jax.training import inference
+from segrecon_jax.training import input_pipeline
+from segrecon_jax.training import parallel
+from segrecon_jax.training import train
 
 MODEL_MODULES = ('cascade', 'layers', 'manet', 'multidecoder', 'outputs', 'resnet', 'segrecon', 'unet')
 RUNTIME_FIELDS = ('conv_impl', 'upconv_impl', 'impl')

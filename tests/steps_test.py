@@ -13,8 +13,9 @@ import pytest
 
 from configs import multidecoder_unet as multidecoder_unet_config
 from configs import unet_unet as unet_unet_config
-from segrecon_jax import parallel
-from segrecon_jax import steps
+from segrecon_jax.training import compiled
+from segrecon_jax.training import parallel
+from segrecon_jax.training import steps
 
 SIZE = 16
 TINY = (4, 8)
@@ -144,7 +145,7 @@ def test_cosine_learning_rate_decays_to_zero_over_the_run_and_fixes_num_epochs_o
   assert float(jnp.abs(steps.create_optimizer(constant).update({'w': jnp.ones(3)}, steps.create_optimizer(
       constant).init(params), params)[0]['w'][0])) == pytest.approx(config.learning_rate, rel=1e-5)
   # More epochs resume a constant rate but not a cosine one, whose decay they would stretch.
-  from segrecon_jax import checkpoints
+  from segrecon_jax.training import checkpoints
   for schedule, refused in (('constant', False), ('cosine', True)):
     stored = tiny_config(lr_schedule=schedule)
     meta = {'data': {'name': 'x'}, 'config': checkpoints.jsonable(stored.to_dict())}
@@ -170,7 +171,7 @@ def test_train_steps_split_equals_the_one_program_train_step(ahead):
   rng = parallel.replicate(jax.random.PRNGKey(5), devices)
   p_step = parallel.pmap(functools.partial(steps.train_step, model=model, tx=tx, config=config),
                          static_broadcasted_argnums=(3,), devices=devices)
-  split = steps.TrainSteps(model, tx, config, state, batch, rng, devices=devices)
+  split = compiled.TrainSteps(model, tx, config, state, batch, rng, devices=devices)
   fractions = (1.0, 0.5, 0.5, 0.25)
   if ahead:
     for fraction in dict.fromkeys(fractions):
@@ -194,8 +195,7 @@ def old_compute_losses(config, recon, seg_logits, batch):
   """`steps.compute_losses` as it was before the focus and balancing options, verbatim."""
   from segrecon_jax import losses, mri  # pylint: disable=g-import-not-at-top
   target = mri.complex_to_channels(batch['image'])
-  recon_loss = jnp.mean(losses.l1_l2_loss(recon.astype(jnp.float32), target, l1_weight=config.l1_weight,
-                                          l2_weight=config.l2_weight))
+  recon_loss = jnp.mean(losses.l1_l2_loss(recon.astype(jnp.float32), target))
   terms = {'recon_loss': recon_loss}
   loss = config.recon_loss_weight * recon_loss
   if seg_logits is not None:
@@ -223,8 +223,8 @@ def np_loss(config, recon, seg_logits, batch, region=None, log_variances=None):
   target = np.stack([batch['image'].real, batch['image'].imag], axis=-1)
   weights = np.ones(recon.shape[:3]) if region is None else losses_test.np_focus_weights(region, config.focus_weight)
   error = recon.astype(np.float64) - target
-  recon_loss = np.mean(config.l1_weight * (weights[..., None] * np.abs(error)).mean(axis=(1, 2, 3))
-                       + config.l2_weight * (weights[..., None] * error**2).mean(axis=(1, 2, 3)))
+  recon_loss = np.mean((weights[..., None] * np.abs(error)).mean(axis=(1, 2, 3))
+                       + (weights[..., None] * error**2).mean(axis=(1, 2, 3)))
   seg_loss = np.mean(losses_test.np_generalized_dice(seg_logits, batch['segmentation'], 4))
   terms = (config.recon_loss_weight * recon_loss, config.seg_loss_weight * seg_loss)
   if log_variances is None:

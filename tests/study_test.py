@@ -9,15 +9,16 @@ import sys
 import numpy as np
 import pytest
 
-from segrecon_jax import reporting
-from segrecon_jax import stats
 from segrecon_jax.data import phantom_nifti
+from segrecon_jax import stats
 from segrecon_jax.study import claims
 from segrecon_jax.study import cli
 from segrecon_jax.study import plan
 from segrecon_jax.study import report
 from segrecon_jax.study import results
 from segrecon_jax.study import runner
+from segrecon_jax.training import reporting
+from segrecon_jax.training import writer as writer_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -31,7 +32,7 @@ def write_run(workdir, ids, metrics, scalars=()):
   with open(os.path.join(workdir, 'metrics.json'), 'w') as f:
     json.dump({'metrics': means}, f)
   if scalars:
-    writer = reporting.SummaryWriter(workdir)
+    writer = writer_lib.SummaryWriter(workdir)
     for step, values in scalars:
       writer.write_scalars(step, values)
     writer.close()
@@ -153,20 +154,20 @@ def test_cross_seed_verdicts_and_report(tmp_path):
 
 
 def test_scalars_jsonl_written_beside_tensorboard_and_read_back(tmp_path):
-  writer = reporting.SummaryWriter(str(tmp_path))
+  writer = writer_lib.SummaryWriter(str(tmp_path))
   writer.write_scalars(1, {'train_loss': 0.5, 'eval_psnr': 20.0})
   writer.write_scalars(2, {'train_loss': 0.25})
   writer.write_scalars(2, {'train_loss': 0.125})  # A resumed run rewrites step 2: the later value wins.
   writer.close()
   assert os.listdir(tmp_path / 'tensorboard')
-  assert reporting.read_scalars(str(tmp_path)) == {'train_loss': {1: 0.5, 2: 0.125}, 'eval_psnr': {1: 20.0}}
-  assert reporting.read_scalars(str(tmp_path / 'nothing')) == {}
-  path = tmp_path / reporting.SCALARS_FILE
+  assert writer_lib.read_scalars(str(tmp_path)) == {'train_loss': {1: 0.5, 2: 0.125}, 'eval_psnr': {1: 20.0}}
+  assert writer_lib.read_scalars(str(tmp_path / 'nothing')) == {}
+  path = tmp_path / writer_lib.SCALARS_FILE
   path.write_text(path.read_text() + '{"step": 3, "train_lo')  # Cut by a kill: skipped.
-  assert reporting.read_scalars(str(tmp_path))['train_loss'] == {1: 0.5, 2: 0.125}
+  assert writer_lib.read_scalars(str(tmp_path))['train_loss'] == {1: 0.5, 2: 0.125}
   path.write_text('{"step": 1, "a": 1}\nnot json\n{"step": 2, "a": 2}\n')
   with pytest.raises(ValueError, match=rf'{path}: line 2 is not a scalars record'):
-    reporting.read_scalars(str(tmp_path))
+    writer_lib.read_scalars(str(tmp_path))
 
 
 def test_sweep_report_reads_grad_norms_from_jsonl(tmp_path):

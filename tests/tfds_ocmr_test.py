@@ -11,9 +11,9 @@ import pytest
 import tensorflow_datasets as tfds
 
 import tfds_ocmr
-from segrecon_jax import input_pipeline
 from segrecon_jax.data import ocmr
 from segrecon_jax.data import phantom
+from segrecon_jax.training import input_pipeline
 
 _DOWNLOAD = dict(file_format='array_record')
 

@@ -10,16 +10,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from segrecon_jax import input_pipeline
-from segrecon_jax import losses
 from segrecon_jax.data import phantom
-from segrecon_jax import parallel
-from segrecon_jax import checkpoints
-from segrecon_jax import config_checks
-from segrecon_jax import inference
-from segrecon_jax import steps
-from segrecon_jax import train
-from segrecon_jax import workdir as workdir_lib
+from segrecon_jax import losses
+from segrecon_jax.training import checkpoints
+from segrecon_jax.training import config_checks
+from segrecon_jax.training import inference
+from segrecon_jax.training import input_pipeline
+from segrecon_jax.training import parallel
+from segrecon_jax.training import steps
+from segrecon_jax.training import train
+from segrecon_jax.training import workdir as workdir_lib
 
 EXPERIMENTS = ('unet', 'cascade', 'multidecoder_unet', 'unet_unet', 'cascade_manet')
 
@@ -62,7 +62,7 @@ def latest_params(workdir, config):
   manager = checkpoints.checkpoint_manager(workdir, config)
   source = input_pipeline.load_split(config, config.train_split)
   model, tx = steps.create_model(config), steps.create_optimizer(config)
-  template = steps.initial_state(config, model, tx, steps.image_shape(source))
+  template = steps.initial_state(config, model, tx, input_pipeline.image_shape(source))
   state, meta = checkpoints.restore_checkpoint(manager, template)
   return state, meta
 
@@ -142,7 +142,7 @@ def test_joint_training_beats_untrained_dice(data_dir, tmp_path):
   config.model.recon.features = config.model.seg.features = (8, 16)
   eval_source = input_pipeline.load_split(config, config.eval_split)
   model, tx = steps.create_model(config), steps.create_optimizer(config)
-  untrained = steps.initial_state(config, model, tx, steps.image_shape(eval_source))
+  untrained = steps.initial_state(config, model, tx, input_pipeline.image_shape(eval_source))
   p_eval_step = parallel.pmap(functools.partial(steps.eval_step, model=model, config=config))
   before, _ = inference.evaluate_state(p_eval_step, parallel.replicate(untrained), eval_source, config)
   after = train.train_and_evaluate(config, str(tmp_path / 'joint'))
@@ -251,7 +251,7 @@ def test_train_scalars_are_the_mean_over_the_log_window(data_dir, tmp_path):
 _HOLD_LOCK = """
 import sys, time
 sys.path.insert(0, {root!r})
-from segrecon_jax import workdir
+from segrecon_jax.training import workdir
 lock = workdir.WorkdirLock({workdir!r}).acquire()
 print('locked', flush=True)
 time.sleep(600)

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from segrecon_jax import workdir as workdir_lib
+from segrecon_jax.training import workdir as workdir_lib
 
 
 def test_shared_holders_read_together_and_exclude_training(tmp_path):

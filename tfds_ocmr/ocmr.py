@@ -20,6 +20,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow_datasets as tfds
 
+from segrecon_jax import settings
 from segrecon_jax.data import magnitude
 from segrecon_jax.data import ocmr
 
@@ -218,9 +219,9 @@ class OcmrConfig(tfds.core.BuilderConfig):
 MAGNITUDE_FIELDS = ('label_mapping', 'phase_seed')
 
 
-# The OcmrConfig fields an experiment config may set (configs/default.py), and how each appears in a derived name.
-CONFIGURABLE_FIELDS = ('image_size', 'test_fraction', 'split_seed', 'include_unlabelled', 'label_mapping',
-                       'phase_seed')
+# The OcmrConfig fields an experiment config may set (the DATA_BUILDER fields of segrecon_jax/settings.py, in the
+# order their parts appear in a derived name).
+CONFIGURABLE_FIELDS = settings.names(settings.DATA_BUILDER)
 
 
 def _name_part(field: str, value) -> str:

@@ -27,7 +27,7 @@ index arrays the size of the input and a scatter.
 
 The setting is read when a model is traced: a function compiled earlier keeps the layers it was traced with, so
 set it before building the steps (it is process-wide, so the ahead-of-time compiles on background threads of
-`parallel.AheadOfTimeSteps` see it too). `python -m segrecon_jax.benchmark --conv_impl=... --upconv_impl=...` and
+`parallel.AheadOfTimeSteps` see it too). `python benchmarks/train_step.py --conv_impl=... --upconv_impl=...` and
 `benchmarks/conv_bench.py` time the choices; their figures are in docs/benchmarks.md. Arrays are NHWC, kernels HWIO.
 """
 

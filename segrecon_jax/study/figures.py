@@ -5,8 +5,8 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from segrecon_jax import reporting
 from segrecon_jax.study import plan
+from segrecon_jax.training import reporting
 
 plt = reporting.plt
 
@@ -94,6 +94,36 @@ def curves(path: str, series: Dict[str, Dict[str, Tuple[np.ndarray, np.ndarray]]
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)
   fig.suptitle(title, fontsize=10)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def loss_weight_figure(path: str, series, panels, title: str = '') -> None:
+  """Metrics against a loss weight on a symlog axis (0 shown), one panel per metric, one line per acceleration.
+
+  Args:
+    path: PNG to write.
+    series: acceleration -> (weights, {metric key: float `[len(weights), 3]` rows of (mean, low, high)}); a NaN
+      interval draws the point without an error bar.
+    panels: (axis label, metric key) per panel.
+  """
+  fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
+  positive = [w for weights, _ in series.values() for w in weights if w > 0]
+  for ax, (label, key) in zip(axes[0], panels):
+    for acceleration, (weights, curves) in sorted(series.items()):
+      values = np.asarray(curves[key], np.float64).reshape(-1, 3)
+      mean, low, high = values.T
+      errors = np.nan_to_num(np.stack([mean - low, high - mean]), nan=0.0)
+      ax.errorbar(weights, mean, yerr=errors, marker='o', capsize=3, label=f'x{acceleration}')
+    ax.set_xscale('symlog', linthresh=min(positive) if positive else 1.0)
+    ax.set_xlabel('segmentation loss weight')
+    ax.set_ylabel(label)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+  if title:
+    fig.suptitle(title + ' (mean over slices, 95% bootstrap interval)', fontsize=10)
   fig.tight_layout()
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fig.savefig(path, dpi=120)

@@ -219,9 +219,8 @@ def sweep_section(root: str, figure_path: str) -> str:
         cells.append(f'{np.mean(norms):.4g}' if norms else '-')
       lines.append(f'| {weight:g} | {len(runs)} | ' + ' | '.join(cells) + ' |')
     series[acceleration] = (weights, {k: np.array(v, np.float64) for k, v in curves.items()})
-  from segrecon_jax import reporting  # pylint: disable=g-import-not-at-top
-  reporting.loss_weight_figure(figure_path, series, (('PSNR (dB)', 'psnr'), ('F-PSNR (dB)', 'f_psnr')),
-                               title=f'{models.display_name(plan.SWEEP_EXPERIMENT)} (S): segmentation loss weight')
+  figures.loss_weight_figure(figure_path, series, (('PSNR (dB)', 'psnr'), ('F-PSNR (dB)', 'f_psnr')),
+                             title=f'{models.display_name(plan.SWEEP_EXPERIMENT)} (S): segmentation loss weight')
   return '\n'.join(lines) + '\n'
 
 

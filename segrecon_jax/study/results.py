@@ -9,8 +9,9 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from segrecon_jax import reporting
 from segrecon_jax.study import plan
+from segrecon_jax.training import reporting
+from segrecon_jax.training import writer as writer_lib
 
 
 def seed_dirs(parent: str) -> List[Tuple[int, str]]:
@@ -32,7 +33,7 @@ def read_metrics(workdir: str) -> Dict[str, float]:
 def read_run(workdir: str) -> Dict[str, Any]:
   """`{'metrics': metrics.json's metrics, 'per_slice': the per-slice record or None, 'scalars': read_scalars}`."""
   return {'metrics': read_metrics(workdir), 'per_slice': reporting.read_per_slice(workdir),
-          'scalars': reporting.read_scalars(workdir)}
+          'scalars': writer_lib.read_scalars(workdir)}
 
 
 def _row_runs(parent: str) -> Dict[int, Dict[str, Any]]:

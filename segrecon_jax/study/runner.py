@@ -10,6 +10,7 @@ from typing import Optional, Sequence, Tuple
 from absl import flags as absl_flags
 from ml_collections import config_flags
 
+from segrecon_jax import settings
 from segrecon_jax.study import plan
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -38,7 +39,7 @@ def train_split_size(config) -> Tuple[Optional[int], str]:
   from a phantom config (its slices and labelled frames times 1 - test_fraction; the real split takes whole
   subjects, so it differs by a few slices), or unknown (real or NIfTI data not prepared yet)."""
   try:
-    from segrecon_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+    from segrecon_jax.training import input_pipeline  # pylint: disable=g-import-not-at-top
     dataset_builder = input_pipeline.builder(config)
     name = f'{config.dataset}/{dataset_builder.builder_config.name}'
     if dataset_builder.is_prepared():
@@ -59,8 +60,8 @@ def train_split_size(config) -> Tuple[Optional[int], str]:
                     f'{described.test_fraction:.3f})')
 
 
-_DATA_FIELDS = ('dataset', 'dataset_config', 'data_dir', 'manual_dir', 'train_split', 'image_size', 'test_fraction',
-                'split_seed', 'include_unlabelled', 'label_mapping', 'phase_seed')
+# The fields that say which dataset a run reads, and where: runs that share them share the train split's size.
+_DATA_FIELDS = settings.names(settings.DATA, settings.DATA_BUILDER, settings.DATA_PLACE)
 
 
 def print_plan(todo: Sequence[plan.Run], num_done: int, seconds_per_step: Optional[float]) -> None:
@@ -93,7 +94,7 @@ def print_plan(todo: Sequence[plan.Run], num_done: int, seconds_per_step: Option
           'guide).', flush=True)
   elif todo:
     print('[study] pass --seconds_per_step=S (a run\'s train_steps_per_second in TensorBoard, inverted, or '
-          'python -m segrecon_jax.benchmark) for the expected duration.', flush=True)
+          'python benchmarks/train_step.py) for the expected duration.', flush=True)
 
 
 def is_finished(workdir: str) -> bool:

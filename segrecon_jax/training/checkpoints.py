@@ -4,7 +4,8 @@ Each checkpoint stores the train state and, as JSON, the epoch, the step, the wh
 description (`input_pipeline.data_info`). On resume the stored config decides what may differ: fields that change
 the training (seed, model, learning rate, acceleration, schedule, ...) must be equal, and `check_resume` lists each
 one that is not with its old and new value; the fields of `RESUMABLE_FIELDS` (more epochs, eval/log/checkpoint
-cadence, the progress bar, where caches and data live) may change.
+cadence, the progress bar, where caches and data live: their roles in `segrecon_jax/settings.py`) may change. A
+stored field that `settings.py` no longer declares (a knob removed since the checkpoint was written) is ignored.
 
 Each checkpoint also stores an integrity record: the SHA-256 of every array of the state (with its dtype and
 shape), computed from the arrays being saved and written in the meta item, which orbax commits together with the
@@ -27,17 +28,13 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from segrecon_jax import settings
+
 
 # Fields a resumed run may change: they do not change the optimization of the steps already taken.
-RESUMABLE_FIELDS = frozenset({
-    'num_epochs', 'eval_every_epochs', 'eval_batch_size', 'eval_split', 'log_every_steps',
-    'checkpoint_every_epochs', 'max_checkpoints_to_keep', 'progress_bar', 'num_summary_images',
-    'compilation_cache_dir', 'data_dir', 'manual_dir', 'distributed', 'coordinator_address', 'num_processes',
-    'process_id', 'compile_ahead', 'compile_workers',
-    'conv_impl', 'upconv_impl',  # Runtime only: how the layers are computed (models/layers.py), not what.
-})
+RESUMABLE_FIELDS = frozenset(settings.names(settings.RESUMABLE, settings.DATA_PLACE, settings.RUNTIME))
 # Fields that inference (eval, predict) must share with the checkpoint: what builds the model and its inputs.
-MODEL_FIELD_PREFIXES = ('model.', 'half_precision', 'num_classes')
+MODEL_FIELDS = frozenset(settings.names(settings.MODEL))
 
 
 class ResumeError(ValueError):
@@ -228,16 +225,21 @@ def flatten(tree: Dict[str, Any], prefix: str = '') -> Dict[str, Any]:
 
 
 def config_differences(stored: Dict[str, Any], config: ml_collections.ConfigDict, neutral=RESUMABLE_FIELDS,
-                       only_prefixes: Optional[Tuple[str, ...]] = None) -> Dict[str, Tuple[Any, Any]]:
-  """`{field: (stored value, new value)}` of the fields that differ, less `neutral` (or only `only_prefixes`).
+                       only: Optional[frozenset] = None) -> Dict[str, Tuple[Any, Any]]:
+  """`{field: (stored value, new value)}` of the fields that differ, less the top-level fields `neutral` (or of
+  the top-level fields `only` alone).
 
-  A field missing on one side counts as a difference: a model field added by the config changes the model.
+  A field missing on one side counts as a difference (a model field added by the config changes the model), except
+  a stored top-level field that `settings.py` no longer declares: a removed knob, which the run no longer reads.
   """
   old, new = flatten(jsonable(stored)), flatten(jsonable(config.to_dict()))
   missing = object()
   differences = {}
   for key in sorted(set(old) | set(new)):
-    if key in neutral or (only_prefixes is not None and not key.startswith(only_prefixes)):
+    top = key.split('.')[0]
+    if top in neutral or (only is not None and top not in only):
+      continue
+    if top not in settings.BY_NAME and key not in new:
       continue
     before, after = old.get(key, missing), new.get(key, missing)
     if before != after:
@@ -271,7 +273,7 @@ def check_inference(meta: Dict[str, Any], config, data_info, directory: str) -> 
   """Eval and predict need the checkpoint's model and data; the acceleration, masks and metrics may differ."""
   check_same_data(meta, data_info, directory)
   differences = config_differences(meta.get('config', {}), config, neutral=frozenset(),
-                                   only_prefixes=MODEL_FIELD_PREFIXES)
+                                   only=MODEL_FIELDS)
   if differences:
     _refuse(differences, directory, 'trained', 'Use the training configuration of this workdir.')
 

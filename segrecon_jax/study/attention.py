@@ -23,16 +23,16 @@ import jax.numpy as jnp
 import matplotlib
 import numpy as np
 
-from segrecon_jax import config_checks
-from segrecon_jax import inference
-from segrecon_jax import input_pipeline
 from segrecon_jax import losses
 from segrecon_jax import metrics
 from segrecon_jax import models
-from segrecon_jax import parallel
-from segrecon_jax import reporting
 from segrecon_jax import stats
-from segrecon_jax import steps
+from segrecon_jax.training import config_checks
+from segrecon_jax.training import inference
+from segrecon_jax.training import input_pipeline
+from segrecon_jax.training import parallel
+from segrecon_jax.training import reporting
+from segrecon_jax.training import steps
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -187,7 +187,7 @@ def pseudo_attention(config, workdir: str, out_dir: Optional[str] = None) -> Dic
   variables = {'params': state.params, 'batch_stats': state.batch_stats}
   model = steps.create_model(config, bn_axis_name=None)  # Eval mode under jit: no batch axis to average over.
   step = jax.jit(functools.partial(attention_step, model=model, config=config))
-  margin = steps.focus_margin_pixels(config, steps.image_shape(eval_source)[0])
+  margin = steps.focus_margin_pixels(config, input_pipeline.image_shape(eval_source)[0])
 
   kept = []  # (id, index, energy share, area share, seg loss, |g|, image, box) of every slice used.
   skipped = {'no_heart': [], 'zero_gradient': []}

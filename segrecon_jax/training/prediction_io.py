@@ -8,10 +8,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from segrecon_jax import input_pipeline
 from segrecon_jax.data import labels as labels_format
 from segrecon_jax.data import magnitude
 from segrecon_jax.data import ocmr
+from segrecon_jax.training import input_pipeline
 
 OCMR = 'ocmr'  # ISMRMRD k-space (`ocmr.load_examples`)
 MAGNITUDE = 'magnitude'  # NIfTI or HDF5 magnitude images (`magnitude.load_examples`), labels optional

@@ -2,26 +2,24 @@
 
 `sample_train_masks`, `train_update`, `train_step` (the two as one program) and `eval_step` are module-level
 functions of arrays; the model, optimizer and config are bound with `functools.partial` and the result is pmapped
-by `parallel.pmap`. `TrainSteps` pmaps and compiles the train step as the loop that drives it, `train.py`, runs it.
+by `parallel.pmap`. What compiles them for the loop is `compiled.TrainSteps`; what reads data and pretrained
+weights is `train.py`: nothing here touches files.
 """
 
 import collections
 import functools
-from typing import Any, Optional, Tuple
+from typing import Any, Tuple
 
 import flax
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
-from segrecon_jax import input_pipeline
 from segrecon_jax import losses
 from segrecon_jax import metrics as metrics_lib
 from segrecon_jax import models
 from segrecon_jax import mri
-from segrecon_jax import parallel
-from segrecon_jax.models import pretrained
+from segrecon_jax.training import parallel
 
 # Traces of the train step's mask sampler, keyed by sampled fraction (each distinct fraction compiles it once), and
 # of its update, keyed by the masks' shape (compiled once for every fraction).
@@ -52,8 +50,6 @@ def create_optimizer(config, total_steps: int = 1) -> optax.GradientTransformati
   """Adam at `config.learning_rate`, constant (the paper) or, with `config.lr_schedule='cosine'`, decayed along a
   half cosine to 0 over `total_steps` (the run's `num_epochs` x steps per epoch). The optimizer state has the same
   structure for every `total_steps`, so restoring needs no step count."""
-  if config.optimizer != 'adam':
-    raise ValueError(f"config.optimizer={config.optimizer!r}: only 'adam' (the paper's optimizer) is supported")
   if config.lr_schedule == 'constant':
     learning_rate = config.learning_rate
   elif config.lr_schedule == 'cosine':
@@ -61,14 +57,6 @@ def create_optimizer(config, total_steps: int = 1) -> optax.GradientTransformati
   else:
     raise ValueError(f"config.lr_schedule={config.lr_schedule!r}: expected 'constant' (the paper) or 'cosine'")
   return optax.adam(learning_rate, b1=config.b1, b2=config.b2)
-
-
-def image_shape(source, config=None) -> Tuple[int, int]:
-  """`(H, W)` of the split's images; with `config`, also checks that its masks fit the width."""
-  shape = tuple(input_pipeline.decode(source[0], 0)['image'].shape)
-  if config is not None:
-    check_masks_fit(config, shape[-1], f'{config.dataset}/{config.dataset_config}')
-  return shape
 
 
 def check_masks_fit(config, width: int, what: str) -> None:
@@ -95,7 +83,6 @@ def initial_state(config, model, tx, shape: Tuple[int, int]) -> TrainState:
   init_model = create_model(config, bn_axis_name=None)
   variables = jax.jit(functools.partial(init_model.init, train=False))(
       jax.random.key(config.seed, impl='rbg'), image, kspace, mask)
-  variables = pretrained.apply_pretrained(config.model, variables)  # MANet encoder_weights, if given.
   params = variables['params']
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     batch_stats=variables.get('batch_stats', {}), opt_state=tx.init(params),
@@ -158,8 +145,7 @@ def compute_losses(config, recon, seg_logits, batch, loss_state=None):
   `sum_i exp(-s_i) w_i L_i + s_i` (`losses.uncertainty_weighted_loss`).
   """
   target = mri.complex_to_channels(batch['image'])
-  recon_loss = jnp.mean(losses.l1_l2_loss(recon.astype(jnp.float32), target, l1_weight=config.l1_weight,
-                                          l2_weight=config.l2_weight,
+  recon_loss = jnp.mean(losses.l1_l2_loss(recon.astype(jnp.float32), target,
                                           pixel_weights=focus_pixel_weights(config, seg_logits, batch)))
   terms = {'recon_loss': recon_loss}
   loss = config.recon_loss_weight * recon_loss
@@ -234,7 +220,7 @@ def train_step(state: TrainState, batch, rng, sampled_fraction: float, *, model,
 
   `sampled_fraction` is static: each distinct value compiles this function once. It is `sample_train_masks`
   followed by `train_update`, which the training loop and the benchmark pmap and compile separately
-  (`TrainSteps`), so that a new fraction only compiles the mask sampler.
+  (`compiled.TrainSteps`), so that a new fraction only compiles the mask sampler.
   """
   masks = sample_train_masks(state.step, rng, sampled_fraction, num_examples=batch['image'].shape[0],
                              width=batch['image'].shape[-1], num_acs=config.num_acs)
@@ -317,63 +303,6 @@ def _updated_log_variances(state: TrainState, terms, config):
   first = state.step == 0
   return {'log_variances': jax.tree.map(lambda a, b: jnp.where(first, a, b), initial, stepped),
           'opt_state': jax.tree.map(lambda a, b: jnp.where(first, a, b), opt_state, new_opt_state)}
-
-
-class TrainSteps:
-  """The pmapped train step of every sampled fraction, as the training loop and the benchmark run it.
-
-  `train_step` as two pmapped programs: `sample_train_masks`, compiled once per sampled fraction (a small
-  program: the fraction is its static argument), and `train_update` (model, losses, gradients, optimizer),
-  compiled once for all fractions. A stabilized run's later levels then cost a mask sampler's compile each instead
-  of the whole step's (6 levels of the paper's schedule compiled the flagship's step 6 times before).
-  Both compile ahead on `parallel.AheadOfTimeSteps`' threads: `prefetch(fraction)` queues a level,
-  `get(fraction)` returns `fn(state, batch, rng) -> (state, terms)` (state donated), waiting if needed.
-
-  `compile_seconds` / `wait_seconds`: per compiled program, keyed by fraction for the mask samplers and by
-  'update' for the update.
-  """
-
-  def __init__(self, model, tx, config, state, batch, rng, devices=None, workers: Optional[int] = None):
-    """`state`, `batch`, `rng` are replicated/sharded examples (read for shapes and dtypes only)."""
-    num_devices, num_examples, _, width = np.shape(batch['image'])
-    p_masks = parallel.pmap(functools.partial(sample_train_masks, num_examples=num_examples, width=width,
-                                              num_acs=config.num_acs),
-                            static_broadcasted_argnums=(2,), devices=devices)
-    p_update = parallel.pmap(functools.partial(train_update, model=model, tx=tx, config=config),
-                             donate_argnums=(0,), devices=devices)
-    self.masks = parallel.AheadOfTimeSteps(p_masks, (state.step, rng), 'train masks', workers=workers)
-    masks = jax.ShapeDtypeStruct((num_devices, num_examples, 1, width), jnp.bool_)
-    self.update = parallel.AheadOfTimeSteps(p_update, (state, batch, masks), 'train update', static=False,
-                                            after=self.masks)
-
-  def prefetch(self, fraction: float) -> None:
-    self.masks.prefetch(fraction)
-    self.update.prefetch(None)
-
-  def get(self, fraction: float):
-    sample, update = self.masks.get(fraction), self.update.get(None)
-
-    def step(state, batch, rng):
-      return update(state, batch, sample(state.step, rng))
-
-    return step
-
-  def _merged(self, name: str):
-    merged = dict(getattr(self.masks, name))
-    if None in getattr(self.update, name):
-      merged['update'] = getattr(self.update, name)[None]
-    return merged
-
-  @property
-  def compile_seconds(self):
-    return self._merged('compile_seconds')
-
-  @property
-  def wait_seconds(self):
-    return self._merged('wait_seconds')
-
-  def close(self) -> None:
-    self.masks.close()  # (The update shares its thread.)
 
 
 def recon_network_params(model, params):

@@ -12,27 +12,24 @@ import json
 import logging
 import zlib
 import os
-from typing import Any, Dict, Iterator, Mapping
+from typing import Any, Dict, Iterator, Mapping, Tuple
 
 import grain
 import jax
 import numpy as np
 
-from segrecon_jax import config_checks
-from segrecon_jax import parallel
-
-
-# The experiment-config fields that change the `ocmr` builder config (None keeps the dataset config's value).
-DATA_FIELDS = ('image_size', 'test_fraction', 'split_seed', 'include_unlabelled', 'label_mapping', 'phase_seed')
+from segrecon_jax import settings
+from segrecon_jax.training import config_checks
+from segrecon_jax.training import parallel
 
 
 def builder_config(config):
-  """The TFDS builder config of `config`: `dataset_config` with the experiment's `DATA_FIELDS` that are set.
+  """The TFDS builder config of `config`: `dataset_config` with the DATA_BUILDER fields (`settings.py`) it sets.
 
   For `ocmr` a changed field gives a derived config with a name of its own (`tfds_ocmr.configure`, e.g.
   `real_128x128`), so each distinct setting is prepared into its own folder; other datasets take the name only.
   """
-  overrides = {f: getattr(config, f, None) for f in DATA_FIELDS if getattr(config, f, None) is not None}
+  overrides = settings.data_builder_fields(config)
   if config.dataset != 'ocmr':
     if overrides:
       raise ValueError(f'config fields {sorted(overrides)} apply to the ocmr dataset only, not {config.dataset!r}')
@@ -209,6 +206,11 @@ def decode(example: Mapping[str, Any], index: int) -> Dict[str, np.ndarray]:
       'mask_id': np.int32(mask_id(example, index)),
       'valid': np.float32(1.0),
   }
+
+
+def image_shape(source) -> Tuple[int, int]:
+  """`(H, W)` of the split's images (all examples of a split share it)."""
+  return tuple(decode(source[0], 0)['image'].shape)
 
 
 def epoch_seed(seed: int, epoch: int) -> int:

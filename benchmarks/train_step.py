@@ -1,15 +1,15 @@
 """Speed benchmark of the paper's experiments: compile and step time, FLOP/s against this machine's ceiling, memory.
 
-  python -m segrecon_jax.benchmark                                   # every experiment, paper widths, 128x128, batch 16
-  python -m segrecon_jax.benchmark --experiments=cascade --image_size=128 --batch=16 --steps=5 --json=bench.json
-  python -m segrecon_jax.benchmark --experiments=unet --devices=2      # 1..2 devices, same global batch
-  python -m segrecon_jax.benchmark --experiments=unet,cascade --conv_impl=xla,native --upconv_impl=xla,dense
-  python -m segrecon_jax.benchmark --steps=3 --torch_python=/path/to/torchvenv/bin/python   # + PyTorch columns
-  python -m segrecon_jax.benchmark --torch_python=python3 --torch_modes=eager,compile --tf32=on --batch=128
-  python -m segrecon_jax.benchmark --experiments=cascade_manet --steps=2 --profile=/tmp/trace   # jax.profiler trace
+  python benchmarks/train_step.py                         # every experiment, paper widths, 128x128, batch 16
+  python benchmarks/train_step.py --experiments=cascade --image_size=128 --batch=16 --steps=5 --json=bench.json
+  python benchmarks/train_step.py --experiments=unet --devices=2      # 1..2 devices, same global batch
+  python benchmarks/train_step.py --experiments=unet,cascade --conv_impl=xla,native --upconv_impl=xla,dense
+  python benchmarks/train_step.py --steps=3 --torch_python=/path/to/torchvenv/bin/python   # + PyTorch columns
+  python benchmarks/train_step.py --torch_python=python3 --torch_modes=eager,compile --tf32=on --batch=128
+  python benchmarks/train_step.py --experiments=cascade_manet --steps=2 --profile=/tmp/trace   # jax.profiler trace
 
 For each experiment (the model of `configs/<experiment>.py` at its paper settings, no `runlocal`) it measures the
-train step exactly as training runs it (`steps.TrainSteps`: the mask sampler and the update under `parallel.pmap`):
+train step exactly as training runs it (`compiled.TrainSteps`: the mask sampler and the update under `parallel.pmap`):
 compile time, steady-state step time (median of `--steps` timed steps after warm-up, with min and max), slices/s,
 FLOPs per step from XLA's cost analysis of the update with XLA's convolutions (`update_flops`: the native kernels are
 FFI calls it would count as nothing) and the achieved FLOP/s as a fraction of the float32 matmul ceiling measured
@@ -92,6 +92,8 @@ def _force_host_devices(num_devices: int) -> None:
 
 if __name__ == '__main__':
   _force_host_devices(parse_args(sys.argv[1:]).devices)
+  # The repository root: segrecon_jax and the experiment files configs/<experiment>.py.
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import contextlib
@@ -107,11 +109,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from segrecon_jax import input_pipeline
-from segrecon_jax import parallel
 from segrecon_jax import models
-from segrecon_jax import steps as step_lib  # `steps` is the timed step count here.
 from segrecon_jax.models import layers
+from segrecon_jax.training import compiled
+from segrecon_jax.training import input_pipeline
+from segrecon_jax.training import parallel
+from segrecon_jax.training import steps as step_lib  # `steps` is the timed step count here.
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 
@@ -233,10 +236,10 @@ def _time_train_step(config, image_size: int, num_devices: int, steps: int, prof
   fraction = 1.0 / config.acceleration
 
   # As the training loop runs it: the mask sampler of this fraction and the update, compiled one after the other.
-  train_steps = step_lib.TrainSteps(model, tx, config, state, batch, rng, devices=devices, workers=1)
+  train_steps = compiled.TrainSteps(model, tx, config, state, batch, rng, devices=devices, workers=1)
   train_steps.prefetch(fraction)
   step_fn = train_steps.get(fraction)
-  compiled = train_steps.update.get(None)  # Both compiles have finished: update_flops may change the setting.
+  update = train_steps.update.get(None)  # Both compiles have finished: update_flops may change the setting.
   compile_seconds = train_steps.compile_seconds
   masks = jax.ShapeDtypeStruct((num_devices, config.batch_size // num_devices, 1, image_size), jnp.bool_)
   flops_per_device = update_flops(config, tx, state, batch, masks, devices)
@@ -258,7 +261,7 @@ def _time_train_step(config, image_size: int, num_devices: int, steps: int, prof
       'masks_compile_s': compile_seconds[fraction], 'step_median_s': median, 'step_min_s': float(min(times)),
       'step_max_s': float(max(times)), 'slices_per_s': config.batch_size / median,
       'flops_per_step': flops_per_device * num_devices, 'flops_per_s': flops_per_device * num_devices / median,
-      **_peak_memory_bytes(devices, compiled), **({'hlo_text': compiled.as_text()} if profile_dir else {})}
+      **_peak_memory_bytes(devices, update), **({'hlo_text': update.as_text()} if profile_dir else {})}
 
 
 def time_input_pipeline(config, pipeline_config: str, data_dir: str, max_batches: int = 20) -> Dict[str, float]:
@@ -281,7 +284,7 @@ def time_input_pipeline(config, pipeline_config: str, data_dir: str, max_batches
 def schedule_cost(config, update_compile_s: float, masks_compile_s: float, step_s: float,
                   train_examples: int = 155) -> Dict[str, float]:
   """Compiles of the config's full stabilization schedule (the update once, a mask sampler per distinct fraction;
-  `steps.TrainSteps`) and their share of the wall time of a paper-scale run (`train_examples` slices per epoch as
+  `compiled.TrainSteps`) and their share of the wall time of a paper-scale run (`train_examples` slices per epoch as
   the paper's train split, `config.num_epochs` epochs)."""
   fractions = {step_lib.sampled_fraction_for_epoch(config, epoch) for epoch in range(1, config.num_epochs + 1)}
   steps = config.num_epochs * (train_examples // config.batch_size)
@@ -336,8 +339,7 @@ def _choices(value: str, valid, flag: str) -> List[str]:
 
 def torch_reference(args: argparse.Namespace, experiments: List[str]) -> Dict[str, Any]:
   """Runs benchmarks/torch_reference.py with `args.torch_python` on the same shapes; returns its JSON."""
-  script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'benchmarks',
-                        'torch_reference.py')
+  script = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'torch_reference.py')
   acceleration = int(args.preset.partition('_')[0].lstrip('x'))
   threads = args.torch_threads or os.cpu_count()
   with_cuda = jax.default_backend() == 'gpu'

@@ -5,6 +5,7 @@ import os
 from typing import Optional, Tuple
 
 from segrecon_jax import models
+from segrecon_jax import settings
 from segrecon_jax.models import layers
 
 
@@ -32,6 +33,7 @@ def _integer(config, field: str, minimum: int, what: str) -> None:
 
 def check_config(config) -> None:
   """Raises ConfigError for a value that would fail later (or train nonsense); see each message for what is valid."""
+  _check_declared(config)
   _at_least(config, 'acceleration', 1, 'the acceleration R must be >= 1 (1 = fully sampled, the paper uses 4 and '
             '8); each mask keeps round(W / R) phase-encode lines')
   _at_least(config, 'num_epochs', 1, 'train for at least 1 epoch (eval and predict of a trained workdir need no '
@@ -57,7 +59,7 @@ def check_config(config) -> None:
   for field in ('b1', 'b2'):
     if not 0 <= _number(config, field) < 1:
       raise ConfigError(f'config.{field}={config[field]!r}: Adam betas must lie in [0, 1) (the paper: b1=0.99).')
-  for field in ('recon_loss_weight', 'seg_loss_weight', 'l1_weight', 'l2_weight'):
+  for field in ('recon_loss_weight', 'seg_loss_weight'):
     _at_least(config, field, 0, 'loss weights must be >= 0')
   if config.stabilization:
     _at_least(config, 'patience', 1, 'the stabilization ramp needs P >= 1 epochs')
@@ -88,6 +90,15 @@ def check_config(config) -> None:
     _check_masks(config, shape[1])
   if segments:
     _check_classes(config, model)
+
+
+def _check_declared(config) -> None:
+  """Every top-level field is one that segrecon_jax/settings.py declares: a field set nowhere else is read by
+  nothing (a misspelt or removed knob)."""
+  unknown = sorted(set(config.keys()) - set(settings.BY_NAME)) if hasattr(config, 'keys') else []
+  if unknown:
+    raise ConfigError(f'config.{", config.".join(unknown)}: not a config field; every field is declared, with its '
+                      'role, in segrecon_jax/settings.py (remove the field, or declare it there).')
 
 
 def _check_loss_fields(config, segments: bool) -> None:
@@ -136,9 +147,9 @@ def _served_image_shape(config) -> Optional[Tuple[int, int]]:
   """(H, W) of the images the dataset serves, from the configs alone (None when the dataset is not `ocmr`)."""
   if config.get('dataset') != 'ocmr':
     return None
-  from segrecon_jax import input_pipeline  # pylint: disable=g-import-not-at-top  (imports TFDS)
+  import tfds_ocmr  # pylint: disable=g-import-not-at-top  (imports TFDS)
   try:
-    builder_config = input_pipeline.builder_config(config)
+    builder_config = tfds_ocmr.configure(config.dataset_config, **settings.data_builder_fields(config))
   except (KeyError, ValueError) as e:
     raise ConfigError(f'config.dataset_config={config.dataset_config!r} with the data fields of the config: '
                       f'{str(e).strip(chr(34) + chr(39))}') from None

@@ -16,13 +16,13 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 import jax
 import numpy as np
 
-from segrecon_jax import checkpoints
-from segrecon_jax import input_pipeline
-from segrecon_jax import parallel
-from segrecon_jax import prediction_io
-from segrecon_jax import reporting
-from segrecon_jax import steps
-from segrecon_jax import workdir as workdir_lib
+from segrecon_jax.training import checkpoints
+from segrecon_jax.training import input_pipeline
+from segrecon_jax.training import parallel
+from segrecon_jax.training import prediction_io
+from segrecon_jax.training import reporting
+from segrecon_jax.training import steps
+from segrecon_jax.training import workdir as workdir_lib
 
 EVAL_DIR = 'eval'  # --mode=eval writes eval/<split>_x<R>/ under the workdir.
 PREDICT_DIR = 'predict'  # --mode=predict writes predict/<split or file stem>_x<R>/ under the workdir.
@@ -158,7 +158,9 @@ def restore_for_inference(config, workdir: str):
     raise FileNotFoundError(f'no checkpoint in {manager.directory}: train first (--mode=train)')
   eval_source = input_pipeline.load_split(config, config.eval_split)
   model, tx = steps.create_model(config), steps.create_optimizer(config)
-  template = steps.initial_state(config, model, tx, steps.image_shape(eval_source, config))
+  shape = input_pipeline.image_shape(eval_source)
+  steps.check_masks_fit(config, shape[-1], f'{config.dataset}/{config.dataset_config}')
+  template = steps.initial_state(config, model, tx, shape)  # Its values are replaced by the checkpoint's.
   data_info = input_pipeline.data_info(config)
   state, meta = checkpoints.restore_checkpoint(
       manager, template, check=lambda meta: checkpoints.check_inference(meta, config, data_info, manager.directory))
@@ -259,7 +261,7 @@ def _predict(config, workdir: str, input_path: str, out_dir: str) -> str:
       return ''
     return reporting.write_predictions(out_dir or output_dir(workdir, PREDICT_DIR, config.eval_split, config),
                                        config, arrays)
-  image_size = steps.image_shape(eval_source)
+  image_size = input_pipeline.image_shape(eval_source)
   items = prediction_io.input_files(input_path)
   one_file = os.path.isfile(input_path)
   name = items[0].name if one_file else os.path.basename(os.path.normpath(input_path))

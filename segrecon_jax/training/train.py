@@ -9,7 +9,7 @@ Train scalars are means over the `log_every_steps` window, read from the devices
 per step), and every log step and eval also logs one line, so batch jobs without a terminal show progress.
 
 The sampled fraction is a static argument of the pmapped train step, so each distinct fraction of the
-stabilization schedule needs its own executable. Only the masks depend on it, so `steps.TrainSteps` compiles a
+stabilization schedule needs its own executable. Only the masks depend on it, so `compiled.TrainSteps` compiles a
 small mask sampler per fraction and the update (model, losses, optimizer) once. With `config.compile_ahead` they
 are all queued at the first step (`parallel.AheadOfTimeSteps`) and compile in schedule order on background
 threads (`config.compile_workers`) while the earlier levels train; the loop only waits when a level starts before
@@ -38,14 +38,17 @@ import jax
 import ml_collections
 import numpy as np
 
-from segrecon_jax import checkpoints
-from segrecon_jax import config_checks
-from segrecon_jax import inference
-from segrecon_jax import input_pipeline
-from segrecon_jax import parallel
-from segrecon_jax import reporting
-from segrecon_jax import steps
-from segrecon_jax import workdir as workdir_lib
+from segrecon_jax.models import pretrained
+from segrecon_jax.training import checkpoints
+from segrecon_jax.training import compiled
+from segrecon_jax.training import config_checks
+from segrecon_jax.training import inference
+from segrecon_jax.training import input_pipeline
+from segrecon_jax.training import parallel
+from segrecon_jax.training import reporting
+from segrecon_jax.training import steps
+from segrecon_jax.training import workdir as workdir_lib
+from segrecon_jax.training import writer as writer_lib
 
 
 class NonFiniteError(FloatingPointError):
@@ -140,13 +143,24 @@ def _format_seconds(seconds: float) -> str:
 
 
 def compile_summary(compiled_steps) -> Dict[str, float]:
-  """The train step's programs compiled so far (`steps.TrainSteps`: a mask sampler per sampled fraction and the
+  """The train step's programs compiled so far (`compiled.TrainSteps`: a mask sampler per sampled fraction and the
   update), their compile seconds, and the seconds the loop waited for them."""
   if compiled_steps is None:
     return {'train_compiles': 0, 'train_compile_seconds': 0.0, 'train_compile_wait_seconds': 0.0}
   return {'train_compiles': len(compiled_steps.compile_seconds),
           'train_compile_seconds': float(sum(compiled_steps.compile_seconds.values())),
           'train_compile_wait_seconds': float(sum(compiled_steps.wait_seconds.values()))}
+
+
+def initial_state(config, model, tx, shape) -> steps.TrainState:
+  """`steps.initial_state` with the pretrained weights that `config.model` names (MANet's `encoder_weights`, read
+  by `models.pretrained`) written over the random initialization; the random one where it names none."""
+  state = steps.initial_state(config, model, tx, shape)
+  variables = {'params': state.params, 'batch_stats': state.batch_stats}
+  loaded = pretrained.apply_pretrained(config.model, variables)
+  if loaded is variables:
+    return state
+  return state.replace(params=loaded['params'], batch_stats=loaded['batch_stats'], opt_state=tx.init(loaded['params']))
 
 
 def _train_and_evaluate(config, workdir: str, stop: StopSignals) -> Dict[str, float]:
@@ -159,7 +173,9 @@ def _train_and_evaluate(config, workdir: str, stop: StopSignals) -> Dict[str, fl
   total_steps = config.num_epochs * steps_per_epoch
 
   model, tx = steps.create_model(config), steps.create_optimizer(config, total_steps)
-  state = steps.initial_state(config, model, tx, steps.image_shape(train_source, config))
+  shape = input_pipeline.image_shape(train_source)
+  steps.check_masks_fit(config, shape[-1], f'{config.dataset}/{config.dataset_config}')
+  state = initial_state(config, model, tx, shape)
   manager = checkpoints.checkpoint_manager(workdir, config)
   restored, meta = checkpoints.restore_checkpoint(
       manager, state, check=lambda meta: checkpoints.check_resume(meta, config, data_info, manager.directory),
@@ -170,7 +186,7 @@ def _train_and_evaluate(config, workdir: str, stop: StopSignals) -> Dict[str, fl
     logging.info('Resumed from %s at step %d (epoch %d done%s).', manager.directory, int(state.step), meta['epoch'],
                  f', {skip_steps} steps of epoch {start_epoch}' if skip_steps else '')
   step = int(state.step)
-  writer = reporting.SummaryWriter(workdir)
+  writer = writer_lib.SummaryWriter(workdir)
   writer.write_hparams(config)
 
   p_eval_step = parallel.pmap(functools.partial(steps.eval_step, model=model, config=config))
@@ -180,13 +196,13 @@ def _train_and_evaluate(config, workdir: str, stop: StopSignals) -> Dict[str, fl
   # The distinct sampled fractions still to train, in schedule order.
   fractions = list(dict.fromkeys(steps.sampled_fraction_for_epoch(config, epoch)
                                  for epoch in range(start_epoch, config.num_epochs + 1)))
-  compiled_steps = None  # steps.TrainSteps, made at the first batch (it needs the batch's shapes).
+  compiled_steps = None  # compiled.TrainSteps, made at the first batch (it needs the batch's shapes).
   compiled_eval = None  # The same for the eval step (no static argument).
   train_step, train_fraction = None, None  # The executable of the current sampled fraction.
   results = None
   window = []  # Device metrics of the steps since the last log step, read at the next one.
   window_start, window_compile_seconds = time.time(), 0.0
-  progress = reporting.progress_bar(config, total=total_steps, initial=step)
+  progress = writer_lib.progress_bar(config, total=total_steps, initial=step)
 
   def flush_window(epoch: int, fraction: float, log: bool) -> None:
     """Checks every step of the window for finiteness; on a log step, writes the window's means."""
@@ -240,7 +256,7 @@ def _train_and_evaluate(config, workdir: str, stop: StopSignals) -> Dict[str, fl
       for batch in itertools.islice(batches, epoch_steps, None):  # The same order as an uninterrupted run.
         batch = parallel.shard(batch)
         if compiled_steps is None:
-          compiled_steps = steps.TrainSteps(model, tx, config, state, batch, rng,
+          compiled_steps = compiled.TrainSteps(model, tx, config, state, batch, rng,
                                             workers=config.compile_workers or None)
           eval_batch = parallel.shard(next(input_pipeline.eval_batches(eval_source, config)))
           compiled_eval = parallel.AheadOfTimeSteps(p_eval_step, (state, eval_batch), 'eval step', static=False,
