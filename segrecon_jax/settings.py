@@ -166,8 +166,10 @@ def names(*roles: str) -> Tuple[str, ...]:
 
 
 def data_builder_fields(config) -> Dict[str, Any]:
-  """`{field: value}` of the DATA_BUILDER fields that `config` sets (None keeps the dataset config's own value)."""
-  return {name: config.get(name) for name in names(DATA_BUILDER) if config.get(name) is not None}
+  """`{field: value}` of the DATA_BUILDER fields that `config` sets (None keeps the dataset config's own value).
+  `config` is a ConfigDict or any object with the fields as attributes; a missing field counts as None."""
+  values = {name: getattr(config, name, None) for name in names(DATA_BUILDER)}
+  return {name: value for name, value in values.items() if value is not None}
 
 
 def base_config() -> ml_collections.ConfigDict:
