@@ -91,7 +91,7 @@ def test_compile_levels_script_prints_whole_and_split_compiles(capfd):
   spec = importlib.util.spec_from_file_location('compile_levels', path)
   compile_levels = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(compile_levels)
-  compile_levels.main(['--experiment=unet_unet', '--preset=x4_stab,runlocal', '--image_size=32', '--batch=2',
+  compile_levels.main(['--experiment=multidecoder_unet', '--preset=x4_stab,runlocal', '--image_size=32', '--batch=2',
                        '--levels=2'])
   rows = [line for line in capfd.readouterr().out.splitlines() if line.startswith('| whole') or
           line.startswith('| split')]
