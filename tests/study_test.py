@@ -89,9 +89,48 @@ def test_settings_are_recorded_and_a_root_refuses_other_data(tmp_path, monkeypat
   assert 'unrecognized arguments: --data_dir=/x' in capsys.readouterr().err
 
 
+def _fake_popen(calls, fail=(), in_flight=None):
+  """A stand-in for subprocess.Popen: records each command, finishes at its second poll (exit 1 where the workdir
+  is one of `fail`), and records in `in_flight` how many were running whenever one is started."""
+  running = []
+
+  class FakeProcess:
+
+    def __init__(self, command, **kwargs):
+      del kwargs
+      calls.append(command)
+      self.workdir = command[-1].split('=', 1)[1]
+      self.polls, self.returncode = 0, None
+      running.append(self)
+      if in_flight is not None:
+        in_flight.append(len(running))
+
+    def poll(self):
+      self.polls += 1
+      if self.polls >= 2 and self.returncode is None:
+        self.returncode = 1 if self.workdir in fail else 0
+        running.remove(self)
+      return self.returncode
+
+  return FakeProcess
+
+
+def test_runs_in_parallel_jobs_and_names_every_failed_run(tmp_path, monkeypatch, capsys):
+  calls, in_flight = [], []
+  failing = plan.run_dir(str(tmp_path), 'cascade_manet', 4, False, 0)
+  monkeypatch.setattr(runner.subprocess, 'Popen', _fake_popen(calls, fail=[failing], in_flight=in_flight))
+  with pytest.raises(RuntimeError, match=r'1 run\(s\) failed: .*log\.txt'):
+    cli.main(['run', f'--root={tmp_path}', '--switch=', '--tables=2', '--seeds=0', '--accelerations=4', '--jobs=2'])
+  assert len(calls) == 3  # The failure stops nothing: every run is started.
+  assert max(in_flight) == 2
+  assert 'FAILED (exit 1)' in capsys.readouterr().out
+  with pytest.raises(SystemExit):
+    cli.main(['run', f'--root={tmp_path}', '--jobs=zero'])
+
+
 def test_run_skips_finished_runs_and_prints_the_plan(tmp_path, monkeypatch, capsys):
   calls = []
-  monkeypatch.setattr(runner.subprocess, 'run', lambda command, **kwargs: calls.append(command))
+  monkeypatch.setattr(runner.subprocess, 'Popen', _fake_popen(calls))
   done = plan.run_dir(str(tmp_path), 'cascade', 4, False, 0)
   write_run(done, ['a'], {'psnr': np.array([1.0])})
   cli.main(['run', f'--root={tmp_path}', '--switch=', '--tables=2', '--seeds=0', '--seconds_per_step=0.5'])

@@ -36,6 +36,8 @@ def parse(argv: Optional[List[str]] = None):
                       + ', '.join(m.name for m in plan.LOSS_METHODS))
   parser.add_argument('--seconds_per_step', type=float, default=None,
                       help='seconds per training step, for the expected duration printed before starting')
+  parser.add_argument('--jobs', type=int, default=1,
+                      help='runs trained at once, each its own main.py process (run, sweep, losses)')
   parser.add_argument('--out', default='docs/results.md', help='the report (report)')
   args, unknown = parser.parse_known_args(argv)
   overrides = [a for a in unknown if a.startswith('--config.')]
@@ -73,4 +75,4 @@ def main(argv: Optional[List[str]] = None) -> None:
   if args.action == 'attention':
     runner.attention_all(runs)
   else:
-    runner.run_all(runs, args.seconds_per_step)
+    runner.run_all(runs, args.seconds_per_step, args.jobs)

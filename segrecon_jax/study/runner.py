@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from typing import Optional, Sequence, Tuple
 
 from absl import flags as absl_flags
@@ -101,19 +102,40 @@ def is_finished(workdir: str) -> bool:
   return os.path.exists(os.path.join(workdir, 'metrics.json'))
 
 
-def run_all(runs: Sequence[plan.Run], seconds_per_step: Optional[float] = None) -> None:
+def run_all(runs: Sequence[plan.Run], seconds_per_step: Optional[float] = None, jobs: int = 1) -> None:
   """Prints the plan, then trains and evaluates every run without metrics.json, one `main.py` process each (an
-  interrupted run resumes from its workdir's checkpoint)."""
+  interrupted run resumes from its workdir's checkpoint), `jobs` processes at a time (more than one shares an
+  accelerator or the CPU cores between runs; on a GPU, set XLA_PYTHON_CLIENT_PREALLOCATE=false so that each process
+  takes only the memory it uses). Every run is tried; if any fails, the error names each failed run and its log."""
+  if jobs < 1:
+    raise ValueError(f'jobs must be at least 1, not {jobs}')
   for run in runs:
     run_config(run.flags)  # Every override checked before the first run starts.
   todo = [run for run in runs if not is_finished(run.workdir)]
   print_plan(todo, len(runs) - len(todo), seconds_per_step)
-  for run in todo:
-    command = [sys.executable, 'main.py', *run.flags, '--config.progress_bar=False', f'--workdir={run.workdir}']
-    print(f'[study] {run.label}: {" ".join(command[1:])}', flush=True)
-    os.makedirs(run.workdir, exist_ok=True)
-    with open(os.path.join(run.workdir, 'log.txt'), 'a') as log:
-      subprocess.run(command, cwd=REPO, check=True, stdout=log, stderr=subprocess.STDOUT)
+  waiting, running, failed = list(todo), [], []
+  while waiting or running:
+    while waiting and len(running) < jobs:
+      run = waiting.pop(0)
+      command = [sys.executable, 'main.py', *run.flags, '--config.progress_bar=False', f'--workdir={run.workdir}']
+      print(f'[study] {run.label}: {" ".join(command[1:])}', flush=True)
+      os.makedirs(run.workdir, exist_ok=True)
+      with open(os.path.join(run.workdir, 'log.txt'), 'a') as log:
+        running.append((run, subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)))
+    finished = [(run, process) for run, process in running if process.poll() is not None]
+    if not finished:
+      time.sleep(0.2)
+    for run, process in finished:
+      running.remove((run, process))
+      if process.returncode:
+        failed.append(run)
+        print(f'[study] FAILED (exit {process.returncode}): {run.label}; see {os.path.join(run.workdir, "log.txt")}',
+              flush=True)
+        if jobs == 1:
+          waiting.clear()  # One at a time: stop at the first failure, as before.
+  if failed:
+    raise RuntimeError(f'{len(failed)} run(s) failed: ' + '; '.join(
+        f'{run.label} (log: {os.path.join(run.workdir, "log.txt")})' for run in failed))
 
 
 def attention_all(runs: Sequence[plan.Run]) -> None:
