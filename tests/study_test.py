@@ -72,7 +72,7 @@ def test_plan_flags_order_and_overrides(tmp_path):
 
 def test_settings_are_recorded_and_a_root_refuses_other_data(tmp_path, monkeypatch, capsys):
   calls = []
-  monkeypatch.setattr(runner.subprocess, 'run', lambda command, **kwargs: calls.append(command))
+  monkeypatch.setattr(runner.subprocess, 'Popen', _fake_popen(calls))
   root = str(tmp_path / 'runs')
   data = ['--config.image_size=48', f'--config.data_dir={tmp_path / "tfds"}']
   cli.main(['run', f'--root={root}', '--switch=runlocal', '--experiments=cascade', '--accelerations=8'] + data)
@@ -182,6 +182,12 @@ def test_cross_seed_verdicts_and_report(tmp_path):
   text = open(out).read()
   assert '## Table 2 (CascadeNet and MANet; 3 seeds (0, 1, 2))' in text
   assert '| CascadeNet -> MANet (S) | 3 | ' in text
+  # Only what ran: no Table 1, no x8 block, the claims without runs listed once, not as rows or details.
+  assert '## Table 1 (U-Net family; not run yet)\n\nNot run under this root.' in text
+  assert '| **x8** |' not in text and '| **x4** |' in text
+  assert 'Not run under this root (no runs of both rows at any acceleration): ' in text
+  assert '| Solo UNet beats UNet -> UNet on the global metrics |' not in text
+  assert 'no per-slice results of both rows yet' not in text
   assert claims.format_verdict(aware) in text
   summary = text.split('## Verdicts at a glance')[1].split('## Table 1')[0]
   assert (f'| Segmentation-aware CascadeNet -> MANet (S) beats solo CascadeNet on the F- metrics | **holds**: F-PSNR '

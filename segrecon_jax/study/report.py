@@ -50,10 +50,15 @@ def _seeds_text(seeds: Sequence[int]) -> str:
 
 
 def table(results, table_number: int) -> str:
-  """A paper table: mean ± standard deviation over seeds, the seeds column, the paper's row in italics."""
+  """A paper table: mean ± standard deviation over seeds, the seeds column, the paper's row in italics; only the
+  accelerations with runs of the table (a row not run shows '-')."""
   header = ['Method', 'seeds'] + [name for name, _, _ in plan.METRICS] + ['Dice']
   lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
-  for acceleration in plan.ACCELERATIONS:
+  methods = [method for number, method, _, _ in plan.ROWS if number == table_number]
+  run_accelerations = [a for a in plan.ACCELERATIONS if any(results.get((m, a)) for m in methods)]
+  if not run_accelerations:
+    return 'Not run under this root.\n'
+  for acceleration in run_accelerations:
     lines.append(f'| **x{acceleration}** |' + ' |' * (len(header) - 1))
     solo = next(method for number, method, _, _ in plan.ROWS if number == table_number)
     inputs = {seed: {'metrics': {k[len('zero_filled_'):]: v for k, v in run['metrics'].items()
@@ -86,7 +91,10 @@ def verdict_summary(verdicts: Sequence[claims_lib.Verdict]) -> str:
   by_claim = {}
   for verdict in verdicts:
     by_claim.setdefault(verdict.claim.text, {})[verdict.acceleration] = verdict
+  not_run = [text for text, found in by_claim.items() if not any(v.metrics for v in found.values())]
   for text, found in by_claim.items():
+    if text in not_run:
+      continue
     cells = []
     for acceleration in plan.ACCELERATIONS:
       verdict = found.get(acceleration)
@@ -99,6 +107,10 @@ def verdict_summary(verdicts: Sequence[claims_lib.Verdict]) -> str:
       cells.append(f'**{claims_lib.verdict_words(verdict)}**: {plan.NAMES[key]} {record["effect"]:+.2f} '
                    f'[{record["low"]:+.2f}, {record["high"]:+.2f}]{" dB" if key.endswith("psnr") else ""}, {seeds}')
     lines.append(f'| {text} | ' + ' | '.join(cells) + ' |')
+  if len(not_run) == len(by_claim):
+    return 'No claim has runs of both its rows under this root yet.\n'
+  if not_run:
+    lines.append(f'\nNot run under this root (no runs of both rows at any acceleration): {"; ".join(not_run)}.')
   return '\n'.join(lines) + '\n'
 
 
@@ -123,12 +135,10 @@ def scale_description(root: str, results, settings: Optional[plan.Settings]) -> 
          f'{config["lr_schedule"]} decay to 0 over the run') + ').')
   stabilized = next((m['config'] for (method, _), m in metas.items() if method.endswith('(S)')), config)
   levels = stabilized.get('schedule_levels')
+  acs_lines = sorted({(a, m['config']['num_acs']) for (_, a), m in metas.items()})
   lines.append(f'Stabilization (the (S) rows): P = {stabilized["patience"]} epochs, eps = {stabilized["eps"]}, '
                + ('the exact eq. 1 schedule (P + 1 levels)' if levels is None else f'{levels} levels') + '. '
-               + 'ACS lines: ' + ', '.join(f'{m["config"]["num_acs"]} at x{a}' for (method, a), m in
-                                           sorted(metas.items(), key=lambda item: item[0][1])
-                                           if method == next(iter(metas))[0]) +
-               f'; F- box margin {config["focus_margin_fraction"]:.4g} of the image side.')
+               + 'ACS lines: ' + ', '.join(f'{acs} at x{a}' for a, acs in acs_lines) + f'; F- box margin {config["focus_margin_fraction"]:.4g} of the image side.')
   for (method, acceleration), m in metas.items():
     if acceleration == max(a for (x, a) in metas if x == method) and not method.endswith('(S)'):
       lines.append(f'- {method}: model `{json.dumps(m["config"]["model"], sort_keys=True)}`')
@@ -379,7 +389,7 @@ def report(root: str, out: str, settings: Optional[plan.Settings] = None) -> str
       f'## Table 1 (U-Net family; {_seeds_text(t1)})\n', table(results, 1),
       f'## Table 2 (CascadeNet and MANet; {_seeds_text(t2)})\n', table(results, 2),
       '## Do the paper\'s claims hold here?\n', STATISTICS_TEXT,
-      '\n'.join(claims_lib.format_verdict(v) for v in verdicts) + '\n',
+      '\n'.join(claims_lib.format_verdict(v) for v in verdicts if v.metrics) + '\n',
   ]
   curves_text, curve_paths = curves_section(results, figure_dir)
   if curves_text:
