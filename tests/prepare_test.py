@@ -74,6 +74,18 @@ def test_a_stale_prepared_dataset_is_refused(tmp_path, manual_dir):
   with pytest.raises(config_checks.ConfigError, match=r"config.manual_dir=.*nowhere' does not exist"):
     input_pipeline.load_split(missing, 'train')
 
+  # A dataset prepared by older readers (which served the same files differently) is refused, not reused.
+  record_path = os.path.join(dataset_dir, tfds_ocmr.ocmr.SOURCE_RECORD)
+  assert record['reader_version'] == tfds_ocmr.ocmr.READER_VERSION
+  json.dump(dict(record, reader_version=1), open(record_path, 'w'))
+  with pytest.raises(input_pipeline.StaleDatasetError, match=r'prepared by readers of version 1, which serve'):
+    input_pipeline.load_split(config, 'train')
+  old_record = dict(record)
+  del old_record['reader_version']  # Records from before reader versions are version 1.
+  json.dump(old_record, open(record_path, 'w'))
+  with pytest.raises(input_pipeline.StaleDatasetError, match=r'prepared by readers of version 1'):
+    input_pipeline.load_split(config, 'train')
+
   # A dataset prepared before records existed cannot be checked: a clear error, not a silent reuse.
   os.remove(os.path.join(dataset_dir, tfds_ocmr.ocmr.SOURCE_RECORD))
   with pytest.raises(input_pipeline.StaleDatasetError, match='without a record of its source files'):

@@ -73,6 +73,11 @@ class OCMRManualDirError(FileNotFoundError):
 # data (so it is renamed into place with them): {'manual_dir': path, 'files': {path under manual_dir: None for a
 # label file that was absent, else {'size', 'mtime_ns', 'sha256'}}}.
 SOURCE_RECORD = 'source_files.json'
+# The version of the readers that turn a manual_dir's files into examples, stored in the source record. Raise it
+# when the same files would be served differently, so that a dataset prepared by older readers is refused rather
+# than silently reused. 1: the first readers. 2: a 3-D HDF5 magnitude array is [slices, H, W] (every slice served,
+# background-only slices too) and a single-phase file (ACDC's `_frameYY`) serves its cine frame YY - 1.
+READER_VERSION = 2
 PHANTOM_SCRATCH = 'ocmr_phantom_scratch'  # Under the download dir: one folder per config, deleted once prepared.
 
 
@@ -115,7 +120,7 @@ def source_record(config: 'OcmrConfig', manual_dir: str, hashes: bool = True) ->
     files[name] = {'size': stat.st_size, 'mtime_ns': stat.st_mtime_ns}
     if hashes:
       files[name]['sha256'] = _sha256(path)
-  return {'manual_dir': manual_dir, 'files': files}
+  return {'manual_dir': manual_dir, 'reader_version': READER_VERSION, 'files': files}
 
 
 def _mtime(ns: int) -> str:

@@ -120,12 +120,21 @@ def prepare(config):
 
 def check_source(config, dataset_builder) -> None:
   """Raises StaleDatasetError unless a dataset prepared from a manual_dir was prepared from the files now in
-  `config.manual_dir` (tfds_ocmr's `SOURCE_RECORD`: names, sizes, modification times, sha256)."""
+  `config.manual_dir` (tfds_ocmr's `SOURCE_RECORD`: names, sizes, modification times, sha256) by readers of this
+  version (`READER_VERSION`)."""
   if config.dataset != 'ocmr' or getattr(dataset_builder.builder_config, 'source', 'phantom') == 'phantom':
     return
   import tfds_ocmr  # pylint: disable=g-import-not-at-top
   dataset_dir = os.fspath(dataset_builder.data_dir)
   recorded = tfds_ocmr.ocmr.read_source_record(dataset_dir)
+  remedy = (f'Delete {os.path.dirname(dataset_dir)} to prepare it again from '
+            f'{config.manual_dir or "its manual_dir"}, or set config.data_dir to another folder (a data_dir holds '
+            'one preparation of each dataset config).')
+  reader_version = recorded.get('reader_version', 1) if recorded else None
+  if recorded and reader_version != tfds_ocmr.ocmr.READER_VERSION:
+    raise StaleDatasetError(f'{dataset_dir} was prepared by readers of version {reader_version}, which serve the '
+                            f'files of {recorded["manual_dir"]} differently from this version '
+                            f'({tfds_ocmr.ocmr.READER_VERSION}; see READER_VERSION in tfds_ocmr/ocmr.py). ' + remedy)
   if not config.manual_dir:
     logging.info('Reusing %s, prepared from %s (config.manual_dir is empty: not checked).', dataset_dir,
                  recorded['manual_dir'] if recorded else 'unrecorded files')
@@ -135,8 +144,6 @@ def check_source(config, dataset_builder) -> None:
     raise config_checks.ConfigError(f'config.manual_dir={config.manual_dir!r} does not exist (or is not a folder); '
                                     f'{dataset_dir} was prepared from '
                                     f'{recorded["manual_dir"] if recorded else "files not recorded"}.')
-  remedy = (f'Delete {os.path.dirname(dataset_dir)} to prepare it again from {manual_dir}, or set config.data_dir '
-            'to another folder (a data_dir holds one preparation of each dataset config).')
   if recorded is None:
     raise StaleDatasetError(f'{dataset_dir} was prepared without a record of its source files (by an older '
                             f'version), so whether it holds the files of config.manual_dir={config.manual_dir!r} '
