@@ -26,7 +26,7 @@ WHEEL_PINS="ml-collections==1.1.0 tensorflow-datasets==4.9.10 importlib_resource
 SDIST_PINS="promise==2.3"  # No wheel on PyPI: built here (pure Python).
 
 mkdir -p "$DATA_DIR"
-for name in ${DATASETS:-phantom}; do
+for name in ${DATASETS-phantom}; do  # DATASETS= (empty): none
   PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} "$PY" -c "
 import sys, tensorflow_datasets as tfds, tfds_ocmr
 builder = tfds.builder('ocmr/' + sys.argv[1], data_dir=sys.argv[2])
