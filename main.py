@@ -78,6 +78,13 @@ def user_error_message(error: BaseException) -> Optional[str]:
     return text
   if isinstance(error, OSError) and 'Failed loading config file' in text:  # raised when FLAGS.config is first read
     return _flag_error_message(error, sys.argv)
+  os_code = re.search(r"\[os_error_code='?(\d+)'?\]", text)
+  if isinstance(error, ValueError) and os_code and int(os_code.group(1)) in _OS_HINTS:
+    # TensorStore (orbax writing a checkpoint) failed on the machine, not on damaged data: a full disk, a read-only
+    # or forbidden folder. It reports the errno in its text, not as an OSError.
+    failed = re.findall(r'(?:local file|Failed writing:) "([^"]+)"', text)
+    return (f'cannot write {failed[-1] if failed else "a checkpoint file"}: '
+            f'{os.strerror(int(os_code.group(1)))}; {_OS_HINTS[int(os_code.group(1))]}.')
   if isinstance(error, ValueError) and 'tensorstore' in text:  # orbax reading a damaged checkpoint
     path = re.search(r'local file "([^"]+)"', text)
     step = re.search(r'^(.*/checkpoints/\d+)/', path.group(1)) if path else None

@@ -38,6 +38,11 @@ def _raise(error):
   return make
 
 
+# What orbax raises (from wait_until_finished) when TensorStore cannot write a checkpoint file: the disk is full.
+_TENSORSTORE_FULL = ('RESOURCE_EXHAUSTED: Error writing "opt_state.0.mu.cnn0.conv2.kernel/0.0.0.0" in OCDBT database at '
+                     'local file "/wd/checkpoints/6.orbax-checkpoint-tmp/state.orbax-checkpoint-tmp/ocdbt.process_0/": '
+                     'Failed writing: "/wd/checkpoints/6.orbax-checkpoint-tmp/state.orbax-checkpoint-tmp/ocdbt.process_0'
+                     '/d/1f26": Failed to write 7205 bytes to file 12: No space left on device [os_error_code=\'28\']')
 _TENSORSTORE = ('OUT_OF_RANGE: Error opening "cast" driver: Error reading Byte range [0, 320) of local file '
                 '"/wd/checkpoints/80/state/d/0479": Requested byte range [0, 320) is not valid for value of size 160 '
                 '[tensorstore_spec=\'{"driver":"zarr"}\']')
@@ -55,6 +60,9 @@ _TENSORSTORE = ('OUT_OF_RANGE: Error opening "cast" driver: Error reading Byte r
     (_raise(FileExistsError('Cannot rename /d/ocmr/real/incomplete.AB12_1.0.0. Destination /d/ocmr/real/1.0.0 '
                             'already exists.')), ['Destination /d/ocmr/real/1.0.0', 'run again to reuse it']),
     (_raise(ValueError(_TENSORSTORE)), ['local file "/wd/checkpoints/80/state/d/0479"', 'Delete /wd/checkpoints/80']),
+    (_raise(ValueError(_TENSORSTORE_FULL)),
+     ['cannot write', '/wd/checkpoints/6.orbax-checkpoint-tmp/state.orbax-checkpoint-tmp/ocdbt.process_0/d/1f26',
+      'No space left on device', 'the disk is full']),
     (_raise(RuntimeError('Corrupted Riegeli/records file: chunk data hash mismatch')),
      ['prepared dataset file is damaged', 'Riegeli']),
 ])

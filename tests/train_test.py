@@ -166,6 +166,26 @@ def test_batch_size_must_divide_over_devices(data_dir, tmp_path):
     train.train_and_evaluate(tiny_config(data_dir, batch_size=3), str(tmp_path / 'bad'))
 
 
+def test_an_error_in_the_loop_closes_the_bar_and_the_writer(data_dir, tmp_path, monkeypatch):
+  """A user error raised once the loop has started (here a batch larger than the split) ends the bar's line and
+  closes scalars.jsonl, so main.py's paragraph starts on its own line, not after '0step [00:00, ?step/s]'."""
+  opened = {}
+
+  def recording(make, name):
+    def make_and_record(*args, **kwargs):
+      opened[name] = make(*args, **kwargs)
+      return opened[name]
+    return make_and_record
+
+  monkeypatch.setattr(train.writer_lib, 'progress_bar', recording(train.writer_lib.progress_bar, 'bar'))
+  monkeypatch.setattr(train.writer_lib, 'SummaryWriter', recording(train.writer_lib.SummaryWriter, 'writer'))
+  with pytest.raises(config_checks.ConfigError, match=r"config.batch_size=64: the 'train' split has only"):
+    train.train_and_evaluate(tiny_config(data_dir, batch_size=64, eval_batch_size=2, progress_bar=True),
+                             str(tmp_path / 'big'))
+  assert opened['bar'].disable  # tqdm's close() disables the bar; an open bar is still enabled.
+  assert opened['writer']._jsonl.closed  # pylint: disable=protected-access
+
+
 @pytest.mark.parametrize('experiment', EXPERIMENTS)
 def test_every_config_and_preset_builds(experiment):
   module = importlib.import_module(f'configs.{experiment}')

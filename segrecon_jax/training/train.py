@@ -303,6 +303,10 @@ def _train_and_evaluate(config, workdir: str, stop: StopSignals) -> Dict[str, fl
         inference.log_results(f'eval at step {step} (epoch {epoch})', results)
       if save:
         checkpoints.save_checkpoint(manager, host_state, epoch, config, data_info)
+  except BaseException:  # The bar's line ends before main.py's paragraph; scalars.jsonl is closed, not leaked.
+    progress.close()
+    writer.close()
+    raise
   finally:
     if compiled_steps is not None:  # Also when training stops early (NonFiniteError): no compile left running.
       compiled_steps.close()  # (compiled_eval shares its thread.)
