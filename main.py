@@ -68,7 +68,7 @@ def _os_error_message(error: OSError) -> str:
   hint = _OS_HINTS.get(failed.errno) or _OS_HINTS.get(error.errno)
   if isinstance(error, FileExistsError) and 'rename' in str(error):
     hint = 'another process prepared the same dataset at the same time; run again to reuse it'
-  return message + (f'; {hint}.' if hint else '')
+  return message.rstrip('.') + (f'; {hint}.' if hint else '')
 
 
 def user_error_message(error: BaseException) -> Optional[str]:

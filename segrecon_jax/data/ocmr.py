@@ -308,8 +308,8 @@ def _check_every_line(path: str, bad: np.ndarray, ky_minimum: int, what: str, hi
     return
   slice_index, phase = frames[0]
   lines = [ky_minimum + int(i) for i in np.flatnonzero(per_frame[:, phase, slice_index])]
-  others = (f'; {len(frames) - 1} more of the file\'s {per_frame.shape[1] * per_frame.shape[2]} frames have '
-            f'{what} lines' if len(frames) > 1 else '')
+  others = (f'; so are lines of {len(frames) - 1} more of the file\'s {per_frame.shape[1] * per_frame.shape[2]} '
+            'frames' if len(frames) > 1 else '')
   raise OCMRFormatError(f'{path}: slice {slice_index} frame {phase}: phase-encode (ky) line(s) {_line_ranges(lines)} '
                         f'of {ky_minimum}..{bad.shape[0] - 1} are {what}{others}. Expected fully sampled k-space, '
                         f'every ky line of every frame ({hint})')
