@@ -18,6 +18,8 @@ from segrecon_jax.training import config_checks
 from segrecon_jax.training import steps
 from segrecon_jax.training import train
 
+import train_test
+
 SIZE = 16
 
 
@@ -108,17 +110,8 @@ def test_models_whose_segmentation_does_not_see_the_reconstruction_are_refused(e
 
 
 def test_trained_workdir_writes_json_and_figure(tmp_path):
-  # tests/train_test.py's tiny_config, one epoch of the tiny phantom.
-  config = importlib.import_module('configs.unet_unet').get_config('x4,runlocal')
-  config.dataset_config = 'phantom_tiny'
-  config.data_dir = str(tmp_path / 'tfds')
-  config.batch_size = config.eval_batch_size = 4
-  config.num_epochs = config.eval_every_epochs = config.checkpoint_every_epochs = 1
-  config.log_every_steps = 1
-  config.compilation_cache_dir = ''
-  config.num_acs = 2
-  config.progress_bar = False
-  config.model.recon.features = config.model.seg.features = (4, 8)
+  config = train_test.tiny_config(str(tmp_path / 'tfds'), preset='x4', num_epochs=1, eval_every_epochs=1,
+                                  checkpoint_every_epochs=1)
   workdir = str(tmp_path / 'run')
   train.train_and_evaluate(config, workdir)
 

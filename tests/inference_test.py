@@ -20,20 +20,12 @@ from segrecon_jax.training import prediction_io
 from segrecon_jax.training import reporting
 from segrecon_jax.training import train
 
+import train_test
+
 
 def tiny_config(data_dir):
-  """One epoch of a tiny UNet -> UNet on phantom_tiny (32x32), as tests/train_test.py's `tiny_config`."""
-  config = importlib.import_module('configs.unet_unet').get_config('x4,runlocal')
-  config.dataset_config = 'phantom_tiny'
-  config.data_dir = data_dir
-  config.batch_size = config.eval_batch_size = 4
-  config.num_epochs = config.eval_every_epochs = config.checkpoint_every_epochs = 1
-  config.log_every_steps = 1
-  config.compilation_cache_dir = ''
-  config.num_acs = 2
-  config.progress_bar = False
-  config.model.recon.features = config.model.seg.features = (4, 8)
-  return config
+  """One epoch of train_test's tiny UNet -> UNet on phantom_tiny (32x32), without stabilization."""
+  return train_test.tiny_config(data_dir, preset='x4', num_epochs=1, eval_every_epochs=1, checkpoint_every_epochs=1)
 
 
 def test_example_id_names_subject_slice_frame():

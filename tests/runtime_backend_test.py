@@ -22,6 +22,8 @@ from segrecon_jax.training import input_pipeline
 from segrecon_jax.training import parallel
 from segrecon_jax.training import train
 
+import train_test
+
 MODEL_MODULES = ('cascade', 'layers', 'manet', 'multidecoder', 'outputs', 'resnet', 'segrecon', 'unet')
 RUNTIME_FIELDS = ('conv_impl', 'upconv_impl', 'impl')
 
@@ -63,19 +65,11 @@ def test_setup_runtime_sets_the_layers_and_bad_values_are_config_errors():
 
 
 def tiny_config(data_dir, conv_impl, upconv_impl):
-  """One epoch of a small UNet -> UNet on phantom_tiny (32x32), wide enough (32 -> 64 channels) that the native
+  """One epoch of train_test's UNet -> UNet on phantom_tiny (32x32), wide enough (32 -> 64 channels) that the native
   forward kernel takes some of its layers."""
-  config = importlib.import_module('configs.unet_unet').get_config('x4,runlocal')
-  config.dataset_config = 'phantom_tiny'
-  config.data_dir = data_dir
-  config.batch_size = config.eval_batch_size = 4
-  config.num_epochs = config.eval_every_epochs = config.checkpoint_every_epochs = 1
-  config.log_every_steps = 1
-  config.compilation_cache_dir = ''
-  config.num_acs = 2
-  config.progress_bar = False
+  config = train_test.tiny_config(data_dir, preset='x4', num_epochs=1, eval_every_epochs=1, checkpoint_every_epochs=1,
+                                  conv_impl=conv_impl, upconv_impl=upconv_impl)
   config.model.recon.features = config.model.seg.features = (32, 64)
-  config.conv_impl, config.upconv_impl = conv_impl, upconv_impl
   return config
 
 
