@@ -259,6 +259,8 @@ def test_loss_comparison_target(tmp_path):
       write_run(plan.loss_dir(root, 'grad_norm', acceleration, seed), ids, metrics(-0.2, 0.3),
                 scalars=[(10, {'train_seg_weight_effective': 0.02})])
       write_run(plan.loss_dir(root, 'w0.01', acceleration, seed), ids, metrics(-1.0, 0.3))
+      if acceleration == 4 and seed < 2:
+        write_run(plan.loss_dir(root, 'grad_norm_0.1', acceleration, seed), ids, metrics(-0.2, 0.1))
   comparison = report.loss_comparison(root)
   assert comparison['met_everywhere'] == ['grad_norm']
   row = next(r for r in comparison['rows'] if r['name'] == 'grad_norm' and r['acceleration'] == 8)
@@ -269,6 +271,15 @@ def test_loss_comparison_target(tmp_path):
   report.report(root, out)
   text = open(out).read()
   assert 'Meets the target at every acceleration: grad_norm.' in text
+  # Ingredients: pairs of methods both run, on the seeds both ran (grad_norm_0.1: x4, seeds 0 and 1 only).
+  ingredients = {row['what']: row for row in report.ingredient_rows(root)}
+  assert sorted(ingredients) == ['grad-norm ratio 0.1 instead of 1', 'grad-norm ratio 0.1 instead of the fixed w = 0.01']
+  ratio = ingredients['grad-norm ratio 0.1 instead of 1']
+  assert ratio['acceleration'] == 4 and ratio['seeds'] == [0, 1]
+  assert ratio['differences']['f_psnr']['effect'] == pytest.approx(-0.2, abs=0.02)
+  assert ingredients['grad-norm ratio 0.1 instead of the fixed w = 0.01']['differences']['psnr']['effect'] == \
+      pytest.approx(0.8, abs=0.02)
+  assert '| grad-norm ratio 0.1 instead of 1 | 4 | 2 | ' in text.split('### What each ingredient adds')[1]
   assert os.path.getsize(tmp_path / 'figures' / 'results' / 'loss_tradeoff.png') > 1000
 
 

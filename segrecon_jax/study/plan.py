@@ -84,6 +84,14 @@ LOSS_METHODS = (
     LossMethod('focus_reference', 'CascadeNet + focus (reference, oracle)', 'cascade', False,
                (('focus_weight', FOCUS_WEIGHT), ('focus_source', 'reference'))),
 )
+# Pairs of loss methods (or baselines) that differ in one ingredient: (with it, without it, what it is). The report
+# pairs them slice by slice, so that each ingredient's own share of a method's gain has its interval.
+LOSS_INGREDIENTS = (
+    ('focus_prediction', 'grad_norm_0.1', 'the predicted focus (f = 4), at grad-norm ratio 0.1'),
+    ('grad_norm_0.1', 'grad_norm', 'grad-norm ratio 0.1 instead of 1'),
+    ('grad_norm_0.1', 'w0.01', 'grad-norm ratio 0.1 instead of the fixed w = 0.01'),
+)
+
 LOSS_BASELINES = ((models.display_name('cascade'), 'cascade', False),
                   (models.display_name('cascade_manet') + ' (S), w = 1', 'cascade_manet', True))
 

@@ -275,6 +275,38 @@ def loss_comparison(root: str) -> Dict[str, Any]:
                                                 if len(mets) == len(plan.ACCELERATIONS) and all(mets))}
 
 
+def ingredient_rows(root: str) -> List[Dict[str, Any]]:
+  """`plan.LOSS_INGREDIENTS` paired: per pair and acceleration with both methods run, the seeds they share and
+  `stats.compare` of each `LOSS_DIFFERENCES` metric (with the ingredient minus without it)."""
+  found = results_lib.collect_losses(root)
+  rows = []
+  for acceleration in plan.ACCELERATIONS:
+    for with_it, without_it, what in plan.LOSS_INGREDIENTS:
+      a, b = found.get((with_it, acceleration)), found.get((without_it, acceleration))
+      seeds = sorted(set(a or ()) & set(b or ()))
+      if not seeds:
+        continue
+      a, b = {s: a[s] for s in seeds}, {s: b[s] for s in seeds}
+      rows.append({'what': what, 'acceleration': acceleration, 'seeds': seeds, 'differences': {
+          key: stats.compare(results_lib.per_slice(a), results_lib.per_slice(b), key, plan.SIGNS.get(key, 1))
+          for key in LOSS_DIFFERENCES}})
+  return rows
+
+
+def ingredient_table(root: str) -> str:
+  rows = ingredient_rows(root)
+  if not rows:
+    return ''
+  lines = ['| Ingredient | x | seeds | ' + ' | '.join(plan.NAMES[k] for k in LOSS_DIFFERENCES) + ' |',
+           '|' + '---|' * (3 + len(LOSS_DIFFERENCES))]
+  for row in rows:
+    cells = ['-' if record is None else _interval_cell(record['effect'], record['low'], record['high'], signed=True,
+                                                       digits=2 if key.endswith('psnr') else 4)
+             for key, record in row['differences'].items()]
+    lines.append(f'| {row["what"]} | {row["acceleration"]} | {len(row["seeds"])} | ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines) + '\n'
+
+
 def loss_section(root: str, figure_path: str) -> str:
   comparison = loss_comparison(root)
   rows = comparison['rows']
@@ -419,6 +451,12 @@ def report(root: str, out: str, settings: Optional[plan.Settings] = None) -> str
         'pseudo-attention ratio where measured. The target a user would act on: F-PSNR and F-SSIM above solo with '
         f'intervals excluding 0, losing at most {MAX_PSNR_COST} dB of PSNR, at every acceleration.\n',
         loss_table, _image(loss_figure) if os.path.exists(loss_figure) else '']
+    ingredients = ingredient_table(root)
+    if ingredients:
+      text += [
+          '### What each ingredient adds\n',
+          'Two methods that differ in one ingredient, paired slice by slice on the seeds both ran (with it minus '
+          'without it; 95% intervals over seeds and slices).\n', ingredients]
   attention_table, attention_figures = attention_section(root, figure_dir)
   if attention_table:
     text += [
