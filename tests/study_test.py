@@ -273,7 +273,8 @@ def test_loss_comparison_target(tmp_path):
   assert 'Meets the target at every acceleration: grad_norm.' in text
   # Ingredients: pairs of methods both run, on the seeds both ran (grad_norm_0.1: x4, seeds 0 and 1 only).
   ingredients = {row['what']: row for row in report.ingredient_rows(root)}
-  assert sorted(ingredients) == ['grad-norm ratio 0.1 instead of 1', 'grad-norm ratio 0.1 instead of the fixed w = 0.01']
+  assert sorted(ingredients) == ['grad-norm ratio 0.1 instead of 1',
+                                 'grad-norm ratio 0.1 instead of the fixed w = 0.01']
   ratio = ingredients['grad-norm ratio 0.1 instead of 1']
   assert ratio['acceleration'] == 4 and ratio['seeds'] == [0, 1]
   assert ratio['differences']['f_psnr']['effect'] == pytest.approx(-0.2, abs=0.02)

@@ -138,7 +138,8 @@ def scale_description(root: str, results, settings: Optional[plan.Settings]) -> 
   acs_lines = sorted({(a, m['config']['num_acs']) for (_, a), m in metas.items()})
   lines.append(f'Stabilization (the (S) rows): P = {stabilized["patience"]} epochs, eps = {stabilized["eps"]}, '
                + ('the exact eq. 1 schedule (P + 1 levels)' if levels is None else f'{levels} levels') + '. '
-               + 'ACS lines: ' + ', '.join(f'{acs} at x{a}' for a, acs in acs_lines) + f'; F- box margin {config["focus_margin_fraction"]:.4g} of the image side.')
+               + 'ACS lines: ' + ', '.join(f'{acs} at x{a}' for a, acs in acs_lines)
+               + f'; F- box margin {config["focus_margin_fraction"]:.4g} of the image side.')
   for (method, acceleration), m in metas.items():
     if acceleration == max(a for (x, a) in metas if x == method) and not method.endswith('(S)'):
       lines.append(f'- {method}: model `{json.dumps(m["config"]["model"], sort_keys=True)}`')
