@@ -321,7 +321,8 @@ def test_attention_runs_the_segmenting_runs_and_the_untrained_control(tmp_path, 
   assert found[('CascadeNet -> MANet (S)', 4)][0][0]['share_to_area_ratio']['mean'] == pytest.approx(8.0)
   assert sorted(found) == [('CascadeNet -> MANet (S)', 4), ('CascadeNet -> MANet (S), seg_loss_weight 0', 4),
                            ('UNet -> UNet', 8)]
-  assert open(tmp_path / 'docs' / 'figures' / 'results' / 'attention_x4.png', 'rb').read() == b'png of ' + flagship.encode()
+  figure = tmp_path / 'docs' / 'figures' / 'results' / 'attention_x4.png'
+  assert open(figure, 'rb').read() == b'png of ' + flagship.encode()
 
 
 def test_study_runs_on_a_nifti_folder(tmp_path):

@@ -72,7 +72,8 @@ def table(results, table_number: int) -> str:
         continue
       runs = results.get((method, acceleration), {})
       cells = [_cell(*summarize(runs, key)[:2]) for _, key, _ in plan.METRICS]
-      lines.append(f'| {method} | {len(runs)} | ' + ' | '.join(cells) + f' | {_cell(*summarize(runs, "dice_mean")[:2])} |')
+      dice = _cell(*summarize(runs, 'dice_mean')[:2])
+      lines.append(f'| {method} | {len(runs)} | ' + ' | '.join(cells) + f' | {dice} |')
       lines.append(f'| *paper: {method}* | | ' + ' | '.join(f'*{v:.4f}*' for v in plan.PAPER[(method, acceleration)])
                    + ' | |')
   return '\n'.join(lines) + '\n'
