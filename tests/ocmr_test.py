@@ -387,7 +387,8 @@ def test_zeroed_phase_encode_lines_name_file_slice_frame_and_lines(tmp_path):
     dst.write(src.read())
   _rewrite_rows(every_frame, _ky_rows(every_frame, [5, 6, 7]), np.zeros_like)
   with pytest.raises(ocmr.OCMRFormatError, match=r"fs_0005_lines.h5: slice 0 frame 0: phase-encode \(ky\) line\(s\) "
-                                                 r"5-7 of 0..23 are zero in every coil; so are lines of 5 more of the file's 6 frames"):
+                                                 r"5-7 of 0..23 are zero in every coil; so are lines of 5 more of "
+                                                 r"the file's 6 frames"):
     ocmr.load_examples(every_frame, (32, 32))
 
   one_frame = str(tmp_path / 'fs_0006_line.h5')

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 import time
-from typing import Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from absl import flags as absl_flags
 from ml_collections import config_flags
@@ -102,11 +102,21 @@ def is_finished(workdir: str) -> bool:
   return os.path.exists(os.path.join(workdir, 'metrics.json'))
 
 
+def _main_command(run: plan.Run, *extra: str) -> List[str]:
+  return [sys.executable, 'main.py', *run.flags, '--config.progress_bar=False', f'--workdir={run.workdir}', *extra]
+
+
+def _log(run: plan.Run) -> str:
+  """The run's log.txt, which every main.py process of the run appends to."""
+  return os.path.join(run.workdir, 'log.txt')
+
+
 def run_all(runs: Sequence[plan.Run], seconds_per_step: Optional[float] = None, jobs: int = 1) -> None:
   """Prints the plan, then trains and evaluates every run without metrics.json, one `main.py` process each (an
   interrupted run resumes from its workdir's checkpoint), `jobs` processes at a time (more than one shares an
   accelerator or the CPU cores between runs; on a GPU, set XLA_PYTHON_CLIENT_PREALLOCATE=false so that each process
-  takes only the memory it uses). Every run is tried; if any fails, the error names each failed run and its log."""
+  takes only the memory it uses). With several jobs every run is tried, with one the first failure stops the rest;
+  the error names each failed run and its log."""
   if jobs < 1:
     raise ValueError(f'jobs must be at least 1, not {jobs}')
   for run in runs:
@@ -117,10 +127,10 @@ def run_all(runs: Sequence[plan.Run], seconds_per_step: Optional[float] = None, 
   while waiting or running:
     while waiting and len(running) < jobs:
       run = waiting.pop(0)
-      command = [sys.executable, 'main.py', *run.flags, '--config.progress_bar=False', f'--workdir={run.workdir}']
+      command = _main_command(run)
       print(f'[study] {run.label}: {" ".join(command[1:])}', flush=True)
       os.makedirs(run.workdir, exist_ok=True)
-      with open(os.path.join(run.workdir, 'log.txt'), 'a') as log:
+      with open(_log(run), 'a') as log:
         running.append((run, subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)))
     finished = [(run, process) for run, process in running if process.poll() is not None]
     if not finished:
@@ -129,13 +139,12 @@ def run_all(runs: Sequence[plan.Run], seconds_per_step: Optional[float] = None, 
       running.remove((run, process))
       if process.returncode:
         failed.append(run)
-        print(f'[study] FAILED (exit {process.returncode}): {run.label}; see {os.path.join(run.workdir, "log.txt")}',
-              flush=True)
+        print(f'[study] FAILED (exit {process.returncode}): {run.label}; see {_log(run)}', flush=True)
         if jobs == 1:
           waiting.clear()  # One at a time: stop at the first failure, as before.
   if failed:
     raise RuntimeError(f'{len(failed)} run(s) failed: ' + '; '.join(
-        f'{run.label} (log: {os.path.join(run.workdir, "log.txt")})' for run in failed))
+        f'{run.label} (log: {_log(run)})' for run in failed))
 
 
 def attention_all(runs: Sequence[plan.Run]) -> None:
@@ -144,8 +153,7 @@ def attention_all(runs: Sequence[plan.Run]) -> None:
   todo = [run for run in finished if not os.path.exists(os.path.join(run.workdir, 'attention', 'attention.json'))]
   print(f'[study] pseudo-attention: {len(todo)} run(s) to do ({len(finished) - len(todo)} already done).', flush=True)
   for run in todo:
-    command = [sys.executable, 'main.py', *run.flags, '--config.progress_bar=False', f'--workdir={run.workdir}',
-               '--mode=attention']
+    command = _main_command(run, '--mode=attention')
     print(f'[study] attention of {run.label}: {" ".join(command[1:])}', flush=True)
-    with open(os.path.join(run.workdir, 'log.txt'), 'a') as log:
+    with open(_log(run), 'a') as log:
       subprocess.run(command, cwd=REPO, check=True, stdout=log, stderr=subprocess.STDOUT)

@@ -130,7 +130,7 @@ def check_source(config, dataset_builder) -> None:
   remedy = (f'Delete {os.path.dirname(dataset_dir)} to prepare it again from '
             f'{config.manual_dir or "its manual_dir"}, or set config.data_dir to another folder (a data_dir holds '
             'one preparation of each dataset config).')
-  reader_version = recorded.get('reader_version', 1) if recorded else None
+  reader_version = (recorded or {}).get('reader_version', 1)  # Records before reader versions: version 1.
   if recorded and reader_version != tfds_ocmr.ocmr.READER_VERSION:
     raise StaleDatasetError(f'{dataset_dir} was prepared by readers of version {reader_version}, which serve the '
                             f'files of {recorded["manual_dir"]} differently from this version '
