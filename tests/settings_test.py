@@ -48,7 +48,8 @@ def test_every_list_of_fields_is_the_one_it_was_before():
       'compilation_cache_dir', 'data_dir', 'manual_dir', 'distributed', 'coordinator_address', 'num_processes',
       'process_id', 'compile_ahead', 'compile_workers', 'conv_impl', 'upconv_impl'}
   assert checkpoints.MODEL_FIELDS == {'model', 'half_precision', 'num_classes'}
-  builder_fields = ('image_size', 'test_fraction', 'split_seed', 'include_unlabelled', 'label_mapping', 'phase_seed')
+  builder_fields = ('image_size', 'test_fraction', 'split_seed', 'include_unlabelled', 'label_mapping', 'phase_seed',
+                    'field_of_view')
   assert settings.names(settings.DATA_BUILDER) == tfds_ocmr.ocmr.CONFIGURABLE_FIELDS == builder_fields  # Names folders.
   config = _runlocal_config()
   config.image_size = 32

@@ -76,8 +76,9 @@ SOURCE_RECORD = 'source_files.json'
 # The version of the readers that turn a manual_dir's files into examples, stored in the source record. Raise it
 # when the same files would be served differently, so that a dataset prepared by older readers is refused rather
 # than silently reused. 1: the first readers. 2: a 3-D HDF5 magnitude array is [slices, H, W] (every slice served,
-# background-only slices too) and a single-phase file (ACDC's `_frameYY`) serves its cine frame YY - 1.
-READER_VERSION = 2
+# background-only slices too) and a single-phase file (ACDC's `_frameYY`) serves its cine frame YY - 1. 3: a file of
+# the 2-D slice layout (`_frameYY_slice_K`) serves slice K of frame YY - 1 (it was slice 0 of frame 0).
+READER_VERSION = 3
 PHANTOM_SCRATCH = 'ocmr_phantom_scratch'  # Under the download dir: one folder per config, deleted once prepared.
 
 
@@ -201,6 +202,9 @@ class OcmrConfig(tfds.core.BuilderConfig):
   # Magnitude source only: label value v of the files becomes our class label_mapping[v] (ACDC's order by default).
   label_mapping: Tuple[int, ...] = (0, 3, 2, 1)
   phase_seed: int = 0  # Magnitude source only: seed of the smooth synthetic phase (`magnitude.synthetic_phase`).
+  # Magnitude source only: 0 centre-crops / pads each image to image_size; F serves the F x F source pixels around
+  # the image centre resampled to image_size (`magnitude.resample_view`).
+  field_of_view: int = 0
 
   def __repr__(self) -> str:
     # TFDS logs a derived config on every builder call; the data-defining fields are enough to read there.
@@ -221,7 +225,7 @@ class OcmrConfig(tfds.core.BuilderConfig):
     return fields
 
 
-MAGNITUDE_FIELDS = ('label_mapping', 'phase_seed')
+MAGNITUDE_FIELDS = ('label_mapping', 'phase_seed', 'field_of_view')
 
 
 # The OcmrConfig fields an experiment config may set (the DATA_BUILDER fields of segrecon_jax/settings.py, in the
@@ -236,7 +240,7 @@ def _name_part(field: str, value) -> str:
     return 'unlabelled' if value else 'labelled'
   if field == 'label_mapping':
     return 'map' + '-'.join(str(int(v)) for v in value)
-  short = {'test_fraction': 'test', 'split_seed': 'seed', 'phase_seed': 'phase'}[field]
+  short = {'test_fraction': 'test', 'split_seed': 'seed', 'phase_seed': 'phase', 'field_of_view': 'fov'}[field]
   return f'{short}{value:g}' if isinstance(value, float) else f'{short}{value}'
 
 
@@ -250,7 +254,7 @@ def configure(name: str, **overrides) -> OcmrConfig:
   Args:
     name: a name of `Ocmr.BUILDER_CONFIGS`.
     **overrides: `image_size` ((H, W) or one int for a square), `test_fraction`, `split_seed`,
-      `include_unlabelled`, `label_mapping`, `phase_seed`.
+      `include_unlabelled`, `label_mapping`, `phase_seed`, `field_of_view`.
 
   Returns:
     The `OcmrConfig` to pass as `tfds.builder('ocmr', config=...)`.
@@ -281,6 +285,11 @@ def configure(name: str, **overrides) -> OcmrConfig:
         raise ValueError(f'test_fraction={value!r}: must be in (0, 1)')
     elif field == 'include_unlabelled':
       value = bool(value)
+    elif field == 'field_of_view':
+      value = int(value)
+      if value < 0:
+        raise ValueError(f'field_of_view={overrides[field]!r}: expected 0 (crop or pad to image_size) or the side, in '
+                         'source pixels, of the square around the image centre served at image_size')
     else:
       value = int(value)
     if value != getattr(base, field):
@@ -454,11 +463,7 @@ class Ocmr(tfds.core.GeneratorBasedBuilder):
         raise OCMRManualDirError(f'{manual_dir}: found no image file with a label file (<stem>.nii.gz with '
                                  f'<stem>_gt.nii.gz, or .h5 with image/label).\n{_NIFTI_INSTRUCTIONS}')
       self._write_source_record(manual_dir)
-      counts = {}
-      for image_path, label_path in pairs:
-        subject = magnitude.subject_id(image_path)
-        frames = magnitude.example_frames(image_path, label_path, include_unlabelled=config.include_unlabelled)
-        counts[subject] = counts.get(subject, 0) + len(frames)
+      counts = magnitude.distinct_examples(pairs, include_unlabelled=config.include_unlabelled)
       train, test = split_subjects(counts, config.test_fraction, config.split_seed)
       logging.info('%s: %d image/label pairs of %d subjects (%d train, %d test)', manual_dir, len(pairs),
                    len(counts), len(train), len(test))
@@ -530,7 +535,8 @@ class Ocmr(tfds.core.GeneratorBasedBuilder):
       stem = magnitude.relative_stem(image_path, root)
       for example in magnitude.load_examples(image_path, label_path, config.image_size, config.label_mapping,
                                              config.phase_seed, root=root,
-                                             labelled_only=not config.include_unlabelled):
+                                             labelled_only=not config.include_unlabelled,
+                                             field_of_view=config.field_of_view):
         yield _example_key(stem, example['slice'], example['frame']), _to_features(example)
 
   def _generate_phantom(self, stems: Sequence[str], counts: Dict[str, int], scratch: str

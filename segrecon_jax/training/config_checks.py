@@ -256,6 +256,12 @@ def _check_data_fields(config) -> None:
       _at_least(config, field, 0, 'seeds must be integers >= 0')
       if int(config[field]) != config[field]:
         raise ConfigError(f'config.{field}={config[field]!r}: seeds must be integers >= 0.')
+  field_of_view = value('field_of_view')
+  if field_of_view is not None and (isinstance(field_of_view, bool) or not isinstance(field_of_view, int)
+                                    or field_of_view < 0):
+    raise ConfigError(f'config.field_of_view={field_of_view!r}: expected 0 (each image centre-cropped or zero-padded '
+                      'to image_size) or the side, in source pixels, of the square around the image centre that is '
+                      'resampled to image_size (e.g. 160 for ACDC).')
   mapping = value('label_mapping')
   if mapping is not None:
     num_classes = data_label_classes(config) or value('num_classes') or 4

@@ -41,6 +41,7 @@ class LoadedFile:
   volume_shape: Tuple[int, ...]
   affine: np.ndarray
   label_path: Optional[str]
+  field_of_view: int = 0  # The examples' `magnitude.resample_view` window (0: centre-cropped or padded).
 
 
 def file_kind(path: str) -> str:
@@ -129,26 +130,37 @@ def load_file(item: InputFile, image_size: Sequence[int], config) -> LoadedFile:
   described = input_pipeline.builder_config(config)
   label_mapping = tuple(getattr(described, 'label_mapping', magnitude.ACDC_LABEL_MAPPING))
   phase_seed = int(getattr(described, 'phase_seed', 0))
+  field_of_view = int(getattr(described, 'field_of_view', 0))
   shape, affine = magnitude.image_geometry(item.path)
   if item.path.endswith('.h5'):  # [(slices, (frames,)) H, W]
     volume_shape, axes = tuple(shape[-2:]) + tuple(shape[:-2]), ('H', 'W')
   else:  # [x, y(, z(, t))]
     volume_shape, axes = tuple(shape), ('x', 'y')
   label_path = magnitude.label_partner(item.path)
-  _log_resize(item.path, volume_shape[:2], image_size, axes)
+  if field_of_view:
+    logging.info('%s: the %dx%d source pixels around the centre of each image are resampled to the model\'s %dx%d '
+                 '(field_of_view); predictions are put back on the file\'s grid, background outside that window',
+                 item.path, field_of_view, field_of_view, *image_size)
+  else:
+    _log_resize(item.path, volume_shape[:2], image_size, axes)
   examples = magnitude.load_examples(item.path, label_path, image_size, label_mapping, phase_seed,
-                                     labelled_only=False)
-  return LoadedFile(examples, volume_shape, np.eye(4) if affine is None else affine, label_path)
+                                     labelled_only=False, field_of_view=field_of_view)
+  return LoadedFile(examples, volume_shape, np.eye(4) if affine is None else affine, label_path, field_of_view)
 
 
-def _on_file_grid(values: np.ndarray, loaded: LoadedFile) -> np.ndarray:
+def _on_file_grid(values: np.ndarray, loaded: LoadedFile, is_label: bool = False) -> np.ndarray:
   """`[slices * frames, h, w]` predictions in example order -> the file's `volume_shape`, centre-cropped or padded
-  back to its in-plane size (`ocmr.crop_or_pad`, the inverse placement of the reader's)."""
+  back to its in-plane size (`ocmr.crop_or_pad`), or resampled back from its field of view (`magnitude.place_view`):
+  the inverse placement of the reader's."""
   in_plane = tuple(loaded.volume_shape[:2])
   grid = (tuple(loaded.volume_shape[2:]) + (1, 1))[:2]
   if len(values) != grid[0] * grid[1]:
     raise ValueError(f'{len(values)} predictions for a file of {grid[0]} slices x {grid[1]} frames')
-  placed = ocmr.crop_or_pad(np.asarray(values), in_plane).reshape(grid + in_plane)  # [slices, frames, H, W]
+  if loaded.field_of_view:
+    placed = magnitude.place_view(np.asarray(values), in_plane, loaded.field_of_view, is_label)
+  else:
+    placed = ocmr.crop_or_pad(np.asarray(values), in_plane)
+  placed = placed.reshape(grid + in_plane)  # [slices, frames, H, W]
   return np.transpose(placed, (2, 3, 0, 1)).reshape(loaded.volume_shape)
 
 
@@ -172,7 +184,7 @@ def write_nifti(out_dir: str, loaded: LoadedFile, arrays: Dict[str, np.ndarray])
     volumes['seg'] = np.asarray(arrays['seg']).astype(np.uint8)
   paths = []
   for key, values in volumes.items():
-    image = nib.Nifti1Image(_on_file_grid(values, loaded), loaded.affine)
+    image = nib.Nifti1Image(_on_file_grid(values, loaded, is_label=key == 'seg'), loaded.affine)
     if key == 'seg':
       image.header.set_intent('label')
       image.header['descrip'] = _SEG_DESCRIPTION[:79]
