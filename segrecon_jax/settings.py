@@ -110,6 +110,14 @@ FIELDS = (
     # (the segmentation network's argmax, no gradient; models that segment only).
     Field('focus_source', 'reference', TRAINING, "'reference' or 'prediction'."),
 
+    # Warm starts (training/warm_start.py), for the two-stage and pretrain-then-fine-tune baselines.
+    Field('init_from', '', TRAINING,
+          "Workdir of a trained run whose networks initialise this one (the same model, or a solo reconstruction "
+          "run as a joint model's recon_net); '' = random."),
+    # Two-stage training: with init_from a trained reconstruction, the segmentation network learns on its frozen
+    # outputs. The frozen network's parameters and batch statistics stay as loaded.
+    Field('freeze_recon', False, TRAINING, "Joint models: never update the reconstruction network."),
+
     # Optimization (paper section 2.4): Adam.
     Field('learning_rate', 1e-4, TRAINING, 'Adam learning rate.'),
     Field('lr_schedule', 'constant', TRAINING,

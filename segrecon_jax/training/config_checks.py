@@ -7,6 +7,7 @@ from typing import Optional, Tuple
 from segrecon_jax import models
 from segrecon_jax import settings
 from segrecon_jax.models import layers
+from segrecon_jax.training import warm_start
 
 
 class ConfigError(ValueError):
@@ -61,6 +62,9 @@ def check_config(config) -> None:
       raise ConfigError(f'config.{field}={config[field]!r}: Adam betas must lie in [0, 1) (the paper: b1=0.99).')
   for field in ('recon_loss_weight', 'seg_loss_weight'):
     _at_least(config, field, 0, 'loss weights must be >= 0')
+  problem = warm_start.check(config) if 'init_from' in config else None
+  if problem:
+    raise ConfigError(problem)
   if config.stabilization:
     _at_least(config, 'patience', 1, 'the stabilization ramp needs P >= 1 epochs')
     if not 0 < _number(config, 'eps') < 1:

@@ -20,6 +20,7 @@ from segrecon_jax import metrics as metrics_lib
 from segrecon_jax import models
 from segrecon_jax import mri
 from segrecon_jax.training import parallel
+from segrecon_jax.training import warm_start
 
 # Traces of the train step's mask sampler, keyed by sampled fraction (each distinct fraction compiles it once), and
 # of its update, keyed by the masks' shape (compiled once for every fraction).
@@ -56,7 +57,7 @@ def create_optimizer(config, total_steps: int = 1) -> optax.GradientTransformati
     learning_rate = optax.cosine_decay_schedule(config.learning_rate, decay_steps=max(int(total_steps), 1))
   else:
     raise ValueError(f"config.lr_schedule={config.lr_schedule!r}: expected 'constant' (the paper) or 'cosine'")
-  return optax.adam(learning_rate, b1=config.b1, b2=config.b2)
+  return warm_start.trainable(config, optax.adam(learning_rate, b1=config.b1, b2=config.b2))
 
 
 def check_masks_fit(config, width: int, what: str) -> None:
@@ -274,6 +275,7 @@ def train_update(state: TrainState, batch, masks, *, model, tx, config):
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   finite = parallel.all_finite((terms['loss'], grads, loss_state) if loss_state else (terms['loss'], grads))
+  batch_stats = warm_start.frozen_batch_stats(config, state.batch_stats, batch_stats)
   new_state = TrainState(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state,
                          loss_state=loss_state)
   new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)

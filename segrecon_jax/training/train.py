@@ -47,6 +47,7 @@ from segrecon_jax.training import input_pipeline
 from segrecon_jax.training import parallel
 from segrecon_jax.training import reporting
 from segrecon_jax.training import steps
+from segrecon_jax.training import warm_start
 from segrecon_jax.training import workdir as workdir_lib
 from segrecon_jax.training import writer as writer_lib
 
@@ -181,7 +182,9 @@ def _train_and_evaluate(config, workdir: str, stop: StopSignals) -> Dict[str, fl
       manager, state, check=lambda meta: checkpoints.check_resume(meta, config, data_info, manager.directory),
       set_aside_corrupt=True)
   start_epoch, skip_steps = 1, 0  # Steps of start_epoch already trained (a run stopped by a signal).
-  if restored is not None:
+  if restored is None:
+    state = warm_start.initialize(config, state, shape, data_info, tx)
+  else:
     state, start_epoch, skip_steps = restored, meta['epoch'] + 1, meta.get('steps_into_epoch', 0)
     logging.info('Resumed from %s at step %d (epoch %d done%s).', manager.directory, int(state.step), meta['epoch'],
                  f', {skip_steps} steps of epoch {start_epoch}' if skip_steps else '')
