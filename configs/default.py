@@ -60,10 +60,10 @@ SWITCH_FIELDS = {
     # The real-anatomy study of docs/results.md, sized for Table 2 x 3 seeds in about 3 hours on 2 cores: the `nifti`
     # config on the folder in --config.manual_dir (ACDC's 2-D slices: 70 patients, ~1,110 train / ~200 test slices
     # by the paper's test share), the 160 x 160 source pixels around each image centre served at 64x64 (over 99% of
-    # ACDC's heart pixels, tfds_ocmr/README.md; a 64x64 crop keeps 73%), EPOCHS_ACDC epochs with the ramp over half
-    # of them, cpu_study's optimizer.
+    # ACDC's heart pixels, tfds_ocmr/README.md; a 64x64 crop keeps 73%), cpu_study's optimizer, epochs and ramp
+    # (16 epochs of ~139 steps, P = 8), evaluated every 4 epochs for the training curves.
     'acdc_study': dict(dataset_config='nifti', image_size=64, field_of_view=160, **_SMALL_BATCH, **_EXACT_RAMP,
-                       **_FAST_ADAM, num_epochs=6, patience=3, eval_every_epochs=6, checkpoint_every_epochs=1,
+                       **_FAST_ADAM, num_epochs=16, patience=8, eval_every_epochs=4, checkpoint_every_epochs=4,
                        log_every_steps=10),
 }
 SWITCHES = tuple(SWITCH_FIELDS)
