@@ -7,7 +7,7 @@ from segrecon_jax.study import plan
 from segrecon_jax.study import report as report_lib
 from segrecon_jax.study import runner
 
-ACTIONS = ('run', 'sweep', 'losses', 'attention', 'report')
+ACTIONS = ('run', 'sweep', 'losses', 'converge', 'baselines', 'attention', 'report')
 
 
 def _ints(text: str) -> List[int]:
@@ -37,7 +37,8 @@ def parse(argv: Optional[List[str]] = None):
   parser.add_argument('--seconds_per_step', type=float, default=None,
                       help='seconds per training step, for the expected duration printed before starting')
   parser.add_argument('--jobs', type=int, default=1,
-                      help='runs trained at once, each its own main.py process (run, sweep, losses)')
+                      help='runs trained at once, each its own main.py process (run, sweep, losses, converge, '
+                      'baselines)')
   parser.add_argument('--out', default='docs/results.md', help='the report (report)')
   args, unknown = parser.parse_known_args(argv)
   overrides = [a for a in unknown if a.startswith('--config.')]
@@ -69,6 +70,15 @@ def main(argv: Optional[List[str]] = None) -> None:
     runs = plan.sweep_runs(args.root, settings, seeds, [float(w) for w in args.weights.split(',')], accelerations)
   elif args.action == 'losses':
     runs = plan.loss_runs(args.root, settings, seeds, [m for m in args.methods.split(',') if m], accelerations)
+  elif args.action in ('converge', 'baselines'):
+    schedule = runner.run_config(plan.table_runs(args.root, settings, seeds[:1], [2], accelerations[:1],
+                                                 ['cascade'])[0].flags)
+    if args.action == 'converge':
+      runs = plan.converge_runs(args.root, settings, seeds, schedule.num_epochs, schedule.patience, accelerations)
+    else:  # The baselines start from finished runs: those first, then the baselines.
+      first, runs = plan.baseline_runs(args.root, settings, seeds, schedule.num_epochs, accelerations)
+      plan.save_settings(args.root, settings)
+      runner.run_all(first, args.seconds_per_step, args.jobs)
   else:
     runs = plan.attention_runs(args.root, settings, seeds, accelerations)
   plan.save_settings(args.root, settings)

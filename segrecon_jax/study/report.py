@@ -9,6 +9,7 @@ import numpy as np
 
 from segrecon_jax import models
 from segrecon_jax import stats
+from segrecon_jax.study import baselines
 from segrecon_jax.study import claims as claims_lib
 from segrecon_jax.study import figures
 from segrecon_jax.study import plan
@@ -393,6 +394,37 @@ STATISTICS_TEXT = (
     '**partly** supported when some but not all lie above 0, and **inconclusive** when every interval holds 0.\n')
 
 
+def beyond_the_tables(root: str, figure_dir: str) -> List[str]:
+  """The convergence, baselines and Pareto sections, where their runs exist."""
+  text = []
+  curve_path = os.path.join(figure_dir, 'convergence.png')
+  convergence = baselines.convergence_section(root, curve_path)
+  if convergence:
+    text += [
+        '## Does the gain survive longer training?\n',
+        f'Generated from `python -m segrecon_jax.study converge --root={root} --seeds=...`: solo CascadeNet and '
+        f'{plan.CONVERGENCE_METHODS[1][1]}, each trained {plan.CONVERGENCE_FACTOR} times the switch\'s epochs (the ramp '
+        'and the cosine decay stretched alike) and evaluated along the way. Differences are the joint model minus '
+        'solo, each seed against the same seed; "at the end" per slice with 95% intervals over seeds and slices.\n',
+        convergence, _image(curve_path)]
+  table = baselines.baselines_section(root)
+  if table:
+    text += [
+        '## Against two-stage and pretrain-then-fine-tune pipelines\n',
+        f'Generated from `python -m segrecon_jax.study baselines --root={root} --seeds=...` beside the end-to-end '
+        'runs, all at the switch\'s total steps. Two-stage: Table 2\'s solo CascadeNet, frozen, then MANet trained '
+        'on its outputs (its Dice is the segmentation reference). Fine-tune: solo CascadeNet for half the epochs, '
+        'then joint training with grad-norm balancing at ratio 0.1 from it for the other half. "- solo": paired '
+        'per slice against solo CascadeNet; "Dice - two-stage": paired per slice; 95% intervals over seeds and '
+        'slices. Target: F-PSNR and F-SSIM above solo (intervals excluding 0), PSNR not below solo\'s, Dice within '
+        f'{baselines.DICE_MARGIN} of two-stage.\n', table]
+  pareto_path = os.path.join(figure_dir, 'pareto.png')
+  front = baselines.pareto_section(root, pareto_path)
+  if front:
+    text += ['## Focal gain against segmentation\n', front, _image(pareto_path)]
+  return text
+
+
 def report(root: str, out: str, settings: Optional[plan.Settings] = None) -> str:
   """Writes the report of the runs under `root` to `out` (figures in `figures/<out's name>/` beside it, so that
   several reports share a folder) and returns its path."""
@@ -459,6 +491,7 @@ def report(root: str, out: str, settings: Optional[plan.Settings] = None) -> str
           '### What each ingredient adds\n',
           'Two methods that differ in one ingredient, paired slice by slice on the seeds both ran (with it minus '
           'without it; 95% intervals over seeds and slices).\n', ingredients]
+  text += beyond_the_tables(root, figure_dir)
   attention_table, attention_figures = attention_section(root, figure_dir)
   if attention_table:
     text += [
