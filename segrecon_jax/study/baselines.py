@@ -108,10 +108,10 @@ def baseline_rows(root: str) -> List[Dict[str, Any]]:
     candidates += [(m.label, losses.get((m.name, acceleration))) for m in plan.LOSS_METHODS
                    if m.experiment == 'cascade_manet']
     for label, runs in candidates:
-      if not runs:
+      records = list(results_lib.per_slice(runs).values())
+      if not runs or not records or any('dice_mean' not in record['metrics'] for record in records):
         continue
-      groups = [np.asarray(record['metrics']['dice_mean'], np.float64)
-                for record in results_lib.per_slice(runs).values()]
+      groups = [np.asarray(record['metrics']['dice_mean'], np.float64) for record in records]
       groups = [g[np.isfinite(g)] for g in groups]
       dice = float(np.mean([g.mean() for g in groups]))
       low, high = (stats.hierarchical_bootstrap_interval(groups) if len(groups) > 1
