@@ -108,7 +108,7 @@ def baseline_rows(root: str) -> List[Dict[str, Any]]:
     candidates += [(m.label, losses.get((m.name, acceleration))) for m in plan.LOSS_METHODS
                    if m.experiment == 'cascade_manet']
     for label, runs in candidates:
-      records = list(results_lib.per_slice(runs).values())
+      records = list(results_lib.per_slice(runs).values()) if runs else []
       if not runs or not records or any('dice_mean' not in record['metrics'] for record in records):
         continue
       groups = [np.asarray(record['metrics']['dice_mean'], np.float64) for record in records]
