@@ -47,7 +47,8 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 USER_ERRORS = (config_checks.ConfigError, checkpoints.ResumeError, workdir_lib.WorkdirLockedError, NotADirectoryError,
                FileNotFoundError, ocmr.OCMRFormatError, magnitude.MagnitudeFormatError, parallel.BatchSizeError,
-               train.NonFiniteError, input_pipeline.StaleDatasetError, input_pipeline.CorruptDatasetError)
+               train.NonFiniteError, input_pipeline.StaleDatasetError, input_pipeline.CorruptDatasetError,
+               inference.EmptyReferenceError)
 _OS_HINTS = {errno.ENOSPC: 'the disk is full: free space, or choose a --workdir / config.data_dir on another disk',
              errno.EDQUOT: 'the disk quota is exceeded: free space, or choose another --workdir / config.data_dir',
              errno.EROFS: 'a read-only file system: choose a writable --workdir / config.data_dir',

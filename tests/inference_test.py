@@ -10,6 +10,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from segrecon_jax import metrics
+from segrecon_jax.data import labels
 from segrecon_jax.data import magnitude
 from segrecon_jax.data import ocmr
 from segrecon_jax.data import phantom
@@ -62,6 +64,31 @@ def test_per_slice_metrics_of_a_fake_step():
   np.testing.assert_allclose(per_slice['metrics']['has_heart'], [1.0, 1.0, 0.0])
   assert results['psnr'] == pytest.approx(2.0) and results['f_psnr'] == pytest.approx(20.0)
   assert results['num_examples'] == 3 and images['recon'].shape[0] == 2
+
+
+def test_an_all_zero_reference_is_refused_not_averaged():
+  """A split example whose fully sampled image is all zero (metrics NaN, formerly PSNR 100) stops the evaluation with
+  its id instead of entering the means; a padding copy of it would not count, but here it is a valid example."""
+  source = [{'image': np.full((8, 8), 0.5 + i, np.complex64), 'segmentation': np.zeros((8, 8), np.int32),
+             'subject_id': b'p1', 'slice': i, 'frame': 0} for i in range(3)]
+  source[1]['image'] = np.zeros((8, 8), np.complex64)
+  config = importlib.import_module('configs.unet').get_config('x4,runlocal')
+  config.eval_batch_size = 2
+
+  def step(state, batch):
+    del state
+    image = np.asarray(batch['image'])
+    recon = image + 0.1
+    results = metrics.reconstruction_metrics(recon.reshape((-1, 8, 8)), image.reshape((-1, 8, 8)),
+                                             np.zeros((image.shape[0] * image.shape[1], 8, 8), np.int32), 1)
+    return {k: np.asarray(v).reshape(image.shape[:2]) for k, v in results.items()}, {'recon': recon}
+
+  with pytest.raises(inference.EmptyReferenceError, match=r'holds 1 example\(s\) whose fully sampled image is all '
+                                                          r'zero \(p1/1/0\): PSNR and SSIM'):
+    inference.evaluate_state(step, None, source, config)
+  source[1]['image'] = np.full((8, 8), 3.0, np.complex64)
+  results, _ = inference.evaluate_state(step, None, source, config)
+  assert np.isfinite(results['psnr']) and results['psnr'] < metrics.MAX_PSNR_DB
 
 
 def test_train_and_eval_write_per_slice_json(tmp_path):

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 import main
+from segrecon_jax.training import inference
 from segrecon_jax.training import parallel
 from segrecon_jax.training import train
 
@@ -65,6 +66,8 @@ _TENSORSTORE = ('OUT_OF_RANGE: Error opening "cast" driver: Error reading Byte r
       'No space left on device', 'the disk is full']),
     (_raise(RuntimeError('Corrupted Riegeli/records file: chunk data hash mismatch')),
      ['prepared dataset file is damaged', 'Riegeli']),
+    (_raise(inference.EmptyReferenceError('the test split of ocmr/nifti holds 1 example(s) whose fully sampled image '
+                                          'is all zero (patient002/0/0)')), ['patient002/0/0']),
 ])
 def test_user_errors_are_one_paragraph(make, expected):
   message = main.user_error_message(_raised(make))
