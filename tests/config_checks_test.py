@@ -8,6 +8,7 @@ from ml_collections import config_flags
 
 from configs import cascade_manet
 from configs import unet_unet
+from segrecon_jax.study import runner
 from segrecon_jax.training import config_checks
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -73,6 +74,38 @@ def test_the_label_set_comes_from_the_data(module, fields, match):
 def test_bad_values_name_their_field(fields, match):
   with pytest.raises(config_checks.ConfigError, match=match):
     config_checks.check_config(_config(**fields))
+
+
+def _parsed(overrides):
+  argv = ['main.py', f'--config={_ROOT}/configs/unet_unet.py:x4,runlocal', *overrides]
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', None, 'config', flag_values=flag_values, lock_config=True,
+                                  sys_argv=argv)
+  flag_values(argv)
+  return flag_values, argv
+
+
+@pytest.mark.parametrize('overrides', [
+    ["--config.model.seg.features=(4,8)", "--config.model.seg.features=(8,16)"],
+    ["--config.model.seg.features", "(4,8)", "-config.model.seg.features=8"],  # absl's other spellings
+])
+def test_a_repeated_tuple_override_is_refused_not_joined(overrides):
+  """ml_collections joins a repeated tuple override ((4, 8) then (8, 16) gives (4, 8, 8, 16)); main.py and the study
+  refuse it, naming the field and both values."""
+  flag_values, argv = _parsed(overrides)
+  with pytest.raises(config_checks.ConfigError, match=r"--config.model.seg.features is given 2 times \('\(4,8\)', "
+                                                      r"'.*'\), which ml_collections would join into \(4, 8, 8"):
+    config_checks.check_tuple_overrides_once(flag_values, argv)
+  if all('=' in o for o in overrides):  # The study's overrides are --config.<field>=<value> (plan.Settings).
+    with pytest.raises(ValueError, match=r'--config.model.seg.features is given 2 times'):
+      runner.run_config(('--config=configs/unet_unet.py:x4,runlocal',) + tuple(overrides))
+
+
+def test_once_each_tuple_overrides_and_a_repeated_number_keeps_its_last_value():
+  flag_values, argv = _parsed(['--config.model.seg.features=(8,16)', '--config.model.recon.features=(4,8)',
+                               '--config.seed=1', '--config.seed=2'])
+  config_checks.check_tuple_overrides_once(flag_values, argv)
+  assert flag_values.config.model.seg.features == (8, 16) and flag_values.config.seed == 2
 
 
 def test_manual_dir_that_is_a_file(tmp_path):

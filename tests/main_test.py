@@ -84,6 +84,9 @@ def test_bugs_keep_their_traceback(error):
 
 @pytest.mark.parametrize('flags_,match', [
     (['--config=configs/unet_unet.py:x4,runlocal', '--config.seed=-1'], 'main.py: config.seed=-1: seeds must be'),
+    (['--config=configs/unet_unet.py:x4,runlocal', '--config.model.seg.features=(4,8)',
+      '--config.model.seg.features=(8,16)'],
+     "main.py: --config.model.seg.features is given 2 times ('(4,8)', '(8,16)'), which ml_collections would join"),
     (['--config=configs/unet_unet.py:x4,runlocal', '--config.dataset_config=phantom_tiny', '--config.num_acs=0',
       '--config.acceleration=100'], 'main.py: config.acceleration=100 keeps round(32 / 100) = 0'),
     (['--config=configs/no_such_experiment.py:x4'], "no such config file 'configs/no_such_experiment.py'"),

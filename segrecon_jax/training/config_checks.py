@@ -1,8 +1,12 @@
 """Checks of an experiment config's values before anything runs: each bad value gets one paragraph naming the field."""
 
+import collections
 import numbers
 import os
-from typing import Optional, Tuple
+import re
+from typing import Optional, Sequence, Tuple
+
+from absl import flags
 
 from segrecon_jax import models
 from segrecon_jax import settings
@@ -265,3 +269,28 @@ def _check_data_fields(config) -> None:
                         f'files, our class at position v (0..{num_classes - 1}: background, LV blood pool, '
                         'myocardium, RV blood pool); ACDC (1 RV, 2 myocardium, 3 LV) is (0, 3, 2, 1), M&Ms '
                         '(1 LV, 2 myocardium, 3 RV) is (0, 1, 2, 3).')
+
+
+def check_tuple_overrides_once(flag_values: flags.FlagValues, argv: Sequence[str], name: str = 'config') -> None:
+  """Raises ConfigError when a tuple field of the config flag `name` is given more than once in `argv`.
+
+  ml_collections joins the values of a repeated tuple override (`--config.model.seg.features='(4,8)'` and then
+  `'(8,16)'` set (4, 8, 8, 16)), while every other flag keeps its last value; which of the two a user meant cannot
+  be told, so a tuple field is set by one value, the whole tuple. Call after `flag_values(argv)` parsed the flags.
+  """
+  given = collections.defaultdict(list)
+  args = list(argv[1:])
+  for i, arg in enumerate(args):
+    if arg == '--':  # absl: the arguments after it are not flags
+      break
+    match = re.fullmatch(rf'--?({re.escape(name)}\.[^=]+)(?:=(.*))?', arg, re.DOTALL)
+    if match:  # `--config.x=v`, or `--config.x v` with the value in the next argument
+      given[match.group(1)].append(match.group(2) if match.group(2) is not None else
+                                   (args[i + 1] if i + 1 < len(args) else ''))
+  for field, values in given.items():
+    if len(values) > 1 and field in flag_values and isinstance(flag_values[field], flags.MultiFlag):
+      flag = flag_values[field]
+      raise ConfigError(f'--{field} is given {len(values)} times ({", ".join(map(repr, values))}), which '
+                        f'ml_collections would join into {tuple(flag.value)}: a tuple field takes one value, the '
+                        f"whole tuple. Give it once, e.g. --{field}='{flag.parser.parse(values[-1])}' for the last "
+                        'one.')
