@@ -13,6 +13,11 @@ from segrecon_jax import settings
 from segrecon_jax.models import layers
 
 
+# JAX keys (`jax.random.PRNGKey`, `jax.random.key`) keep a seed's low 32 bits (64-bit mode is off): seed 2**32 gives
+# the keys of seed 0. The seeds that map one-to-one onto keys are 0 .. KEY_SEEDS - 1.
+KEY_SEEDS = 2**32
+
+
 class ConfigError(ValueError):
   """A config field with a value the run cannot use."""
 
@@ -50,7 +55,7 @@ def check_config(config) -> None:
   _integer(config, 'num_acs', 0, 'the number of autocalibration lines must be an integer >= 0 (the paper: 8)')
   for field in ('seed', 'eval_mask_seed'):
     if field in config:
-      _integer(config, field, 0, 'seeds must be integers >= 0')
+      _check_key_seed(config, field)
   _at_least(config, 'compile_workers', 0, 'compile threads must be >= 0 (0 = 1 on CPU, 2 on a GPU/TPU host)')
   if not 0 <= _number(config, 'focus_margin_fraction') < 0.5:
     raise ConfigError(f'config.focus_margin_fraction={config.focus_margin_fraction!r}: the margin around the heart '
@@ -94,6 +99,18 @@ def check_config(config) -> None:
     _check_masks(config, shape[1])
   if segments:
     _check_classes(config, model)
+
+
+def _check_key_seed(config, field: str) -> None:
+  """A seed of JAX keys: an integer in 0 .. KEY_SEEDS - 1, the range where different seeds give different keys."""
+  value = _number(config, field)
+  if 0 <= value < KEY_SEEDS and float(value).is_integer():  # The range first: float() of a huge int overflows.
+    return
+  detail = ''
+  if isinstance(value, numbers.Integral) and value >= KEY_SEEDS:
+    detail = (f": JAX keys keep only a seed's low 32 bits, so it would run with the keys of seed {value % KEY_SEEDS}"
+              if value < 2**63 else ': JAX cannot make a key of it (a 64-bit signed integer at most)')
+  raise ConfigError(f'config.{field}={value!r}: seeds must be integers >= 0 and < 2**32 = {KEY_SEEDS}{detail}.')
 
 
 def _check_declared(config) -> None:
