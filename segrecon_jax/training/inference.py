@@ -266,9 +266,10 @@ def predict(config, workdir: str, input_path: str = '', out_dir: str = '') -> st
   eval split; training passes `<workdir>/predictions`, its own record), `<workdir>/predict/<file stem>_x<R>` (a
   file) or `<workdir>/predict/<folder name>_x<R>/<file's path in the folder without suffix>` (each file of a
   folder; every frame; without its labels the reference segmentation maps are all background and the figures have
-  no focus box), and for each file `recon.nii.gz` and `seg.nii.gz` on the file's voxel grid (`prediction_io.write_nifti`). For an OCMR file
-  and a model that segments, also writes the predicted segmentation as a label file `<that folder>/labels/<stem>.h5`
-  in the project's format with every frame unlabelled (`write_predicted_labels`), to start labelling from. Returns
+  no focus box), and for each file `recon.nii.gz` and `seg.nii.gz` on the file's voxel grid, the segmentation in the
+  file's own label values (`prediction_io.write_nifti`). For an OCMR file and a model that segments, also writes the
+  predicted segmentation as a label file `<that folder>/labels/<stem>.h5` in the project's format with every frame
+  unlabelled (`write_predicted_labels`), to start labelling from. Returns
   the prediction folder (of the split, the file, or the folder holding the files' folders).
   """
   parallel.check_batch_size(config.eval_batch_size, 'eval_batch_size')
