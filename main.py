@@ -49,7 +49,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 USER_ERRORS = (config_checks.ConfigError, checkpoints.ResumeError, workdir_lib.WorkdirLockedError, NotADirectoryError,
                FileNotFoundError, ocmr.OCMRFormatError, magnitude.MagnitudeFormatError, parallel.BatchSizeError,
                train.NonFiniteError, input_pipeline.StaleDatasetError, input_pipeline.CorruptDatasetError,
-               warm_start.WarmStartError)
+               warm_start.WarmStartError, inference.EmptyReferenceError)
 _OS_HINTS = {errno.ENOSPC: 'the disk is full: free space, or choose a --workdir / config.data_dir on another disk',
              errno.EDQUOT: 'the disk quota is exceeded: free space, or choose another --workdir / config.data_dir',
              errno.EROFS: 'a read-only file system: choose a writable --workdir / config.data_dir',
@@ -121,10 +121,15 @@ def _flag_error_message(error: BaseException, argv) -> str:
 
 
 def parse_flags(argv):
-  """absl's flag parsing, with a config override that names no field (a typo) or has a bad value, or a config file
-  that is missing or raises, as one paragraph, exit code 2."""
+  """absl's flag parsing, with a config override that names no field (a typo), has a bad value or repeats a tuple
+  field, or a config file that is missing or raises, as one paragraph, exit code 2."""
   try:
-    return FLAGS(argv)
+    remaining = FLAGS(argv)
+    config_checks.check_tuple_overrides_once(FLAGS, argv)
+    return remaining
+  except config_checks.ConfigError as e:
+    sys.stderr.write(f'main.py: {e}\n')
+    sys.exit(2)
   except (AttributeError, KeyError, TypeError, ValueError, OSError, flags.Error) as e:
     sys.stderr.write(f'main.py: {_flag_error_message(e, argv)}\n')
     sys.exit(2)

@@ -10,6 +10,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from segrecon_jax import metrics
+from segrecon_jax.data import labels
 from segrecon_jax.data import magnitude
 from segrecon_jax.data import ocmr
 from segrecon_jax.data import phantom
@@ -64,6 +66,31 @@ def test_per_slice_metrics_of_a_fake_step():
   assert results['num_examples'] == 3 and images['recon'].shape[0] == 2
 
 
+def test_an_all_zero_reference_is_refused_not_averaged():
+  """A split example whose fully sampled image is all zero (metrics NaN, formerly PSNR 100) stops the evaluation with
+  its id instead of entering the means; a padding copy of it would not count, but here it is a valid example."""
+  source = [{'image': np.full((8, 8), 0.5 + i, np.complex64), 'segmentation': np.zeros((8, 8), np.int32),
+             'subject_id': b'p1', 'slice': i, 'frame': 0} for i in range(3)]
+  source[1]['image'] = np.zeros((8, 8), np.complex64)
+  config = importlib.import_module('configs.unet').get_config('x4,runlocal')
+  config.eval_batch_size = 2
+
+  def step(state, batch):
+    del state
+    image = np.asarray(batch['image'])
+    recon = image + 0.1
+    results = metrics.reconstruction_metrics(recon.reshape((-1, 8, 8)), image.reshape((-1, 8, 8)),
+                                             np.zeros((image.shape[0] * image.shape[1], 8, 8), np.int32), 1)
+    return {k: np.asarray(v).reshape(image.shape[:2]) for k, v in results.items()}, {'recon': recon}
+
+  with pytest.raises(inference.EmptyReferenceError, match=r'holds 1 example\(s\) whose fully sampled image is all '
+                                                          r'zero \(p1/1/0\): PSNR and SSIM'):
+    inference.evaluate_state(step, None, source, config)
+  source[1]['image'] = np.full((8, 8), 3.0, np.complex64)
+  results, _ = inference.evaluate_state(step, None, source, config)
+  assert np.isfinite(results['psnr']) and results['psnr'] < metrics.MAX_PSNR_DB
+
+
 def test_train_and_eval_write_per_slice_json(tmp_path):
   config = tiny_config(str(tmp_path / 'tfds'))
   workdir = str(tmp_path / 'run')
@@ -116,6 +143,33 @@ def test_predict_input_files_of_a_folder(tmp_path):
     prediction_io.input_files(str(folder))
 
 
+def test_nifti_predictions_are_in_the_inputs_own_label_values(tmp_path, caplog):
+  """A perfect prediction of an ACDC-convention file (1 RV, 3 LV; ours are 1 LV, 3 RV) writes back its own `_gt`
+  values, and the header says so; a mapping that cannot be inverted keeps our classes, says so and warns."""
+  config = train_test.tiny_config(str(tmp_path / 'tfds'), num_epochs=1)  # phantom data: ACDC's mapping for files
+  (image_path, label_path), _ = phantom_nifti.write_patient(str(tmp_path / 'in'), 1, recon_size=(24, 16),
+                                                            num_slices=2)
+  item = prediction_io.input_files(image_path)[0]
+  loaded = prediction_io.load_file(item, (24, 16), config)
+  ours = np.stack([e['segmentation'] for e in loaded.examples])
+  assert {labels.LV_POOL, labels.RV_POOL} <= set(np.unique(ours))
+  arrays = {'recon': np.stack([e['image'] for e in loaded.examples]), 'seg': ours.astype(np.int32)}
+  prediction_io.write_nifti(str(tmp_path), loaded, arrays)
+  written = nib.load(tmp_path / 'seg.nii.gz')
+  np.testing.assert_array_equal(np.asarray(written.dataobj), np.asarray(nib.load(label_path).dataobj))
+  assert written.header['descrip'].item().decode() == \
+      'labels as in the input: 0 background, 1 rv_pool, 2 myocardium, 3 lv_pool'
+  # Background from two values of the input: no single value to write back for it.
+  loaded.label_mapping = (0, 3, 2, 1, 0)
+  prediction_io.write_nifti(str(tmp_path), loaded, arrays)
+  written = nib.load(tmp_path / 'seg.nii.gz')
+  np.testing.assert_array_equal(np.asarray(written.dataobj).transpose(2, 0, 1), ours)
+  assert written.header['descrip'].item().decode() == \
+      'segrecon labels: 0 background, 1 lv_pool, 2 myocardium, 3 rv_pool'
+  assert "config.label_mapping (0, 3, 2, 1, 0) cannot be inverted" in caplog.text
+  assert labels.inverse_mapping((0, 1, 2, 3)) == (0, 1, 2, 3) and labels.inverse_mapping((0, 1, 1, 3)) is None
+
+
 def _placed(values, size):
   return ocmr.crop_or_pad(np.asarray(values), size)
 
@@ -145,6 +199,8 @@ def test_predict_a_folder_writes_nifti_on_each_files_grid(tmp_path):
     assert volumes['seg'].get_data_dtype() == np.uint8 and volumes['seg'].header.get_intent()[0] == 'label'
     return arrays, volumes
 
+  # Magnitude files: seg.nii.gz in the input's label values (phantom data: ACDC's mapping, its own inverse).
+  acdc = np.asarray(labels.inverse_mapping(magnitude.ACDC_LABEL_MAPPING))
   # An ACDC-layout [x, y, z] volume with its labels: the source affine, its x, y, z.
   arrays, volumes = outputs('patient001/patient001_frame01')
   source = nib.load(nifti_image)
@@ -155,7 +211,7 @@ def test_predict_a_folder_writes_nifti_on_each_files_grid(tmp_path):
     np.testing.assert_allclose(volumes[key].affine, source.affine)
   seg, recon = np.asarray(volumes['seg'].dataobj), volumes['recon'].get_fdata()
   for z, e in enumerate(examples):
-    np.testing.assert_array_equal(seg[:, :, z], _placed(arrays['seg'][z], (36, 28)))
+    np.testing.assert_array_equal(seg[:, :, z], _placed(acdc[arrays['seg'][z]], (36, 28)))
     np.testing.assert_allclose(recon[:, :, z], _placed(np.abs(arrays['recon'][z]) * e['scale'], (36, 28)),
                                rtol=1e-5, atol=1e-6)
   # A 4-D [x, y, z, t] file without labels: example z * frames + t is voxel [..., z, t].
@@ -165,11 +221,12 @@ def test_predict_a_folder_writes_nifti_on_each_files_grid(tmp_path):
   seg = np.asarray(volumes['seg'].dataobj)
   for z in range(2):
     for t in range(3):
-      np.testing.assert_array_equal(seg[:, :, z, t], _placed(arrays['seg'][z * 3 + t], (30, 34)))
+      np.testing.assert_array_equal(seg[:, :, z, t], _placed(acdc[arrays['seg'][z * 3 + t]], (30, 34)))
   # HDF5 [slices, H, W]: (H, W, slices), identity affine.
   arrays, volumes = outputs('case02_sa')
   assert volumes['seg'].shape == (30, 34, 2) and np.allclose(volumes['seg'].affine, np.eye(4))
-  np.testing.assert_array_equal(np.asarray(volumes['seg'].dataobj)[:, :, 1], _placed(arrays['seg'][1], (30, 34)))
+  np.testing.assert_array_equal(np.asarray(volumes['seg'].dataobj)[:, :, 1], _placed(acdc[arrays['seg'][1]],
+                                                                                    (30, 34)))
   # OCMR: (readout, phase encode, slices, frames) with its voxel sizes, and the label file as before.
   arrays, volumes = outputs('fs_0001_phantom')
   assert volumes['seg'].shape == (32, 24, 1, 2)
@@ -178,3 +235,4 @@ def test_predict_a_folder_writes_nifti_on_each_files_grid(tmp_path):
   masks, _ = ocmr.read_labels(os.path.join(out_root, 'fs_0001_phantom', 'labels', 'fs_0001_phantom.h5'),
                               (1, 2, 32, 24))
   np.testing.assert_array_equal(np.asarray(volumes['seg'].dataobj)[:, :, 0, 1], masks[0, 1])
+  assert volumes['seg'].header['descrip'].item().decode().startswith('segrecon labels: 0 background, 1 lv_pool')

@@ -231,6 +231,27 @@ def test_bad_magnitude_files(tmp_path):
   assert not builder.is_prepared()
 
 
+def test_an_all_zero_slice_is_refused_naming_file_slice_and_frame(tmp_path):
+  """An image with nothing in it is an input error (its PSNR and SSIM are undefined), also where only the crop to the
+  model's size leaves nothing."""
+  image, label = _acdc_volume(0)
+  base = str(tmp_path / 'p1' / 'p1_frame03')  # single phase: served as frame 2
+  image[..., 1] = 0.0
+  _write_nifti(base, image, label)
+  with pytest.raises(magnitude.MagnitudeFormatError, match=r'p1_frame03.nii.gz: slice 1 frame 2 is all zero'):
+    magnitude.read_pair(base + '.nii.gz', base + '_gt.nii.gz')
+  _write_nifti(base, np.zeros_like(image), label)
+  with pytest.raises(magnitude.MagnitudeFormatError,
+                     match=r'p1_frame03.nii.gz: slice 0 frame 2 \(and 1 more of its 2 slices x frames\) is all zero'):
+    magnitude.load_examples(base + '.nii.gz', base + '_gt.nii.gz', (16, 16))
+  corner = np.zeros_like(image)
+  corner[:2, :2] = 1.0  # signal only outside the central 8x8
+  _write_nifti(base, corner, label)
+  assert magnitude.read_pair(base + '.nii.gz', base + '_gt.nii.gz')[0].max() == 1.0
+  with pytest.raises(magnitude.MagnitudeFormatError, match=r'slice 0 frame 2 is all zero inside the central 8x8'):
+    magnitude.load_examples(base + '.nii.gz', base + '_gt.nii.gz', (8, 8))
+
+
 def test_configure_names_each_setting():
   assert tfds_ocmr.configure('real') is next(c for c in tfds_ocmr.Ocmr.BUILDER_CONFIGS if c.name == 'real')
   assert tfds_ocmr.configure('real', image_size=256, split_seed=0).name == 'real'  # the built-in values

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 import main
+from segrecon_jax.training import inference
 from segrecon_jax.training import parallel
 from segrecon_jax.training import train
 
@@ -65,6 +66,8 @@ _TENSORSTORE = ('OUT_OF_RANGE: Error opening "cast" driver: Error reading Byte r
       'No space left on device', 'the disk is full']),
     (_raise(RuntimeError('Corrupted Riegeli/records file: chunk data hash mismatch')),
      ['prepared dataset file is damaged', 'Riegeli']),
+    (_raise(inference.EmptyReferenceError('the test split of ocmr/nifti holds 1 example(s) whose fully sampled image '
+                                          'is all zero (patient002/0/0)')), ['patient002/0/0']),
 ])
 def test_user_errors_are_one_paragraph(make, expected):
   message = main.user_error_message(_raised(make))
@@ -81,6 +84,9 @@ def test_bugs_keep_their_traceback(error):
 
 @pytest.mark.parametrize('flags_,match', [
     (['--config=configs/unet_unet.py:x4,runlocal', '--config.seed=-1'], 'main.py: config.seed=-1: seeds must be'),
+    (['--config=configs/unet_unet.py:x4,runlocal', '--config.model.seg.features=(4,8)',
+      '--config.model.seg.features=(8,16)'],
+     "main.py: --config.model.seg.features is given 2 times ('(4,8)', '(8,16)'), which ml_collections would join"),
     (['--config=configs/unet_unet.py:x4,runlocal', '--config.dataset_config=phantom_tiny', '--config.num_acs=0',
       '--config.acceleration=100'], 'main.py: config.acceleration=100 keeps round(32 / 100) = 0'),
     (['--config=configs/no_such_experiment.py:x4'], "no such config file 'configs/no_such_experiment.py'"),

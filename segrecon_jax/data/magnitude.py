@@ -31,6 +31,9 @@ label maps then argmax), so a small `image_size` keeps the whole heart instead o
 Label values go through `labels.remap(label, label_mapping)`: value `v` of the file becomes ours `label_mapping[v]`
 (ACDC: 1 RV, 2 myocardium, 3 LV cavity -> `(0, 3, 2, 1)`; M&Ms: 1 LV, 2 myocardium, 3 RV -> `(0, 1, 2, 3)`).
 
+A slice or frame whose magnitude is all zero is refused: it holds nothing to reconstruct, and PSNR and SSIM,
+relative to the image's peak, are undefined on it.
+
 Every problem with an input file raises `MagnitudeFormatError` (a `ValueError`) or `FileNotFoundError`, naming the
 file and what was expected.
 """
@@ -170,6 +173,23 @@ def _to_slices_frames(array: np.ndarray, path: str, voxel_order: bool) -> np.nda
   return array.reshape((1,) * (4 - array.ndim) + array.shape)
 
 
+def _check_no_empty_slice(magnitude: np.ndarray, image_path: str) -> None:
+  """Raises `MagnitudeFormatError` naming the first all-zero (slice, frame) of `[slices, frames, H, W]`: such an
+  image holds nothing to reconstruct or segment, and PSNR and SSIM, relative to its peak, are undefined on it."""
+  empty = ~np.any(magnitude > 0, axis=(2, 3))
+  if not np.any(empty):
+    return
+  slice_index, frame = (int(i) for i in np.argwhere(empty)[0])
+  frame += cine_frame(image_path) if magnitude.shape[1] == 1 else 0  # The served ids (`_first_indices`).
+  slice_index += (named_slice(image_path) or 0) if magnitude.shape[0] == 1 else 0
+  more = int(np.sum(empty)) - 1
+  others = f' (and {more} more of its {empty.size} slices x frames)' if more else ''
+  raise MagnitudeFormatError(f'{image_path}: slice {slice_index} frame {frame}{others} is all zero: an image with '
+                             'nothing in it cannot be reconstructed, segmented or scored (PSNR and SSIM are relative '
+                             'to its peak). Expected a magnitude image with signal in every slice and frame: remove '
+                             'the file (with its labels) or its empty slices.')
+
+
 def read_pair(image_path: str, label_path: Optional[str]) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Reads one image file and its label file (None: no labels, for prediction).
 
@@ -219,6 +239,7 @@ def read_pair(image_path: str, label_path: Optional[str]) -> Tuple[np.ndarray, n
   elif not np.issubdtype(label.dtype, np.integer):
     raise MagnitudeFormatError(f'{label_path}: expected integer label values, got dtype {label.dtype}')
   magnitude = _to_slices_frames(image, image_path, voxel_order)
+  _check_no_empty_slice(magnitude, image_path)
   label = _to_slices_frames(label.astype(np.int64), label_path, voxel_order)
   if labelled is not None:
     labelled = np.asarray(labelled)
@@ -415,6 +436,12 @@ def load_examples(image_path: str, label_path: str, image_size: Sequence[int],
         image = ocmr.crop_or_pad(magnitude[s, t] * np.exp(1j * synthetic_phase(magnitude.shape[2:], phase_seed, key)),
                                  image_size)
         segmentation = ocmr.crop_or_pad(segmentation, image_size)
+      if not np.any(image):  # The slice has signal (read_pair checked it), but none inside the served window.
+        window = (f'{field_of_view}x{field_of_view} field of view' if field_of_view else
+                  f'{image_size[0]}x{image_size[1]} crop to config.image_size')
+        raise MagnitudeFormatError(f'{image_path}: slice {first_slice + s} frame {first_frame + t} is all zero inside '
+                                   f'the central {window} (its signal lies outside it): expected the heart near the '
+                                   'image centre, or a larger image_size / field_of_view.')
       image, scale = ocmr.normalize(image.astype(np.complex64))
       examples.append({
           'image': image.astype(np.complex64),

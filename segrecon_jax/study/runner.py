@@ -13,6 +13,7 @@ from ml_collections import config_flags
 
 from segrecon_jax import settings
 from segrecon_jax.study import plan
+from segrecon_jax.training import config_checks
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -29,6 +30,7 @@ def run_config(flags: Sequence[str]):
                                   sys_argv=argv)
   try:
     values(argv)
+    config_checks.check_tuple_overrides_once(values, argv)
   except (absl_flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
     raise ValueError(f'the study cannot set up the run {" ".join(flags)}: {type(e).__name__} {e} (a config '
                      'override names no field of the config, or has a value of the wrong type)') from e

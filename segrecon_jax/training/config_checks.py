@@ -1,13 +1,22 @@
 """Checks of an experiment config's values before anything runs: each bad value gets one paragraph naming the field."""
 
+import collections
 import numbers
 import os
-from typing import Optional, Tuple
+import re
+from typing import Optional, Sequence, Tuple
+
+from absl import flags
 
 from segrecon_jax import models
 from segrecon_jax import settings
 from segrecon_jax.models import layers
 from segrecon_jax.training import warm_start
+
+
+# JAX keys (`jax.random.PRNGKey`, `jax.random.key`) keep a seed's low 32 bits (64-bit mode is off): seed 2**32 gives
+# the keys of seed 0. The seeds that map one-to-one onto keys are 0 .. KEY_SEEDS - 1.
+KEY_SEEDS = 2**32
 
 
 class ConfigError(ValueError):
@@ -47,7 +56,7 @@ def check_config(config) -> None:
   _integer(config, 'num_acs', 0, 'the number of autocalibration lines must be an integer >= 0 (the paper: 8)')
   for field in ('seed', 'eval_mask_seed'):
     if field in config:
-      _integer(config, field, 0, 'seeds must be integers >= 0')
+      _check_key_seed(config, field)
   _at_least(config, 'compile_workers', 0, 'compile threads must be >= 0 (0 = 1 on CPU, 2 on a GPU/TPU host)')
   if not 0 <= _number(config, 'focus_margin_fraction') < 0.5:
     raise ConfigError(f'config.focus_margin_fraction={config.focus_margin_fraction!r}: the margin around the heart '
@@ -94,6 +103,18 @@ def check_config(config) -> None:
     _check_masks(config, shape[1])
   if segments:
     _check_classes(config, model)
+
+
+def _check_key_seed(config, field: str) -> None:
+  """A seed of JAX keys: an integer in 0 .. KEY_SEEDS - 1, the range where different seeds give different keys."""
+  value = _number(config, field)
+  if 0 <= value < KEY_SEEDS and float(value).is_integer():  # The range first: float() of a huge int overflows.
+    return
+  detail = ''
+  if isinstance(value, numbers.Integral) and value >= KEY_SEEDS:
+    detail = (f": JAX keys keep only a seed's low 32 bits, so it would run with the keys of seed {value % KEY_SEEDS}"
+              if value < 2**63 else ': JAX cannot make a key of it (a 64-bit signed integer at most)')
+  raise ConfigError(f'config.{field}={value!r}: seeds must be integers >= 0 and < 2**32 = {KEY_SEEDS}{detail}.')
 
 
 def _check_declared(config) -> None:
@@ -275,3 +296,28 @@ def _check_data_fields(config) -> None:
                         f'files, our class at position v (0..{num_classes - 1}: background, LV blood pool, '
                         'myocardium, RV blood pool); ACDC (1 RV, 2 myocardium, 3 LV) is (0, 3, 2, 1), M&Ms '
                         '(1 LV, 2 myocardium, 3 RV) is (0, 1, 2, 3).')
+
+
+def check_tuple_overrides_once(flag_values: flags.FlagValues, argv: Sequence[str], name: str = 'config') -> None:
+  """Raises ConfigError when a tuple field of the config flag `name` is given more than once in `argv`.
+
+  ml_collections joins the values of a repeated tuple override (`--config.model.seg.features='(4,8)'` and then
+  `'(8,16)'` set (4, 8, 8, 16)), while every other flag keeps its last value; which of the two a user meant cannot
+  be told, so a tuple field is set by one value, the whole tuple. Call after `flag_values(argv)` parsed the flags.
+  """
+  given = collections.defaultdict(list)
+  args = list(argv[1:])
+  for i, arg in enumerate(args):
+    if arg == '--':  # absl: the arguments after it are not flags
+      break
+    match = re.fullmatch(rf'--?({re.escape(name)}\.[^=]+)(?:=(.*))?', arg, re.DOTALL)
+    if match:  # `--config.x=v`, or `--config.x v` with the value in the next argument
+      given[match.group(1)].append(match.group(2) if match.group(2) is not None else
+                                   (args[i + 1] if i + 1 < len(args) else ''))
+  for field, values in given.items():
+    if len(values) > 1 and field in flag_values and isinstance(flag_values[field], flags.MultiFlag):
+      flag = flag_values[field]
+      raise ConfigError(f'--{field} is given {len(values)} times ({", ".join(map(repr, values))}), which '
+                        f'ml_collections would join into {tuple(flag.value)}: a tuple field takes one value, the '
+                        f"whole tuple. Give it once, e.g. --{field}='{flag.parser.parse(values[-1])}' for the last "
+                        'one.')

@@ -40,6 +40,10 @@ def log_results(what: str, results: Dict[str, float]) -> None:
                int(results.get('num_examples', 0)))
 
 
+class EmptyReferenceError(ValueError):
+  """The split holds an example whose fully sampled image is all zero: its PSNR and SSIM are undefined."""
+
+
 class EvalResults(dict):
   """The means of an evaluation (metric name -> float, as before), with `per_slice` holding every slice's values.
 
@@ -85,7 +89,11 @@ def _is_focused(key: str) -> bool:
 
 def evaluate_state(p_eval_step, state, eval_source, config) -> Tuple[EvalResults, Optional[Dict[str, np.ndarray]]]:
   """Means over the eval split (F- metrics over examples with heart labels), every slice's metrics
-  (`EvalResults.per_slice`) and a few examples for summaries."""
+  (`EvalResults.per_slice`) and a few examples for summaries.
+
+  Raises `EmptyReferenceError`, naming the examples, when a fully sampled image of the split is all zero: their PSNR
+  and SSIM are undefined (NaN, see `metrics`), so no mean over the split can be given.
+  """
   sums, counts, images = collections.defaultdict(float), collections.defaultdict(float), None
   source = _IdRecordingSource(eval_source)
   collected = collections.defaultdict(list)
@@ -103,6 +111,7 @@ def evaluate_state(p_eval_step, state, eval_source, config) -> Tuple[EvalResults
       counts[key] += float(np.sum(weight))
     collected['index'].append(batch['index'])
     collected['valid'].append(batch['valid'])
+    collected['empty_reference'].append(np.max(np.abs(batch['image']), axis=(-2, -1)) == 0)
     if images is None:
       images = dict(parallel.unshard(outputs), image=batch['image'], segmentation=batch['segmentation'])
   sums, counts = _allgather_sums(sums, counts)
@@ -110,9 +119,26 @@ def evaluate_state(p_eval_step, state, eval_source, config) -> Tuple[EvalResults
   results['num_examples'] = counts['mse']
   # Every host's share to every host (a collective: all hosts take part), kept on process 0.
   gathered = parallel.gather_to_host({k: np.concatenate(v) for k, v in collected.items()})
+  _check_no_empty_reference(gathered.pop('empty_reference'), gathered, source.ids, eval_source, config)
   if jax.process_index() == 0:
     results.per_slice = _per_slice(gathered, source.ids, eval_source)
   return results, images
+
+
+def _check_no_empty_reference(empty: np.ndarray, gathered: Dict[str, np.ndarray], ids: Dict[int, str], eval_source,
+                              config) -> None:
+  """Raises `EmptyReferenceError` naming the valid examples whose fully sampled image is all zero (on every host:
+  `gathered` holds every host's share)."""
+  indices = [int(i) for i in np.asarray(gathered['index'])[(np.asarray(gathered['valid']) > 0) & empty]]
+  if not indices:
+    return
+  names = sorted(ids[i] if i in ids else example_id(eval_source[i], i) for i in indices)
+  shown = ', '.join(names[:5]) + (f' and {len(names) - 5} more' if len(names) > 5 else '')
+  raise EmptyReferenceError(
+      f'the {config.eval_split} split of {config.dataset}/{config.dataset_config} holds {len(names)} example(s) whose '
+      f'fully sampled image is all zero ({shown}): PSNR and SSIM are relative to the image\'s peak, undefined '
+      'there, so no mean over the split can be given. An image with nothing in it is an input error: remove it '
+      'from the data and prepare the dataset again.')
 
 
 def _per_slice(gathered: Dict[str, np.ndarray], ids: Dict[int, str], eval_source) -> Dict[str, Any]:
@@ -240,9 +266,10 @@ def predict(config, workdir: str, input_path: str = '', out_dir: str = '') -> st
   eval split; training passes `<workdir>/predictions`, its own record), `<workdir>/predict/<file stem>_x<R>` (a
   file) or `<workdir>/predict/<folder name>_x<R>/<file's path in the folder without suffix>` (each file of a
   folder; every frame; without its labels the reference segmentation maps are all background and the figures have
-  no focus box), and for each file `recon.nii.gz` and `seg.nii.gz` on the file's voxel grid (`prediction_io.write_nifti`). For an OCMR file
-  and a model that segments, also writes the predicted segmentation as a label file `<that folder>/labels/<stem>.h5`
-  in the project's format with every frame unlabelled (`write_predicted_labels`), to start labelling from. Returns
+  no focus box), and for each file `recon.nii.gz` and `seg.nii.gz` on the file's voxel grid, the segmentation in the
+  file's own label values (`prediction_io.write_nifti`). For an OCMR file and a model that segments, also writes the
+  predicted segmentation as a label file `<that folder>/labels/<stem>.h5` in the project's format with every frame
+  unlabelled (`write_predicted_labels`), to start labelling from. Returns
   the prediction folder (of the split, the file, or the folder holding the files' folders).
   """
   parallel.check_batch_size(config.eval_batch_size, 'eval_batch_size')

@@ -17,8 +17,9 @@ OCMR = 'ocmr'  # ISMRMRD k-space (`ocmr.load_examples`)
 MAGNITUDE = 'magnitude'  # NIfTI or HDF5 magnitude images (`magnitude.load_examples`), labels optional
 # An OCMR folder keeps its label files in `labels/` (`ocmr.label_path_for`): they are not inputs.
 _LABELS_FOLDER = 'labels'
-# The NIfTI header's 80-byte description of the written label values.
-_SEG_DESCRIPTION = 'labels: ' + ', '.join(f'{v} {n}' for v, n in enumerate(labels_format.CLASS_NAMES))
+# The NIfTI header's 80-byte description of the written label values: our classes, or the input's own values.
+_OUR_LABELS = 'segrecon labels: '
+_INPUT_LABELS = 'labels as in the input: '
 
 
 @dataclasses.dataclass
@@ -35,12 +36,14 @@ class LoadedFile:
 
   `examples` hold every (slice, frame) in (slice, frame) order; `volume_shape` is `(H, W) + (slices(, frames))` as
   the file stores them (NIfTI: its voxel shape; HDF5 magnitude `[slices, frames, H, W]` -> `(H, W, slices,
-  frames)`; OCMR `(readout, phase encode, slices, frames)`); `affine` maps its voxels to mm.
+  frames)`; OCMR `(readout, phase encode, slices, frames)`); `affine` maps its voxels to mm. `label_mapping` took
+  the file's label values to our classes (`labels.remap`; None: the file's values are our classes, as OCMR's).
   """
   examples: List[Dict[str, Any]]
   volume_shape: Tuple[int, ...]
   affine: np.ndarray
   label_path: Optional[str]
+  label_mapping: Optional[Tuple[int, ...]] = None
   field_of_view: int = 0  # The examples' `magnitude.resample_view` window (0: centre-cropped or padded).
 
 
@@ -145,7 +148,8 @@ def load_file(item: InputFile, image_size: Sequence[int], config) -> LoadedFile:
     _log_resize(item.path, volume_shape[:2], image_size, axes)
   examples = magnitude.load_examples(item.path, label_path, image_size, label_mapping, phase_seed,
                                      labelled_only=False, field_of_view=field_of_view)
-  return LoadedFile(examples, volume_shape, np.eye(4) if affine is None else affine, label_path, field_of_view)
+  return LoadedFile(examples, volume_shape, np.eye(4) if affine is None else affine, label_path, label_mapping,
+                    field_of_view)
 
 
 def _on_file_grid(values: np.ndarray, loaded: LoadedFile, is_label: bool = False) -> np.ndarray:
@@ -164,10 +168,35 @@ def _on_file_grid(values: np.ndarray, loaded: LoadedFile, is_label: bool = False
   return np.transpose(placed, (2, 3, 0, 1)).reshape(loaded.volume_shape)
 
 
+def _labels_as_input(path: str, seg: np.ndarray, label_mapping: Optional[Sequence[int]]) -> Tuple[np.ndarray, str]:
+  """Our predicted classes `seg` in the label values of the input (the inverse of its `label_mapping`), and the
+  NIfTI description that says which values they are. Our classes where the mapping cannot be inverted (a class
+  with no value of the input's, or with several), with a warning naming `path`, the file they go to."""
+  names = labels_format.CLASS_NAMES
+  ours = ', '.join(f'{c} {n}' for c, n in enumerate(names))
+  if label_mapping is None:
+    return seg, _OUR_LABELS + ours
+  inverse = labels_format.inverse_mapping(label_mapping)
+  if inverse is None:
+    values = {n: [v for v, c in enumerate(label_mapping) if c == ours_class] for ours_class, n in enumerate(names)}
+    logging.warning('%s holds our classes (%s), not the input\'s label values, and its header says so: '
+                    'config.label_mapping %s cannot be inverted, each class needs exactly one value of the input '
+                    '(here, by class: %s)', path, ours, tuple(label_mapping), values)
+    return seg, _OUR_LABELS + ours
+  by_value = sorted((v, names[c]) for c, v in enumerate(inverse))
+  return (np.asarray(inverse, seg.dtype)[seg],
+          _INPUT_LABELS + ', '.join(f'{v} {n}' for v, n in by_value))
+
+
 def write_nifti(out_dir: str, loaded: LoadedFile, arrays: Dict[str, np.ndarray]) -> List[str]:
   """Writes `recon.nii.gz` (float32 magnitude in the file's units) and, for a model that segments, `seg.nii.gz`
-  (uint8, our classes `labels.CLASS_NAMES`, NIfTI intent `label`) to `out_dir`, on the file's voxel grid with its
-  affine (NIfTI files; voxel sizes for OCMR; identity for HDF5 magnitude files).
+  (uint8, NIfTI intent `label`) to `out_dir`, on the file's voxel grid with its affine (NIfTI files; voxel sizes for
+  OCMR; identity for HDF5 magnitude files).
+
+  `seg.nii.gz` holds the input's own label values (the inverse of its `label_mapping`: an ACDC file gets 1 RV,
+  2 myocardium, 3 LV, comparable with its `_gt` file), our classes `labels.CLASS_NAMES` for OCMR files or where
+  the mapping cannot be inverted; its header's description says which (`labels as in the input: ...` or
+  `segrecon labels: ...`). The `.npy` arrays beside it stay in our classes, as the reference `segmentation.npy`.
 
   Args:
     out_dir: the file's prediction folder.
@@ -181,13 +210,14 @@ def write_nifti(out_dir: str, loaded: LoadedFile, arrays: Dict[str, np.ndarray])
   scale = np.array([e['scale'] for e in loaded.examples], np.float32)[:, None, None]
   volumes = {'recon': (np.abs(arrays['recon']) * scale).astype(np.float32)}
   if 'seg' in arrays:
-    volumes['seg'] = np.asarray(arrays['seg']).astype(np.uint8)
+    volumes['seg'], description = _labels_as_input(os.path.join(out_dir, 'seg.nii.gz'),
+                                                   np.asarray(arrays['seg']).astype(np.uint8), loaded.label_mapping)
   paths = []
   for key, values in volumes.items():
     image = nib.Nifti1Image(_on_file_grid(values, loaded, is_label=key == 'seg'), loaded.affine)
     if key == 'seg':
       image.header.set_intent('label')
-      image.header['descrip'] = _SEG_DESCRIPTION[:79]
+      image.header['descrip'] = description[:79]
     path = os.path.join(out_dir, f'{key}.nii.gz')
     nib.save(image, path)
     paths.append(path)

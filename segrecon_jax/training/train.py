@@ -189,7 +189,7 @@ def _train_and_evaluate(config, workdir: str, stop: StopSignals) -> Dict[str, fl
     logging.info('Resumed from %s at step %d (epoch %d done%s).', manager.directory, int(state.step), meta['epoch'],
                  f', {skip_steps} steps of epoch {start_epoch}' if skip_steps else '')
   step = int(state.step)
-  writer = writer_lib.SummaryWriter(workdir)
+  writer = writer_lib.SummaryWriter(workdir, resume_step=step if restored is not None else None)
   writer.write_hparams(config)
 
   p_eval_step = parallel.pmap(functools.partial(steps.eval_step, model=model, config=config))
