@@ -67,9 +67,9 @@ def parse(argv: Optional[List[str]] = None):
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-  """The command line: a refusal or failed runs (`plan.StudyError`) end with one paragraph and exit code 2; SIGINT
-  or SIGTERM (`runner.StudyInterrupted`, or a Ctrl-C outside the runs) with how to resume and 128 + the signal's
-  number."""
+  """The command line: a refusal or failed runs (`plan.StudyError`) end with one paragraph and exit code 2; a signal
+  that stopped the runs (`runner.StudyInterrupted`), or a Ctrl-C outside them, with how to resume and 128 + the
+  signal's number."""
   argv = sys.argv[1:] if argv is None else list(argv)
   args, settings = parse(argv)
   prog = f'python -m segrecon_jax.study {args.action}'

@@ -114,8 +114,8 @@ def _log(run: plan.Run) -> str:
 
 
 class StudyInterrupted(Exception):
-  """SIGINT or SIGTERM stopped the study: the running runs were sent the signal and waited for; `exit_code` is the
-  shell's code for the signal (128 + its number)."""
+  """SIGINT, SIGTERM or SIGHUP stopped the study: the running runs were sent it (`ForwardedSignals`) and waited for;
+  `exit_code` is the shell's code for the signal (128 + its number)."""
 
   def __init__(self, message: str, signum: int):
     super().__init__(message)
@@ -188,9 +188,9 @@ def run_all(runs: Sequence[plan.Run], seconds_per_step: Optional[float] = None, 
   interrupted run resumes from its workdir's checkpoint), `jobs` processes at a time (more than one shares an
   accelerator or the CPU cores between runs; on a GPU, set XLA_PYTHON_CLIENT_PREALLOCATE=false so that each process
   takes only the memory it uses). With several jobs every run is tried, with one the first failure stops the rest;
-  `plan.StudyError` then names each failed run and its log. SIGINT or SIGTERM is sent on to the running runs
-  (`ForwardedSignals`), which are waited for; then `StudyInterrupted`. The runs' configs are checked by the caller
-  (`check_runs`)."""
+  `plan.StudyError` then names each failed run and its log. A SIGINT, SIGTERM or SIGHUP is sent on to the running
+  runs (`ForwardedSignals`), which are waited for; then `StudyInterrupted`. The runs' configs are checked by the
+  caller (`check_runs`)."""
   todo = [run for run in runs if not is_finished(run.workdir)]
   print_plan(todo, len(runs) - len(todo), seconds_per_step)
   waiting, running, failed, stopped = list(todo), [], [], []
