@@ -60,13 +60,20 @@ A0S9V9/A0S9V9_sa.nii.gz + A0S9V9_sa_gt.nii.gz), or HDF5 files with datasets `ima
 2 myocardium, 3 LV cavity is (0, 3, 2, 1), the default; M&Ms' 1 LV, 2 myocardium, 3 RV is (0, 1, 2, 3)).
 """
 
+# What makes a frame labelled, for the message of a folder with too few labelled subjects.
+_MAGNITUDE_LABELLED = ('A frame is labelled when its label map is not all background (in a file with a time axis), '
+                       'every slice of a file without one.')
+_REAL_LABELLED = ('A frame is labelled where `labelled` [slices, frames] is nonzero in its label file, '
+                  'manual_dir/labels/<stem>.h5 (see tfds_ocmr/README.md).')
+
 # The paper's split: 183 labelled slices, 155 train / 28 test, no subject in both.
 _PAPER_TEST_FRACTION = 28 / 183
 SOURCES = ('phantom', 'real', 'magnitude')
 
 
 class OCMRManualDirError(FileNotFoundError):
-  """A `real` or `nifti` config found no usable files in its manual_dir (or no manual_dir)."""
+  """A `real` or `nifti` config found no usable files in its manual_dir (or no manual_dir), or labelled frames of
+  fewer than 2 subjects."""
 
 
 # The record of the files a `real` or `nifti` dataset was prepared from, written into the prepared folder with the
@@ -360,6 +367,34 @@ def split_subjects(counts: Dict[str, int], test_fraction: float, seed: int) -> T
   return sorted(set(subjects) - set(test)), sorted(test)
 
 
+def check_enough_subjects(counts: Dict[str, int], files: Dict[str, List[str]], manual_dir: str,
+                          include_unlabelled: bool, labelled_rule: str) -> None:
+  """Raises OCMRManualDirError unless at least 2 subjects of a manual_dir have examples (`split_subjects` puts
+  whole subjects in test, so it needs one on each side), naming the files that have none.
+
+  Args:
+    counts: examples per subject id.
+    files: the files of each subject id.
+    manual_dir: the folder read, for the message.
+    include_unlabelled: whether unlabelled frames are served (then every frame counts).
+    labelled_rule: what makes a frame labelled in this source, for the message.
+  """
+  served = sorted(s for s, n in counts.items() if n > 0)
+  if len(served) >= 2:
+    return
+  empty = [path for subject in sorted(files) if not counts.get(subject) for path in files[subject]]
+  shown = ', '.join(empty[:4]) + (f' and {len(empty) - 4} more' if len(empty) > 4 else '')
+  unlabelled = f' (no frame of {shown} is labelled)' if empty else ''
+  if include_unlabelled:
+    found = f'found frames of {len(served)} subject(s) only{": " + served[0] if served else ""}'
+  elif not served:
+    found = f'no frame of {shown} is labelled, so there is nothing to train or test on'
+  else:
+    found = f'only subject {served[0]} has labelled frames{unlabelled}'
+  raise OCMRManualDirError(f'{manual_dir}: {found}. A train/test split needs at least 2 subjects with examples (whole '
+                           f'subjects go to test). {labelled_rule}')
+
+
 def _example_key(subject: str, slice_index: int, frame: int) -> str:
   return f'{subject}/slice{slice_index:02d}/frame{frame:03d}'
 
@@ -464,6 +499,10 @@ class Ocmr(tfds.core.GeneratorBasedBuilder):
                                  f'<stem>_gt.nii.gz, or .h5 with image/label).\n{_NIFTI_INSTRUCTIONS}')
       self._write_source_record(manual_dir)
       counts = magnitude.distinct_examples(pairs, include_unlabelled=config.include_unlabelled)
+      files = {}
+      for image_path, label_path in pairs:
+        files.setdefault(magnitude.subject_id(image_path), []).append(label_path)
+      check_enough_subjects(counts, files, manual_dir, config.include_unlabelled, _MAGNITUDE_LABELLED)
       train, test = split_subjects(counts, config.test_fraction, config.split_seed)
       logging.info('%s: %d image/label pairs of %d subjects (%d train, %d test)', manual_dir, len(pairs),
                    len(counts), len(train), len(test))
@@ -479,6 +518,8 @@ class Ocmr(tfds.core.GeneratorBasedBuilder):
         if counts[ocmr.subject_id(path)] == 0:
           logging.warning('%s: no label file at %s (or no labelled frame); its frames are not served',
                           path, ocmr.label_path_for(path))
+      check_enough_subjects(counts, {ocmr.subject_id(p): [p] for p in files}, os.path.dirname(files[0]),
+                            config.include_unlabelled, _REAL_LABELLED)
       train, test = split_subjects(counts, config.test_fraction, config.split_seed)
       by_subject = {ocmr.subject_id(p): p for p in files}
       return {'train': self._generate_examples(paths=[by_subject[s] for s in train]),
