@@ -107,6 +107,7 @@ def _run(args, settings) -> None:
       runs = plan.converge_runs(args.root, settings, seeds, schedule.num_epochs, schedule.patience, accelerations)
     else:  # The baselines start from finished runs: those first, then the baselines.
       first, runs = plan.baseline_runs(args.root, settings, seeds, schedule.num_epochs, accelerations)
+      runner.check_runs(first + runs)
       plan.save_settings(args.root, settings)
       runner.run_all(first, args.seconds_per_step, args.jobs)
   else:
