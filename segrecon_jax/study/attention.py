@@ -155,7 +155,8 @@ def _check_model(config):
     raise config_checks.ConfigError(
         f'config.model.name={config.model.name!r} ({models.display_name(config.model)}) has no segmentation '
         'output: pseudo-attention needs a model that segments.')
-  if not models.segments_reconstruction(steps.create_model(config, bn_axis_name=None)):
+  if not (models.spec(config.model).reconstructs
+          and models.segments_reconstruction(steps.create_model(config, bn_axis_name=None))):
     raise config_checks.ConfigError(
         f'config.model.name={config.model.name!r} ({models.display_name(config.model)}): its segmentation does not '
         'see the reconstruction (e.g. both decoders read a shared encoder), so there is no gradient of the '

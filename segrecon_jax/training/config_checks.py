@@ -126,7 +126,8 @@ def _check_declared(config) -> None:
   unknown = sorted(set(config.keys()) - set(settings.BY_NAME)) if hasattr(config, 'keys') else []
   if unknown:
     raise ConfigError(f'config.{", config.".join(unknown)}: not a config field; every field is declared, with its '
-                      'role, in segrecon_jax/settings.py (remove the field, or declare it there).')
+                      'role, in segrecon_jax/settings.py (remove the field, or declare it there; a registered '
+                      'loss-balancing scheme declares its own when it is registered).')
 
 
 def _check_loss_fields(config, entry: models.ModelSpec) -> None:
