@@ -11,7 +11,11 @@ import pytest
 
 import main
 from segrecon_jax.data import phantom_nifti
+from segrecon_jax.training import checkpoints
+from segrecon_jax.training import config_checks
+from segrecon_jax.training import errors
 from segrecon_jax.training import inference
+from segrecon_jax.training import input_pipeline
 from segrecon_jax.training import parallel
 from segrecon_jax.training import train
 
@@ -47,13 +51,20 @@ _TENSORSTORE_FULL = ('RESOURCE_EXHAUSTED: Error writing "opt_state.0.mu.cnn0.con
                      'local file "/wd/checkpoints/6.orbax-checkpoint-tmp/state.orbax-checkpoint-tmp/ocdbt.process_0/": '
                      'Failed writing: "/wd/checkpoints/6.orbax-checkpoint-tmp/state.orbax-checkpoint-tmp/ocdbt.process_0'
                      '/d/1f26": Failed to write 7205 bytes to file 12: No space left on device [os_error_code=\'28\']')
-_TENSORSTORE = ('OUT_OF_RANGE: Error opening "cast" driver: Error reading Byte range [0, 320) of local file '
-                '"/wd/checkpoints/80/state/d/0479": Requested byte range [0, 320) is not valid for value of size 160 '
-                '[tensorstore_spec=\'{"driver":"zarr"}\']')
+
+
+def _tensorstore_write(text):
+  """TensorStore's report of a failed write, as orbax raises it from a save or a wait, through `checkpoints`."""
+  def make():
+    with checkpoints._writing('/wd/checkpoints/6'):  # pylint: disable=protected-access
+      raise ValueError(text)
+  return make
 
 
 @pytest.mark.parametrize('make,expected', [
-    (_raise(ValueError('config.acceleration=100 keeps 0 of the 32 phase-encode lines')), ['config.acceleration=100']),
+    (_raise(config_checks.ConfigError('config.acceleration=100 keeps 0 of the 32 phase-encode lines')),
+     ['config.acceleration=100']),
+    (_raise(ValueError('config.balance_ratio=-1: must be > 0')), ['config.balance_ratio=-1']),
     (_raise(parallel.BatchSizeError('config.batch_size=3 must be a positive multiple of the number of devices')),
      ['config.batch_size=3']),
     (_raise(train.NonFiniteError('non-finite loss or gradient at step 82')), ['step 82']),
@@ -63,17 +74,16 @@ _TENSORSTORE = ('OUT_OF_RANGE: Error opening "cast" driver: Error reading Byte r
      ['/ro/wd/.lock: Read-only file system', 'read-only file system: choose a writable --workdir']),
     (_raise(FileExistsError('Cannot rename /d/ocmr/real/incomplete.AB12_1.0.0. Destination /d/ocmr/real/1.0.0 '
                             'already exists.')), ['Destination /d/ocmr/real/1.0.0', 'run again to reuse it']),
-    (_raise(ValueError(_TENSORSTORE)), ['local file "/wd/checkpoints/80/state/d/0479"', 'Delete /wd/checkpoints/80']),
-    (_raise(ValueError(_TENSORSTORE_FULL)),
-     ['cannot write', '/wd/checkpoints/6.orbax-checkpoint-tmp/state.orbax-checkpoint-tmp/ocdbt.process_0/d/1f26',
-      'No space left on device', 'the disk is full']),
-    (_raise(RuntimeError('Corrupted Riegeli/records file: chunk data hash mismatch')),
-     ['prepared dataset file is damaged', 'Riegeli']),
+    (_tensorstore_write(_TENSORSTORE_FULL),
+     ['/wd/checkpoints/6.orbax-checkpoint-tmp/state.orbax-checkpoint-tmp/ocdbt.process_0/d/1f26: No space left on '
+      'device', 'the disk is full']),
+    (_raise(input_pipeline.CorruptDatasetError('/d/ocmr/real/1.0.0: example 3 cannot be read back, the prepared file '
+                                               'is damaged (Corrupted Riegeli/records file)')), ['example 3']),
     (_raise(inference.EmptyReferenceError('the test split of ocmr/nifti holds 1 example(s) whose fully sampled image '
                                           'is all zero (patient002/0/0)')), ['patient002/0/0']),
 ])
 def test_user_errors_are_one_paragraph(make, expected):
-  message = main.user_error_message(_raised(make))
+  message = errors.user_message(_raised(make))
   assert message is not None and 'Traceback' not in message and 'tensorstore_spec' not in message
   for part in expected:
     assert part in message
@@ -82,7 +92,7 @@ def test_user_errors_are_one_paragraph(make, expected):
 @pytest.mark.parametrize('error', [KeyError('params'), ValueError('operands could not be broadcast'),
                                    RuntimeError('XLA compilation failed'), TypeError('unhashable')])
 def test_bugs_keep_their_traceback(error):
-  assert main.user_error_message(error) is None
+  assert errors.user_message(error) is None
 
 
 @pytest.mark.parametrize('flags_,match', [

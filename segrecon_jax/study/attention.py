@@ -13,10 +13,11 @@ For a model trained with `stop_gradient=True` the gradient is computed all the s
 loss would send to the reconstruction network, had training not cut it.
 """
 
+import dataclasses
 import functools
 import json
 import os
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -164,6 +165,19 @@ def _check_model(config):
         'reconstruction, with a `segment(recon, *, train)` method (models.SegRecon; models/registry.py).')
 
 
+@dataclasses.dataclass(frozen=True)
+class _Slice:
+  """One test slice the pseudo-attention measured."""
+  id: str
+  index: int
+  energy_share: float  # Of the Dice gradient's energy, inside the heart box.
+  area_share: float  # Of the image, the heart box.
+  seg_loss: float
+  gradient: np.ndarray  # |d seg_loss / d recon| float32 [H, W].
+  image: np.ndarray  # The reference image [H, W, 2].
+  segmentation: np.ndarray  # The reference labels [H, W].
+
+
 def pseudo_attention(config, workdir: str, out_dir: Optional[str] = None) -> Dict[str, Any]:
   """Writes `attention.json` and `attention.png` to `out_dir` (default `workdir/attention`).
 
@@ -185,7 +199,7 @@ def pseudo_attention(config, workdir: str, out_dir: Optional[str] = None) -> Dic
   step = jax.jit(functools.partial(attention_step, model=model, config=config))
   margin = steps.focus_margin_pixels(config, input_pipeline.image_shape(eval_source)[0])
 
-  kept = []  # (id, index, energy share, area share, seg loss, |g|, image, box) of every slice used.
+  kept: List[_Slice] = []  # Every slice used.
   skipped = {'no_heart': [], 'zero_gradient': []}
   for batch in input_pipeline.eval_batches(eval_source, config):
     out = jax.device_get(step(variables, {k: batch[k] for k in ('image', 'segmentation', 'mask_id')}))
@@ -199,21 +213,21 @@ def pseudo_attention(config, workdir: str, out_dir: Optional[str] = None) -> Dic
       elif not np.isfinite(shares[i]):
         skipped['zero_gradient'].append(name)
       else:
-        kept.append((name, index, float(shares[i]), float(areas[i]), float(out['seg_loss'][i]),
-                     magnitude[i].astype(np.float32), batch['image'][i], batch['segmentation'][i]))
+        kept.append(_Slice(name, index, float(shares[i]), float(areas[i]), float(out['seg_loss'][i]),
+                           magnitude[i].astype(np.float32), batch['image'][i], batch['segmentation'][i]))
   if not kept:
     raise ValueError(f'{config.eval_split!r} split: no slice with heart labels and a nonzero gradient '
                      f'({len(skipped["no_heart"])} without heart, {len(skipped["zero_gradient"])} zero gradients)')
-  kept.sort(key=lambda row: row[0])
-  names, indices, shares, areas, seg_losses = (list(column) for column in list(zip(*kept))[:5])
-  summary = bootstrap_summary(np.array(shares), np.array(areas))
+  kept.sort(key=lambda row: row.id)
+  summary = bootstrap_summary(np.array([row.energy_share for row in kept]), np.array([row.area_share for row in kept]))
   record = {
       'model': reporting.method_name(config), 'acceleration': config.acceleration,
       'checkpoint_step': int(meta['step']), 'margin_pixels': margin, 'num_slices': len(kept), **summary,
       'bootstrap': {'resamples': stats.BOOTSTRAP_RESAMPLES, 'seed': stats.BOOTSTRAP_SEED,
                     'interval': '95% percentile, slices resampled with replacement'},
-      'per_slice': {'ids': names, 'index': indices, 'energy_share': shares, 'area_share': areas,
-                    'seg_loss': seg_losses},
+      'per_slice': {key: [getattr(row, field) for row in kept] for key, field in
+                    (('ids', 'id'), ('index', 'index'), ('energy_share', 'energy_share'),
+                     ('area_share', 'area_share'), ('seg_loss', 'seg_loss'))},
       'skipped': skipped,
   }
   out_dir = out_dir or os.path.join(workdir, ATTENTION_DIR)
@@ -225,14 +239,15 @@ def pseudo_attention(config, workdir: str, out_dir: Optional[str] = None) -> Dic
               figure_path=os.path.join(out_dir, 'attention.png'))
 
 
-def _write_figure(path: str, record, kept, config, margin: int) -> None:
-  maps = np.stack([row[5] / row[5].sum() for row in kept])  # Each slice's |g| to unit sum, then the mean.
-  boxes = np.array([reporting.heart_box(row[7], margin) for row in kept])
+def _write_figure(path: str, record, kept: Sequence[_Slice], config, margin: int) -> None:
+  maps = np.stack([row.gradient / row.gradient.sum() for row in kept])  # Each slice's |g| to unit sum, then the mean.
+  boxes = np.array([reporting.heart_box(row.segmentation, margin) for row in kept])
   mean_box = tuple(int(round(v)) for v in boxes.mean(axis=0))
   union_box = (int(boxes[:, 0].min()), int(boxes[:, 1].max()), int(boxes[:, 2].min()), int(boxes[:, 3].max()))
-  by_share = sorted(range(len(kept)), key=lambda j: kept[j][2])
+  by_share = sorted(range(len(kept)), key=lambda j: kept[j].energy_share)
   picks = list(dict.fromkeys(by_share[k] for k in (0, len(by_share) // 2, len(by_share) - 1)))[:NUM_EXAMPLES]
-  examples = [(kept[j][0], kept[j][6], kept[j][5], tuple(boxes[j]), kept[j][2], kept[j][3]) for j in picks]
+  examples = [(kept[j].id, kept[j].image, kept[j].gradient, tuple(boxes[j]), kept[j].energy_share,
+               kept[j].area_share) for j in picks]
   share, area, ratio = record['energy_share'], record['area_share'], record['share_to_area_ratio']
   title = (f'{record["model"]}, x{config.acceleration}: pseudo-attention, |d seg_loss / d recon| on '
            f'{record["num_slices"]} test slices\n'

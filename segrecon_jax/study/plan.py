@@ -8,13 +8,15 @@ import os
 from typing import List, Optional, Sequence, Tuple
 
 from segrecon_jax import models
+from segrecon_jax.training import reporting
+from segrecon_jax.training import workdir
 
 # (table, experiment config, stabilization), in the paper's order.
 _EXPERIMENTS = ((1, 'unet', False), (1, 'multidecoder_unet', False), (1, 'multidecoder_unet', True),
                 (1, 'unet_unet', False), (1, 'unet_unet', True), (2, 'cascade', False), (2, 'cascade_manet', False),
                 (2, 'cascade_manet', True))
 # (table, method as the paper names it (the registry's display name), experiment config, stabilization)
-ROWS = tuple((table, models.display_name(experiment) + (' (S)' if stabilized else ''), experiment, stabilized)
+ROWS = tuple((table, reporting.row_name(models.display_name(experiment), stabilized), experiment, stabilized)
              for table, experiment, stabilized in _EXPERIMENTS)
 ACCELERATIONS = (4, 8)
 TABLES = (1, 2)
@@ -93,7 +95,7 @@ LOSS_INGREDIENTS = (
 )
 
 LOSS_BASELINES = ((models.display_name('cascade'), 'cascade', False),
-                  (models.display_name('cascade_manet') + ' (S), w = 1', 'cascade_manet', True))
+                  (reporting.row_name(models.display_name('cascade_manet'), True) + ', w = 1', 'cascade_manet', True))
 
 class StudyError(ValueError):
   """A call the study refuses, or runs that failed: the command line prints the message as one paragraph and exits
@@ -141,11 +143,8 @@ def save_settings(root: str, settings: Settings) -> None:
     raise StudyError(f'{os.path.join(root, SETTINGS_FILE)} records the study settings {recorded.describe()}, but '
                      f'this call has {settings.describe()}: use the same settings, or another --root')
   if recorded is None:
-    os.makedirs(root, exist_ok=True)
-    temporary = os.path.join(root, SETTINGS_FILE + '.tmp')
-    with open(temporary, 'w') as f:
-      json.dump({'switch': settings.switch, 'overrides': list(settings.overrides)}, f, indent=2)
-    os.replace(temporary, os.path.join(root, SETTINGS_FILE))
+    workdir.write_text_atomic(os.path.join(root, SETTINGS_FILE),
+                              json.dumps({'switch': settings.switch, 'overrides': list(settings.overrides)}, indent=2))
 
 
 def load_settings(root: str) -> Optional[Settings]:

@@ -14,6 +14,8 @@ from segrecon_jax.study import claims as claims_lib
 from segrecon_jax.study import figures
 from segrecon_jax.study import plan
 from segrecon_jax.study import results as results_lib
+from segrecon_jax.training import reporting
+from segrecon_jax.training import workdir
 
 SWEEP_METRICS = (('PSNR', 'psnr'), ('F-PSNR', 'f_psnr'), ('Dice', 'dice_mean'))
 # The loss comparison's columns: absolute values, then differences paired against solo CascadeNet.
@@ -135,7 +137,7 @@ def scale_description(root: str, results, settings: Optional[plan.Settings]) -> 
       f'(b1 {config["b1"]}, b2 {config["b2"]}, '
       + ('constant' if config.get('lr_schedule', 'constant') == 'constant' else
          f'{config["lr_schedule"]} decay to 0 over the run') + ').')
-  stabilized = next((m['config'] for (method, _), m in metas.items() if method.endswith('(S)')), config)
+  stabilized = next((m['config'] for (method, _), m in metas.items() if method.endswith(reporting.STABILIZED)), config)
   levels = stabilized.get('schedule_levels')
   acs_lines = sorted({(a, m['config']['num_acs']) for (_, a), m in metas.items()})
   lines.append(f'Stabilization (the (S) rows): P = {stabilized["patience"]} epochs, eps = {stabilized["eps"]}, '
@@ -143,7 +145,7 @@ def scale_description(root: str, results, settings: Optional[plan.Settings]) -> 
                + 'ACS lines: ' + ', '.join(f'{acs} at x{a}' for a, acs in acs_lines)
                + f'; F- box margin {config["focus_margin_fraction"]:.4g} of the image side.')
   for (method, acceleration), m in metas.items():
-    if acceleration == max(a for (x, a) in metas if x == method) and not method.endswith('(S)'):
+    if acceleration == max(a for (x, a) in metas if x == method) and not method.endswith(reporting.STABILIZED):
       lines.append(f'- {method}: model `{json.dumps(m["config"]["model"], sort_keys=True)}`')
   return '\n'.join(lines) + '\n'
 
@@ -363,7 +365,7 @@ def attention_section(root: str, figure_dir: str) -> Tuple[str, List[str]]:
                      f'{interval(record["share_to_area_ratio"], 1)} |')
   paths = []
   os.makedirs(figure_dir, exist_ok=True)
-  flagship = models.display_name(plan.SWEEP_EXPERIMENT) + ' (S)'
+  flagship = reporting.row_name(models.display_name(plan.SWEEP_EXPERIMENT), True)
   for acceleration in plan.ACCELERATIONS:
     seeds = found.get((flagship, acceleration), {})
     if seeds:
@@ -520,8 +522,5 @@ def report(root: str, out: str, settings: Optional[plan.Settings] = None) -> str
   if fig_paths:
     text += ['## Figures\n'] + [_image(p) for p in fig_paths]
   os.makedirs(out_dir, exist_ok=True)
-  temporary = out + '.tmp'
-  with open(temporary, 'w') as f:
-    f.write('\n'.join(text))
-  os.replace(temporary, out)
+  workdir.write_text_atomic(out, '\n'.join(text))
   return out

@@ -9,6 +9,7 @@ from typing import Optional, Sequence, Tuple
 from absl import flags
 
 from segrecon_jax import models
+from segrecon_jax import mri
 from segrecon_jax import settings
 from segrecon_jax.models import layers
 from segrecon_jax.training import balancing
@@ -295,3 +296,32 @@ def check_tuple_overrides_once(flag_values: flags.FlagValues, argv: Sequence[str
                         f'ml_collections would join into {tuple(flag.value)}: a tuple field takes one value, the '
                         f"whole tuple. Give it once, e.g. --{field}='{flag.parser.parse(values[-1])}' for the last "
                         'one.')
+
+
+def check_masks_fit(config, width: int, what: str) -> None:
+  """The check of the masks that needs the data's width: a clear error, before any tracing, when the target masks
+  would keep fewer lines than the ACS block."""
+  lines = mri.num_sampled_lines(width, 1.0 / config.acceleration)
+  if lines < config.num_acs:
+    raise ConfigError(f'config.acceleration={config.acceleration} keeps {lines} of the {width} phase-encode lines '
+                      f'of {what}, fewer than config.num_acs={config.num_acs} autocalibration lines: lower num_acs '
+                      'or use larger images')
+
+
+def flag_error_message(error: BaseException, argv) -> str:
+  """The paragraph for a command line that absl or ml_collections refused: a missing config file, a config file that
+  raised (its last line), an override that names no field or has a bad value."""
+  config = next((a.split('=', 1)[1] for a in argv[1:] if a.startswith('--config=')), None)
+  config_file = config.split(':', 1)[0] if config else None
+  if config_file and not os.path.isfile(config_file):
+    return (f'--config={config}: no such config file {config_file!r} (from {os.getcwd()}); the experiment configs '
+            'are configs/*.py, e.g. --config=configs/cascade_manet.py:x8_stab.')
+  message = str(error).strip().replace('\\n', ' ').replace('\n', ' ').replace("\\'", "'")
+  if len(message) > 1 and message[0] == message[-1] and message[0] in '\'"':
+    message = message[1:-1]
+  if 'Traceback (most recent call last)' in message:  # a config file's own exception: its last line says it
+    raised = list(re.finditer(r'\b[A-Za-z_.]*(Error|Exception): ', message))
+    message = message.split('Traceback (most recent call last):')[0] + (message[raised[-1].start():] if raised else '')
+  overrides = [a for a in argv[1:] if a.startswith('--config.')]
+  return (f'bad flag {" ".join(overrides) or " ".join(argv[1:])}: {message}\n'
+          'Every field of the config and its meaning is in configs/default.py (and the experiment file).')

@@ -17,6 +17,7 @@ import jax
 import numpy as np
 
 from segrecon_jax.training import checkpoints
+from segrecon_jax.training import config_checks
 from segrecon_jax.training import input_pipeline
 from segrecon_jax.training import parallel
 from segrecon_jax.training import prediction_io
@@ -185,7 +186,7 @@ def restore_for_inference(config, workdir: str):
   eval_source = input_pipeline.load_split(config, config.eval_split)
   model, tx = steps.create_model(config), steps.create_optimizer(config)
   shape = input_pipeline.image_shape(eval_source)
-  steps.check_masks_fit(config, shape[-1], f'{config.dataset}/{config.dataset_config}')
+  config_checks.check_masks_fit(config, shape[-1], f'{config.dataset}/{config.dataset_config}')
   template = steps.initial_state(config, model, tx, shape)  # Its values are replaced by the checkpoint's.
   data_info = input_pipeline.data_info(config)
   state, meta = checkpoints.restore_checkpoint(

@@ -71,15 +71,6 @@ def create_optimizer(config, total_steps: int = 1) -> optax.GradientTransformati
   return warm_start.trainable(config, optax.adam(learning_rate, b1=config.b1, b2=config.b2))
 
 
-def check_masks_fit(config, width: int, what: str) -> None:
-  """A clear config error, before any tracing, when the target masks would keep fewer lines than the ACS block."""
-  lines = mri.num_sampled_lines(width, 1.0 / config.acceleration)
-  if lines < config.num_acs:
-    raise ValueError(f'config.acceleration={config.acceleration} keeps {lines} of the {width} phase-encode lines '
-                     f'of {what}, fewer than config.num_acs={config.num_acs} autocalibration lines: lower num_acs '
-                     'or use larger images')
-
-
 def initial_state(config, model, tx, shape: Tuple[int, int]) -> TrainState:
   """Parameters from `config.seed`; the unpmapped init sees one example with a full mask.
 
