@@ -20,8 +20,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from segrecon_jax.data import magnitude
-from segrecon_jax.data import ocmr
+from segrecon_jax.data import layouts
 from segrecon_jax.study import attention
 from segrecon_jax.training import checkpoints
 from segrecon_jax.training import config_checks
@@ -38,8 +37,8 @@ config_flags.DEFINE_config_file('config', None, 'Experiment config file, e.g. co
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, TensorBoard files, tables and figures.')
 flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict', 'attention'],
                   'train (ends with an evaluation), eval, predict or attention (pseudo-attention figure).')
-flags.DEFINE_string('input', '', 'predict: an OCMR .h5, NIfTI or HDF5 magnitude file, or a folder of them (labels '
-                    'optional), instead of the eval split.')
+flags.DEFINE_string('input', '', 'predict: a file of a data layout (OCMR .h5, NIfTI or HDF5 magnitude, or a layout '
+                    'you registered), or a folder of them (labels optional), instead of the eval split.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -47,7 +46,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 # User errors: one paragraph that names the file or field, exit code 2. Anything else is a bug: a traceback, exit 1.
 
 USER_ERRORS = (config_checks.ConfigError, checkpoints.ResumeError, workdir_lib.WorkdirLockedError, NotADirectoryError,
-               FileNotFoundError, ocmr.OCMRFormatError, magnitude.MagnitudeFormatError, parallel.BatchSizeError,
+               FileNotFoundError, *layouts.FORMAT_ERRORS, parallel.BatchSizeError,
                train.NonFiniteError, input_pipeline.StaleDatasetError, input_pipeline.CorruptDatasetError,
                warm_start.WarmStartError, inference.EmptyReferenceError)
 _OS_HINTS = {errno.ENOSPC: 'the disk is full: free space, or choose a --workdir / config.data_dir on another disk',
