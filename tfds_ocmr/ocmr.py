@@ -169,7 +169,6 @@ class OcmrConfig(tfds.core.BuilderConfig):
   # The data layout (`segrecon_jax.data.layouts`): 'phantom' (generated), 'real' (OCMR files), 'magnitude'
   # (NIfTI/HDF5 folder) or the name of one registered from your code.
   source: str = 'phantom'
-
   image_size: Tuple[int, int] = (128, 128)  # (H, W) every image / label map is centred-cropped or zero-padded to.
   include_unlabelled: bool = False  # Also serve frames without labels (all-zero segmentation, has_labels=False).
   test_fraction: float = _PAPER_TEST_FRACTION  # Target share of examples in `test` (whole subjects only).
@@ -203,8 +202,9 @@ class OcmrConfig(tfds.core.BuilderConfig):
     checkpoints written before those fields existed still match their data.
     """
     fields = {k: v for k, v in vars(self).items() if isinstance(v, (int, float, str, tuple, list))}
+    read = layout_of(self).config_fields
     for field in layouts.OPTIONAL_FIELDS:
-      if field not in layout_of(self).config_fields:
+      if field not in read:
         fields.pop(field, None)
     return fields
 

@@ -125,7 +125,8 @@ class Layout:
   description: str = ''  # One line: what a folder of this layout holds (a derived builder config's description).
   instructions: str = ''  # What to put in the manual_dir, shown when it holds none of this layout's files.
   input_description: str = ''  # What one of its input files is, for prediction's messages ('an OCMR file (...)').
-  suffixes: Tuple[str, ...] = ()  # Name endings of its input files (prediction; longest first where they nest).
+  suffixes: Tuple[str, ...] = ()  # Name endings of its input files (prediction).
+  label_folders: Tuple[str, ...] = ()  # Names of sub-folders holding its label files: a folder walk skips them.
   config_fields: Tuple[str, ...] = ()  # The OPTIONAL_FIELDS of the builder config it reads.
   reads_manual_dir: bool = True  # False: it makes its examples (the phantom), in a scratch folder instead.
 
@@ -205,8 +206,8 @@ class Layout:
     return bool(self.suffixes) and path.endswith(tuple(self.suffixes))
 
   def skips(self, path: str) -> bool:
-    """Whether a folder walk passes over `path`, a file of this layout that is no input of its own (a label
-    file). Asked before `claims`."""
+    """Whether a folder walk passes over `path`, a file of this layout that is no input of its own (a label file
+    beside its image; it may log why, where a user would not expect it). Asked before `claims`."""
     del path
     return False
 
@@ -326,7 +327,7 @@ Undersampled us_*.h5 files found there are skipped with a warning.
 """
   input_description = 'an OCMR file (ISMRMRD .h5 with group `dataset`)'
   suffixes = ('.h5',)
-  _LABELS_FOLDER = 'labels'  # `ocmr.label_path_for`: label files live there; they are not inputs.
+  label_folders = ('labels',)  # `ocmr.label_path_for`
 
   @staticmethod
   def fully_sampled_files(folder: str) -> List[str]:
@@ -375,8 +376,6 @@ Undersampled us_*.h5 files found there are skipped with a warning.
     return path.endswith('.h5') and 'dataset' in (_h5_keys(path) or [])
 
   def skips(self, path: str) -> bool:
-    if os.path.basename(os.path.dirname(path)) == self._LABELS_FOLDER:  # Its label files (and all else there).
-      return True
     if os.path.basename(path).startswith('us_') and path.endswith('.h5'):
       logging.warning('%s: undersampled OCMR file skipped; prediction needs fully sampled fs_* files', path)
       return True
@@ -414,7 +413,7 @@ Undersampled us_*.h5 files found there are skipped with a warning.
     masks = np.zeros((num_slices, num_frames) + file_shape, np.uint8)
     for example, labels in zip(examples, seg):
       masks[example['slice'], example['frame']] = ocmr.crop_or_pad(np.asarray(labels, np.uint8), file_shape)
-    label_path = os.path.join(out_dir, self._LABELS_FOLDER, ocmr.subject_id(path) + '.h5')
+    label_path = os.path.join(out_dir, 'labels', ocmr.subject_id(path) + '.h5')  # As `ocmr.label_path_for` has it.
     return labels_format.write_label_file(label_path, masks, np.zeros(masks.shape[:2], np.uint8),
                                           os.path.basename(path), origin='prediction', **attrs)
 

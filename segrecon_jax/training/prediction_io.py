@@ -76,9 +76,10 @@ def _name(path: str, root: str, layout: layouts.Layout) -> str:
 def input_files(input_path: str) -> List[InputFile]:
   """The file `input_path`, or every file of a registered layout under the folder `input_path`.
 
-  A folder is searched recursively in sorted order; hidden files and folders, the files a layout skips (NIfTI `_gt`
-  label files, OCMR `labels/` folders, undersampled OCMR `us_*.h5` files, logged) and files with an ending no layout
-  reads are passed over; a file with such an ending that no layout takes is refused.
+  A folder is searched recursively in sorted order; hidden files and folders, a layout's label folders (OCMR
+  `labels/`), the files a layout skips (NIfTI `_gt` label files, undersampled OCMR `us_*.h5` files, logged) and files
+  with an ending no layout reads are passed over; a file with an ending some layout reads that no layout takes is
+  refused.
   """
   if os.path.isfile(input_path):
     layout = file_layout(input_path)
@@ -87,9 +88,10 @@ def input_files(input_path: str) -> List[InputFile]:
     raise FileNotFoundError(f'{input_path}: no such file or folder to predict')
   registered = layouts.registered()
   endings = tuple(suffix for layout in registered for suffix in layout.suffixes)
+  label_folders = {name for layout in registered for name in layout.label_folders}
   files = []
   for root, dirs, names in os.walk(input_path):
-    dirs[:] = sorted(d for d in dirs if not d.startswith('.'))
+    dirs[:] = sorted(d for d in dirs if not d.startswith('.') and d not in label_folders)
     for name in sorted(names):
       path = os.path.join(root, name)
       if name.startswith('.') or any(layout.skips(path) for layout in registered):
