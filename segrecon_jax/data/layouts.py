@@ -1,8 +1,8 @@
 """Data layouts: how one folder convention of cine files becomes examples, found by name (`register_layout`).
 
 A layout is the one place that knows a kind of data: the TFDS builder (`tfds_ocmr`), its record of the files a
-dataset was prepared from, and `main.py --mode=predict --input=` ask it, never the file names or the builder
-config's `source` themselves. The builder config `OcmrConfig(source=<name>)` picks a layout; prediction asks each
+dataset was prepared from, and `main.py --mode=predict --input=` ask it instead of branching on file names or on the
+builder config's `source`. The builder config `OcmrConfig(source=<name>)` picks a layout; prediction asks each
 registered layout, in registration order, whether it takes a file (`claims`).
 
 Built in: `real` (`OcmrLayout`: fully sampled OCMR k-space files with `labels/<stem>.h5`, `segrecon_jax.data.ocmr`)
