@@ -92,11 +92,12 @@ FIELDS = (
     # network's parameters (train_recon_grad_norm, train_seg_grad_norm): a second, 2-wide backward pass through the
     # whole model per step (a markedly slower step, docs/benchmarks.md); the sweep turns it on.
     Field('log_loss_grad_norms', False, TRAINING, 'Log the two loss terms\' gradient norms.'),
-    # Automatic balancing of the two terms (models that segment; logged as train_seg_weight_effective): 'none' (the
+    # Automatic balancing of the two terms (joint models; logged as train_seg_weight_effective): 'none' (the
     # fixed weights above), 'grad_norm' (the Dice weight makes its gradient norm on the reconstruction network
     # balance_ratio x the l1-l2 term's, a moving average; costs the 2-wide backward pass of log_loss_grad_norms
     # every step) or 'uncertainty' (Kendall et al. 2018: learned log-variances s_i, sum_i exp(-s_i) w_i L_i + s_i).
-    Field('loss_balancing', 'none', TRAINING, "'none', 'grad_norm' or 'uncertainty'."),
+    Field('loss_balancing', 'none', TRAINING,
+          "A scheme of training/balancing.py by name: 'none', 'grad_norm', 'uncertainty' or a registered one."),
     Field('balance_ratio', 1.0, TRAINING,
           'grad_norm: wanted Dice / l1-l2 gradient-norm ratio on the reconstruction network.'),
     Field('balance_momentum', 0.9, TRAINING,
@@ -175,6 +176,27 @@ def names(*roles: str) -> Tuple[str, ...]:
   if unknown:
     raise ValueError(f'unknown role(s) {unknown}: expected some of {list(ROLES)} (segrecon_jax/settings.py)')
   return tuple(field.name for field in FIELDS if field.role in roles)
+
+
+def declare(field: Field) -> None:
+  """Adds a field declared outside this file: the knob of a loss-balancing scheme registered from a user's script
+  (`training/balancing.py`). Configs built afterwards (`base_config`) have it and the checks accept it. Its role must
+  be TRAINING (equal on resume, like every loss setting). Declaring a field again as it is declared does nothing.
+
+  Raises:
+    ValueError: another declaration of a declared name, or another role.
+  """
+  global FIELDS
+  existing = BY_NAME.get(field.name)
+  if existing is not None:
+    if existing != field:
+      raise ValueError(f'config.{field.name} is declared already, as {existing}; a field is declared once.')
+    return
+  if field.role != TRAINING:
+    raise ValueError(f'settings.declare({field.name!r}): role {field.role!r}; a declared field has role TRAINING '
+                     "('training': equal on resume).")
+  FIELDS = FIELDS + (field,)
+  BY_NAME[field.name] = field
 
 
 def data_builder_fields(config) -> Dict[str, Any]:

@@ -209,7 +209,9 @@ def test_bad_magnitude_files(tmp_path):
   with pytest.raises(magnitude.MagnitudeFormatError, match=r'p1_frame01.nii.gz: expected magnitude images'):
     magnitude.read_pair(base + '.nii.gz', base + '_gt.nii.gz')
   _write_nifti(base, image, (label + 4 * (label == 3)).astype(np.uint8))  # a value 7: not in ACDC's 0..3
-  with pytest.raises(ValueError, match=r'p1_frame01_gt.nii.gz: label values must be in 0..3'):
+  # An input error (one paragraph in main.py, exit code 2), not a bug: it names the file, the range and the field.
+  with pytest.raises(magnitude.MagnitudeFormatError, match=r'p1_frame01_gt.nii.gz: label values must be in 0..3 '
+                     r'\(the label mapping \(0, 3, 2, 1\)\), got range \[0, 7\]; config.label_mapping gives'):
     magnitude.load_examples(base + '.nii.gz', base + '_gt.nii.gz', (16, 16))
   with open(base + '.nii.gz', 'wb') as f:
     f.write(b'not a NIfTI file')
@@ -249,6 +251,29 @@ def test_an_all_zero_slice_is_refused_naming_file_slice_and_frame(tmp_path):
   assert magnitude.read_pair(base + '.nii.gz', base + '_gt.nii.gz')[0].max() == 1.0
   with pytest.raises(magnitude.MagnitudeFormatError, match=r'slice 0 frame 2 is all zero inside the central 8x8'):
     magnitude.load_examples(base + '.nii.gz', base + '_gt.nii.gz', (8, 8))
+
+
+def _build(manual_dir, data_dir):
+  builder = tfds.builder('ocmr', config='nifti', data_dir=str(data_dir))
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))
+
+
+def test_a_folder_without_two_labelled_subjects_names_its_unlabelled_files(tmp_path):
+  """A folder whose only file has no labelled frame (a 4-D file whose label maps are all background), then with a
+  labelled subject beside it: the split needs 2 labelled subjects, and the message says which files have none."""
+  image, label = _acdc_volume(0)
+  cine = np.repeat(image[..., None], 3, axis=-1)
+  _write_nifti(str(tmp_path / 'data' / 'A0S9V9' / 'A0S9V9_sa'), cine, np.zeros(cine.shape, np.uint8))
+  unlabelled = tmp_path / 'data' / 'A0S9V9' / 'A0S9V9_sa_gt.nii.gz'
+  with pytest.raises(tfds_ocmr.OCMRManualDirError) as raised:
+    _build(tmp_path / 'data', tmp_path / 'tfds')
+  assert str(raised.value).startswith(f'{tmp_path / "data"}: no frame of {unlabelled} is labelled, so there is '
+                                      'nothing to train or test on. A train/test split needs at least 2 subjects')
+  assert 'label map is not all background' in str(raised.value) and '\n' not in str(raised.value)
+  _write_nifti(str(tmp_path / 'data' / 'patient001' / 'patient001_frame01'), image, label)
+  with pytest.raises(tfds_ocmr.OCMRManualDirError,
+                     match=f'only subject patient001 has labelled frames \\(no frame of {unlabelled} is labelled\\)'):
+    _build(tmp_path / 'data', tmp_path / 'tfds')
 
 
 def test_configure_names_each_setting():

@@ -5,9 +5,12 @@ import os
 import subprocess
 import sys
 
+import nibabel as nib
+import numpy as np
 import pytest
 
 import main
+from segrecon_jax.data import phantom_nifti
 from segrecon_jax.training import inference
 from segrecon_jax.training import parallel
 from segrecon_jax.training import train
@@ -106,3 +109,37 @@ def test_main_stops_before_any_data_with_exit_code_2(tmp_path, flags_, match):
   assert run.returncode == 2 and match in stderr and 'Traceback' not in stderr, stderr
   assert len(stderr.strip().splitlines()) == 1
   assert not data_dir.exists() and not (tmp_path / 'wd').exists()  # nothing built, nothing written
+
+
+def _label_value_outside_the_mapping(folder):
+  """An ACDC-like folder in which one _gt file holds a 5 (ACDC's mapping has entries for 0..3 only)."""
+  pairs = phantom_nifti.write_folder(folder, num_patients=4, seed=0, recon_size=(40, 32))
+  label = nib.load(pairs[0][1])
+  values = np.asarray(label.dataobj).copy()
+  values[0, 0, 0] = 5
+  nib.save(nib.Nifti1Image(values, label.affine), pairs[0][1])
+  return [pairs[0][1], 'label values must be in 0..3 (the label mapping (0, 3, 2, 1)), got range [0, 5]',
+          'config.label_mapping gives our class for each label value']
+
+
+def _no_labelled_frame(folder):
+  """A folder whose only file is a 4-D cine whose label maps are all background: no frame is labelled."""
+  os.makedirs(folder)
+  image = os.path.join(folder, 'A0S9V9_sa.nii.gz')
+  nib.save(nib.Nifti1Image(np.ones((32, 32, 2, 3), np.float32), np.eye(4)), image)
+  nib.save(nib.Nifti1Image(np.zeros((32, 32, 2, 3), np.uint8), np.eye(4)), image.replace('_sa', '_sa_gt'))
+  return [f'no frame of {image.replace("_sa", "_sa_gt")} is labelled', 'at least 2 subjects with examples']
+
+
+@pytest.mark.parametrize('write', [_label_value_outside_the_mapping, _no_labelled_frame])
+def test_bad_labels_in_a_nifti_folder_end_with_one_paragraph(tmp_path, write):
+  folder = str(tmp_path / 'data')
+  expected = write(folder)
+  run = subprocess.run([sys.executable, 'main.py', '--config=configs/unet_unet.py:x4,runlocal',
+                        f'--workdir={tmp_path / "wd"}', '--config.dataset_config=nifti',
+                        f'--config.manual_dir={folder}', '--config.image_size=32',
+                        f'--config.data_dir={tmp_path / "tfds"}'],
+                       cwd=_ROOT, capture_output=True, text=True, timeout=300)
+  last = run.stderr.strip().splitlines()[-1]
+  assert run.returncode == 2 and 'Traceback' not in run.stderr, run.stderr
+  assert last.split('\r')[-1].startswith('main.py: ') and all(part in last for part in expected), last

@@ -2,6 +2,7 @@
 Pareto figure, on synthetic run folders."""
 
 import os
+import subprocess
 
 import numpy as np
 import pytest
@@ -99,3 +100,27 @@ def test_report_answers_convergence_baselines_and_the_target(tmp_path):
   assert 'On the Pareto front:' in text and f'{recommended} (x4)' in text.split('On the Pareto front:')[1]
   for name in ('convergence.png', 'pareto.png'):
     assert os.path.getsize(tmp_path / 'figures' / 'acdc' / name) > 1000
+
+
+def test_finished_runs_are_packed_and_resume_a_root_elsewhere(tmp_path):
+  """benchmarks/study_runs.sh keeps what the report and the runner read, not checkpoints; an unpacked root skips its
+  finished runs and reports as the original."""
+  root, copy = str(tmp_path / 'root'), str(tmp_path / 'copy')
+  rng = np.random.default_rng(0)
+  ids = [f's{i:02d}/0/0' for i in range(5)]
+  for seed in (0, 1):
+    study_test.write_run(plan.run_dir(root, 'cascade', 4, False, seed), ids,
+                         _metrics(rng, rng.normal(28, 1, 5), 0, 0, 0.0), scalars=[(1, {'train_loss': 0.5})])
+  unfinished = plan.run_dir(root, 'cascade', 8, False, 0)
+  os.makedirs(os.path.join(unfinished, 'checkpoints', '5'))
+  plan.save_settings(root, plan.Settings('cpu_study'))
+  script = os.path.join(study_test.REPO, 'benchmarks', 'study_runs.sh')
+  archive = str(tmp_path / 'runs.tar.gz')
+  subprocess.run(['bash', script, 'pack', root, archive], check=True, capture_output=True)
+  out = subprocess.run(['bash', script, 'unpack', archive, copy], check=True, capture_output=True, text=True).stdout
+  assert 'unpacked 2 finished run(s)' in out
+  assert plan.load_settings(copy) == plan.Settings('cpu_study')
+  assert sorted(os.listdir(os.path.join(copy, 'cascade_x4', 'seed0'))) == ['metrics.json', 'per_slice.json',
+                                                                          'scalars.jsonl']
+  assert not os.path.exists(os.path.join(copy, 'cascade_x8'))
+  assert report.results_lib.collect(copy).keys() == report.results_lib.collect(root).keys()

@@ -48,7 +48,8 @@ _PAPER_TEST_FRACTION = 28 / 183
 
 
 class OCMRManualDirError(FileNotFoundError):
-  """A `real` or `nifti` config found no usable files in its manual_dir (or no manual_dir)."""
+  """A `real` or `nifti` config found no usable files in its manual_dir (or no manual_dir), or labelled frames of
+  fewer than 2 subjects."""
 
 
 # The record of the files a `real` or `nifti` dataset was prepared from, written into the prepared folder with the
@@ -410,6 +411,34 @@ def split_subjects(counts: Dict[str, int], test_fraction: float, seed: int) -> T
   return sorted(set(subjects) - set(test)), sorted(test)
 
 
+def check_enough_subjects(counts: Dict[str, int], files: Dict[str, List[str]], manual_dir: str,
+                          include_unlabelled: bool, labelled_rule: str) -> None:
+  """Raises OCMRManualDirError unless at least 2 subjects of a manual_dir have examples (`split_subjects` puts
+  whole subjects in test, so it needs one on each side), naming the files that have none.
+
+  Args:
+    counts: examples per subject id.
+    files: the files of each subject id.
+    manual_dir: the folder read, for the message.
+    include_unlabelled: whether unlabelled frames are served (then every frame counts).
+    labelled_rule: what makes a frame labelled in this source, for the message.
+  """
+  served = sorted(s for s, n in counts.items() if n > 0)
+  if len(served) >= 2:
+    return
+  empty = [path for subject in sorted(files) if not counts.get(subject) for path in files[subject]]
+  shown = ', '.join(empty[:4]) + (f' and {len(empty) - 4} more' if len(empty) > 4 else '')
+  unlabelled = f' (no frame of {shown} is labelled)' if empty else ''
+  if include_unlabelled:
+    found = f'found frames of {len(served)} subject(s) only{": " + served[0] if served else ""}'
+  elif not served:
+    found = f'no frame of {shown} is labelled, so there is nothing to train or test on'
+  else:
+    found = f'only subject {served[0]} has labelled frames{unlabelled}'
+  raise OCMRManualDirError(f'{manual_dir}: {found}. A train/test split needs at least 2 subjects with examples (whole '
+                           f'subjects go to test). {labelled_rule}')
+
+
 def _example_key(subject: str, slice_index: int, frame: int) -> str:
   return f'{subject}/slice{slice_index:02d}/frame{frame:03d}'
 
@@ -511,6 +540,11 @@ class Ocmr(tfds.core.GeneratorBasedBuilder):
         raise OCMRManualDirError(f'{folder}: {layout.missing(folder)}\n{layout.instructions}')
       self._write_source_record(folder)
     counts = layout.count_examples(items, config)
+    if layout.reads_manual_dir:
+      files = {}
+      for item in items:
+        files.setdefault(layout.subject(item), []).append(layout.item_file(item))
+      check_enough_subjects(counts, files, folder, config.include_unlabelled, layout.labelled_rule)
     train, test = split_subjects(counts, config.test_fraction, config.split_seed)
     logging.info('%s: %d items (%s layout) of %d subjects (%d train, %d test)', folder, len(items), layout.name,
                  len(counts), len(train), len(test))

@@ -124,6 +124,8 @@ class Layout:
   name: str = ''  # Set by `register_layout`: the `OcmrConfig.source` that picks this layout.
   description: str = ''  # One line: what a folder of this layout holds (a derived builder config's description).
   instructions: str = ''  # What to put in the manual_dir, shown when it holds none of this layout's files.
+  # What makes a frame labelled, shown when a manual_dir has labelled frames of fewer than 2 subjects.
+  labelled_rule: str = 'A frame is served where the layout reads labels for it (`Layout.load_examples`).'
   input_description: str = ''  # What one of its input files is, for prediction's messages ('an OCMR file (...)').
   suffixes: Tuple[str, ...] = ()  # Name endings of its input files (prediction).
   label_folders: Tuple[str, ...] = ()  # Names of sub-folders holding its label files: a folder walk skips them.
@@ -143,6 +145,11 @@ class Layout:
   def subject(self, item) -> str:
     """The subject of an item: the unit of the train/test split (every item of a subject lands in one split)."""
     raise NotImplementedError(f'layout {self.name!r}: subject(item) is not implemented')
+
+  def item_file(self, item) -> str:
+    """The file that names an item in messages (e.g. the items without a labelled frame): by default the last path
+    in it, a pair's label file."""
+    return (_flat_paths(item) or [str(item)])[-1]
 
   def key_stem(self, item, folder: str) -> str:
     """The first part of its examples' TFDS keys, `<stem>/slice<ss>/frame<fff>`: unique within `folder` together
@@ -325,6 +332,8 @@ Then build with (array_record is the builder's default file format; no TensorFlo
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=MANUAL_DIR))
 Undersampled us_*.h5 files found there are skipped with a warning.
 """
+  labelled_rule = ('A frame is labelled where `labelled` [slices, frames] is nonzero in its label file, '
+                   'manual_dir/labels/<stem>.h5 (see tfds_ocmr/README.md).')
   input_description = 'an OCMR file (ISMRMRD .h5 with group `dataset`)'
   suffixes = ('.h5',)
   label_folders = ('labels',)  # `ocmr.label_path_for`
@@ -434,6 +443,8 @@ A0S9V9/A0S9V9_sa.nii.gz + A0S9V9_sa_gt.nii.gz), or HDF5 files with datasets `ima
 ([H, W], [slices, H, W] or [slices, frames, H, W]). Set label_mapping to your label convention (ACDC's 1 RV,
 2 myocardium, 3 LV cavity is (0, 3, 2, 1), the default; M&Ms' 1 LV, 2 myocardium, 3 RV is (0, 1, 2, 3)).
 """
+  labelled_rule = ('A frame is labelled when its label map is not all background (in a file with a time axis), '
+                   'every slice of a file without one.')
   input_description = ('a magnitude file (NIfTI .nii / .nii.gz, or HDF5 .h5 with dataset `image`, optionally '
                        '`label`)')
   suffixes = magnitude.NIFTI_SUFFIXES + ('.h5',)

@@ -412,7 +412,12 @@ def load_examples(image_path: str, label_path: str, image_size: Sequence[int],
     divided by it), `has_labels`.
   """
   magnitude, label, labelled = read_pair(image_path, label_path)
-  ours = labels_format.remap(label, label_mapping, label_path)
+  try:
+    ours = labels_format.remap(label, label_mapping, label_path)
+  except ValueError as e:  # A label value the mapping has no entry for (a 5, a 255).
+    raise MagnitudeFormatError(f'{e}; config.label_mapping gives our class for each label value v of the files '
+                               "(ACDC's (0, 3, 2, 1), M&Ms' (0, 1, 2, 3)) and needs an entry for every value they "
+                               'hold') from None
   if np.any(ours >= labels_format.NUM_CLASSES):
     raise MagnitudeFormatError(f'{label_path}: label_mapping {tuple(label_mapping)} maps to values outside our '
                                f'classes 0..{labels_format.NUM_CLASSES - 1} {labels_format.CLASS_NAMES}')

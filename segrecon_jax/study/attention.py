@@ -43,11 +43,6 @@ ATTENTION_DIR = 'attention'  # Under the workdir, unless pseudo_attention gets a
 NUM_EXAMPLES = 3  # Example slices in the figure: the lowest, the median and the highest energy share.
 
 
-def _segment(module, recon):
-  """`SegRecon`'s segmentation path on reconstructions `[B, H, W, 2]`: the segmentation network on the magnitude."""
-  return module.seg_net(models.safe_magnitude(recon), train=False)
-
-
 def attention_step(variables, batch, *, model, config) -> Dict[str, jax.Array]:
   """The eval step's reconstruction of a batch and each slice's segmentation-loss gradient on it.
 
@@ -63,7 +58,7 @@ def attention_step(variables, batch, *, model, config) -> Dict[str, jax.Array]:
   recon = model.apply(variables, zero_filled, measured, masks, train=False).recon.astype(jnp.float32)
 
   def slice_losses(recon):
-    logits = model.apply(variables, recon, method=_segment)
+    logits = model.apply(variables, recon, train=False, method='segment')  # The model's segmentation of a recon.
     return losses.generalized_dice_loss(logits.astype(jnp.float32), batch['segmentation'], config.num_classes)
 
   seg_loss, vjp_fn = jax.vjp(slice_losses, recon)
@@ -160,12 +155,13 @@ def _check_model(config):
     raise config_checks.ConfigError(
         f'config.model.name={config.model.name!r} ({models.display_name(config.model)}) has no segmentation '
         'output: pseudo-attention needs a model that segments.')
-  if not isinstance(steps.create_model(config, bn_axis_name=None), models.SegRecon):
+  if not (models.spec(config.model).reconstructs
+          and models.segments_reconstruction(steps.create_model(config, bn_axis_name=None))):
     raise config_checks.ConfigError(
         f'config.model.name={config.model.name!r} ({models.display_name(config.model)}): its segmentation does not '
-        'see the reconstruction (both decoders read the shared encoder), so there is no gradient of the '
-        'segmentation loss on the reconstruction to show; pseudo-attention needs a reconstruction network followed '
-        'by a segmentation network on its output (models.SegRecon).')
+        'see the reconstruction (e.g. both decoders read a shared encoder), so there is no gradient of the '
+        'segmentation loss on the reconstruction to show; pseudo-attention needs a model that segments a given '
+        'reconstruction, with a `segment(recon, *, train)` method (models.SegRecon; models/registry.py).')
 
 
 def pseudo_attention(config, workdir: str, out_dir: Optional[str] = None) -> Dict[str, Any]:

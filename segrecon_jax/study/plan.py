@@ -95,6 +95,11 @@ LOSS_INGREDIENTS = (
 LOSS_BASELINES = ((models.display_name('cascade'), 'cascade', False),
                   (models.display_name('cascade_manet') + ' (S), w = 1', 'cascade_manet', True))
 
+class StudyError(ValueError):
+  """A call the study refuses, or runs that failed: the command line prints the message as one paragraph and exits
+  with code 2 (as main.py does for a user error)."""
+
+
 # Fields every run of the study sets itself: overrides may not touch them.
 MANAGED_FIELDS = ('seed', 'acceleration', 'stabilization', 'workdir', 'progress_bar')
 
@@ -133,7 +138,7 @@ def save_settings(root: str, settings: Settings) -> None:
   trained on other data or at another scale must not mix into its tables)."""
   recorded = load_settings(root)
   if recorded is not None and recorded != settings:
-    raise ValueError(f'{os.path.join(root, SETTINGS_FILE)} records the study settings {recorded.describe()}, but '
+    raise StudyError(f'{os.path.join(root, SETTINGS_FILE)} records the study settings {recorded.describe()}, but '
                      f'this call has {settings.describe()}: use the same settings, or another --root')
   if recorded is None:
     os.makedirs(root, exist_ok=True)
@@ -210,7 +215,7 @@ def loss_methods(names: Optional[Sequence[str]] = None) -> List[LossMethod]:
   known = {m.name: m for m in LOSS_METHODS}
   unknown = sorted(set(names or ()) - set(known))
   if unknown:
-    raise ValueError(f'unknown loss method(s) {unknown}: known are {sorted(known)}')
+    raise StudyError(f'--methods: unknown loss method(s) {unknown}: known are {sorted(known)}')
   return [m for m in LOSS_METHODS if not names or m.name in names]
 
 

@@ -425,9 +425,21 @@ def beyond_the_tables(root: str, figure_dir: str) -> List[str]:
   return text
 
 
+def check_root(root: str) -> None:
+  """Raises `plan.StudyError` for a root that does not exist or holds no study (neither its study.json nor a
+  finished run), so a typo in --root is not reported as an empty study."""
+  if not os.path.isdir(root):
+    raise plan.StudyError(f'--root={root}: no such folder; the root is the folder that `study run` (or sweep, '
+                          'losses) was given as --root.')
+  if plan.load_settings(root) is None and not any('metrics.json' in names for _, _, names in os.walk(root)):
+    raise plan.StudyError(f'--root={root} holds no study: no {plan.SETTINGS_FILE} and no finished run (a workdir '
+                          'with metrics.json) under it; the root is the folder that `study run` was given as --root.')
+
+
 def report(root: str, out: str, settings: Optional[plan.Settings] = None) -> str:
   """Writes the report of the runs under `root` to `out` (figures in `figures/<out's name>/` beside it, so that
-  several reports share a folder) and returns its path."""
+  several reports share a folder) and returns its path; a root that holds no study is refused (`check_root`)."""
+  check_root(root)
   settings = plan.load_settings(root) or settings
   results = results_lib.collect(root)
   verdicts = claims_lib.evaluate(results)

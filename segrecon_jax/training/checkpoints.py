@@ -46,7 +46,12 @@ class CorruptCheckpointError(ResumeError):
 
 
 def checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(max_to_keep=config.max_checkpoints_to_keep, create=True)
+  """The orbax manager of `<workdir>/checkpoints`. Saves write their arrays in the background, but create their
+  folders in the caller's thread: a folder that cannot be made (a read-only or forbidden checkpoints/) fails the
+  `save` call itself. Made in the background, its failure left orbax's writer threads waiting for a folder that
+  never came (orbax's 300 s coordination timeout), and the process could not exit while they waited."""
+  options = ocp.CheckpointManagerOptions(max_to_keep=config.max_checkpoints_to_keep, create=True,
+                                         async_options=ocp.AsyncOptions(create_directories_asynchronously=False))
   return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), 'checkpoints'), options=options,
                                item_names=('state', 'meta'))
 

@@ -11,6 +11,8 @@ from absl import flags
 from segrecon_jax import models
 from segrecon_jax import settings
 from segrecon_jax.models import layers
+from segrecon_jax.training import balancing
+from segrecon_jax.training import steps
 from segrecon_jax.training import warm_start
 
 
@@ -63,12 +65,13 @@ def check_config(config) -> None:
                       'box is a share of the image side in [0, 0.5) (the paper: 8 / 128 = 0.0625).')
   if not _number(config, 'learning_rate') > 0:
     raise ConfigError(f'config.learning_rate={config.learning_rate!r}: must be > 0 (the paper: 1e-4).')
-  if config.get('lr_schedule', 'constant') not in ('constant', 'cosine'):
-    raise ConfigError(f"config.lr_schedule={config.lr_schedule!r}: expected 'constant' (the paper's Adam) or "
-                      "'cosine' (decay to 0 over the run).")
   for field in ('b1', 'b2'):
     if not 0 <= _number(config, field) < 1:
       raise ConfigError(f'config.{field}={config[field]!r}: Adam betas must lie in [0, 1) (the paper: b1=0.99).')
+  try:
+    steps.create_optimizer(config)  # Its schedules (steps.LR_SCHEDULES) are the valid config.lr_schedule values.
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
   for field in ('recon_loss_weight', 'seg_loss_weight'):
     _at_least(config, field, 0, 'loss weights must be >= 0')
   problem = warm_start.check(config) if 'init_from' in config else None
@@ -88,21 +91,21 @@ def check_config(config) -> None:
       raise ConfigError(f'config.{field}={config[field]!r}: expected one of {valid} (runtime only: how the layers '
                         'are computed; see segrecon_jax/models/layers.py).')
   try:
-    segments = models.segments(config.model)
+    entry = models.spec(config.model)
     model = models.get_model(config.model)
   except (TypeError, ValueError) as e:
     raise ConfigError(f'config.model: {e}') from None
-  if config.stabilization and not segments:
+  if config.stabilization and not entry.segments:
     raise ConfigError(f'config.stabilization=True needs a joint model; {config.model.name!r} reconstructs only '
                       '(use the x4 or x8 preset).')
-  _check_loss_fields(config, segments)
+  _check_loss_fields(config, entry)
   _check_manual_dir(config)
   shape = _served_image_shape(config)
   if shape is not None:
-    _check_image_fits_model(config, model, shape)
+    _check_image_fits_model(config, entry.size_multiple(model), shape)
     _check_masks(config, shape[1])
-  if segments:
-    _check_classes(config, model)
+  if entry.segments:
+    _check_classes(config, entry, model)
 
 
 def _check_key_seed(config, field: str) -> None:
@@ -123,38 +126,34 @@ def _check_declared(config) -> None:
   unknown = sorted(set(config.keys()) - set(settings.BY_NAME)) if hasattr(config, 'keys') else []
   if unknown:
     raise ConfigError(f'config.{", config.".join(unknown)}: not a config field; every field is declared, with its '
-                      'role, in segrecon_jax/settings.py (remove the field, or declare it there).')
+                      'role, in segrecon_jax/settings.py (remove the field, or declare it there; a registered '
+                      'loss-balancing scheme declares its own when it is registered).')
 
 
-def _check_loss_fields(config, segments: bool) -> None:
-  """The loss balancing and explicit focus of configs/default.py's Loss section."""
-  balancing = config.get('loss_balancing', 'none')
-  if balancing not in ('none', 'grad_norm', 'uncertainty'):
-    raise ConfigError(f"config.loss_balancing={balancing!r}: expected 'none' (the fixed seg_loss_weight), "
-                      "'grad_norm' (equal gradient norms on the reconstruction network) or 'uncertainty' (Kendall "
-                      "et al.'s learned weights).")
-  if balancing != 'none' and not segments:
-    raise ConfigError(f'config.loss_balancing={balancing!r} balances the reconstruction and Dice terms; '
-                      f"{config.model.name!r} reconstructs only and has one term (use 'none').")
-  if balancing == 'grad_norm':
-    if config.model.get('stop_gradient', False):
-      raise ConfigError("config.loss_balancing='grad_norm' sets the Dice weight from the Dice term's gradient on "
-                        'the reconstruction network, which config.model.stop_gradient=True cuts (use \'none\').')
-    if not _number(config, 'balance_ratio') > 0:
-      raise ConfigError(f'config.balance_ratio={config.balance_ratio!r}: the wanted ratio of the Dice term\'s '
-                        'gradient norm to the l1-l2 term\'s must be > 0 (1 = equal norms).')
-    if not 0 <= _number(config, 'balance_momentum') < 1:
-      raise ConfigError(f'config.balance_momentum={config.balance_momentum!r}: the moving average\'s momentum '
-                        'must lie in [0, 1) (0 = this step\'s norms only).')
-  if balancing == 'uncertainty' and not _number(config, 'uncertainty_learning_rate') > 0:
-    raise ConfigError(f'config.uncertainty_learning_rate={config.uncertainty_learning_rate!r}: must be > 0.')
+def _check_loss_fields(config, entry: models.ModelSpec) -> None:
+  """The loss balancing and explicit focus of configs/default.py's Loss section, for the model of registry `entry`.
+  The balancing scheme (training/balancing.py) checks the fields it reads."""
+  name = config.get('loss_balancing', balancing.NONE)
+  one_term = 'reconstructs only' if entry.task == models.RECONSTRUCTION else 'segments only'
+  try:
+    scheme = balancing.get(name)
+    if name != balancing.NONE and entry.task != models.JOINT:
+      raise ValueError(f'config.loss_balancing={name!r} balances the reconstruction and Dice terms; '
+                       f"{config.model.name!r} {one_term} and has one term (use 'none').")
+    scheme.check(config)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
   if 'focus_weight' in config:
     _at_least(config, 'focus_weight', 0, 'the extra weight of the heart box\'s pixels must be >= 0 (0 = no focus)')
+  focus = config.get('focus_weight', 0.0)
+  if focus and not entry.reconstructs:
+    raise ConfigError(f'config.focus_weight={focus!r} weighs the pixels of the reconstruction term; '
+                      f'{config.model.name!r} segments only and has none (use 0).')
   source = config.get('focus_source', 'reference')
   if source not in ('reference', 'prediction'):
     raise ConfigError(f"config.focus_source={source!r}: expected 'reference' (the reference labels) or "
                       "'prediction' (the segmentation network's own argmax).")
-  if config.get('focus_weight', 0.0) and source == 'prediction' and not segments:
+  if focus and source == 'prediction' and not entry.segments:
     raise ConfigError(f"config.focus_source='prediction' takes the focus box from the segmentation network; "
                       f"{config.model.name!r} reconstructs only (use 'reference').")
 
@@ -198,23 +197,8 @@ def _check_masks(config, width: int) -> None:
                       'or use larger images.')
 
 
-def _size_multiple(module) -> int:
-  """The factor H and W must be a multiple of: the U-Nets halve them len(features) - 1 times, MANet encoder_depth
-  times; the cascades take any size."""
-  multiple = 1
-  if isinstance(module, (models.UNet, models.MultiDecoderUNet)):
-    multiple = 2 ** (len(module.features) - 1)
-  elif isinstance(module, models.MANet):
-    multiple = 2 ** int(module.encoder_depth)
-  for field in ('net', 'recon_net', 'seg_net'):
-    child = getattr(module, field, None)
-    if child is not None:
-      multiple = max(multiple, _size_multiple(child))
-  return multiple
-
-
-def _check_image_fits_model(config, model, shape: Tuple[int, int]) -> None:
-  multiple = _size_multiple(model)
+def _check_image_fits_model(config, multiple: int, shape: Tuple[int, int]) -> None:
+  """H and W are multiples of the model's `multiple` (its registry entry's `size_multiple`)."""
   if shape[0] % multiple or shape[1] % multiple:
     size = 'config.image_size' if config.get('image_size') is not None else 'the image size'
     raise ConfigError(f'{size}={config.get("image_size") or shape[0]!r}: model {config.model.name!r} halves the '
@@ -235,20 +219,11 @@ def data_label_classes(config) -> Optional[int]:
   return labels.NUM_CLASSES
 
 
-def _segmentation_outputs(module) -> Optional[int]:
-  """The number of segmentation logits a joint model outputs (None: a reconstruction-only model)."""
-  module = getattr(module, 'seg_net', module)
-  if isinstance(module, (models.MANet, models.MultiDecoderUNet)):
-    return int(module.num_classes)
-  if isinstance(module, models.UNet):
-    return int(module.out_channels)
-  return None
-
-
-def _check_classes(config, model) -> None:
-  """The label set comes from the data: num_classes and the model's segmentation outputs must both cover it."""
+def _check_classes(config, entry: models.ModelSpec, model) -> None:
+  """The label set comes from the data: num_classes and the model's segmentation outputs (as its registry `entry`
+  counts them, where it does) must both cover it."""
   classes = data_label_classes(config)
-  outputs = _segmentation_outputs(model)
+  outputs = entry.num_classes(model) if entry.num_classes is not None else None
   if classes is not None and config.num_classes != classes:
     from segrecon_jax.data import labels  # pylint: disable=g-import-not-at-top
     effect = ('fewer would drop labels from the loss and the metrics' if config.num_classes < classes
@@ -257,8 +232,7 @@ def _check_classes(config, model) -> None:
                       f'values (0..{classes - 1}: {", ".join(labels.CLASS_NAMES)}), so num_classes must be '
                       f'{classes} ({effect}).')
   if outputs is not None and outputs != config.num_classes:
-    field = {'unet_unet': 'model.seg.out_channels', 'cascade_manet': 'model.seg.num_classes',
-             'multidecoder_unet': 'model.num_classes'}.get(config.model.name, 'the model\'s segmentation outputs')
+    field = f'model.{entry.num_classes_field}'
     raise ConfigError(f'config.{field}={outputs}: the model outputs {outputs} segmentation logits, but '
                       f'config.num_classes={config.num_classes}; set {field}={config.num_classes}.')
 
