@@ -29,8 +29,8 @@ config_flags.DEFINE_config_file('config', None, 'Experiment config file, e.g. co
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, TensorBoard files, tables and figures.')
 flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict', 'attention'],
                   'train (ends with an evaluation), eval, predict or attention (pseudo-attention figure).')
-flags.DEFINE_string('input', '', 'predict: an OCMR .h5, NIfTI or HDF5 magnitude file, or a folder of them (labels '
-                    'optional), instead of the eval split.')
+flags.DEFINE_string('input', '', 'predict: a file of a data layout (OCMR .h5, NIfTI or HDF5 magnitude, or a layout '
+                    'you registered), or a folder of them (labels optional), instead of the eval split.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 

@@ -4,6 +4,7 @@ import importlib
 import json
 import os
 import shutil
+import zlib
 
 import h5py
 import nibabel as nib
@@ -12,6 +13,7 @@ import pytest
 
 from segrecon_jax import metrics
 from segrecon_jax.data import labels
+from segrecon_jax.data import layouts
 from segrecon_jax.data import magnitude
 from segrecon_jax.data import ocmr
 from segrecon_jax.data import phantom
@@ -31,10 +33,14 @@ def tiny_config(data_dir):
 
 
 def test_example_id_names_subject_slice_frame():
-  assert inference.example_id({'subject_id': b'fs_0003', 'slice': np.int32(1), 'frame': 2}, 7) == 'fs_0003/1/2'
-  assert inference.example_id({'subject_id': np.array(b'fs_0003', object), 'slice': 0, 'frame': 0}, 7) == \
+  assert input_pipeline.example_id({'subject_id': b'fs_0003', 'slice': np.int32(1), 'frame': 2}, 7) == 'fs_0003/1/2'
+  assert input_pipeline.example_id({'subject_id': np.array(b'fs_0003', object), 'slice': 0, 'frame': 0}, 7) == \
       'fs_0003/0/0'
-  assert inference.example_id({'image': np.zeros(2)}, 7) == '7'
+  assert input_pipeline.example_id({'image': np.zeros(2)}, 7) == '7'
+  # The evaluation mask is keyed by the same id (one function builds it), the index without a subject.
+  example = {'subject_id': np.array(b'fs_0003'), 'slice': 1, 'frame': np.int32(2)}
+  assert input_pipeline.mask_id(example, 7) == zlib.crc32(b'fs_0003/1/2') & 0x7FFFFFFF
+  assert input_pipeline.mask_id({'image': np.zeros(2)}, 7) == 7
 
 
 def test_per_slice_metrics_of_a_fake_step():
@@ -98,7 +104,7 @@ def test_train_and_eval_write_per_slice_json(tmp_path):
   record = json.loads((tmp_path / 'run' / 'per_slice.json').read_text())
   means = json.loads((tmp_path / 'run' / 'metrics.json').read_text())['metrics']
   eval_source = input_pipeline.load_split(config, config.eval_split)
-  expected_ids = sorted(inference.example_id(eval_source[i], i) for i in range(len(eval_source)))
+  expected_ids = sorted(input_pipeline.example_id(eval_source[i], i) for i in range(len(eval_source)))
   assert record['ids'] == expected_ids and len(set(record['ids'])) == len(eval_source) == means['num_examples']
   assert all(len(name.split('/')) == 3 for name in record['ids'])
   assert set(record['metrics']) == set(means) - {'num_examples'} | {'has_heart'}
@@ -128,10 +134,11 @@ def test_predict_input_files_of_a_folder(tmp_path):
   (folder / '.hidden.nii.gz').write_bytes(b'')
   shutil.copy(folder / 'fs_0001_phantom.h5', folder / 'us_0001.h5')
   files = prediction_io.input_files(str(folder))
-  assert [(f.name, f.kind) for f in files] == [
-      ('case02_sa', 'magnitude'), ('fs_0001_phantom', 'ocmr'), ('patient001/patient001_frame01', 'magnitude'),
+  assert [(f.name, f.layout.name) for f in files] == [
+      ('case02_sa', 'magnitude'), ('fs_0001_phantom', 'real'), ('patient001/patient001_frame01', 'magnitude'),
       ('patient001/patient001_frame03', 'magnitude')]
-  assert [(f.name, f.kind) for f in prediction_io.input_files(files[2].path)] == [('patient001_frame01', 'magnitude')]
+  assert [(f.name, f.layout.name) for f in prediction_io.input_files(files[2].path)] == [
+      ('patient001_frame01', 'magnitude')]
   with pytest.raises(FileNotFoundError, match='nowhere: no such file or folder'):
     prediction_io.input_files(str(tmp_path / 'nowhere'))
   (tmp_path / 'empty').mkdir()
@@ -139,7 +146,7 @@ def test_predict_input_files_of_a_folder(tmp_path):
     prediction_io.input_files(str(tmp_path / 'empty'))
   with h5py.File(folder / 'notes.h5', 'w') as f:
     f['masks'] = np.zeros((1, 1, 2, 2), np.uint8)
-  with pytest.raises(magnitude.MagnitudeFormatError, match=r'notes.h5: expected an OCMR file .*found \[.masks.\]'):
+  with pytest.raises(layouts.DataFormatError, match=r'notes.h5: expected an OCMR file .*found \[.masks.\]'):
     prediction_io.input_files(str(folder))
 
 

@@ -13,7 +13,6 @@ from segrecon_jax.data import labels
 from segrecon_jax.data import magnitude
 from segrecon_jax.data import ocmr
 from segrecon_jax.data import phantom_nifti
-from segrecon_jax.training import inference
 from segrecon_jax.training import input_pipeline
 
 # ACDC's values: 1 RV, 2 myocardium, 3 LV cavity; each class gets its own intensity, so a label map that sat one
@@ -94,7 +93,7 @@ def test_hdf5_slices_are_slices_and_every_slice_is_served(folder):
   assert not examples[2]['segmentation'].any() and examples[0]['segmentation'].any()
   np.testing.assert_array_equal(examples[1]['segmentation'], labels.remap(label[:, :, 1], (0, 3, 2, 1)))
   # Ids and evaluation masks follow the slice: case06/<slice>/0, three distinct masks.
-  assert [inference.example_id(e, i) for i, e in enumerate(examples)] == ['case06/0/0', 'case06/1/0', 'case06/2/0']
+  assert [input_pipeline.example_id(e, i) for i, e in enumerate(examples)] == ['case06/0/0', 'case06/1/0', 'case06/2/0']
   assert len({input_pipeline.mask_id(e, 0) for e in examples}) == 3
 
 
@@ -118,7 +117,7 @@ def test_phantom_writer_hdf5_with_background_slices(tmp_path):
     frame = magnitude.cine_frame(path)
     assert magnitude.example_frames(path, label_path) == [(0, frame), (1, frame), (2, frame)]
   ed, es = (magnitude.load_examples(p, l, (24, 16), root=str(tmp_path)) for p, l in pairs)
-  ids = [inference.example_id(e, 0) for e in ed + es]
+  ids = [input_pipeline.example_id(e, 0) for e in ed + es]
   assert ids == [f'patient001/{s}/{t}' for t in (0, 2) for s in range(3)]
   nifti = phantom_nifti.write_patient(str(tmp_path / 'nifti'), 1, recon_size=(24, 16), num_slices=2,
                                       background_slices=1)
@@ -179,7 +178,7 @@ def test_nifti_config_builds_split_by_patient(tmp_path, folder):
   assert subjects['train'] and subjects['test'] and not subjects['train'] & subjects['test']
   # 4 patients x 2 files x 2 slices, the 4-D files' 2 labelled frames x 2 slices, the 3-D HDF5 file's 3 slices.
   assert sum(len(s) for s in sources.values()) == 16 + 4 + 4 + 3
-  ids = [inference.example_id(s[i], i) for s in sources.values() for i in range(len(s))]
+  ids = [input_pipeline.example_id(s[i], i) for s in sources.values() for i in range(len(s))]
   assert len(set(ids)) == len(ids)  # ED and ES of a patient differ in frame
   assert {i for i in ids if i.startswith('case06/')} == {'case06/0/0', 'case06/1/0', 'case06/2/0'}
   for source in sources.values():

@@ -157,7 +157,7 @@ def test_predict_reads_the_view_of_the_config(tmp_path):
   config.update(dict(dataset_config='nifti', image_size=16, field_of_view=32))
   (item,) = prediction_io.input_files(str(tmp_path))
   loaded = prediction_io.load_file(item, (16, 16), config)
-  assert loaded.field_of_view == 32 and loaded.examples[0]['slice'] == 2
+  assert loaded.builder_config.field_of_view == 32 and loaded.examples[0]['slice'] == 2
   np.testing.assert_array_equal(loaded.examples[0]['segmentation'],
                                 np.asarray(magnitude.load_examples(item.path, item.path, (16, 16),
                                                                    field_of_view=32)[0]['segmentation']))

@@ -183,7 +183,7 @@ def pseudo_attention(config, workdir: str, out_dir: Optional[str] = None) -> Dic
 
   The record holds the mean energy share of `|g|^2` inside the heart box and the box's mean area share, each with
   a 95% bootstrap interval over slices, the ratio of the two means, and every slice's values under its id
-  (`inference.example_id`) and split index. Slices without heart labels (no box) and slices whose gradient is zero
+  (`input_pipeline.example_id`) and split index. Slices without heart labels (no box) and slices whose gradient is zero
   everywhere are left out and listed by id. Single process only.
 
   Returns:
@@ -207,7 +207,7 @@ def pseudo_attention(config, workdir: str, out_dir: Optional[str] = None) -> Dic
     shares, areas = energy_share(magnitude, out['box']), area_share(out['box'])
     for i in np.flatnonzero(batch['valid'] > 0):
       index = int(batch['index'][i])
-      name = inference.example_id(eval_source[index], index)
+      name = input_pipeline.example_id(eval_source[index], index)
       if not out['has_heart'][i]:
         skipped['no_heart'].append(name)
       elif not np.isfinite(shares[i]):

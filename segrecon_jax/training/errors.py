@@ -10,8 +10,7 @@ whose paragraph names the file that failed and what to do. Anything else is a bu
 import errno
 from typing import Optional
 
-from segrecon_jax.data import magnitude
-from segrecon_jax.data import ocmr
+from segrecon_jax.data import layouts
 from segrecon_jax.training import checkpoints
 from segrecon_jax.training import config_checks
 from segrecon_jax.training import inference
@@ -22,7 +21,7 @@ from segrecon_jax.training import warm_start
 from segrecon_jax.training import workdir
 
 USER_ERRORS = (config_checks.ConfigError, checkpoints.ResumeError, workdir.WorkdirLockedError, NotADirectoryError,
-               FileNotFoundError, ocmr.OCMRFormatError, magnitude.MagnitudeFormatError, parallel.BatchSizeError,
+               FileNotFoundError, *layouts.FORMAT_ERRORS, parallel.BatchSizeError,
                train.NonFiniteError, input_pipeline.StaleDatasetError, input_pipeline.CorruptDatasetError,
                warm_start.WarmStartError, inference.EmptyReferenceError)
 OS_HINTS = {errno.ENOSPC: 'the disk is full: free space, or choose a --workdir / config.data_dir on another disk',

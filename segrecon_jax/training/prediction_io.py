@@ -1,22 +1,20 @@
-"""The files `--mode=predict --input=` reads (an OCMR, NIfTI or HDF5 magnitude file, or a folder of them) and the NIfTI
-volumes it writes for each: the reconstruction and the segmentation on the file's own voxel grid."""
+"""The files `--mode=predict --input=` reads (a file of a registered data layout: OCMR, NIfTI or HDF5 magnitude, or
+yours; or a folder of them) and the NIfTI volumes it writes for each: the reconstruction and the segmentation on the
+file's own voxel grid. Which files are inputs, how they are read and how predictions go back on their grid is the
+layouts' (`segrecon_jax.data.layouts`), asked in registration order."""
 
 import dataclasses
 import logging
 import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+import h5py
 import numpy as np
 
 from segrecon_jax.data import labels as labels_format
-from segrecon_jax.data import magnitude
-from segrecon_jax.data import ocmr
+from segrecon_jax.data import layouts
 from segrecon_jax.training import input_pipeline
 
-OCMR = 'ocmr'  # ISMRMRD k-space (`ocmr.load_examples`)
-MAGNITUDE = 'magnitude'  # NIfTI or HDF5 magnitude images (`magnitude.load_examples`), labels optional
-# An OCMR folder keeps its label files in `labels/` (`ocmr.label_path_for`): they are not inputs.
-_LABELS_FOLDER = 'labels'
 # The NIfTI header's 80-byte description of the written label values: our classes, or the input's own values.
 _OUR_LABELS = 'segrecon labels: '
 _INPUT_LABELS = 'labels as in the input: '
@@ -27,145 +25,120 @@ class InputFile:
   """One file to predict."""
   path: str
   name: str  # Its folder under the prediction folder: the file stem, in a folder its path there without suffix.
-  kind: str  # OCMR or MAGNITUDE.
+  layout: layouts.Layout  # The layout that reads it (the first registered one that `claims` it).
 
 
 @dataclasses.dataclass
 class LoadedFile:
   """A file's examples at the model's size and what puts predictions back on its grid.
 
-  `examples` hold every (slice, frame) in (slice, frame) order; `volume_shape` is `(H, W) + (slices(, frames))` as
-  the file stores them (NIfTI: its voxel shape; HDF5 magnitude `[slices, frames, H, W]` -> `(H, W, slices,
-  frames)`; OCMR `(readout, phase encode, slices, frames)`); `affine` maps its voxels to mm. `label_mapping` took
-  the file's label values to our classes (`labels.remap`; None: the file's values are our classes, as OCMR's).
+  `examples` hold every (slice, frame) in (slice, frame) order; `geometry` is the file's voxel grid
+  (`Layout.geometry`: `(H, W) + (slices(, frames))` as the file stores them, e.g. NIfTI its voxel shape, HDF5
+  magnitude `[slices, frames, H, W]` -> `(H, W, slices, frames)`, OCMR `(readout, phase encode, slices, frames)`,
+  and the affine to mm). `builder_config` is the data config the examples were read with (the checkpoint's), which
+  says how the layout placed them (`Layout.place`). `label_mapping` took the file's label values to our classes
+  (`labels.remap`; None: the file's values are our classes, as OCMR's).
   """
   examples: List[Dict[str, Any]]
-  volume_shape: Tuple[int, ...]
-  affine: np.ndarray
-  label_path: Optional[str]
+  geometry: layouts.Geometry
+  layout: layouts.Layout
+  builder_config: Any
   label_mapping: Optional[Tuple[int, ...]] = None
-  field_of_view: int = 0  # The examples' `magnitude.resample_view` window (0: centre-cropped or padded).
 
 
-def file_kind(path: str) -> str:
-  """OCMR for an ISMRMRD `.h5` file (group `dataset`); MAGNITUDE for NIfTI or a `.h5` file with `image`."""
-  if path.endswith(magnitude.NIFTI_SUFFIXES):
-    return MAGNITUDE
-  if path.endswith('.h5'):
-    with ocmr.open_h5(path, 'OCMR or magnitude') as f:
-      keys = sorted(f.keys())
-    if 'dataset' in keys:
-      return OCMR
-    if 'image' in keys:
-      return MAGNITUDE
-    raise magnitude.MagnitudeFormatError(f'{path}: expected an OCMR file (ISMRMRD group `dataset`) or a magnitude '
-                                         f'file (dataset `image`, optionally `label`), found {keys}')
-  raise magnitude.MagnitudeFormatError(f'{path}: expected an OCMR .h5 file, a NIfTI .nii / .nii.gz image or an '
-                                       'HDF5 magnitude .h5 file')
+def _inputs_expected(predicting: Sequence[layouts.Layout]) -> str:
+  return ' or '.join(layout.input_description or f'a file of the {layout.name!r} layout' for layout in predicting)
+
+
+def _contents(path: str) -> str:
+  """What an unrecognised file holds, for its message: an HDF5 file's top-level names."""
+  if not h5py.is_hdf5(path):
+    return ', but it cannot be opened as HDF5 (truncated, corrupt or not HDF5)' if path.endswith('.h5') else ''
+  with h5py.File(path, 'r') as f:
+    return f', found {sorted(f.keys())}'
+
+
+def file_layout(path: str) -> layouts.Layout:
+  """The first registered layout that `claims` the file `path`."""
+  for layout in layouts.registered():
+    if layout.claims(path):
+      return layout
+  predicting = [layout for layout in layouts.registered() if layout.suffixes or layout.input_description]
+  raise layouts.DataFormatError(f'{path}: expected {_inputs_expected(predicting)}{_contents(path)}')
+
+
+def _name(path: str, root: str, layout: layouts.Layout) -> str:
+  """The file's path under `root` without the suffix of its layout, with `/` separators."""
+  relative = os.path.relpath(os.path.abspath(path), os.path.abspath(root))
+  return layout.stem(relative).replace(os.sep, '/')
 
 
 def input_files(input_path: str) -> List[InputFile]:
-  """The file `input_path`, or every OCMR, NIfTI and HDF5 magnitude file under the folder `input_path`.
+  """The file `input_path`, or every file of a registered layout under the folder `input_path`.
 
-  A folder is searched recursively in sorted order; hidden files, NIfTI `_gt` label files, OCMR `labels/` folders and
-  undersampled OCMR `us_*.h5` files (logged) are skipped.
+  A folder is searched recursively in sorted order; hidden files and folders, a layout's label folders (OCMR
+  `labels/`), the files a layout skips (NIfTI `_gt` label files, undersampled OCMR `us_*.h5` files, logged) and files
+  with an ending no layout reads are passed over; a file with an ending some layout reads that no layout takes is
+  refused.
   """
   if os.path.isfile(input_path):
-    root = os.path.dirname(os.path.abspath(input_path))
-    return [InputFile(input_path, magnitude.relative_stem(input_path, root), file_kind(input_path))]
+    layout = file_layout(input_path)
+    return [InputFile(input_path, _name(input_path, os.path.dirname(os.path.abspath(input_path)), layout), layout)]
   if not os.path.isdir(input_path):
     raise FileNotFoundError(f'{input_path}: no such file or folder to predict')
+  registered = layouts.registered()
+  endings = tuple(suffix for layout in registered for suffix in layout.suffixes)
+  label_folders = {name for layout in registered for name in layout.label_folders}
   files = []
   for root, dirs, names in os.walk(input_path):
-    dirs[:] = sorted(d for d in dirs if not d.startswith('.') and d != _LABELS_FOLDER)
+    dirs[:] = sorted(d for d in dirs if not d.startswith('.') and d not in label_folders)
     for name in sorted(names):
-      if not magnitude.is_image_name(name):
-        continue
       path = os.path.join(root, name)
-      if name.startswith('us_') and name.endswith('.h5'):
-        logging.warning('%s: undersampled OCMR file skipped; prediction needs fully sampled fs_* files', path)
+      if name.startswith('.') or any(layout.skips(path) for layout in registered):
         continue
-      files.append(InputFile(path, magnitude.relative_stem(path, input_path), file_kind(path)))
+      layout = next((layout for layout in registered if layout.claims(path)), None)
+      if layout is None and not name.endswith(endings):
+        continue  # Not a data file of any layout (notes, figures).
+      layout = layout or file_layout(path)  # Raises: an ending of ours, but no layout takes it.
+      files.append(InputFile(path, _name(path, input_path, layout), layout))
   if not files:
-    raise FileNotFoundError(f'{input_path}: no file to predict in it (OCMR .h5, NIfTI .nii / .nii.gz images, HDF5 '
-                            'magnitude .h5 with `image`)')
+    predicting = [layout for layout in registered if layout.suffixes or layout.input_description]
+    raise FileNotFoundError(f'{input_path}: no file to predict in it: expected {_inputs_expected(predicting)}')
   seen = {}
   for item in files:
     if item.name in seen:
-      raise magnitude.MagnitudeFormatError(f'{item.path} and {seen[item.name]} would share the prediction folder '
-                                           f'{item.name!r}: rename one or predict them separately')
+      raise layouts.DataFormatError(f'{item.path} and {seen[item.name]} would share the prediction folder '
+                                    f'{item.name!r}: rename one or predict them separately')
     seen[item.name] = item.path
   return files
-
-
-def _ocmr_affine(info: Dict[str, Any]) -> np.ndarray:
-  """Voxel sizes (mm) from an OCMR header: readout and phase-encode pixels, the slice thickness (no position)."""
-  fov_x, fov_y, fov_z = info['fov_mm']
-  sizes = (fov_x / info['encoded_matrix'][0], fov_y / info['kspace_shape'][1], fov_z)
-  return np.diag([s if s > 0 else 1.0 for s in sizes] + [1.0])
-
-
-def _log_resize(path: str, file_shape: Sequence[int], image_size: Sequence[int], axes: Sequence[str]) -> None:
-  if tuple(file_shape) == tuple(image_size):
-    return
-  changes = ', '.join(f'{axis} {"cropped" if f > m else "zero-padded"} {f} -> {m}' for axis, f, m in
-                      zip(axes, file_shape, image_size) if f != m)
-  logging.warning('%s: its images are %dx%d (%s), the model\'s %dx%d: for prediction each image (and label map) is '
-                  'centred and %s; predicted label files and NIfTI volumes are put back at %dx%d, background where '
-                  'the model saw nothing', path, *file_shape, ', '.join(axes), *image_size, changes, *file_shape)
 
 
 def load_file(item: InputFile, image_size: Sequence[int], config) -> LoadedFile:
   """Every (slice, frame) of a file at the model's `(H, W)`, with its reference labels where it has a label file.
 
-  Magnitude files get the synthetic phase and label mapping of the config's data (`label_mapping`, `phase_seed`;
-  ACDC's mapping and seed 0 for data without them).
+  The layout reads it with the builder config of `config`'s data (`input_pipeline.builder_config`): e.g. magnitude
+  files get its synthetic phase, label mapping and field of view (ACDC's mapping, seed 0 and none for data without
+  them).
   """
-  if item.kind == OCMR:
-    info = ocmr.read_header(item.path)
-    file_shape = tuple(info['image_shape'])
-    _log_resize(item.path, file_shape, image_size, ('readout', 'phase encode'))
-    examples = ocmr.load_examples(item.path, image_size, labelled_only=False)
-    label_path = ocmr.label_path_for(item.path)
-    k = info['kspace_shape']
-    return LoadedFile(examples, file_shape + (k[6], k[4]), _ocmr_affine(info),
-                      label_path if os.path.exists(label_path) else None)
   described = input_pipeline.builder_config(config)
-  label_mapping = tuple(getattr(described, 'label_mapping', magnitude.ACDC_LABEL_MAPPING))
-  phase_seed = int(getattr(described, 'phase_seed', 0))
-  field_of_view = int(getattr(described, 'field_of_view', 0))
-  shape, affine = magnitude.image_geometry(item.path)
-  if item.path.endswith('.h5'):  # [(slices, (frames,)) H, W]
-    volume_shape, axes = tuple(shape[-2:]) + tuple(shape[:-2]), ('H', 'W')
-  else:  # [x, y(, z(, t))]
-    volume_shape, axes = tuple(shape), ('x', 'y')
-  label_path = magnitude.label_partner(item.path)
-  if field_of_view:
-    logging.info('%s: the %dx%d source pixels around the centre of each image are resampled to the model\'s %dx%d '
-                 '(field_of_view); predictions are put back on the file\'s grid, background outside that window',
-                 item.path, field_of_view, field_of_view, *image_size)
-  else:
-    _log_resize(item.path, volume_shape[:2], image_size, axes)
-  examples = magnitude.load_examples(item.path, label_path, image_size, label_mapping, phase_seed,
-                                     labelled_only=False, field_of_view=field_of_view)
-  return LoadedFile(examples, volume_shape, np.eye(4) if affine is None else affine, label_path, label_mapping,
-                    field_of_view)
+  geometry = item.layout.geometry(item.path)
+  item.layout.log_placement(item.path, geometry, image_size, described)
+  examples = item.layout.load_examples(item.layout.item_of(item.path), image_size, described, labelled_only=False)
+  return LoadedFile(examples, geometry, item.layout, described, item.layout.label_mapping(described))
 
 
 def _on_file_grid(values: np.ndarray, loaded: LoadedFile, is_label: bool = False) -> np.ndarray:
-  """`[slices * frames, h, w]` predictions in example order -> the file's `volume_shape`, centre-cropped or padded
-  back to its in-plane size (`ocmr.crop_or_pad`), or resampled back from its field of view (`magnitude.place_view`):
-  the inverse placement of the reader's."""
-  in_plane = tuple(loaded.volume_shape[:2])
-  grid = (tuple(loaded.volume_shape[2:]) + (1, 1))[:2]
+  """`[slices * frames, h, w]` predictions in example order -> the file's grid `geometry.shape`, placed back on its
+  in-plane size by the inverse of the reader's placement (`Layout.place`: a centred crop or pad undone, or a field
+  of view resampled back)."""
+  shape = tuple(loaded.geometry.shape)
+  in_plane = shape[:2]
+  grid = (shape[2:] + (1, 1))[:2]
   if len(values) != grid[0] * grid[1]:
     raise ValueError(f'{len(values)} predictions for a file of {grid[0]} slices x {grid[1]} frames')
-  if loaded.field_of_view:
-    placed = magnitude.place_view(np.asarray(values), in_plane, loaded.field_of_view, is_label)
-  else:
-    placed = ocmr.crop_or_pad(np.asarray(values), in_plane)
+  placed = np.asarray(loaded.layout.place(np.asarray(values), in_plane, loaded.builder_config, is_label))
   placed = placed.reshape(grid + in_plane)  # [slices, frames, H, W]
-  return np.transpose(placed, (2, 3, 0, 1)).reshape(loaded.volume_shape)
+  return np.transpose(placed, (2, 3, 0, 1)).reshape(shape)
 
 
 def _labels_as_input(path: str, seg: np.ndarray, label_mapping: Optional[Sequence[int]]) -> Tuple[np.ndarray, str]:
@@ -214,7 +187,7 @@ def write_nifti(out_dir: str, loaded: LoadedFile, arrays: Dict[str, np.ndarray])
                                                    np.asarray(arrays['seg']).astype(np.uint8), loaded.label_mapping)
   paths = []
   for key, values in volumes.items():
-    image = nib.Nifti1Image(_on_file_grid(values, loaded, is_label=key == 'seg'), loaded.affine)
+    image = nib.Nifti1Image(_on_file_grid(values, loaded, is_label=key == 'seg'), loaded.geometry.affine)
     if key == 'seg':
       image.header.set_intent('label')
       image.header['descrip'] = description[:79]
