@@ -40,7 +40,7 @@ def parse_flags(argv):
   try:
     remaining = FLAGS(argv)
     config_checks.check_tuple_overrides_once(FLAGS, argv)
-    FLAGS.config  # pylint: disable=pointless-statement  (the config file is loaded here, not at first use)
+    FLAGS.config.keys()  # A config file that failed to load raises at its first use: here, not in main.
     return remaining
   except config_checks.ConfigError as e:
     sys.stderr.write(f'main.py: {e}\n')
