@@ -26,6 +26,10 @@ RUNTIME = 'runtime'  # How and where the run computes (devices, caches, kernels,
 ROLES = (DATA, DATA_BUILDER, DATA_PLACE, TRAINING, RESUMABLE, MODEL, RUNTIME)
 
 
+class ConfigError(ValueError):
+  """A config field with a value the run cannot use; the message names the field and what is valid."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Field:
   """One top-level config field. `placeholder`: the type of a field whose value may be None (`image_size`)."""

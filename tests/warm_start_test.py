@@ -78,8 +78,9 @@ def test_fine_tuning_starts_from_the_solo_network(tmp_path, data_dir, solo):
   config = _joint(data_dir, solo_dir)
   fresh = _initial_state(config)
   shape = input_pipeline.image_shape(input_pipeline.load_split(config, config.train_split))
-  started = warm_start.initialize(config, fresh, shape, input_pipeline.data_info(config),
-                                  steps.create_optimizer(config))
+  template_of = lambda c: steps.initial_state(c, steps.create_model(c), steps.create_optimizer(c), shape)
+  started = warm_start.initialize(config, fresh, input_pipeline.data_info(config), steps.create_optimizer(config),
+                                  template_of)
   for got, want in zip(_leaves(started.params['recon_net']), _leaves(solo_state.params)):
     np.testing.assert_array_equal(got, want)
   for got, want in zip(_leaves(started.params['seg_net']), _leaves(fresh.params['seg_net'])):

@@ -22,8 +22,7 @@ from segrecon_jax.training import warm_start
 KEY_SEEDS = 2**32
 
 
-class ConfigError(ValueError):
-  """A config field with a value the run cannot use."""
+ConfigError = settings.ConfigError  # Declared with the fields, so that any layer may raise it.
 
 
 def _number(config, field: str):

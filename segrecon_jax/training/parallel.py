@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from segrecon_jax import settings
 from segrecon_jax.models import layers
-from segrecon_jax.training import config_checks
 
 AXIS_NAME = 'batch'  # The pmap axis: gradients, BatchNorm statistics and metrics are averaged over it.
 
@@ -218,7 +218,7 @@ def setup_runtime(config) -> None:
       kwargs = dict(coordinator_address=config.coordinator_address, num_processes=config.num_processes,
                     process_id=config.process_id)
       if not 0 <= config.process_id < config.num_processes:
-        raise config_checks.ConfigError(
+        raise settings.ConfigError(
             f'config.num_processes={config.num_processes}, config.process_id={config.process_id}: with '
             f'config.coordinator_address={config.coordinator_address!r} give the number of processes of the job '
             '(>= 1) and this process\'s id, 0 .. num_processes - 1 (0 on the coordinator\'s host).')
@@ -234,7 +234,7 @@ def setup_runtime(config) -> None:
     except ValueError as e:
       if kwargs or 'coordinator_address' not in str(e):
         raise
-      raise config_checks.ConfigError(  # JAX found no cluster (SLURM, Open MPI, a TPU pod) to read it from.
+      raise settings.ConfigError(  # JAX found no cluster (SLURM, Open MPI, a TPU pod) to read it from.
           'config.distributed=True with config.coordinator_address empty: no cluster (SLURM, Open MPI, a TPU pod) '
           'was detected to find the other processes from. Set --config.coordinator_address=HOST:PORT (the host of '
           'process 0 and a free port), --config.num_processes=N and --config.process_id=i (0 .. N-1, a different one '

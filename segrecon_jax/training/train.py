@@ -200,8 +200,10 @@ def _start(config, workdir: str) -> _Start:
       manager, state, check=lambda meta: checkpoints.check_resume(meta, config, data_info, manager.directory),
       set_aside_corrupt=True)
   if restored is None:
+    template_of = lambda source: steps.initial_state(source, steps.create_model(source),
+                                                     steps.create_optimizer(source), shape)
     return _Start(train_source, eval_source, data_info, total_steps, model, tx,
-                  warm_start.initialize(config, state, shape, data_info, tx), manager, 1, 0, False)
+                  warm_start.initialize(config, state, data_info, tx, template_of), manager, 1, 0, False)
   skip_steps = meta.get('steps_into_epoch', 0)
   logging.info('Resumed from %s at step %d (epoch %d done%s).', manager.directory, int(restored.step), meta['epoch'],
                f', {skip_steps} steps of epoch {meta["epoch"] + 1}' if skip_steps else '')

@@ -12,7 +12,7 @@ a joint model's `recon_net`). Anything else is refused with both structures name
 
 import logging
 import os
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import jax
 import ml_collections
@@ -72,13 +72,17 @@ def _source_config(config, meta: Dict[str, Any]) -> ml_collections.ConfigDict:
   return source
 
 
-def load_source(config, shape: Tuple[int, int], data_info) -> Tuple[Any, Dict[str, Any]]:
+def load_source(config, data_info, template_of: Callable[[Any], Any]) -> Tuple[Any, Dict[str, Any]]:
   """The latest intact train state of the run `config.init_from` (on the host) and its meta.
+
+  Args:
+    config: this run's config.
+    data_info: this run's data description: the source must have been trained on the same data.
+    template_of: a config -> a fresh host train state of its model (`steps.initial_state`), the restore's template.
 
   Raises:
     WarmStartError: no checkpoint there, or one trained on other data.
   """
-  from segrecon_jax.training import steps  # pylint: disable=g-import-not-at-top  (steps imports this module)
   workdir = os.path.abspath(os.path.expanduser(config.init_from))
   directory = os.path.join(workdir, 'checkpoints')
   if not os.path.isdir(directory) or not any(name.isdigit() for name in os.listdir(directory)):
@@ -86,10 +90,13 @@ def load_source(config, shape: Tuple[int, int], data_info) -> Tuple[Any, Dict[st
                          'workdir of a trained run')
   manager = checkpoints.checkpoint_manager(workdir, config)
   try:
-    meta = checkpoints.read_meta(manager, manager.latest_step())
-    source_config = _source_config(config, meta)
-    model = steps.create_model(source_config)
-    template = steps.initial_state(source_config, model, steps.create_optimizer(source_config), shape)
+    try:
+      meta = checkpoints.read_meta(manager, manager.latest_step())
+    except Exception as e:  # pylint: disable=broad-except  (a damaged meta: the restore below names each step)
+      meta = {}
+      logging.warning('config.init_from=%r: the meta of step %s cannot be read (%s)', config.init_from,
+                      manager.latest_step(), e)
+    template = template_of(_source_config(config, meta))
     state, meta = checkpoints.restore_checkpoint(
         manager, template, check=lambda m: checkpoints.check_same_data(m, data_info, directory))
   finally:
@@ -97,15 +104,15 @@ def load_source(config, shape: Tuple[int, int], data_info) -> Tuple[Any, Dict[st
   return state, meta
 
 
-def initialize(config, state, shape: Tuple[int, int], data_info, tx: optax.GradientTransformation):
+def initialize(config, state, data_info, tx: optax.GradientTransformation, template_of: Callable[[Any], Any]):
   """`state` (a fresh host train state) with the networks of `config.init_from` grafted in, and a fresh optimizer
-  state for them; `state` itself when `init_from` is ''."""
+  state for them; `state` itself when `init_from` is ''. `template_of` as for `load_source`."""
   if config.freeze_recon and RECON_NET not in state.params:
     raise WarmStartError(f'config.freeze_recon=True: model {config.model.name!r} has no reconstruction network '
                          f'({RECON_NET}) to freeze; only a joint model (e.g. cascade_manet) has one')
   if not config.init_from:
     return state
-  source, meta = load_source(config, shape, data_info)
+  source, meta = load_source(config, data_info, template_of)
   what = f'config.init_from={config.init_from!r} (step {meta["step"]})'
   params, where = graft(state.params, source.params, what)
   batch_stats, _ = graft(state.batch_stats, source.batch_stats, what) if state.batch_stats else ({}, '')
