@@ -4,6 +4,10 @@
 checkpoints and the resume policy in `checkpoints.py`, the workdir lock in `workdir.py`, evaluation and predict in
 `inference.py`, device layout in `parallel.py`.
 
+The loop reads top to bottom as step, log, evaluate, checkpoint, stop on a signal; where it starts (`_start`: the
+restored, warm-started or initial state), the compiled programs (`_Programs`) and the log window (`_LogWindow`) are
+their own pieces, and the writer, the bar and the compiles are closed once, however the loop ends.
+
 The step count is the loop's own (it starts at the restored state's step); the progress bar only displays it.
 Train scalars are means over the `log_every_steps` window, read from the devices once per log step (no host sync
 per step), and every log step and eval also logs one line, so batch jobs without a terminal show progress.
