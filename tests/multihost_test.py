@@ -64,6 +64,7 @@ def workdir_files(workdir):
   return files
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one_process_with_the_same_devices(data_dir, two_epoch_run, tmp_path):
   assert jax.device_count() == 2  # tests/conftest.py: the 1-process reference has the job's 2 devices.
   config = train_test.two_epochs(data_dir)

@@ -160,6 +160,7 @@ def interrupted_run(data_dir, workdir, name, signals, at):
   return subprocess.run([sys.executable, '-c', script], cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_sigterm_stops_at_a_step_with_a_checkpoint_and_resumes_bit_identically(data_dir, trained, tmp_path):
   config = two_epochs(data_dir)
   workdir = str(tmp_path / 'sigterm')

@@ -174,6 +174,7 @@ def test_eval_and_predict_write_table_and_figure(data_dir, tmp_path):
     assert (labels.max() > 0) == labelled
 
 
+@pytest.mark.slow
 def test_joint_training_beats_untrained_dice(data_dir, tmp_path):
   config = tiny_config(data_dir, 'unet_unet', 'x4', num_epochs=30, eval_every_epochs=30, checkpoint_every_epochs=30)
   config.learning_rate, config.b1 = 3e-3, 0.9  # 150 steps of a tiny model: a faster optimizer than the paper's.
