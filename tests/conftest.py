@@ -14,16 +14,14 @@ import typing
 
 import pytest
 
-# 2 fake CPU devices; and XLA:CPU's quickest compiles (LLVM's cheapest code generation, fusions by the loop emitters
-# rather than the MLIR fusion emitters): the tests' programs are tiny, so compiling them (tens of train steps, each a
-# new program) is most of the suite's time and running them little of it. Float results may then differ from an
-# optimized build's in the last bits: the tests compare programs built under these same flags (the subprocesses they
-# start inherit them), or within tolerances. A flag already in XLA_FLAGS is left as set there.
-_FLAGS = ('--xla_force_host_platform_device_count=2', '--xla_backend_optimization_level=0',
-          '--xla_cpu_use_fusion_emitters=false')
-for _flag in _FLAGS:
-  if _flag.split('=')[0] not in os.environ.get('XLA_FLAGS', ''):
-    os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' ' + _flag).strip()
+_FLAG = '--xla_force_host_platform_device_count=2'
+if _FLAG not in os.environ.get('XLA_FLAGS', ''):
+  os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' ' + _FLAG).strip()
+# JAX's setting for programs that cost more to optimize than to run (LLVM's cheapest code generation, without its
+# expensive passes), as the tests' tiny programs do: compiling them, tens of train steps each a new program, is most of
+# the suite's time. Float results may differ from an optimized build's in the last bits; the tests compare programs
+# built under this same setting (the subprocesses they start inherit it), or within tolerances.
+os.environ.setdefault('JAX_DISABLE_MOST_OPTIMIZATIONS', '1')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
 # One persistent XLA compilation cache for the session, shared by this process and the main.py subprocesses the tests

@@ -28,8 +28,7 @@ def _free_port() -> int:
 def run_job(workdir, data_dir, tmp_path, name, num_processes=2):
   """Runs the worker as every process of one job; returns each process's report (fails with their logs)."""
   coordinator = f'127.0.0.1:{_free_port()}'
-  flags = [f for f in os.environ.get('XLA_FLAGS', '').split() if 'xla_force_host_platform_device_count' not in f]
-  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=' '.join(flags + ['--xla_force_host_platform_device_count=1']))
+  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='--xla_force_host_platform_device_count=1')
   procs, logs, reports = [], [], []
   for pid in range(num_processes):
     logs.append(tmp_path / f'{name}_{pid}.log')
