@@ -16,7 +16,6 @@ from segrecon_jax import losses
 from segrecon_jax.study import attention
 from segrecon_jax.training import config_checks
 from segrecon_jax.training import steps
-from segrecon_jax.training import train
 
 import train_test
 
@@ -109,11 +108,9 @@ def test_models_whose_segmentation_does_not_see_the_reconstruction_are_refused(e
     attention.pseudo_attention(config, str(tmp_path))
 
 
-def test_trained_workdir_writes_json_and_figure(tmp_path):
-  config = train_test.tiny_config(str(tmp_path / 'tfds'), preset='x4', num_epochs=1, eval_every_epochs=1,
-                                  checkpoint_every_epochs=1)
-  workdir = str(tmp_path / 'run')
-  train.train_and_evaluate(config, workdir)
+def test_trained_workdir_writes_json_and_figure(data_dir, one_epoch_run, tmp_path):
+  config = train_test.one_epoch(data_dir)
+  workdir = one_epoch_run.copy(tmp_path / 'run')
 
   record = attention.pseudo_attention(config, workdir)
   assert record['json_path'] == os.path.join(workdir, 'attention', 'attention.json')

@@ -14,6 +14,7 @@ from segrecon_jax.models import layers
 from segrecon_jax.training import steps
 
 
+@pytest.mark.slow
 def test_benchmark_runs_over_one_and_two_devices_and_writes_json(tmp_path):
   out = tmp_path / 'bench.json'
   args = benchmark.parse_args(['--experiments=unet', '--image_size=64', '--batch=2', '--steps=1', '--devices=2',
@@ -84,6 +85,7 @@ def test_benchmark_rejects_unknown_experiments_and_too_narrow_images():
                                         '--pipeline_config=']))
 
 
+@pytest.mark.slow
 def test_compile_levels_script_prints_whole_and_split_compiles(capfd):
   """benchmarks/compile_levels.py on a small stabilized config: one whole step per level before, the update once
   and a mask sampler per level after (each mode in a subprocess of its own)."""

@@ -25,11 +25,6 @@ import train_test
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp('tfds'))
-
-
 @pytest.fixture(autouse=True)
 def restore_registries(monkeypatch):
   """A test's registrations are undone after it: other tests see the package's own models, schemes and fields."""

@@ -28,8 +28,9 @@ import train_test
 
 
 def tiny_config(data_dir):
-  """One epoch of train_test's tiny UNet -> UNet on phantom_tiny (32x32), without stabilization."""
-  return train_test.tiny_config(data_dir, preset='x4', num_epochs=1, eval_every_epochs=1, checkpoint_every_epochs=1)
+  """One epoch of train_test's tiny UNet -> UNet on phantom_tiny (32x32), without stabilization: the config of
+  conftest's `one_epoch_run`."""
+  return train_test.one_epoch(data_dir)
 
 
 def test_example_id_names_subject_slice_frame():
@@ -97,10 +98,9 @@ def test_an_all_zero_reference_is_refused_not_averaged():
   assert np.isfinite(results['psnr']) and results['psnr'] < metrics.MAX_PSNR_DB
 
 
-def test_train_and_eval_write_per_slice_json(tmp_path):
-  config = tiny_config(str(tmp_path / 'tfds'))
-  workdir = str(tmp_path / 'run')
-  train.train_and_evaluate(config, workdir)
+def test_train_and_eval_write_per_slice_json(data_dir, one_epoch_run, tmp_path):
+  config = tiny_config(data_dir)
+  workdir = one_epoch_run.copy(tmp_path / 'run')
   record = json.loads((tmp_path / 'run' / 'per_slice.json').read_text())
   means = json.loads((tmp_path / 'run' / 'metrics.json').read_text())['metrics']
   eval_source = input_pipeline.load_split(config, config.eval_split)
@@ -181,12 +181,10 @@ def _placed(values, size):
   return ocmr.crop_or_pad(np.asarray(values), size)
 
 
-def test_predict_a_folder_writes_nifti_on_each_files_grid(tmp_path):
+def test_predict_a_folder_writes_nifti_on_each_files_grid(data_dir, one_epoch_run, tmp_path):
   """`predict --input=<folder>`: every file's predictions as NIfTI on the file's own voxel grid, with its affine."""
-  config = tiny_config(str(tmp_path / 'tfds'))
-  config.num_epochs = 1
-  workdir = str(tmp_path / 'run')
-  train.train_and_evaluate(config, workdir)
+  config = tiny_config(data_dir)
+  workdir = one_epoch_run.copy(tmp_path / 'run')
   folder = tmp_path / 'in'
   (nifti_image, _), _ = phantom_nifti.write_patient(str(folder), 1, recon_size=(36, 28), num_slices=2)
   cine = np.random.default_rng(0).uniform(0, 1, (30, 34, 2, 3)).astype(np.float32)  # [x, y, z, t], no labels

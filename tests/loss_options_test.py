@@ -11,34 +11,23 @@ from segrecon_jax.training import train
 import train_test
 
 
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp('tfds'))
-
-
-@pytest.fixture(scope='module')
-def cache_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp('jax_cache'))
-
-
-def options_config(data_dir, cache_dir, num_epochs, **overrides):
+def options_config(data_dir, num_epochs, **overrides):
   """train_test's tiny UNet -> UNet at one sampled fraction (no stabilization), checkpointed every epoch; the three
-  runs of a test share a compilation cache."""
+  runs of a test share their programs through the session's compilation cache (tests/conftest.py)."""
   return train_test.tiny_config(data_dir, preset='x4', num_epochs=num_epochs, eval_every_epochs=2,
-                                checkpoint_every_epochs=1, compile_ahead=False, compilation_cache_dir=cache_dir,
-                                **overrides)
+                                checkpoint_every_epochs=1, compile_ahead=False, **overrides)
 
 
 @pytest.mark.parametrize('overrides', [
     {'loss_balancing': 'grad_norm', 'focus_weight': 3.0, 'focus_source': 'reference'},
     {'loss_balancing': 'uncertainty', 'focus_weight': 3.0, 'focus_source': 'prediction'},
 ], ids=['grad_norm+reference', 'uncertainty+prediction'])
-def test_each_option_trains_and_resumes_exactly(data_dir, cache_dir, tmp_path, overrides):
-  straight = options_config(data_dir, cache_dir, 2, **overrides)
+def test_each_option_trains_and_resumes_exactly(data_dir, tmp_path, overrides):
+  straight = options_config(data_dir, 2, **overrides)
   results = train.train_and_evaluate(straight, str(tmp_path / 'straight'))
   assert np.isfinite(results['psnr']) and np.isfinite(results['dice_mean'])
-  train.train_and_evaluate(options_config(data_dir, cache_dir, 1, **overrides), str(tmp_path / 'resumed'))
-  train.train_and_evaluate(options_config(data_dir, cache_dir, 2, **overrides), str(tmp_path / 'resumed'))
+  train.train_and_evaluate(options_config(data_dir, 1, **overrides), str(tmp_path / 'resumed'))
+  train.train_and_evaluate(options_config(data_dir, 2, **overrides), str(tmp_path / 'resumed'))
   a, meta_a = train_test.latest_params(str(tmp_path / 'straight'), straight)
   b, meta_b = train_test.latest_params(str(tmp_path / 'resumed'), straight)
   assert meta_a['epoch'] == meta_b['epoch'] == 2 and int(a.step) == int(b.step) > 0

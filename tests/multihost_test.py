@@ -68,14 +68,14 @@ def workdir_files(workdir):
   return files
 
 
-def test_two_processes_train_like_one_process_with_the_same_devices(tmp_path):
+@pytest.mark.slow
+def test_two_processes_train_like_one_process_with_the_same_devices(data_dir, two_epoch_run, tmp_path):
   assert jax.device_count() == 2  # tests/conftest.py: the 1-process reference has the job's 2 devices.
-  data_dir = str(tmp_path / 'tfds')
-  config = train_test.multihost_config(data_dir)
+  config = train_test.two_epochs(data_dir)
   input_pipeline.load_split(config, config.train_split)  # Build the dataset once, before processes share it.
 
-  one = str(tmp_path / 'one_process')
-  one_results = train.train_and_evaluate(config, one)
+  one = two_epoch_run.copy(tmp_path / 'one_process')  # The 1-process run of the same config.
+  one_results = json.load(open(os.path.join(one, 'metrics.json')))['metrics']
   inference.predict(config, one, out_dir=os.path.join(one, inference.TRAINING_PREDICTIONS_DIR))  # As main.py.
 
   two = str(tmp_path / 'two_processes')

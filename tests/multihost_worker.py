@@ -39,7 +39,7 @@ def main(workdir, data_dir, coordinator, num_processes, process_id, report_path)
   from segrecon_jax.training import inference  # pylint: disable=g-import-not-at-top
   from segrecon_jax.training import train  # pylint: disable=g-import-not-at-top
 
-  config = train_test.multihost_config(data_dir)
+  config = train_test.two_epochs(data_dir)
   config.distributed = True
   config.coordinator_address, config.num_processes, config.process_id = coordinator, num_processes, process_id
   results = train.train_and_evaluate(config, workdir)

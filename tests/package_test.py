@@ -7,6 +7,8 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -19,6 +21,7 @@ def _build_flags():
   return []
 
 
+@pytest.mark.slow
 def test_pip_install_gives_working_imports_from_another_directory(tmp_path):
   # A copy of what pip packages, so that the build never writes into the repository (build/, *.egg-info).
   source = tmp_path / 'source'

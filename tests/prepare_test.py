@@ -103,6 +103,7 @@ print('examples', len(input_pipeline.load_split(config, 'train')))
 '''
 
 
+@pytest.mark.slow
 def test_two_first_runs_share_a_fresh_data_dir(tmp_path):
   """Both prepare phantom_tiny at once: one builds, the other waits and reuses it; a killed build's leftovers go."""
   data_dir = tmp_path / 'tfds'

@@ -33,6 +33,7 @@ def nifti_config(data_dir, manual_dir, image_size=32):
   return config
 
 
+@pytest.mark.slow
 def test_train_on_nifti_then_predict_labels_for_an_ocmr_file(tmp_path, caplog):
   manual_dir = str(tmp_path / 'acdc_like')
   phantom_nifti.write_folder(manual_dir, 4, seed=1, recon_size=(40, 28), num_slices=2)

@@ -18,29 +18,17 @@ from segrecon_jax.training import steps
 from segrecon_jax.training import train
 from segrecon_jax.training import workdir as workdir_lib
 
-from train_test import tiny_config  # pylint: disable=g-bad-import-order
+from train_test import tiny_config, two_epochs  # pylint: disable=g-bad-import-order
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECORD = ('metrics.json', 'per_slice.json', 'results.md')  # The training's record at the workdir root.
 
 
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp('tfds'))
-
-
-def two_epochs(data_dir):
-  """2 epochs with a checkpoint after each: the straight run every test here compares with."""
-  return tiny_config(data_dir, num_epochs=2, schedule_levels=2, eval_every_epochs=2, checkpoint_every_epochs=1,
-                     log_every_steps=1)
-
-
-@pytest.fixture(scope='module')
-def trained(data_dir, tmp_path_factory):
-  """A finished workdir of `two_epochs`, never modified: tests copy it."""
-  workdir = str(tmp_path_factory.mktemp('trained') / 'run')
-  train.train_and_evaluate(two_epochs(data_dir), workdir)
-  return workdir
+@pytest.fixture
+def trained(two_epoch_run):
+  """A finished workdir of `two_epochs` (2 epochs with a checkpoint after each), the straight run every test here
+  compares with; never modified: tests copy it."""
+  return two_epoch_run.workdir
 
 
 def read_record(workdir):
@@ -172,6 +160,7 @@ def interrupted_run(data_dir, workdir, name, signals, at):
   return subprocess.run([sys.executable, '-c', script], cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_sigterm_stops_at_a_step_with_a_checkpoint_and_resumes_bit_identically(data_dir, trained, tmp_path):
   config = two_epochs(data_dir)
   workdir = str(tmp_path / 'sigterm')

@@ -89,6 +89,7 @@ def _outputs(config, workdir):
   return jax.tree.map(np.asarray, out), 'segrecon_conv_forward' in jaxpr
 
 
+@pytest.mark.slow
 def test_a_checkpoint_trained_with_xla_layers_evaluates_and_resumes_with_native_ones(tmp_path):
   if not native.available():
     pytest.skip(native.unavailable_reason())

@@ -71,24 +71,28 @@ def run_step(config, num_devices=2, batch=None):
 
 def direct_norms(config, state, batch, rng):
   """Norms of d(w_r * recon_loss)/d(recon params) and d(w_s * seg_loss)/d(same) by `jax.grad`, on one device
-  with the masks train_step draws there (device index 0)."""
+  with the masks train_step draws there (device index 0); jitted, one compile rather than one per operation."""
   model = steps.create_model(config, bn_axis_name=None)
-  step_rng = jax.random.fold_in(jax.random.fold_in(rng, state.step), 0)
-  keys = jax.random.split(step_rng, batch['image'].shape[0])
-  zero_filled, measured, masks = steps.undersample_batch(jnp.asarray(batch['image']), keys,
-                                                         1.0 / config.acceleration, config.num_acs)
 
-  def weighted_term(params, name, weight):
-    outputs, _ = model.apply({'params': params, 'batch_stats': state.batch_stats}, zero_filled, measured, masks,
-                             train=True, mutable=['batch_stats'])
-    _, terms = steps.compute_losses(config, outputs.recon, outputs.seg_logits, batch)
-    return weight * terms[name]
+  def norms_of(state, batch, rng):
+    step_rng = jax.random.fold_in(jax.random.fold_in(rng, state.step), 0)
+    keys = jax.random.split(step_rng, batch['image'].shape[0])
+    zero_filled, measured, masks = steps.undersample_batch(batch['image'], keys, 1.0 / config.acceleration,
+                                                           config.num_acs)
 
-  norms = {}
-  for name, weight in (('recon_loss', config.recon_loss_weight), ('seg_loss', config.seg_loss_weight)):
-    grads = jax.grad(weighted_term)(state.params, name, weight)
-    norms[name.replace('_loss', '_grad_norm')] = float(optax.tree.norm(steps.recon_network_params(model, grads)))
-  return norms
+    def weighted_term(params, name, weight):
+      outputs, _ = model.apply({'params': params, 'batch_stats': state.batch_stats}, zero_filled, measured, masks,
+                               train=True, mutable=['batch_stats'])
+      _, terms = steps.compute_losses(config, outputs.recon, outputs.seg_logits, batch)
+      return weight * terms[name]
+
+    norms = {}
+    for name, weight in (('recon_loss', config.recon_loss_weight), ('seg_loss', config.seg_loss_weight)):
+      grads = jax.grad(weighted_term)(state.params, name, weight)
+      norms[name.replace('_loss', '_grad_norm')] = optax.tree.norm(steps.recon_network_params(model, grads))
+    return norms
+
+  return {name: float(norm) for name, norm in jax.jit(norms_of)(state, batch, rng).items()}
 
 
 @pytest.mark.parametrize('experiment', ['unet_unet', 'multidecoder_unet'])
@@ -159,10 +163,10 @@ def test_cosine_learning_rate_decays_to_zero_over_the_run_and_fixes_num_epochs_o
     steps.create_optimizer(tiny_config(lr_schedule='linear'))
 
 
-@pytest.mark.parametrize('ahead', [False, True])
-def test_train_steps_split_equals_the_one_program_train_step(ahead):
+def test_train_steps_split_equals_the_one_program_train_step():
   """`TrainSteps` (mask sampler per fraction + one update) trains exactly as the single pmapped `train_step`:
-  same masks, same updates, over steps that change the sampled fraction."""
+  same masks, same updates, over steps that change the sampled fraction; compiled as the loop asks for them, and
+  compiled ahead (every fraction prefetched first)."""
   config = tiny_config()
   devices = jax.local_devices()[:2]
   model, tx = steps.create_model(config), steps.create_optimizer(config)
@@ -171,20 +175,24 @@ def test_train_steps_split_equals_the_one_program_train_step(ahead):
   rng = parallel.replicate(jax.random.PRNGKey(5), devices)
   p_step = parallel.pmap(functools.partial(steps.train_step, model=model, tx=tx, config=config),
                          static_broadcasted_argnums=(3,), devices=devices)
-  split = compiled.TrainSteps(model, tx, config, state, batch, rng, devices=devices)
   fractions = (1.0, 0.5, 0.5, 0.25)
-  if ahead:
-    for fraction in dict.fromkeys(fractions):
-      split.prefetch(fraction)
-  want, got = state, jax.tree.map(jnp.copy, state)  # The split's update donates its state.
+  want, want_terms = state, []
   for fraction in fractions:
-    want, want_terms = p_step(want, batch, rng, fraction)
-    got, got_terms = split.get(fraction)(got, batch, rng)
-    jax.tree.map(np.testing.assert_array_equal, jax.device_get(got_terms), jax.device_get(want_terms))
-  jax.tree.map(np.testing.assert_array_equal, jax.device_get(got), jax.device_get(want))
-  assert int(parallel.unreplicate(got).step) == len(fractions)
-  assert set(split.compile_seconds) == {1.0, 0.5, 0.25, 'update'} == set(split.wait_seconds)
-  split.close()
+    want, terms = p_step(want, batch, rng, fraction)
+    want_terms.append(jax.device_get(terms))
+  for ahead in (False, True):
+    split = compiled.TrainSteps(model, tx, config, state, batch, rng, devices=devices)
+    if ahead:
+      for fraction in dict.fromkeys(fractions):
+        split.prefetch(fraction)
+    got = jax.tree.map(jnp.copy, state)  # The split's update donates its state.
+    for fraction, expected in zip(fractions, want_terms):
+      got, got_terms = split.get(fraction)(got, batch, rng)
+      jax.tree.map(np.testing.assert_array_equal, jax.device_get(got_terms), expected)
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(got), jax.device_get(want))
+    assert int(parallel.unreplicate(got).step) == len(fractions)
+    assert set(split.compile_seconds) == {1.0, 0.5, 0.25, 'update'} == set(split.wait_seconds)
+    split.close()
 
 
 # ---------------------------------------------------------------------------------------------------------------

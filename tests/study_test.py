@@ -403,6 +403,7 @@ def test_attention_runs_the_segmenting_runs_and_the_untrained_control(tmp_path, 
   assert open(figure, 'rb').read() == b'png of ' + flagship.encode()
 
 
+@pytest.mark.slow
 def test_study_runs_on_a_nifti_folder(tmp_path):
   """The study on data of the user's: a NIfTI folder (ACDC layout) written here, passed with --config.* flags;
   one real run trains, and the report names the data and the settings."""

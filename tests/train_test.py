@@ -3,7 +3,10 @@
 import functools
 import importlib
 import json
+import logging
 import os
+import shutil
+import types
 
 import jax
 import jax.numpy as jnp
@@ -23,11 +26,6 @@ from segrecon_jax.training import workdir as workdir_lib
 from segrecon_jax.training import writer as writer_lib
 
 EXPERIMENTS = ('unet', 'cascade', 'multidecoder_unet', 'unet_unet', 'cascade_manet')
-
-
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp('tfds'))
 
 
 def tiny_config(data_dir, experiment='unet_unet', preset='x4_stab', **overrides):
@@ -53,10 +51,17 @@ def tiny_config(data_dir, experiment='unet_unet', preset='x4_stab', **overrides)
   return config
 
 
-def multihost_config(data_dir):
-  """The config that tests/multihost_test.py trains with 2 processes and with 1 (2 epochs, 2 sampled fractions)."""
+def two_epochs(data_dir):
+  """2 epochs at 2 sampled fractions, a checkpoint after each: conftest's `two_epoch_run` (trained once per session),
+  what tests/multihost_test.py trains with 2 processes and recovery_test interrupts."""
   return tiny_config(data_dir, num_epochs=2, schedule_levels=2, eval_every_epochs=2, checkpoint_every_epochs=1,
-                     log_every_steps=2)
+                     log_every_steps=1)
+
+
+def one_epoch(data_dir):
+  """One epoch of the UNet -> UNet without stabilization (one sampled fraction), evaluated and checkpointed:
+  conftest's `one_epoch_run` (trained once per session)."""
+  return tiny_config(data_dir, preset='x4', num_epochs=1, eval_every_epochs=1, checkpoint_every_epochs=1)
 
 
 def latest_params(workdir, config):
@@ -72,25 +77,58 @@ def test_two_fake_devices():
   assert jax.local_device_count() == 2
 
 
-def test_traces_once_per_distinct_fraction(data_dir, tmp_path):
-  config = tiny_config(data_dir)
-  fractions = {steps.sampled_fraction_for_epoch(config, e) for e in range(1, config.num_epochs + 1)}
-  assert len(fractions) == 3  # the schedule's static fraction changes during the run
+@pytest.fixture(scope='module')
+def four_epoch_run(data_dir, tmp_path_factory):
+  """tiny_config's 4 epochs at 3 sampled fractions, evaluated and logged every 2 epochs / steps, without a bar:
+  trained once for the tests that read its workdir, the traces it made and the lines it logged."""
+  config = tiny_config(data_dir, eval_every_epochs=2, log_every_steps=2, progress_bar=False)
+  workdir = str(tmp_path_factory.mktemp('four_epochs') / 'run')
+  lines = []
+  handler = logging.Handler(logging.INFO)
+  handler.emit = lambda record: lines.append(record.getMessage())
+  root = logging.getLogger()
+  level = root.level
+  root.addHandler(handler)
+  root.setLevel(logging.INFO)
   steps.TRAIN_STEP_TRACES.clear()
   steps.TRAIN_UPDATE_TRACES.clear()
-  results = train.train_and_evaluate(config, str(tmp_path / 'run'))
-  assert set(steps.TRAIN_STEP_TRACES) == fractions  # One mask sampler per fraction ...
-  assert all(count == 1 for count in steps.TRAIN_STEP_TRACES.values())
-  assert list(steps.TRAIN_UPDATE_TRACES.values()) == [1]  # ... and one update for all of them.
+  try:
+    results = train.train_and_evaluate(config, workdir)
+  finally:
+    root.removeHandler(handler)
+    root.setLevel(level)
+  return types.SimpleNamespace(config=config, workdir=workdir, results=results, lines=lines,
+                               step_traces=dict(steps.TRAIN_STEP_TRACES),
+                               update_traces=dict(steps.TRAIN_UPDATE_TRACES))
+
+
+@pytest.fixture(scope='module')
+def first_half_run(data_dir, tmp_path_factory):
+  """The first 2 of four_epoch_run's epochs, logged every step and compiled as the loop asks for each level (no
+  compiling ahead): never modified, tests copy it."""
+  config = tiny_config(data_dir, num_epochs=2, compile_ahead=False)
+  workdir = str(tmp_path_factory.mktemp('first_half') / 'run')
+  train.train_and_evaluate(config, workdir)
+  return types.SimpleNamespace(config=config, workdir=workdir)
+
+
+def test_traces_once_per_distinct_fraction(four_epoch_run):
+  config, workdir = four_epoch_run.config, four_epoch_run.workdir
+  fractions = {steps.sampled_fraction_for_epoch(config, e) for e in range(1, config.num_epochs + 1)}
+  assert len(fractions) == 3  # the schedule's static fraction changes during the run
+  assert set(four_epoch_run.step_traces) == fractions  # One mask sampler per fraction ...
+  assert all(count == 1 for count in four_epoch_run.step_traces.values())
+  assert list(four_epoch_run.update_traces.values()) == [1]  # ... and one update for all of them.
+  results = four_epoch_run.results
   assert np.isfinite(results['psnr']) and np.isfinite(results['dice_mean'])
-  record = json.loads((tmp_path / 'run' / 'metrics.json').read_text())
+  record = json.load(open(os.path.join(workdir, 'metrics.json')))
   assert record['train_compiles'] == len(fractions) + 1
   assert 0 < record['train_compile_wait_seconds'] <= record['train_compile_seconds']
-  table = (tmp_path / 'run' / 'results.md').read_text()
+  table = open(os.path.join(workdir, 'results.md')).read()
   for column in ('MSE (x10^3)', 'PSNR', 'SSIM', 'F-MSE (x10^3)', 'F-PSNR', 'F-SSIM', 'Dice'):
     assert column in table
   assert 'UNet -> UNet (S)' in table
-  assert any(name.startswith('events') for name in os.listdir(tmp_path / 'run' / 'tensorboard'))
+  assert any(name.startswith('events') for name in os.listdir(os.path.join(workdir, 'tensorboard')))
 
 
 def _abort_rows(workdir, steps_):
@@ -100,26 +138,21 @@ def _abort_rows(workdir, steps_):
     f.writelines(json.dumps({'step': s, 'train_loss': 999.0}) + '\n' for s in steps_)
 
 
-def test_resume_matches_straight_run(data_dir, tmp_path):
-  straight = tiny_config(data_dir, num_epochs=4)
-  train.train_and_evaluate(straight, str(tmp_path / 'straight'))
-  first_half = tiny_config(data_dir, num_epochs=2, compile_ahead=False)  # Both compile paths train alike.
-  _abort_rows(str(tmp_path / 'resumed'), range(1, 40))  # A start from scratch drops every row of an aborted run ...
-  train.train_and_evaluate(first_half, str(tmp_path / 'resumed'))
-  _, meta = latest_params(str(tmp_path / 'resumed'), first_half)
+def test_resume_matches_straight_run(data_dir, four_epoch_run, first_half_run, tmp_path):
+  straight = four_epoch_run.config
+  first_half = first_half_run.config  # Both compile paths train alike.
+  resumed = str(tmp_path / 'resumed')
+  shutil.copytree(first_half_run.workdir, resumed)
+  _, meta = latest_params(resumed, first_half)
   assert meta['epoch'] == 2
-  _abort_rows(str(tmp_path / 'resumed'), range(meta['step'] + 1, meta['step'] + 4))  # ... a resume those after it.
-  train.train_and_evaluate(tiny_config(data_dir, num_epochs=4), str(tmp_path / 'resumed'))
-  rows = [json.loads(line) for line in open(tmp_path / 'resumed' / writer_lib.SCALARS_FILE)]
+  _abort_rows(resumed, range(meta['step'] + 1, meta['step'] + 4))  # An aborted run's rows past the checkpoint.
+  train.train_and_evaluate(tiny_config(data_dir, num_epochs=4), resumed)
+  rows = [json.loads(line) for line in open(os.path.join(resumed, writer_lib.SCALARS_FILE))]
   pairs = [(row['step'], tag) for row in rows for tag in row if tag != 'step']
-  assert len(pairs) == len(set(pairs))  # One row per step and tag.
-  losses_ = {r['step']: r['train_loss'] for r in rows if 'train_loss' in r}
-  expected = writer_lib.read_scalars(str(tmp_path / 'straight'))['train_loss']
-  assert sorted(losses_) == sorted(expected)
-  np.testing.assert_allclose([losses_[s] for s in sorted(losses_)], [expected[s] for s in sorted(expected)],
-                             rtol=1e-4)
-  a, meta_a = latest_params(str(tmp_path / 'straight'), straight)
-  b, meta_b = latest_params(str(tmp_path / 'resumed'), straight)
+  assert len(pairs) == len(set(pairs))  # One row per step and tag: the aborted run's rows are gone.
+  assert 999.0 not in [row.get('train_loss') for row in rows]
+  a, meta_a = latest_params(four_epoch_run.workdir, straight)
+  b, meta_b = latest_params(resumed, straight)
   assert meta_a['epoch'] == meta_b['epoch'] == 4 and int(a.step) == int(b.step)
   jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-6), a.params, b.params)
   jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-6), a.opt_state, b.opt_state)
@@ -154,6 +187,7 @@ def test_eval_and_predict_write_table_and_figure(data_dir, tmp_path):
     assert (labels.max() > 0) == labelled
 
 
+@pytest.mark.slow
 def test_joint_training_beats_untrained_dice(data_dir, tmp_path):
   config = tiny_config(data_dir, 'unet_unet', 'x4', num_epochs=30, eval_every_epochs=30, checkpoint_every_epochs=30)
   config.learning_rate, config.b1 = 3e-3, 0.9  # 150 steps of a tiny model: a faster optimizer than the paper's.
@@ -167,9 +201,9 @@ def test_joint_training_beats_untrained_dice(data_dir, tmp_path):
   assert after['dice_mean'] > before['dice_mean'] + 0.1
 
 
-def test_non_finite_loss_stops_and_keeps_last_checkpoint(data_dir, tmp_path, monkeypatch):
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(data_dir, first_half_run, tmp_path, monkeypatch):
   workdir = str(tmp_path / 'nan')
-  train.train_and_evaluate(tiny_config(data_dir, num_epochs=2), workdir)
+  shutil.copytree(first_half_run.workdir, workdir)  # 2 epochs of tiny_config.
   manager = checkpoints.checkpoint_manager(workdir, tiny_config(data_dir))
   good_step = manager.latest_step()
   monkeypatch.setattr(losses, 'l1_l2_loss', lambda recon, target, **_: jnp.full(recon.shape[:1], jnp.nan))
@@ -256,11 +290,10 @@ def read_scalars(workdir):
   return scalars
 
 
-def test_bar_off_writes_scalars_at_the_loops_own_steps(data_dir, tmp_path, caplog):
-  caplog.set_level('INFO')
-  config = tiny_config(data_dir, num_epochs=4, eval_every_epochs=2, log_every_steps=2, progress_bar=False)
-  workdir = str(tmp_path / 'steps')
-  train.train_and_evaluate(config, workdir)
+def test_bar_off_writes_scalars_at_the_loops_own_steps(four_epoch_run):
+  config, workdir = four_epoch_run.config, four_epoch_run.workdir
+  assert (config.num_epochs, config.eval_every_epochs, config.log_every_steps) == (4, 2, 2)
+  assert not config.progress_bar
   source = input_pipeline.load_split(config, config.train_split)
   per_epoch = input_pipeline.num_train_steps_per_epoch(source, config)
   total = 4 * per_epoch
@@ -269,7 +302,7 @@ def test_bar_off_writes_scalars_at_the_loops_own_steps(data_dir, tmp_path, caplo
   assert [s for s, _ in scalars['eval_psnr']] == [2 * per_epoch, 4 * per_epoch]
   assert all(v > 0 for _, v in scalars['train_steps_per_second'])
   # One line per log step and per eval, without a terminal.
-  lines = [r.getMessage() for r in caplog.records]
+  lines = four_epoch_run.lines
   assert sum(line.startswith('step ') and 'slices/s, ETA' in line for line in lines) == total // 2
   assert any(line.startswith(f'step {total}/{total} epoch 4/4') for line in lines)
   assert sum(line.startswith('eval at step') for line in lines) == 2
@@ -294,13 +327,14 @@ def test_a_writer_drops_the_rows_it_will_write_again(tmp_path):
   assert len(path.read_text().splitlines()) == 1
 
 
-def test_train_scalars_are_the_mean_over_the_log_window(data_dir, tmp_path):
-  every_step, every_two = tmp_path / 'one', tmp_path / 'two'
-  train.train_and_evaluate(tiny_config(data_dir, num_epochs=1, log_every_steps=1), str(every_step))
-  train.train_and_evaluate(tiny_config(data_dir, num_epochs=1, log_every_steps=2), str(every_two))
-  one, two = dict(read_scalars(str(every_step))['train_loss']), dict(read_scalars(str(every_two))['train_loss'])
-  for step, value in two.items():
-    np.testing.assert_allclose(value, (one[step - 1] + one[step]) / 2, rtol=1e-5)
+def test_train_scalars_are_the_mean_over_the_log_window(four_epoch_run, first_half_run):
+  """The first half logs every step; the 4-epoch run, whose first 2 epochs train alike, every 2 steps."""
+  every_step, every_two = read_scalars(first_half_run.workdir), read_scalars(four_epoch_run.workdir)
+  one, two = dict(every_step['train_loss']), dict(every_two['train_loss'])
+  shared = [step for step in two if step in one]
+  assert len(shared) == len(one) // 2 > 0
+  for step in shared:
+    np.testing.assert_allclose(two[step], (one[step - 1] + one[step]) / 2, rtol=1e-5)
 
 
 _HOLD_LOCK = """
@@ -334,9 +368,9 @@ def test_a_second_run_into_a_held_workdir_stops_and_a_killed_holder_does_not_blo
   assert open(os.path.join(workdir, '.lock')).read() == ''  # Cleared on a clean exit.
 
 
-def test_resume_refuses_changed_training_fields_and_allows_more_epochs(data_dir, tmp_path):
+def test_resume_refuses_changed_training_fields_and_allows_more_epochs(data_dir, first_half_run, tmp_path):
   workdir = str(tmp_path / 'resume')
-  train.train_and_evaluate(tiny_config(data_dir, num_epochs=2), workdir)
+  shutil.copytree(first_half_run.workdir, workdir)  # 2 epochs of tiny_config.
   before = json.load(open(os.path.join(workdir, 'metrics.json')))
   with pytest.raises(checkpoints.ResumeError, match=r"config.seed: 0 in the checkpoint, 1 now\n"
                                                     r"(.|\n)*Use a new --workdir"):

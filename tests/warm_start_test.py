@@ -25,11 +25,6 @@ def _joint(data_dir, init_from, **overrides):
   return config
 
 
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp('tfds'))
-
-
 @pytest.fixture(name='solo', scope='module')
 def fixture_solo(tmp_path_factory, data_dir):
   workdir = str(tmp_path_factory.mktemp('solo'))
