@@ -1,7 +1,7 @@
 """The study's figures: Fig. 2-like comparisons, the loss-weight curves, the loss trade-off and training curves."""
 
 import os
-from typing import Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 
@@ -44,6 +44,23 @@ def fig2(root: str, out_dir: str, margin_fraction: float, data_name: str) -> Lis
   return paths
 
 
+def _finish_method_plot(fig, ax, path: str, title: str, colors: Dict[str, Any], markers: Dict[int, str],
+                        xlabel: str) -> None:
+  """The legend (a colour per method, a marker per acceleration), axes and title of a per-method plot against solo
+  CascadeNet's F-PSNR, saved to `path`."""
+  handles = [plt.Line2D([], [], color=color, marker='o', linestyle='none', label=l) for l, color in colors.items()]
+  handles += [plt.Line2D([], [], color='black', marker=m, linestyle='none', label=f'x{a}') for a, m in markers.items()]
+  ax.legend(handles=handles, fontsize=7, loc='best')
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel('F-PSNR - F-PSNR(solo CascadeNet) (dB)')
+  ax.grid(True, alpha=0.3)
+  ax.set_title(title, fontsize=9)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
 def tradeoff(path: str, points: Sequence[Tuple[str, int, Tuple[float, float, float], Tuple[float, float, float]]],
              title: str) -> None:
   """F-PSNR gain against global PSNR cost, both paired against solo reconstruction, one point per (method,
@@ -62,17 +79,7 @@ def tradeoff(path: str, points: Sequence[Tuple[str, int, Tuple[float, float, flo
   ax.axhline(0, color='grey', linewidth=0.8)
   ax.axvline(0, color='grey', linewidth=0.8)
   ax.axvline(-0.5, color='grey', linewidth=0.8, linestyle=':')
-  handles = [plt.Line2D([], [], color=colors[l], marker='o', linestyle='none', label=l) for l in labels]
-  handles += [plt.Line2D([], [], color='black', marker=m, linestyle='none', label=f'x{a}') for a, m in markers.items()]
-  ax.legend(handles=handles, fontsize=7, loc='best')
-  ax.set_xlabel('PSNR - PSNR(solo CascadeNet) (dB)')
-  ax.set_ylabel('F-PSNR - F-PSNR(solo CascadeNet) (dB)')
-  ax.grid(True, alpha=0.3)
-  ax.set_title(title, fontsize=9)
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  _finish_method_plot(fig, ax, path, title, colors, markers, 'PSNR - PSNR(solo CascadeNet) (dB)')
 
 
 def curves(path: str, series: Dict[str, Dict[str, Tuple[np.ndarray, np.ndarray]]],
@@ -186,14 +193,4 @@ def pareto(path: str, points: Sequence[Dict], front: Sequence[int], title: str) 
       ax.plot(xs, ys, color='black', linewidth=0.8, linestyle='--')
       ax.scatter(xs, ys, s=220, facecolors='none', edgecolors='black', marker=marker)
   ax.axhline(0, color='grey', linewidth=0.8)
-  handles = [plt.Line2D([], [], color=colors[l], marker='o', linestyle='none', label=l) for l in labels]
-  handles += [plt.Line2D([], [], color='black', marker=m, linestyle='none', label=f'x{a}') for a, m in markers.items()]
-  ax.legend(handles=handles, fontsize=7, loc='best')
-  ax.set_xlabel('mean foreground Dice')
-  ax.set_ylabel('F-PSNR - F-PSNR(solo CascadeNet) (dB)')
-  ax.grid(True, alpha=0.3)
-  ax.set_title(title, fontsize=9)
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  _finish_method_plot(fig, ax, path, title, colors, markers, 'mean foreground Dice')
