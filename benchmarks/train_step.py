@@ -112,6 +112,7 @@ import numpy as np
 from segrecon_jax import models
 from segrecon_jax.models import layers
 from segrecon_jax.training import compiled
+from segrecon_jax.training import config_checks
 from segrecon_jax.training import input_pipeline
 from segrecon_jax.training import parallel
 from segrecon_jax.training import steps as step_lib  # `steps` is the timed step count here.
@@ -225,7 +226,7 @@ def time_train_step(config, image_size: int, num_devices: int, steps: int, profi
 
 def _time_train_step(config, image_size: int, num_devices: int, steps: int, profile_dir: str) -> Dict[str, Any]:
   devices = jax.local_devices()[:num_devices]
-  step_lib.check_masks_fit(config, image_size, f'--image_size={image_size}')
+  config_checks.check_masks_fit(config, image_size, f'--image_size={image_size}')
   if config.batch_size % num_devices:
     raise ValueError(f'--batch={config.batch_size} does not split over {num_devices} devices')
   model, tx = step_lib.create_model(config), step_lib.create_optimizer(config)

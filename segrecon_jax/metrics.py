@@ -6,11 +6,13 @@ final evaluation (`steps.eval_step`) call the same functions, so their numbers f
 
 - Images are compared as magnitudes, `|recon|` against `|target|`.
 - `data_range` (the peak of PSNR and the `L` of SSIM's constants) is the maximum of the fully sampled magnitude
-  of each slice (fastMRI takes the volume's maximum; here every slice stands alone); an all-zero slice gets 1.
-  The focused metrics use the same per-slice value, not the maximum inside the box, so F-PSNR and F-SSIM are
-  comparable with their global counterparts.
-- PSNR = 10 log10(data_range^2 / MSE), capped at `MAX_PSNR_DB` so that an exact reconstruction (e.g. the
-  zero-filled input at sampled fraction 1) gives a finite number instead of inf.
+  of each slice (fastMRI takes the volume's maximum; here every slice stands alone). The focused metrics use the
+  same per-slice value, not the maximum inside the box, so F-PSNR and F-SSIM are comparable with their global
+  counterparts. An all-zero slice has no peak: its PSNR, SSIM, F-PSNR and F-SSIM are undefined and come out NaN,
+  never a number that could enter a mean (the readers refuse such images, and `inference.evaluate_state` refuses a
+  split that still holds one); its MSE stays defined.
+- PSNR = 10 log10(data_range^2 / MSE), capped at `MAX_PSNR_DB` so that an exact reconstruction of a slice with
+  signal (e.g. the zero-filled input at sampled fraction 1) gives a finite number instead of inf.
 - SSIM is Wang et al. 2004 exactly as scikit-image's default `structural_similarity(im1, im2, data_range=R)`: a
   7x7 uniform window, K1 = 0.01, K2 = 0.03, sample covariance (49 / 48), and the mean of the SSIM map over the
   pixels whose window lies inside the image (skimage crops 3 pixels from every border).
@@ -43,17 +45,18 @@ def magnitude(image: Array) -> Array:
 
 
 def data_range(target_magnitude: Array) -> Array:
-  """Per-slice peak: max over `[..., H, W]` of the fully sampled magnitude; 1 where the slice is all zero.
+  """Per-slice peak: max over `[..., H, W]` of the fully sampled magnitude; NaN where the slice is all zero (no
+  peak, so the metrics relative to it are undefined).
 
   Returns:
     float32 `[...]`.
   """
   peak = jnp.max(target_magnitude.astype(jnp.float32), axis=(-2, -1))
-  return jnp.where(peak > 0, peak, 1.0)
+  return jnp.where(peak > 0, peak, jnp.nan)
 
 
 def psnr_from_mse(mse: Array, peak: Array) -> Array:
-  """10 log10(peak^2 / mse) in dB, capped at `MAX_PSNR_DB`; `mse` and `peak` broadcast."""
+  """10 log10(peak^2 / mse) in dB, capped at `MAX_PSNR_DB`; NaN where `peak` is NaN; `mse` and `peak` broadcast."""
   normalized = jnp.maximum(mse / peak / peak, 10.0 ** (-MAX_PSNR_DB / 10.0))
   return -10.0 * jnp.log10(normalized)
 

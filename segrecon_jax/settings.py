@@ -26,6 +26,10 @@ RUNTIME = 'runtime'  # How and where the run computes (devices, caches, kernels,
 ROLES = (DATA, DATA_BUILDER, DATA_PLACE, TRAINING, RESUMABLE, MODEL, RUNTIME)
 
 
+class ConfigError(ValueError):
+  """A config field with a value the run cannot use; the message names the field and what is valid."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Field:
   """One top-level config field. `placeholder`: the type of a field whose value may be None (`image_size`)."""
@@ -56,6 +60,10 @@ FIELDS = (
     Field('include_unlabelled', None, DATA_BUILDER, 'Also serve unlabelled frames (False).', bool),
     Field('label_mapping', None, DATA_BUILDER, "nifti: file label v -> ours [v] (ACDC's (0, 3, 2, 1)).", tuple),
     Field('phase_seed', None, DATA_BUILDER, 'nifti: seed of the simulated smooth image phase (0).', int),
+    # A small image_size crops the heart out of a large image; a field of view resamples instead (ACDC at 64x64 or
+    # 128x128: 160 source pixels keep over 99% of the heart, tfds_ocmr/README.md).
+    Field('field_of_view', None, DATA_BUILDER,
+          'nifti: side in source pixels of the centred square served resampled to image_size (0: crop / pad).', int),
 
     # Undersampling.
     Field('acceleration', 8, TRAINING, 'R: each training/eval mask keeps round(W / R) phase-encode lines.'),
@@ -88,11 +96,12 @@ FIELDS = (
     # network's parameters (train_recon_grad_norm, train_seg_grad_norm): a second, 2-wide backward pass through the
     # whole model per step (a markedly slower step, docs/benchmarks.md); the sweep turns it on.
     Field('log_loss_grad_norms', False, TRAINING, 'Log the two loss terms\' gradient norms.'),
-    # Automatic balancing of the two terms (models that segment; logged as train_seg_weight_effective): 'none' (the
+    # Automatic balancing of the two terms (joint models; logged as train_seg_weight_effective): 'none' (the
     # fixed weights above), 'grad_norm' (the Dice weight makes its gradient norm on the reconstruction network
     # balance_ratio x the l1-l2 term's, a moving average; costs the 2-wide backward pass of log_loss_grad_norms
     # every step) or 'uncertainty' (Kendall et al. 2018: learned log-variances s_i, sum_i exp(-s_i) w_i L_i + s_i).
-    Field('loss_balancing', 'none', TRAINING, "'none', 'grad_norm' or 'uncertainty'."),
+    Field('loss_balancing', 'none', TRAINING,
+          "A scheme of training/balancing.py by name: 'none', 'grad_norm', 'uncertainty' or a registered one."),
     Field('balance_ratio', 1.0, TRAINING,
           'grad_norm: wanted Dice / l1-l2 gradient-norm ratio on the reconstruction network.'),
     Field('balance_momentum', 0.9, TRAINING,
@@ -105,6 +114,14 @@ FIELDS = (
     # Where the focus box comes from: 'reference' (the reference labels, a training-time oracle) or 'prediction'
     # (the segmentation network's argmax, no gradient; models that segment only).
     Field('focus_source', 'reference', TRAINING, "'reference' or 'prediction'."),
+
+    # Warm starts (training/warm_start.py), for the two-stage and pretrain-then-fine-tune baselines.
+    Field('init_from', '', TRAINING,
+          "Workdir of a trained run whose networks initialise this one (the same model, or a solo reconstruction "
+          "run as a joint model's recon_net); '' = random."),
+    # Two-stage training: with init_from a trained reconstruction, the segmentation network learns on its frozen
+    # outputs. The frozen network's parameters and batch statistics stay as loaded.
+    Field('freeze_recon', False, TRAINING, "Joint models: never update the reconstruction network."),
 
     # Optimization (paper section 2.4): Adam.
     Field('learning_rate', 1e-4, TRAINING, 'Adam learning rate.'),
@@ -163,6 +180,27 @@ def names(*roles: str) -> Tuple[str, ...]:
   if unknown:
     raise ValueError(f'unknown role(s) {unknown}: expected some of {list(ROLES)} (segrecon_jax/settings.py)')
   return tuple(field.name for field in FIELDS if field.role in roles)
+
+
+def declare(field: Field) -> None:
+  """Adds a field declared outside this file: the knob of a loss-balancing scheme registered from a user's script
+  (`training/balancing.py`). Configs built afterwards (`base_config`) have it and the checks accept it. Its role must
+  be TRAINING (equal on resume, like every loss setting). Declaring a field again as it is declared does nothing.
+
+  Raises:
+    ValueError: another declaration of a declared name, or another role.
+  """
+  global FIELDS
+  existing = BY_NAME.get(field.name)
+  if existing is not None:
+    if existing != field:
+      raise ValueError(f'config.{field.name} is declared already, as {existing}; a field is declared once.')
+    return
+  if field.role != TRAINING:
+    raise ValueError(f'settings.declare({field.name!r}): role {field.role!r}; a declared field has role TRAINING '
+                     "('training': equal on resume).")
+  FIELDS = FIELDS + (field,)
+  BY_NAME[field.name] = field
 
 
 def data_builder_fields(config) -> Dict[str, Any]:

@@ -4,12 +4,16 @@ import importlib
 import json
 import os
 import shutil
+import zlib
 
 import h5py
 import nibabel as nib
 import numpy as np
 import pytest
 
+from segrecon_jax import metrics
+from segrecon_jax.data import labels
+from segrecon_jax.data import layouts
 from segrecon_jax.data import magnitude
 from segrecon_jax.data import ocmr
 from segrecon_jax.data import phantom
@@ -30,10 +34,14 @@ def tiny_config(data_dir):
 
 
 def test_example_id_names_subject_slice_frame():
-  assert inference.example_id({'subject_id': b'fs_0003', 'slice': np.int32(1), 'frame': 2}, 7) == 'fs_0003/1/2'
-  assert inference.example_id({'subject_id': np.array(b'fs_0003', object), 'slice': 0, 'frame': 0}, 7) == \
+  assert input_pipeline.example_id({'subject_id': b'fs_0003', 'slice': np.int32(1), 'frame': 2}, 7) == 'fs_0003/1/2'
+  assert input_pipeline.example_id({'subject_id': np.array(b'fs_0003', object), 'slice': 0, 'frame': 0}, 7) == \
       'fs_0003/0/0'
-  assert inference.example_id({'image': np.zeros(2)}, 7) == '7'
+  assert input_pipeline.example_id({'image': np.zeros(2)}, 7) == '7'
+  # The evaluation mask is keyed by the same id (one function builds it), the index without a subject.
+  example = {'subject_id': np.array(b'fs_0003'), 'slice': 1, 'frame': np.int32(2)}
+  assert input_pipeline.mask_id(example, 7) == zlib.crc32(b'fs_0003/1/2') & 0x7FFFFFFF
+  assert input_pipeline.mask_id({'image': np.zeros(2)}, 7) == 7
 
 
 def test_per_slice_metrics_of_a_fake_step():
@@ -65,13 +73,38 @@ def test_per_slice_metrics_of_a_fake_step():
   assert results['num_examples'] == 3 and images['recon'].shape[0] == 2
 
 
+def test_an_all_zero_reference_is_refused_not_averaged():
+  """A split example whose fully sampled image is all zero (metrics NaN, formerly PSNR 100) stops the evaluation with
+  its id instead of entering the means; a padding copy of it would not count, but here it is a valid example."""
+  source = [{'image': np.full((8, 8), 0.5 + i, np.complex64), 'segmentation': np.zeros((8, 8), np.int32),
+             'subject_id': b'p1', 'slice': i, 'frame': 0} for i in range(3)]
+  source[1]['image'] = np.zeros((8, 8), np.complex64)
+  config = importlib.import_module('configs.unet').get_config('x4,runlocal')
+  config.eval_batch_size = 2
+
+  def step(state, batch):
+    del state
+    image = np.asarray(batch['image'])
+    recon = image + 0.1
+    results = metrics.reconstruction_metrics(recon.reshape((-1, 8, 8)), image.reshape((-1, 8, 8)),
+                                             np.zeros((image.shape[0] * image.shape[1], 8, 8), np.int32), 1)
+    return {k: np.asarray(v).reshape(image.shape[:2]) for k, v in results.items()}, {'recon': recon}
+
+  with pytest.raises(inference.EmptyReferenceError, match=r'holds 1 example\(s\) whose fully sampled image is all '
+                                                          r'zero \(p1/1/0\): PSNR and SSIM'):
+    inference.evaluate_state(step, None, source, config)
+  source[1]['image'] = np.full((8, 8), 3.0, np.complex64)
+  results, _ = inference.evaluate_state(step, None, source, config)
+  assert np.isfinite(results['psnr']) and results['psnr'] < metrics.MAX_PSNR_DB
+
+
 def test_train_and_eval_write_per_slice_json(data_dir, one_epoch_run, tmp_path):
   config = tiny_config(data_dir)
   workdir = one_epoch_run.copy(tmp_path / 'run')
   record = json.loads((tmp_path / 'run' / 'per_slice.json').read_text())
   means = json.loads((tmp_path / 'run' / 'metrics.json').read_text())['metrics']
   eval_source = input_pipeline.load_split(config, config.eval_split)
-  expected_ids = sorted(inference.example_id(eval_source[i], i) for i in range(len(eval_source)))
+  expected_ids = sorted(input_pipeline.example_id(eval_source[i], i) for i in range(len(eval_source)))
   assert record['ids'] == expected_ids and len(set(record['ids'])) == len(eval_source) == means['num_examples']
   assert all(len(name.split('/')) == 3 for name in record['ids'])
   assert set(record['metrics']) == set(means) - {'num_examples'} | {'has_heart'}
@@ -101,10 +134,11 @@ def test_predict_input_files_of_a_folder(tmp_path):
   (folder / '.hidden.nii.gz').write_bytes(b'')
   shutil.copy(folder / 'fs_0001_phantom.h5', folder / 'us_0001.h5')
   files = prediction_io.input_files(str(folder))
-  assert [(f.name, f.kind) for f in files] == [
-      ('case02_sa', 'magnitude'), ('fs_0001_phantom', 'ocmr'), ('patient001/patient001_frame01', 'magnitude'),
+  assert [(f.name, f.layout.name) for f in files] == [
+      ('case02_sa', 'magnitude'), ('fs_0001_phantom', 'real'), ('patient001/patient001_frame01', 'magnitude'),
       ('patient001/patient001_frame03', 'magnitude')]
-  assert [(f.name, f.kind) for f in prediction_io.input_files(files[2].path)] == [('patient001_frame01', 'magnitude')]
+  assert [(f.name, f.layout.name) for f in prediction_io.input_files(files[2].path)] == [
+      ('patient001_frame01', 'magnitude')]
   with pytest.raises(FileNotFoundError, match='nowhere: no such file or folder'):
     prediction_io.input_files(str(tmp_path / 'nowhere'))
   (tmp_path / 'empty').mkdir()
@@ -112,8 +146,35 @@ def test_predict_input_files_of_a_folder(tmp_path):
     prediction_io.input_files(str(tmp_path / 'empty'))
   with h5py.File(folder / 'notes.h5', 'w') as f:
     f['masks'] = np.zeros((1, 1, 2, 2), np.uint8)
-  with pytest.raises(magnitude.MagnitudeFormatError, match=r'notes.h5: expected an OCMR file .*found \[.masks.\]'):
+  with pytest.raises(layouts.DataFormatError, match=r'notes.h5: expected an OCMR file .*found \[.masks.\]'):
     prediction_io.input_files(str(folder))
+
+
+def test_nifti_predictions_are_in_the_inputs_own_label_values(tmp_path, caplog):
+  """A perfect prediction of an ACDC-convention file (1 RV, 3 LV; ours are 1 LV, 3 RV) writes back its own `_gt`
+  values, and the header says so; a mapping that cannot be inverted keeps our classes, says so and warns."""
+  config = train_test.tiny_config(str(tmp_path / 'tfds'), num_epochs=1)  # phantom data: ACDC's mapping for files
+  (image_path, label_path), _ = phantom_nifti.write_patient(str(tmp_path / 'in'), 1, recon_size=(24, 16),
+                                                            num_slices=2)
+  item = prediction_io.input_files(image_path)[0]
+  loaded = prediction_io.load_file(item, (24, 16), config)
+  ours = np.stack([e['segmentation'] for e in loaded.examples])
+  assert {labels.LV_POOL, labels.RV_POOL} <= set(np.unique(ours))
+  arrays = {'recon': np.stack([e['image'] for e in loaded.examples]), 'seg': ours.astype(np.int32)}
+  prediction_io.write_nifti(str(tmp_path), loaded, arrays)
+  written = nib.load(tmp_path / 'seg.nii.gz')
+  np.testing.assert_array_equal(np.asarray(written.dataobj), np.asarray(nib.load(label_path).dataobj))
+  assert written.header['descrip'].item().decode() == \
+      'labels as in the input: 0 background, 1 rv_pool, 2 myocardium, 3 lv_pool'
+  # Background from two values of the input: no single value to write back for it.
+  loaded.label_mapping = (0, 3, 2, 1, 0)
+  prediction_io.write_nifti(str(tmp_path), loaded, arrays)
+  written = nib.load(tmp_path / 'seg.nii.gz')
+  np.testing.assert_array_equal(np.asarray(written.dataobj).transpose(2, 0, 1), ours)
+  assert written.header['descrip'].item().decode() == \
+      'segrecon labels: 0 background, 1 lv_pool, 2 myocardium, 3 rv_pool'
+  assert "config.label_mapping (0, 3, 2, 1, 0) cannot be inverted" in caplog.text
+  assert labels.inverse_mapping((0, 1, 2, 3)) == (0, 1, 2, 3) and labels.inverse_mapping((0, 1, 1, 3)) is None
 
 
 def _placed(values, size):
@@ -143,6 +204,8 @@ def test_predict_a_folder_writes_nifti_on_each_files_grid(data_dir, one_epoch_ru
     assert volumes['seg'].get_data_dtype() == np.uint8 and volumes['seg'].header.get_intent()[0] == 'label'
     return arrays, volumes
 
+  # Magnitude files: seg.nii.gz in the input's label values (phantom data: ACDC's mapping, its own inverse).
+  acdc = np.asarray(labels.inverse_mapping(magnitude.ACDC_LABEL_MAPPING))
   # An ACDC-layout [x, y, z] volume with its labels: the source affine, its x, y, z.
   arrays, volumes = outputs('patient001/patient001_frame01')
   source = nib.load(nifti_image)
@@ -153,7 +216,7 @@ def test_predict_a_folder_writes_nifti_on_each_files_grid(data_dir, one_epoch_ru
     np.testing.assert_allclose(volumes[key].affine, source.affine)
   seg, recon = np.asarray(volumes['seg'].dataobj), volumes['recon'].get_fdata()
   for z, e in enumerate(examples):
-    np.testing.assert_array_equal(seg[:, :, z], _placed(arrays['seg'][z], (36, 28)))
+    np.testing.assert_array_equal(seg[:, :, z], _placed(acdc[arrays['seg'][z]], (36, 28)))
     np.testing.assert_allclose(recon[:, :, z], _placed(np.abs(arrays['recon'][z]) * e['scale'], (36, 28)),
                                rtol=1e-5, atol=1e-6)
   # A 4-D [x, y, z, t] file without labels: example z * frames + t is voxel [..., z, t].
@@ -163,11 +226,12 @@ def test_predict_a_folder_writes_nifti_on_each_files_grid(data_dir, one_epoch_ru
   seg = np.asarray(volumes['seg'].dataobj)
   for z in range(2):
     for t in range(3):
-      np.testing.assert_array_equal(seg[:, :, z, t], _placed(arrays['seg'][z * 3 + t], (30, 34)))
+      np.testing.assert_array_equal(seg[:, :, z, t], _placed(acdc[arrays['seg'][z * 3 + t]], (30, 34)))
   # HDF5 [slices, H, W]: (H, W, slices), identity affine.
   arrays, volumes = outputs('case02_sa')
   assert volumes['seg'].shape == (30, 34, 2) and np.allclose(volumes['seg'].affine, np.eye(4))
-  np.testing.assert_array_equal(np.asarray(volumes['seg'].dataobj)[:, :, 1], _placed(arrays['seg'][1], (30, 34)))
+  np.testing.assert_array_equal(np.asarray(volumes['seg'].dataobj)[:, :, 1], _placed(acdc[arrays['seg'][1]],
+                                                                                    (30, 34)))
   # OCMR: (readout, phase encode, slices, frames) with its voxel sizes, and the label file as before.
   arrays, volumes = outputs('fs_0001_phantom')
   assert volumes['seg'].shape == (32, 24, 1, 2)
@@ -176,3 +240,4 @@ def test_predict_a_folder_writes_nifti_on_each_files_grid(data_dir, one_epoch_ru
   masks, _ = ocmr.read_labels(os.path.join(out_root, 'fs_0001_phantom', 'labels', 'fs_0001_phantom.h5'),
                               (1, 2, 32, 24))
   np.testing.assert_array_equal(np.asarray(volumes['seg'].dataobj)[:, :, 0, 1], masks[0, 1])
+  assert volumes['seg'].header['descrip'].item().decode().startswith('segrecon labels: 0 background, 1 lv_pool')

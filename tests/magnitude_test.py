@@ -13,7 +13,6 @@ from segrecon_jax.data import labels
 from segrecon_jax.data import magnitude
 from segrecon_jax.data import ocmr
 from segrecon_jax.data import phantom_nifti
-from segrecon_jax.training import inference
 from segrecon_jax.training import input_pipeline
 
 # ACDC's values: 1 RV, 2 myocardium, 3 LV cavity; each class gets its own intensity, so a label map that sat one
@@ -94,7 +93,7 @@ def test_hdf5_slices_are_slices_and_every_slice_is_served(folder):
   assert not examples[2]['segmentation'].any() and examples[0]['segmentation'].any()
   np.testing.assert_array_equal(examples[1]['segmentation'], labels.remap(label[:, :, 1], (0, 3, 2, 1)))
   # Ids and evaluation masks follow the slice: case06/<slice>/0, three distinct masks.
-  assert [inference.example_id(e, i) for i, e in enumerate(examples)] == ['case06/0/0', 'case06/1/0', 'case06/2/0']
+  assert [input_pipeline.example_id(e, i) for i, e in enumerate(examples)] == ['case06/0/0', 'case06/1/0', 'case06/2/0']
   assert len({input_pipeline.mask_id(e, 0) for e in examples}) == 3
 
 
@@ -118,7 +117,7 @@ def test_phantom_writer_hdf5_with_background_slices(tmp_path):
     frame = magnitude.cine_frame(path)
     assert magnitude.example_frames(path, label_path) == [(0, frame), (1, frame), (2, frame)]
   ed, es = (magnitude.load_examples(p, l, (24, 16), root=str(tmp_path)) for p, l in pairs)
-  ids = [inference.example_id(e, 0) for e in ed + es]
+  ids = [input_pipeline.example_id(e, 0) for e in ed + es]
   assert ids == [f'patient001/{s}/{t}' for t in (0, 2) for s in range(3)]
   nifti = phantom_nifti.write_patient(str(tmp_path / 'nifti'), 1, recon_size=(24, 16), num_slices=2,
                                       background_slices=1)
@@ -179,7 +178,7 @@ def test_nifti_config_builds_split_by_patient(tmp_path, folder):
   assert subjects['train'] and subjects['test'] and not subjects['train'] & subjects['test']
   # 4 patients x 2 files x 2 slices, the 4-D files' 2 labelled frames x 2 slices, the 3-D HDF5 file's 3 slices.
   assert sum(len(s) for s in sources.values()) == 16 + 4 + 4 + 3
-  ids = [inference.example_id(s[i], i) for s in sources.values() for i in range(len(s))]
+  ids = [input_pipeline.example_id(s[i], i) for s in sources.values() for i in range(len(s))]
   assert len(set(ids)) == len(ids)  # ED and ES of a patient differ in frame
   assert {i for i in ids if i.startswith('case06/')} == {'case06/0/0', 'case06/1/0', 'case06/2/0'}
   for source in sources.values():
@@ -210,7 +209,9 @@ def test_bad_magnitude_files(tmp_path):
   with pytest.raises(magnitude.MagnitudeFormatError, match=r'p1_frame01.nii.gz: expected magnitude images'):
     magnitude.read_pair(base + '.nii.gz', base + '_gt.nii.gz')
   _write_nifti(base, image, (label + 4 * (label == 3)).astype(np.uint8))  # a value 7: not in ACDC's 0..3
-  with pytest.raises(ValueError, match=r'p1_frame01_gt.nii.gz: label values must be in 0..3'):
+  # An input error (one paragraph in main.py, exit code 2), not a bug: it names the file, the range and the field.
+  with pytest.raises(magnitude.MagnitudeFormatError, match=r'p1_frame01_gt.nii.gz: label values must be in 0..3 '
+                     r'\(the label mapping \(0, 3, 2, 1\)\), got range \[0, 7\]; config.label_mapping gives'):
     magnitude.load_examples(base + '.nii.gz', base + '_gt.nii.gz', (16, 16))
   with open(base + '.nii.gz', 'wb') as f:
     f.write(b'not a NIfTI file')
@@ -229,6 +230,50 @@ def test_bad_magnitude_files(tmp_path):
   with pytest.raises(tfds_ocmr.OCMRManualDirError, match='empty: found no image file with a label file'):
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(empty)))
   assert not builder.is_prepared()
+
+
+def test_an_all_zero_slice_is_refused_naming_file_slice_and_frame(tmp_path):
+  """An image with nothing in it is an input error (its PSNR and SSIM are undefined), also where only the crop to the
+  model's size leaves nothing."""
+  image, label = _acdc_volume(0)
+  base = str(tmp_path / 'p1' / 'p1_frame03')  # single phase: served as frame 2
+  image[..., 1] = 0.0
+  _write_nifti(base, image, label)
+  with pytest.raises(magnitude.MagnitudeFormatError, match=r'p1_frame03.nii.gz: slice 1 frame 2 is all zero'):
+    magnitude.read_pair(base + '.nii.gz', base + '_gt.nii.gz')
+  _write_nifti(base, np.zeros_like(image), label)
+  with pytest.raises(magnitude.MagnitudeFormatError,
+                     match=r'p1_frame03.nii.gz: slice 0 frame 2 \(and 1 more of its 2 slices x frames\) is all zero'):
+    magnitude.load_examples(base + '.nii.gz', base + '_gt.nii.gz', (16, 16))
+  corner = np.zeros_like(image)
+  corner[:2, :2] = 1.0  # signal only outside the central 8x8
+  _write_nifti(base, corner, label)
+  assert magnitude.read_pair(base + '.nii.gz', base + '_gt.nii.gz')[0].max() == 1.0
+  with pytest.raises(magnitude.MagnitudeFormatError, match=r'slice 0 frame 2 is all zero inside the central 8x8'):
+    magnitude.load_examples(base + '.nii.gz', base + '_gt.nii.gz', (8, 8))
+
+
+def _build(manual_dir, data_dir):
+  builder = tfds.builder('ocmr', config='nifti', data_dir=str(data_dir))
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))
+
+
+def test_a_folder_without_two_labelled_subjects_names_its_unlabelled_files(tmp_path):
+  """A folder whose only file has no labelled frame (a 4-D file whose label maps are all background), then with a
+  labelled subject beside it: the split needs 2 labelled subjects, and the message says which files have none."""
+  image, label = _acdc_volume(0)
+  cine = np.repeat(image[..., None], 3, axis=-1)
+  _write_nifti(str(tmp_path / 'data' / 'A0S9V9' / 'A0S9V9_sa'), cine, np.zeros(cine.shape, np.uint8))
+  unlabelled = tmp_path / 'data' / 'A0S9V9' / 'A0S9V9_sa_gt.nii.gz'
+  with pytest.raises(tfds_ocmr.OCMRManualDirError) as raised:
+    _build(tmp_path / 'data', tmp_path / 'tfds')
+  assert str(raised.value).startswith(f'{tmp_path / "data"}: no frame of {unlabelled} is labelled, so there is '
+                                      'nothing to train or test on. A train/test split needs at least 2 subjects')
+  assert 'label map is not all background' in str(raised.value) and '\n' not in str(raised.value)
+  _write_nifti(str(tmp_path / 'data' / 'patient001' / 'patient001_frame01'), image, label)
+  with pytest.raises(tfds_ocmr.OCMRManualDirError,
+                     match=f'only subject patient001 has labelled frames \\(no frame of {unlabelled} is labelled\\)'):
+    _build(tmp_path / 'data', tmp_path / 'tfds')
 
 
 def test_configure_names_each_setting():

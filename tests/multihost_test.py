@@ -2,6 +2,7 @@
 same global batch and device count in one process: same parameters, same predictions, one writer."""
 
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -11,11 +12,15 @@ import jax
 import numpy as np
 import pytest
 
+from segrecon_jax.training import config_checks
 from segrecon_jax.training import inference
 from segrecon_jax.training import input_pipeline
+from segrecon_jax.training import parallel
+from segrecon_jax.training import train
 import train_test
 
-_WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'multihost_worker.py')
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_WORKER = os.path.join(_ROOT, 'tests', 'multihost_worker.py')
 _TIMEOUT_S = 420
 
 
@@ -107,3 +112,43 @@ def test_two_processes_train_like_one_process_with_the_same_devices(data_dir, tw
   assert all('Resumed from' in log for log in logs), logs[1][-2000:]
   for report in reports:
     np.testing.assert_allclose(report['results']['psnr'], one_results['psnr'], rtol=1e-4)
+
+
+def test_distributed_without_a_coordinator_or_cluster_is_one_paragraph(tmp_path):
+  """JAX finds no cluster to read the coordinator from (no SLURM, Open MPI or TPU environment): main.py says what to
+  set, exit code 2, before any data or workdir."""
+  env = {k: v for k, v in os.environ.items() if not k.startswith(('SLURM_', 'OMPI_', 'PMI_', 'TPU_', 'MEGASCALE_'))}
+  run = subprocess.run([sys.executable, 'main.py', '--config=configs/unet_unet.py:x4,runlocal',
+                        f'--workdir={tmp_path / "wd"}', '--config.distributed=True'],
+                       cwd=_ROOT, capture_output=True, text=True, env=env, timeout=120)
+  stderr = '\n'.join(l for l in run.stderr.splitlines() if 'DeprecationWarning' not in l)
+  assert run.returncode == 2 and 'Traceback' not in stderr and len(stderr.strip().splitlines()) == 1, stderr
+  assert stderr.startswith('main.py: config.distributed=True with config.coordinator_address empty: no cluster')
+  assert '--config.coordinator_address=HOST:PORT' in stderr and '--config.num_processes=N' in stderr
+  assert not (tmp_path / 'wd').exists()
+
+
+def test_a_process_says_for_whom_and_how_long_it_waits_before_it_connects(monkeypatch, caplog):
+  calls = []
+
+  def connect(**kwargs):  # Stands in for jax.distributed.initialize, which blocks until every process has come.
+    calls.append((kwargs, [r.getMessage() for r in caplog.records]))
+
+  monkeypatch.setattr(jax.distributed, 'initialize', connect)
+  monkeypatch.setitem(parallel._DISTRIBUTED, 'initialized', False)  # pylint: disable=protected-access
+  monkeypatch.delenv('JAX_PLATFORMS', raising=False)  # No collectives setting for this process's running backend.
+  config = train_test.tiny_config('', distributed=True, coordinator_address='10.0.0.1:1234', num_processes=4,
+                                  process_id=2)
+  with caplog.at_level(logging.WARNING):
+    parallel.setup_runtime(config)
+  (kwargs, logged_before), = calls
+  assert kwargs == dict(coordinator_address='10.0.0.1:1234', num_processes=4, process_id=2,
+                        initialization_timeout=parallel.DISTRIBUTED_TIMEOUT_SECONDS)
+  assert (f'process 2 of 4: waiting up to {parallel.DISTRIBUTED_TIMEOUT_SECONDS} s for the coordinator '
+          '10.0.0.1:1234 and the other 3 process(es) to connect') in logged_before[-1]
+  monkeypatch.setitem(parallel._DISTRIBUTED, 'initialized', False)  # pylint: disable=protected-access
+  config.process_id = 4
+  with pytest.raises(config_checks.ConfigError, match=r'config.num_processes=4, config.process_id=4: .*0 .. '
+                     'num_processes - 1'):
+    parallel.setup_runtime(config)
+  assert len(calls) == 1

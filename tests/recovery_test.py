@@ -189,3 +189,49 @@ def test_second_sigint_stops_at_once_without_a_checkpoint(data_dir, tmp_path):
   assert 'SIGINT received: training stops after the current step' in run.stderr
   assert 'SIGINT again: stopping at once, without a checkpoint' in run.stderr and 'Traceback' not in run.stderr
   assert not checkpoint_steps(workdir, config)
+
+
+_READ_ONLY_CHECKPOINTS = """
+import errno, os, sys
+sys.path.insert(0, {root!r})
+from absl import app
+import main
+
+makedirs = os.makedirs
+
+
+def read_only(path, *args, **kwargs):  # checkpoints/ on a read-only mount: no step folder can be made there.
+  if 'orbax-checkpoint-tmp' in os.fspath(path):
+    raise OSError(errno.EROFS, 'Read-only file system', os.fspath(path))
+  return makedirs(path, *args, **kwargs)
+
+
+os.makedirs = read_only
+sys.argv = ['main.py'] + {flags!r}
+app.run(main.main, flags_parser=main.parse_flags)
+"""
+
+
+def test_a_checkpoint_that_cannot_be_written_ends_the_process(data_dir, trained, tmp_path):
+  """A resume whose checkpoints/ cannot be written (a read-only mount; a fake here, as chmod does not stop root):
+  main.py prints the paragraph and the process ends, exit code 2. The step folder was made by orbax's background
+  threads, whose writers then waited 300 s for it, and the process with them."""
+  workdir = str(tmp_path / 'read_only')
+  shutil.copytree(trained, workdir)
+  flags = ['--config=configs/unet_unet.py:x4_stab,runlocal', '--config.dataset_config=phantom_tiny',
+           f'--config.data_dir={data_dir}', '--config.batch_size=4', '--config.eval_batch_size=4',
+           '--config.num_epochs=3', '--config.patience=3', '--config.schedule_levels=2', '--config.eval_every_epochs=2',
+           '--config.checkpoint_every_epochs=1', '--config.log_every_steps=1', '--config.compilation_cache_dir=',
+           '--config.num_acs=2', '--config.progress_bar=False', '--config.model.recon.features=(4,8)',
+           '--config.model.seg.features=(4,8)', f'--workdir={workdir}']
+  assert two_epochs(data_dir).model.recon.features == (4, 8)  # The flags are two_epochs with a third epoch.
+  try:
+    run = subprocess.run([sys.executable, '-c', _READ_ONLY_CHECKPOINTS.format(root=ROOT, flags=flags)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=200)
+  except subprocess.TimeoutExpired as e:
+    pytest.fail(f'the process did not end after the failed checkpoint write:\n{(e.stderr or b"")[-3000:]!r}')
+  last = run.stderr.strip().splitlines()[-1]
+  assert run.returncode == 2 and last.startswith(f'main.py: {workdir}/checkpoints/'), run.stderr[-3000:]
+  assert last.endswith('.orbax-checkpoint-tmp: Read-only file system; a read-only file system: choose a writable '
+                       '--workdir / config.data_dir.'), last
+  assert max(checkpoint_steps(workdir, two_epochs(data_dir))) == max(checkpoint_steps(trained, two_epochs(data_dir)))

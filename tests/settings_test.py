@@ -19,14 +19,19 @@ FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'fixtures', '
 
 def test_every_preset_and_switch_gives_the_config_it_gave_before_the_table():
   """The fixture holds each config as the experiment files and switches built it before the fields moved into one
-  table and the switches shared one body (less the removed knobs l1_weight, l2_weight, optimizer)."""
+  table and the switches shared one body (less the removed knobs l1_weight, l2_weight, optimizer); a field added
+  since then holds its declared default."""
   with open(FIXTURE) as f:
     expected = json.load(f)
   assert len(expected) == 30
   for key, want in expected.items():
     experiment, arg = key.split('.py:')
-    config = importlib.import_module(f'configs.{experiment}').get_config(arg)
-    assert checkpoints.jsonable(config.to_dict()) == want, key
+    config = checkpoints.jsonable(importlib.import_module(f'configs.{experiment}').get_config(arg).to_dict())
+    added = set(config) - set(want)
+    assert added <= {'field_of_view', 'init_from', 'freeze_recon'}, key
+    assert {field: config.pop(field) for field in added} == {field: settings.BY_NAME[field].default
+                                                             for field in added}, key
+    assert config == want, key
 
 
 def test_each_field_is_declared_once_with_a_known_role_and_a_comment():
@@ -48,7 +53,8 @@ def test_every_list_of_fields_is_the_one_it_was_before():
       'compilation_cache_dir', 'data_dir', 'manual_dir', 'distributed', 'coordinator_address', 'num_processes',
       'process_id', 'compile_ahead', 'compile_workers', 'conv_impl', 'upconv_impl'}
   assert checkpoints.MODEL_FIELDS == {'model', 'half_precision', 'num_classes'}
-  builder_fields = ('image_size', 'test_fraction', 'split_seed', 'include_unlabelled', 'label_mapping', 'phase_seed')
+  builder_fields = ('image_size', 'test_fraction', 'split_seed', 'include_unlabelled', 'label_mapping', 'phase_seed',
+                    'field_of_view')
   assert settings.names(settings.DATA_BUILDER) == tfds_ocmr.ocmr.CONFIGURABLE_FIELDS == builder_fields  # Names folders.
   config = _runlocal_config()
   config.image_size = 32

@@ -3,6 +3,8 @@ run on a NIfTI folder written here."""
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 
@@ -79,14 +81,42 @@ def test_settings_are_recorded_and_a_root_refuses_other_data(tmp_path, monkeypat
   assert [c[2:] for c in calls] == [['--config=configs/cascade.py:x8,runlocal', '--config.seed=0'] + data +
                                     ['--config.progress_bar=False', f'--workdir={root}/cascade_x8/seed0']]
   assert plan.load_settings(root) == plan.Settings('runlocal', tuple(data))
-  with pytest.raises(ValueError, match='records the study settings .*image_size=48.* but this call has'):
-    cli.main(['run', f'--root={root}', '--switch=runlocal', '--config.image_size=64'])
-  with pytest.raises(ValueError, match='config.no_such_field'):  # A typo fails before anything runs.
-    cli.main(['run', f'--root={tmp_path / "other"}', '--config.no_such_field=1'])
+  refusal = _refused(capsys, ['run', f'--root={root}', '--switch=runlocal', '--config.image_size=64'])
+  assert re.search('records the study settings .*image_size=48.* but this call has', refusal)
+  assert 'config.no_such_field' in _refused(capsys, ['run', f'--root={tmp_path / "other"}',
+                                                     '--config.no_such_field=1'])  # A typo fails before anything runs.
   assert len(calls) == 1
   with pytest.raises(SystemExit):
     cli.main(['run', f'--root={root}', '--data_dir=/x'])
   assert 'unrecognized arguments: --data_dir=/x' in capsys.readouterr().err
+
+
+def _refused(capsys, argv):
+  """The one paragraph that `cli.main(argv)` ends with (exit code 2)."""
+  with pytest.raises(SystemExit) as exit_info:
+    cli.main(argv)
+  err = capsys.readouterr().err
+  assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1, err
+  assert err.startswith('python -m segrecon_jax.study ')
+  return err
+
+
+def test_a_refused_override_records_nothing_and_report_refuses_a_root_without_a_study(tmp_path, monkeypatch, capsys):
+  calls = []
+  monkeypatch.setattr(runner.subprocess, 'Popen', _fake_popen(calls))
+  root = str(tmp_path / 'runs')
+  args = ['run', f'--root={root}', '--switch=runlocal', '--experiments=cascade', '--accelerations=4']
+  refusal = _refused(capsys, args + ['--config.bogus_field=1'])
+  assert '--config.bogus_field=1: AttributeError' in refusal and 'names no field of the config' in refusal
+  assert not os.path.exists(os.path.join(root, plan.SETTINGS_FILE)) and not calls
+  cli.main(args)  # The corrected call is not refused by what the typo left behind.
+  assert plan.load_settings(root) == plan.Settings('runlocal') and len(calls) == 1
+  out = str(tmp_path / 'results.md')
+  assert 'no such folder' in _refused(capsys, ['report', f'--root={root}_typo', f'--out={out}'])
+  os.makedirs(tmp_path / 'empty')
+  assert 'holds no study' in _refused(capsys, ['report', f'--root={tmp_path / "empty"}', f'--out={out}'])
+  assert not os.path.exists(out)
+  assert 'unknown loss method' in _refused(capsys, ['losses', f'--root={root}', '--switch=runlocal', '--methods=nope'])
 
 
 def _fake_popen(calls, fail=(), in_flight=None):
@@ -119,13 +149,61 @@ def test_runs_in_parallel_jobs_and_names_every_failed_run(tmp_path, monkeypatch,
   calls, in_flight = [], []
   failing = plan.run_dir(str(tmp_path), 'cascade_manet', 4, False, 0)
   monkeypatch.setattr(runner.subprocess, 'Popen', _fake_popen(calls, fail=[failing], in_flight=in_flight))
-  with pytest.raises(RuntimeError, match=r'1 run\(s\) failed: .*log\.txt'):
+  with pytest.raises(SystemExit) as exit_info:
     cli.main(['run', f'--root={tmp_path}', '--switch=', '--tables=2', '--seeds=0', '--accelerations=4', '--jobs=2'])
+  captured = capsys.readouterr()
+  assert exit_info.value.code == 2 and len(captured.err.strip().splitlines()) == 1, captured.err
+  assert re.match(r'python -m segrecon_jax.study run: 1 run\(s\) failed: .*log\.txt', captured.err)
   assert len(calls) == 3  # The failure stops nothing: every run is started.
   assert max(in_flight) == 2
-  assert 'FAILED (exit 1)' in capsys.readouterr().out
+  assert 'FAILED (exit 1)' in captured.out
   with pytest.raises(SystemExit):
     cli.main(['run', f'--root={tmp_path}', '--jobs=zero'])
+
+
+def test_sigint_stops_every_run_with_its_checkpoint_and_says_how_to_resume(tmp_path, monkeypatch, capfd):
+  """Ctrl-C at `study run --jobs=2` while two runs train: each is sent one SIGINT (they run in sessions of their own,
+  so the terminal's does not reach them a second time), the study waits for both to exit, starts no other run and
+  ends with the command that resumes, exit code 130."""
+  started = []
+
+  class TrainingProcess:
+    """A main.py run that trains until it gets a signal, then writes its checkpoint and exits 128 + the signal."""
+
+    def __init__(self, command, **kwargs):
+      self.command, self.kwargs, self.signals, self.returncode, self.polls = command, kwargs, [], None, 0
+      started.append(self)
+
+    def poll(self):
+      self.polls += 1
+      if len(started) == 2 and self.polls == 3 and not self.signals:
+        signal.raise_signal(signal.SIGINT)  # Both runs training: the user presses Ctrl-C.
+      if self.signals and self.returncode is None:
+        self.returncode = 128 + self.signals[0]
+      return self.returncode
+
+    def send_signal(self, signum):
+      self.signals.append(signum)
+
+  monkeypatch.setattr(runner.subprocess, 'Popen', TrainingProcess)
+  argv = ['run', f'--root={tmp_path}', '--switch=', '--tables=2', '--seeds=0', '--accelerations=4', '--jobs=2']
+  try:
+    with pytest.raises(SystemExit) as exit_info:
+      cli.main(argv)
+  except KeyboardInterrupt:
+    pytest.fail('the SIGINT escaped as a KeyboardInterrupt')
+  err = capfd.readouterr().err
+  assert exit_info.value.code == 128 + signal.SIGINT
+  assert [p.signals for p in started] == [[signal.SIGINT], [signal.SIGINT]]  # 2 of the 3 runs; the third never
+  assert all(p.kwargs.get('start_new_session') for p in started)
+  assert '[study] SIGINT received: sent to the 2 running run(s); each stops after its current step' in err
+  last = err.strip().splitlines()[-1]
+  assert last.startswith('python -m segrecon_jax.study run: SIGINT: the study stopped. 2 run(s) were stopped, each '
+                         'after its current step with a checkpoint')
+  assert f'CascadeNet x4 seed 0 (exit 130, log: {plan.run_dir(str(tmp_path), "cascade", 4, False, 0)}' in last
+  assert '1 run(s) not started' in last
+  assert last.endswith(f'To resume, run the same command again: python -m segrecon_jax.study {" ".join(argv)}')
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # pytest's own handling is back
 
 
 def test_run_skips_finished_runs_and_prints_the_plan(tmp_path, monkeypatch, capsys):

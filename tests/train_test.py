@@ -23,6 +23,7 @@ from segrecon_jax.training import parallel
 from segrecon_jax.training import steps
 from segrecon_jax.training import train
 from segrecon_jax.training import workdir as workdir_lib
+from segrecon_jax.training import writer as writer_lib
 
 EXPERIMENTS = ('unet', 'cascade', 'multidecoder_unet', 'unet_unet', 'cascade_manet')
 
@@ -130,6 +131,13 @@ def test_traces_once_per_distinct_fraction(four_epoch_run):
   assert any(name.startswith('events') for name in os.listdir(os.path.join(workdir, 'tensorboard')))
 
 
+def _abort_rows(workdir, steps_):
+  """Rows an aborted run (stopped without a checkpoint, e.g. by a second SIGINT) left in scalars.jsonl."""
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, writer_lib.SCALARS_FILE), 'a') as f:
+    f.writelines(json.dumps({'step': s, 'train_loss': 999.0}) + '\n' for s in steps_)
+
+
 def test_resume_matches_straight_run(data_dir, four_epoch_run, first_half_run, tmp_path):
   straight = four_epoch_run.config
   first_half = first_half_run.config  # Both compile paths train alike.
@@ -137,7 +145,12 @@ def test_resume_matches_straight_run(data_dir, four_epoch_run, first_half_run, t
   shutil.copytree(first_half_run.workdir, resumed)
   _, meta = latest_params(resumed, first_half)
   assert meta['epoch'] == 2
+  _abort_rows(resumed, range(meta['step'] + 1, meta['step'] + 4))  # An aborted run's rows past the checkpoint.
   train.train_and_evaluate(tiny_config(data_dir, num_epochs=4), resumed)
+  rows = [json.loads(line) for line in open(os.path.join(resumed, writer_lib.SCALARS_FILE))]
+  pairs = [(row['step'], tag) for row in rows for tag in row if tag != 'step']
+  assert len(pairs) == len(set(pairs))  # One row per step and tag: the aborted run's rows are gone.
+  assert 999.0 not in [row.get('train_loss') for row in rows]
   a, meta_a = latest_params(four_epoch_run.workdir, straight)
   b, meta_b = latest_params(resumed, straight)
   assert meta_a['epoch'] == meta_b['epoch'] == 4 and int(a.step) == int(b.step)
@@ -295,6 +308,23 @@ def test_bar_off_writes_scalars_at_the_loops_own_steps(four_epoch_run):
   assert sum(line.startswith('eval at step') for line in lines) == 2
   record = json.load(open(os.path.join(workdir, 'metrics.json')))
   assert record['seed'] == config.seed and record['config']['learning_rate'] == config.learning_rate
+
+
+def test_a_writer_drops_the_rows_it_will_write_again(tmp_path):
+  """Resuming from step 2 drops an aborted run's rows past it (and a line cut short by a kill); from scratch, all."""
+  path = tmp_path / writer_lib.SCALARS_FILE
+  path.write_text(''.join(json.dumps({'step': s, 'train_loss': float(s)}) + '\n' for s in (1, 2, 3, 4))
+                  + '{"step": 5, "train_lo')
+  writer = writer_lib.SummaryWriter(str(tmp_path), resume_step=2)
+  writer.write_scalars(3, {'train_loss': 30.0})
+  writer.close()
+  assert [json.loads(line) for line in path.read_text().splitlines()] == [
+      {'step': 1, 'train_loss': 1.0}, {'step': 2, 'train_loss': 2.0}, {'step': 3, 'train_loss': 30.0}]
+  writer = writer_lib.SummaryWriter(str(tmp_path))
+  writer.write_scalars(1, {'train_loss': 10.0})
+  writer.close()
+  assert writer_lib.read_scalars(str(tmp_path)) == {'train_loss': {1: 10.0}}
+  assert len(path.read_text().splitlines()) == 1
 
 
 def test_train_scalars_are_the_mean_over_the_log_window(four_epoch_run, first_half_run):

@@ -1,10 +1,13 @@
 """TFDS builder `ocmr`: normalised complex cine slices with LV/RV segmentations, from OCMR, phantom or NIfTI files.
 
-The OCMR-format configs read their files through `segrecon_jax.data.ocmr.load_examples` (the same reader
-`main.py --mode=predict` uses), so the phantom configs exercise exactly the code path of the real data; `nifti`
-reads labelled magnitude folders (ACDC, M&Ms) through `segrecon_jax.data.magnitude`. `configure` derives a config
-with other settings (image size, split, ...) under its own name, so each setting is prepared into its own folder.
-The builder writes array_record by default (no TensorFlow needed). See README.md next to this file.
+Each config names a data layout (`OcmrConfig.source`, `segrecon_jax.data.layouts`) and the builder asks that layout
+for the folder's items, their subjects, example counts and examples. The OCMR-format configs read their files
+through the `real` layout (`segrecon_jax.data.ocmr.load_examples`, the same reader `main.py --mode=predict` uses),
+so the phantom configs (the `phantom` layout, defined here) exercise exactly the code path of the real data;
+`nifti` reads labelled magnitude folders (ACDC, M&Ms) through the `magnitude` layout. `configure` derives a config
+with other settings (image size, split, ...) under its own name, so each setting is prepared into its own folder;
+it also gives a config of a layout registered from your own code. The builder writes array_record by default (no
+TensorFlow needed). See README.md next to this file.
 """
 
 import dataclasses
@@ -21,7 +24,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from segrecon_jax import settings
-from segrecon_jax.data import magnitude
+from segrecon_jax.data import layouts
 from segrecon_jax.data import ocmr
 
 _CITATION = """\
@@ -40,33 +43,13 @@ _CITATION = """\
 }
 """
 
-_MANUAL_INSTRUCTIONS = """\
-Put your fully sampled OCMR files (fs_*.h5, from https://ocmr.info, under the OCMR Data Sharing and Usage
-Agreement) directly in manual_dir, and one label file per OCMR file in manual_dir/labels/ with the same stem:
-  manual_dir/fs_0001_1_5T.h5
-  manual_dir/labels/fs_0001_1_5T.h5   (datasets `masks` uint8 [slices, frames, H, W], `labelled` uint8
-                                       [slices, frames]; see tfds_ocmr/README.md)
-Then build with (array_record is the builder's default file format; no TensorFlow needed)
-  builder = tfds.builder('ocmr', config='real', data_dir=DATA_DIR)
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=MANUAL_DIR))
-Undersampled us_*.h5 files found there are skipped with a warning.
-"""
-
-_NIFTI_INSTRUCTIONS = """\
-Put a labelled magnitude cine folder in manual_dir (searched recursively): NIfTI images `<stem>.nii.gz` with labels
-`<stem>_gt.nii.gz` beside them (ACDC: patient001/patient001_frame01.nii.gz + patient001_frame01_gt.nii.gz; M&Ms:
-A0S9V9/A0S9V9_sa.nii.gz + A0S9V9_sa_gt.nii.gz), or HDF5 files with datasets `image` and `label`
-([H, W], [slices, H, W] or [slices, frames, H, W]). Set label_mapping to your label convention (ACDC's 1 RV,
-2 myocardium, 3 LV cavity is (0, 3, 2, 1), the default; M&Ms' 1 LV, 2 myocardium, 3 RV is (0, 1, 2, 3)).
-"""
-
 # The paper's split: 183 labelled slices, 155 train / 28 test, no subject in both.
 _PAPER_TEST_FRACTION = 28 / 183
-SOURCES = ('phantom', 'real', 'magnitude')
 
 
 class OCMRManualDirError(FileNotFoundError):
-  """A `real` or `nifti` config found no usable files in its manual_dir (or no manual_dir)."""
+  """A `real` or `nifti` config found no usable files in its manual_dir (or no manual_dir), or labelled frames of
+  fewer than 2 subjects."""
 
 
 # The record of the files a `real` or `nifti` dataset was prepared from, written into the prepared folder with the
@@ -76,26 +59,25 @@ SOURCE_RECORD = 'source_files.json'
 # The version of the readers that turn a manual_dir's files into examples, stored in the source record. Raise it
 # when the same files would be served differently, so that a dataset prepared by older readers is refused rather
 # than silently reused. 1: the first readers. 2: a 3-D HDF5 magnitude array is [slices, H, W] (every slice served,
-# background-only slices too) and a single-phase file (ACDC's `_frameYY`) serves its cine frame YY - 1.
-READER_VERSION = 2
+# background-only slices too) and a single-phase file (ACDC's `_frameYY`) serves its cine frame YY - 1. 3: a file of
+# the 2-D slice layout (`_frameYY_slice_K`) serves slice K of frame YY - 1 (it was slice 0 of frame 0).
+READER_VERSION = 3
 PHANTOM_SCRATCH = 'ocmr_phantom_scratch'  # Under the download dir: one folder per config, deleted once prepared.
 
 
-def real_files(manual_dir: str) -> List[str]:
-  """The fully sampled OCMR files (top-level *.h5 but us_*.h5) of a `real` manual_dir."""
-  names = sorted(n for n in os.listdir(manual_dir) if n.endswith('.h5'))
-  return [os.path.join(manual_dir, n) for n in names if not n.startswith('us_')]
+def layout_of(config: 'OcmrConfig') -> layouts.Layout:
+  """The data layout a config reads (`config.source`, a name of `layouts.register_layout`)."""
+  if config.source not in layouts.names():
+    raise ValueError(f'OcmrConfig.source must be one of {tuple(layouts.names())}, got {config.source!r}')
+  return layouts.get(config.source)
 
 
 def source_files(config: 'OcmrConfig', manual_dir: str) -> List[str]:
-  """Every file a manual config reads from `manual_dir`: for `real` each OCMR file and its label file (whether it
-  exists or not: a label file added later changes the data), for `nifti` each image and label file."""
-  if config.source == 'real':
-    files = real_files(manual_dir)
-    return files + [ocmr.label_path_for(path) for path in files]
-  if config.source == 'magnitude':
-    return sorted({path for pair in magnitude.find_pairs(manual_dir) for path in pair})
-  return []
+  """Every file a manual config reads from `manual_dir` (`Layout.files`: for `real` each OCMR file and its label
+  file, whether it exists or not, as a label file added later changes the data; for `nifti` each image and label
+  file); none for a layout that reads no manual_dir."""
+  layout = layout_of(config)
+  return layout.files(manual_dir, config) if layout.reads_manual_dir else []
 
 
 def _sha256(path: str) -> str:
@@ -185,7 +167,9 @@ def clean_interrupted(builder) -> List[str]:
 @dataclasses.dataclass(eq=False)
 class OcmrConfig(tfds.core.BuilderConfig):
   """Config of the `ocmr` builder; every field is stored with each checkpoint (`input_pipeline.data_info`)."""
-  source: str = 'phantom'  # 'phantom' (generated), 'real' (OCMR files) or 'magnitude' (NIfTI/HDF5 folder).
+  # The data layout (`segrecon_jax.data.layouts`): 'phantom' (generated), 'real' (OCMR files), 'magnitude'
+  # (NIfTI/HDF5 folder) or the name of one registered from your code.
+  source: str = 'phantom'
   image_size: Tuple[int, int] = (128, 128)  # (H, W) every image / label map is centred-cropped or zero-padded to.
   include_unlabelled: bool = False  # Also serve frames without labels (all-zero segmentation, has_labels=False).
   test_fraction: float = _PAPER_TEST_FRACTION  # Target share of examples in `test` (whole subjects only).
@@ -201,27 +185,34 @@ class OcmrConfig(tfds.core.BuilderConfig):
   # Magnitude source only: label value v of the files becomes our class label_mapping[v] (ACDC's order by default).
   label_mapping: Tuple[int, ...] = (0, 3, 2, 1)
   phase_seed: int = 0  # Magnitude source only: seed of the smooth synthetic phase (`magnitude.synthetic_phase`).
+  # Magnitude source only: 0 centre-crops / pads each image to image_size; F serves the F x F source pixels around
+  # the image centre resampled to image_size (`magnitude.resample_view`).
+  field_of_view: int = 0
 
   def __repr__(self) -> str:
     # TFDS logs a derived config on every builder call; the data-defining fields are enough to read there.
     fields = ['source', 'image_size', 'include_unlabelled', 'test_fraction', 'split_seed']
-    fields += list(MAGNITUDE_FIELDS) if self.source == 'magnitude' else []
+    fields += [f for f in layouts.OPTIONAL_FIELDS if f in _config_fields(self.source)]
     return f'OcmrConfig({self.name!r}, ' + ', '.join(f'{f}={getattr(self, f)!r}' for f in fields) + ')'
 
   def stored_fields(self) -> Dict:
     """The fields that describe this config's data, for the checkpoint (`input_pipeline.data_info`).
 
-    The magnitude-only fields are left out for the other sources, where they change nothing, so checkpoints
-    written before those fields existed still match their data.
+    The optional fields (`layouts.OPTIONAL_FIELDS`) are left out for a layout that does not read them
+    (`Layout.config_fields`; the magnitude fields for every source but 'magnitude'), where they change nothing, so
+    checkpoints written before those fields existed still match their data.
     """
     fields = {k: v for k, v in vars(self).items() if isinstance(v, (int, float, str, tuple, list))}
-    if self.source != 'magnitude':
-      for field in MAGNITUDE_FIELDS:
+    read = layout_of(self).config_fields
+    for field in layouts.OPTIONAL_FIELDS:
+      if field not in read:
         fields.pop(field, None)
     return fields
 
 
-MAGNITUDE_FIELDS = ('label_mapping', 'phase_seed')
+def _config_fields(source: str) -> Tuple[str, ...]:
+  """The optional fields the layout `source` reads; none for a name not registered (for `__repr__`)."""
+  return layouts.get(source).config_fields if source in layouts.names() else ()
 
 
 # The OcmrConfig fields an experiment config may set (the DATA_BUILDER fields of segrecon_jax/settings.py, in the
@@ -236,28 +227,51 @@ def _name_part(field: str, value) -> str:
     return 'unlabelled' if value else 'labelled'
   if field == 'label_mapping':
     return 'map' + '-'.join(str(int(v)) for v in value)
-  short = {'test_fraction': 'test', 'split_seed': 'seed', 'phase_seed': 'phase'}[field]
+  short = {'test_fraction': 'test', 'split_seed': 'seed', 'phase_seed': 'phase', 'field_of_view': 'fov'}[field]
   return f'{short}{value:g}' if isinstance(value, float) else f'{short}{value}'
 
 
-def configure(name: str, **overrides) -> OcmrConfig:
-  """The built-in config `name` with some `CONFIGURABLE_FIELDS` changed, under a name of its own.
+def _registered_configs() -> List[str]:
+  """The layouts registered from outside this module, each a config of its own name (`configure`)."""
+  built_in = {c.source for c in Ocmr.BUILDER_CONFIGS}
+  return [name for name in layouts.names() if name not in built_in]
 
-  Fields left None or equal to the built-in value change nothing; the others are appended to the name in
+
+def _base_config(name: str) -> OcmrConfig:
+  """The built-in config `name`, or the config of the registered layout `name` (the OcmrConfig defaults, e.g.
+  128x128, with `source=name`)."""
+  base = next((c for c in Ocmr.BUILDER_CONFIGS if c.name == name), None)
+  if base is not None:
+    if name in _registered_configs():
+      raise ValueError(f'the data layout {name!r} has the name of a built-in ocmr config: register it under another '
+                       'name')
+    return base
+  if name in _registered_configs():
+    layout = layouts.get(name)
+    return OcmrConfig(name=name, source=name,
+                      description=layout.description or f'The {name!r} data layout ({type(layout).__name__}).')
+  raise ValueError(f'unknown ocmr config {name!r}: expected one of '
+                   f'{[c.name for c in Ocmr.BUILDER_CONFIGS] + _registered_configs()}')
+
+
+def configure(name: str, **overrides) -> OcmrConfig:
+  """The built-in config `name`, or the config of a layout registered as `name` (`layouts.register_layout`), with
+  some `CONFIGURABLE_FIELDS` changed, under a name of its own.
+
+  Fields left None or equal to the config's value change nothing; the others are appended to the name in
   `CONFIGURABLE_FIELDS` order (`configure('real', image_size=(128, 128))` is `real_128x128`), so TFDS prepares
   each distinct setting into its own folder `data_dir/ocmr/<name>/<version>` and two sizes never mix.
 
   Args:
-    name: a name of `Ocmr.BUILDER_CONFIGS`.
+    name: a name of `Ocmr.BUILDER_CONFIGS`, or of a layout registered from your code.
     **overrides: `image_size` ((H, W) or one int for a square), `test_fraction`, `split_seed`,
-      `include_unlabelled`, `label_mapping`, `phase_seed`.
+      `include_unlabelled`, `label_mapping`, `phase_seed`, `field_of_view` (the last three only for a layout that
+      reads them, `Layout.config_fields`).
 
   Returns:
     The `OcmrConfig` to pass as `tfds.builder('ocmr', config=...)`.
   """
-  base = next((c for c in Ocmr.BUILDER_CONFIGS if c.name == name), None)
-  if base is None:
-    raise ValueError(f'unknown ocmr config {name!r}: expected one of {[c.name for c in Ocmr.BUILDER_CONFIGS]}')
+  base = _base_config(name)
   unknown = sorted(set(overrides) - set(CONFIGURABLE_FIELDS))
   if unknown:
     raise ValueError(f'ocmr config fields {unknown} cannot be set: expected some of {list(CONFIGURABLE_FIELDS)}')
@@ -281,10 +295,15 @@ def configure(name: str, **overrides) -> OcmrConfig:
         raise ValueError(f'test_fraction={value!r}: must be in (0, 1)')
     elif field == 'include_unlabelled':
       value = bool(value)
+    elif field == 'field_of_view':
+      value = int(value)
+      if value < 0:
+        raise ValueError(f'field_of_view={overrides[field]!r}: expected 0 (crop or pad to image_size) or the side, in '
+                         'source pixels, of the square around the image centre served at image_size')
     else:
       value = int(value)
     if value != getattr(base, field):
-      if field in MAGNITUDE_FIELDS and base.source != 'magnitude':
+      if field in layouts.OPTIONAL_FIELDS and field not in layout_of(base).config_fields:
         raise ValueError(f'{field}={overrides[field]!r} applies to magnitude folders (the nifti config) only, not '
                          f'to {name!r} (source {base.source!r})')
       changes[field] = value
@@ -315,6 +334,47 @@ def phantom_subject_examples(config: OcmrConfig, subject: int) -> int:
   settings = phantom_subject_settings(config, subject)
   frames = settings['num_frames'] if settings['labelled_frames'] == 'all' else len(settings['labelled_frames'])
   return settings['num_slices'] * frames
+
+
+class PhantomLayout(layouts.Layout):
+  """The phantom configs' generated subjects: each is written as an OCMR file with its label file into a scratch
+  folder (`phantom.write_subject`), read back through the `real` layout, and deleted.
+
+  An item is a subject number (from 1); its subject is the stem of its OCMR file, `fs_<NNNN>_phantom`.
+  """
+  description = 'OCMR-format cardiac phantom (no download).'
+  reads_manual_dir = False
+
+  def find(self, folder: str, config: OcmrConfig) -> List[int]:
+    del folder  # Nothing to find: the config says which subjects exist.
+    return list(range(1, config.num_phantom_subjects + 1))
+
+  def subject(self, item: int) -> str:
+    return f'fs_{item:04d}_phantom'
+
+  def count_examples(self, items: Sequence[int], config: OcmrConfig) -> Dict[str, int]:
+    return {self.subject(s): phantom_subject_examples(config, s) for s in items}
+
+  def load_examples(self, item: int, image_size: Sequence[int], config: OcmrConfig, root: Optional[str] = None,
+                    labelled_only: bool = True) -> List[Dict]:
+    """Writes subject `item` into a temporary folder under `root` (the scratch folder), reads it back through the
+    `real` layout, deletes it."""
+    from segrecon_jax.data import phantom  # pylint: disable=g-import-not-at-top
+    os.makedirs(root, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=root) as directory:
+      kspace_path, _ = phantom.write_subject(directory, item, config.phantom_seed,
+                                             **phantom_subject_settings(config, item))
+      examples = [e for e in layouts.get('real').load_examples(kspace_path, image_size, config,
+                                                               labelled_only=labelled_only)
+                  if e['has_labels'] or not labelled_only]
+    expected = phantom_subject_examples(config, item)
+    if labelled_only and len(examples) != expected:
+      raise RuntimeError(f'{kspace_path}: phantom subject {item} gave {len(examples)} labelled examples, '
+                         f'expected {expected} from {phantom_subject_settings(config, item)}')
+    return examples
+
+
+layouts.register_layout('phantom', PhantomLayout())
 
 
 def split_subjects(counts: Dict[str, int], test_fraction: float, seed: int) -> Tuple[List[str], List[str]]:
@@ -351,6 +411,34 @@ def split_subjects(counts: Dict[str, int], test_fraction: float, seed: int) -> T
   return sorted(set(subjects) - set(test)), sorted(test)
 
 
+def check_enough_subjects(counts: Dict[str, int], files: Dict[str, List[str]], manual_dir: str,
+                          include_unlabelled: bool, labelled_rule: str) -> None:
+  """Raises OCMRManualDirError unless at least 2 subjects of a manual_dir have examples (`split_subjects` puts
+  whole subjects in test, so it needs one on each side), naming the files that have none.
+
+  Args:
+    counts: examples per subject id.
+    files: the files of each subject id.
+    manual_dir: the folder read, for the message.
+    include_unlabelled: whether unlabelled frames are served (then every frame counts).
+    labelled_rule: what makes a frame labelled in this source, for the message.
+  """
+  served = sorted(s for s, n in counts.items() if n > 0)
+  if len(served) >= 2:
+    return
+  empty = [path for subject in sorted(files) if not counts.get(subject) for path in files[subject]]
+  shown = ', '.join(empty[:4]) + (f' and {len(empty) - 4} more' if len(empty) > 4 else '')
+  unlabelled = f' (no frame of {shown} is labelled)' if empty else ''
+  if include_unlabelled:
+    found = f'found frames of {len(served)} subject(s) only{": " + served[0] if served else ""}'
+  elif not served:
+    found = f'no frame of {shown} is labelled, so there is nothing to train or test on'
+  else:
+    found = f'only subject {served[0]} has labelled frames{unlabelled}'
+  raise OCMRManualDirError(f'{manual_dir}: {found}. A train/test split needs at least 2 subjects with examples (whole '
+                           f'subjects go to test). {labelled_rule}')
+
+
 def _example_key(subject: str, slice_index: int, frame: int) -> str:
   return f'{subject}/slice{slice_index:02d}/frame{frame:03d}'
 
@@ -374,7 +462,8 @@ class Ocmr(tfds.core.GeneratorBasedBuilder):
 
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Initial release: phantom, phantom_small, phantom_medium, phantom_tiny, real and nifti.'}
-  MANUAL_DOWNLOAD_INSTRUCTIONS = f'real:\n{_MANUAL_INSTRUCTIONS}\nnifti:\n{_NIFTI_INSTRUCTIONS}'
+  MANUAL_DOWNLOAD_INSTRUCTIONS = (f'real:\n{layouts.get("real").instructions}\n'
+                                  f'nifti:\n{layouts.get("magnitude").instructions}')
   BUILDER_CONFIGS = [
       # 183 labelled slices (155 train / 28 test) as in the paper. Readouts of 136..160 are cropped to 128 and
       # phase encodes of 96..120 are zero-padded to 128.
@@ -440,49 +529,28 @@ class Ocmr(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     config = self.builder_config
-    if config.source == 'phantom':
-      counts = {self._phantom_stem(s): phantom_subject_examples(config, s)
-                for s in range(1, config.num_phantom_subjects + 1)}
-      train, test = split_subjects(counts, config.test_fraction, config.split_seed)
-      scratch = os.path.join(os.fspath(dl_manager.download_dir), PHANTOM_SCRATCH, config.name)
-      return {'train': self._generate_examples(phantom_stems=train, counts=counts, scratch=scratch),
-              'test': self._generate_examples(phantom_stems=test, counts=counts, scratch=scratch)}
-    if config.source == 'magnitude':
-      manual_dir = self._manual_dir(dl_manager, _NIFTI_INSTRUCTIONS)
-      pairs = magnitude.find_pairs(manual_dir)
-      if not pairs:
-        raise OCMRManualDirError(f'{manual_dir}: found no image file with a label file (<stem>.nii.gz with '
-                                 f'<stem>_gt.nii.gz, or .h5 with image/label).\n{_NIFTI_INSTRUCTIONS}')
-      self._write_source_record(manual_dir)
-      counts = {}
-      for image_path, label_path in pairs:
-        subject = magnitude.subject_id(image_path)
-        frames = magnitude.example_frames(image_path, label_path, include_unlabelled=config.include_unlabelled)
-        counts[subject] = counts.get(subject, 0) + len(frames)
-      train, test = split_subjects(counts, config.test_fraction, config.split_seed)
-      logging.info('%s: %d image/label pairs of %d subjects (%d train, %d test)', manual_dir, len(pairs),
-                   len(counts), len(train), len(test))
-      return {split: self._generate_magnitude([p for p in pairs if magnitude.subject_id(p[0]) in set(subjects)],
-                                              manual_dir)
-              for split, subjects in (('train', train), ('test', test))}
-    if config.source == 'real':
-      files = self._real_files(dl_manager)
-      self._write_source_record(os.path.dirname(files[0]))
-      counts = {ocmr.subject_id(p): len(ocmr.example_frames(p, include_unlabelled=config.include_unlabelled))
-                for p in files}
-      for path in files:
-        if counts[ocmr.subject_id(path)] == 0:
-          logging.warning('%s: no label file at %s (or no labelled frame); its frames are not served',
-                          path, ocmr.label_path_for(path))
-      train, test = split_subjects(counts, config.test_fraction, config.split_seed)
-      by_subject = {ocmr.subject_id(p): p for p in files}
-      return {'train': self._generate_examples(paths=[by_subject[s] for s in train]),
-              'test': self._generate_examples(paths=[by_subject[s] for s in test])}
-    raise ValueError(f'OcmrConfig.source must be one of {SOURCES}, got {config.source!r}')
-
-  @staticmethod
-  def _phantom_stem(subject: int) -> str:
-    return f'fs_{subject:04d}_phantom'
+    layout = layout_of(config)
+    if layout.reads_manual_dir:
+      folder = self._manual_dir(dl_manager, layout.instructions)
+    else:  # A layout that makes its examples writes them here; deleted once read.
+      folder = os.path.join(os.fspath(dl_manager.download_dir), PHANTOM_SCRATCH, config.name)
+    items = layout.find(folder, config)
+    if layout.reads_manual_dir:
+      if not items:
+        raise OCMRManualDirError(f'{folder}: {layout.missing(folder)}\n{layout.instructions}')
+      self._write_source_record(folder)
+    counts = layout.count_examples(items, config)
+    if layout.reads_manual_dir:
+      files = {}
+      for item in items:
+        files.setdefault(layout.subject(item), []).append(layout.item_file(item))
+      check_enough_subjects(counts, files, folder, config.include_unlabelled, layout.labelled_rule)
+    train, test = split_subjects(counts, config.test_fraction, config.split_seed)
+    logging.info('%s: %d items (%s layout) of %d subjects (%d train, %d test)', folder, len(items), layout.name,
+                 len(counts), len(train), len(test))
+    splits = {'train': set(train), 'test': set(test)}
+    return {split: self._generate_examples(layout, [i for i in items if layout.subject(i) in subjects], folder)
+            for split, subjects in splits.items()}
 
   def _manual_dir(self, dl_manager, instructions: str) -> str:
     given = dl_manager._manual_dir  # pylint: disable=protected-access  (the folder asked for, for the message)
@@ -497,63 +565,20 @@ class Ocmr(tfds.core.GeneratorBasedBuilder):
     with open(os.path.join(os.fspath(self.data_dir), SOURCE_RECORD), 'w') as f:
       json.dump(source_record(self.builder_config, manual_dir), f, indent=1, sort_keys=True)
 
-  def _real_files(self, dl_manager) -> List[str]:
-    """The fs_*.h5 files in manual_dir (us_*.h5 are skipped with a warning)."""
-    manual_dir = self._manual_dir(dl_manager, _MANUAL_INSTRUCTIONS)
-    for name in sorted(os.listdir(manual_dir)):
-      if name.endswith('.h5') and name.startswith('us_'):
-        logging.warning('%s: undersampled OCMR file skipped; the `real` config needs fully sampled fs_* files',
-                        os.path.join(manual_dir, name))
-    files = real_files(manual_dir)
-    if not files:
-      raise OCMRManualDirError(f'{manual_dir}: found no fully sampled OCMR file (*.h5 other than us_*.h5); '
-                               f'contents {sorted(os.listdir(manual_dir))}.\n{_MANUAL_INSTRUCTIONS}')
-    return files
-
-  def _generate_examples(self, paths: Sequence[str] = (), phantom_stems: Sequence[str] = (),
-                         counts: Optional[Dict[str, int]] = None, scratch: str = '') -> Iterator[Tuple[str, Dict]]:
-    """Examples of the OCMR files `paths`, or of the phantom subjects `phantom_stems` (written to `scratch`)."""
-    if phantom_stems:
-      yield from self._generate_phantom(phantom_stems, counts, scratch)
-      return
+  def _generate_examples(self, layout: layouts.Layout, items: Sequence, folder: str
+                         ) -> Iterator[Tuple[str, Dict]]:
+    """Examples of the layout's `items` of `folder`, keyed `<Layout.key_stem>/slice<ss>/frame<fff>`."""
     config = self.builder_config
-    for path in paths:
-      for example in ocmr.load_examples(path, config.image_size, labelled_only=not config.include_unlabelled):
+    for item in items:
+      stem = layout.key_stem(item, folder)
+      for example in layout.load_examples(item, config.image_size, config, root=folder,
+                                          labelled_only=not config.include_unlabelled):
         if not example['has_labels'] and not config.include_unlabelled:
           continue
-        yield _example_key(example['subject_id'], example['slice'], example['frame']), _to_features(example)
-
-  def _generate_magnitude(self, pairs: Sequence[Tuple[str, str]], root: str) -> Iterator[Tuple[str, Dict]]:
-    """Examples of magnitude image/label pairs, keyed by the file's path under `root` (a patient has many files)."""
-    config = self.builder_config
-    for image_path, label_path in pairs:
-      stem = magnitude.relative_stem(image_path, root)
-      for example in magnitude.load_examples(image_path, label_path, config.image_size, config.label_mapping,
-                                             config.phase_seed, root=root,
-                                             labelled_only=not config.include_unlabelled):
         yield _example_key(stem, example['slice'], example['frame']), _to_features(example)
-
-  def _generate_phantom(self, stems: Sequence[str], counts: Dict[str, int], scratch: str
-                        ) -> Iterator[Tuple[str, Dict]]:
-    """Writes each phantom subject into a scratch folder, reads it back through the OCMR reader, deletes it."""
-    from segrecon_jax.data import phantom  # pylint: disable=g-import-not-at-top
-    config = self.builder_config
-    os.makedirs(scratch, exist_ok=True)
-    for stem in stems:
-      subject = int(stem.split('_')[1])
-      with tempfile.TemporaryDirectory(dir=scratch) as directory:
-        kspace_path, label_path = phantom.write_subject(directory, subject, config.phantom_seed,
-                                                        **phantom_subject_settings(config, subject))
-        examples = [e for e in ocmr.load_examples(kspace_path, config.image_size, label_path=label_path,
-                                                  labelled_only=not config.include_unlabelled)
-                    if e['has_labels'] or config.include_unlabelled]
-      if not config.include_unlabelled and len(examples) != counts[stem]:
-        raise RuntimeError(f'{kspace_path}: phantom subject {subject} gave {len(examples)} labelled examples, '
-                           f'expected {counts[stem]} from {phantom_subject_settings(config, subject)}')
-      for example in examples:
-        yield _example_key(example['subject_id'], example['slice'], example['frame']), _to_features(example)
-    try:
-      os.rmdir(scratch)  # only once empty: the other split may still be writing there
-      os.rmdir(os.path.dirname(scratch))  # PHANTOM_SCRATCH, once no other config uses it
-    except OSError:
-      pass
+    if not layout.reads_manual_dir:
+      try:
+        os.rmdir(folder)  # only once empty: the other split may still be writing there
+        os.rmdir(os.path.dirname(folder))  # PHANTOM_SCRATCH, once no other config uses it
+      except OSError:
+        pass

@@ -1,7 +1,7 @@
 """The segmentation classes and the project's label-file format (`labels/<stem>.h5`), one writer for every source."""
 
 import os
-from typing import Optional
+from typing import Optional, Sequence, Tuple
 
 import h5py
 import numpy as np
@@ -66,3 +66,11 @@ def remap(labels: np.ndarray, mapping, path: Optional[str] = None) -> np.ndarray
     raise ValueError(f'{where}label values must be in 0..{len(table) - 1} (the label mapping {tuple(mapping)}), '
                      f'got range [{labels.min()}, {labels.max()}]')
   return table[labels.astype(np.int64)].astype(np.uint8)
+
+
+def inverse_mapping(mapping: Sequence[int], num_classes: int = NUM_CLASSES) -> Optional[Tuple[int, ...]]:
+  """The inverse of a label mapping (`remap`): `inverse[c]` is the dataset's value of our class c, the one `v` with
+  `mapping[v] == c` (ACDC's (0, 3, 2, 1) is its own inverse). None when a class has no value or several: then our
+  labels have no single way back to the dataset's values."""
+  values = [[v for v, ours in enumerate(mapping) if ours == c] for c in range(num_classes)]
+  return tuple(v[0] for v in values) if all(len(v) == 1 for v in values) else None

@@ -21,9 +21,18 @@ past the apex or base, with no heart in it); in a 4-D file, the frames whose lab
 Served `slice` and `frame`: the slice index, and the frame index along t (from 0). A file without a time axis
 holds one cardiac phase: its `frame` is the number in an ACDC-style name less one (`patient001_frame12` -> 11, the
 index of that phase in ACDC's `_4d.nii.gz`), else 0; so the ED and ES volumes of a patient get different example
-ids (`subject/slice/frame`) and evaluation masks.
+ids (`subject/slice/frame`) and evaluation masks. The 2-D slice layout (`patient001_frame01_slice_3.h5`, one slice
+of one phase per file, as the SSL4MIS preprocessing ships ACDC) serves the `K` of `_slice_K` as it is named as the
+slice, with the frame of its `_frameYY`; `distinct_examples` refuses a folder where two files give one id.
+Field of view: `image_size` alone centre-crops or zero-pads each image to `(H, W)` source pixels
+(`ocmr.crop_or_pad`); a `field_of_view` F serves the F x F source pixels around the image centre (zero outside the
+image) resampled to `(H, W)` (`resample_view`: antialiased linear for the magnitude, the same weights on one-hot
+label maps then argmax), so a small `image_size` keeps the whole heart instead of its centre.
 Label values go through `labels.remap(label, label_mapping)`: value `v` of the file becomes ours `label_mapping[v]`
 (ACDC: 1 RV, 2 myocardium, 3 LV cavity -> `(0, 3, 2, 1)`; M&Ms: 1 LV, 2 myocardium, 3 RV -> `(0, 1, 2, 3)`).
+
+A slice or frame whose magnitude is all zero is refused: it holds nothing to reconstruct, and PSNR and SSIM,
+relative to the image's peak, are undefined on it.
 
 Every problem with an input file raises `MagnitudeFormatError` (a `ValueError`) or `FileNotFoundError`, naming the
 file and what was expected.
@@ -45,8 +54,10 @@ LABEL_SUFFIX = '_gt'
 ACDC_LABEL_MAPPING = (0, labels_format.RV_POOL, labels_format.MYOCARDIUM, labels_format.LV_POOL)
 # The affines of an image and its labels may differ by rounding in the writer, not by a voxel.
 _AFFINE_TOLERANCE_MM = 1e-3
-# ACDC names each single-phase volume after its 1-based frame in the cine: `patient001_frame12`.
-_FRAME_IN_NAME = re.compile(r'_frame(\d+)$')
+# ACDC names each single-phase volume after its 1-based frame in the cine: `patient001_frame12`; its 2-D slice layout
+# adds the slice: `patient001_frame12_slice_3`.
+_FRAME_IN_NAME = re.compile(r'_frame(\d+)(?:_slice_\d+)?$')
+_SLICE_IN_NAME = re.compile(r'_slice_(\d+)$')
 
 
 class MagnitudeFormatError(ValueError):
@@ -70,6 +81,12 @@ def cine_frame(path: str) -> int:
   """The frame (from 0) that a file without a time axis holds: `<subject>_frameYY` -> YY - 1, else 0."""
   match = _FRAME_IN_NAME.search(_strip_suffix(os.path.basename(path))[0])
   return max(int(match.group(1)) - 1, 0) if match else 0
+
+
+def named_slice(path: str) -> Optional[int]:
+  """The slice a one-slice file names: `<stem>_slice_K` -> K (as named), else None."""
+  match = _SLICE_IN_NAME.search(_strip_suffix(os.path.basename(path))[0])
+  return int(match.group(1)) if match else None
 
 
 def is_image_name(name: str) -> bool:
@@ -156,6 +173,23 @@ def _to_slices_frames(array: np.ndarray, path: str, voxel_order: bool) -> np.nda
   return array.reshape((1,) * (4 - array.ndim) + array.shape)
 
 
+def _check_no_empty_slice(magnitude: np.ndarray, image_path: str) -> None:
+  """Raises `MagnitudeFormatError` naming the first all-zero (slice, frame) of `[slices, frames, H, W]`: such an
+  image holds nothing to reconstruct or segment, and PSNR and SSIM, relative to its peak, are undefined on it."""
+  empty = ~np.any(magnitude > 0, axis=(2, 3))
+  if not np.any(empty):
+    return
+  slice_index, frame = (int(i) for i in np.argwhere(empty)[0])
+  frame += cine_frame(image_path) if magnitude.shape[1] == 1 else 0  # The served ids (`_first_indices`).
+  slice_index += (named_slice(image_path) or 0) if magnitude.shape[0] == 1 else 0
+  more = int(np.sum(empty)) - 1
+  others = f' (and {more} more of its {empty.size} slices x frames)' if more else ''
+  raise MagnitudeFormatError(f'{image_path}: slice {slice_index} frame {frame}{others} is all zero: an image with '
+                             'nothing in it cannot be reconstructed, segmented or scored (PSNR and SSIM are relative '
+                             'to its peak). Expected a magnitude image with signal in every slice and frame: remove '
+                             'the file (with its labels) or its empty slices.')
+
+
 def read_pair(image_path: str, label_path: Optional[str]) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Reads one image file and its label file (None: no labels, for prediction).
 
@@ -205,6 +239,7 @@ def read_pair(image_path: str, label_path: Optional[str]) -> Tuple[np.ndarray, n
   elif not np.issubdtype(label.dtype, np.integer):
     raise MagnitudeFormatError(f'{label_path}: expected integer label values, got dtype {label.dtype}')
   magnitude = _to_slices_frames(image, image_path, voxel_order)
+  _check_no_empty_slice(magnitude, image_path)
   label = _to_slices_frames(label.astype(np.int64), label_path, voxel_order)
   if labelled is not None:
     labelled = np.asarray(labelled)
@@ -247,65 +282,179 @@ def relative_stem(path: str, root: str) -> str:
   return stem.replace(os.sep, '/')
 
 
-def _first_frame(image_path: str, magnitude: np.ndarray) -> int:
-  """The served `frame` of index 0 of the `[slices, frames, H, W]` array: `cine_frame` for a single-phase file."""
-  return cine_frame(image_path) if magnitude.shape[1] == 1 else 0
+def _first_indices(image_path: str, magnitude: np.ndarray) -> Tuple[int, int]:
+  """The served `(slice, frame)` of index `(0, 0)` of the `[slices, frames, H, W]` array: `named_slice` for a file of
+  the 2-D slice layout (else 0), `cine_frame` for a single-phase file (else 0)."""
+  first_slice = named_slice(image_path)
+  if first_slice is not None and magnitude.shape[0] != 1:
+    raise MagnitudeFormatError(f'{image_path}: its name gives one slice (`_slice_{first_slice}`) but it holds '
+                               f'{magnitude.shape[0]} slices; expected one [H, W] image per `_slice_K` file')
+  return first_slice or 0, cine_frame(image_path) if magnitude.shape[1] == 1 else 0
 
 
 def example_frames(image_path: str, label_path: str, include_unlabelled: bool = False) -> List[Tuple[int, int]]:
   """The (slice, frame) pairs `load_examples` serves for a pair of files."""
   magnitude, _, labelled = read_pair(image_path, label_path)
-  first = _first_frame(image_path, magnitude)
+  first_slice, first_frame = _first_indices(image_path, magnitude)
   if include_unlabelled:
-    return [(s, first + t) for s in range(magnitude.shape[0]) for t in range(magnitude.shape[1])]
-  return [(int(s), first + int(t)) for s, t in np.argwhere(labelled)]
+    labelled = np.ones_like(labelled)
+  return [(first_slice + int(s), first_frame + int(t)) for s, t in np.argwhere(labelled)]
+
+
+def distinct_examples(pairs: Sequence[Tuple[str, Optional[str]]], include_unlabelled: bool = False
+                      ) -> Dict[str, int]:
+  """Examples served per subject for the pairs of a folder, after checking that no two files give one example id.
+
+  Raises:
+    MagnitudeFormatError: two files give one `(subject, slice, frame)` (the id of the evaluation masks and of the
+      per-slice results), naming both.
+  """
+  owners, counts = {}, {}
+  for image_path, label_path in pairs:
+    subject = subject_id(image_path)
+    frames = example_frames(image_path, label_path, include_unlabelled)
+    counts[subject] = counts.get(subject, 0) + len(frames)
+    for slice_index, frame in frames:
+      other = owners.setdefault((subject, slice_index, frame), image_path)
+      if other != image_path:
+        raise MagnitudeFormatError(
+            f'{image_path} and {other} both give subject {subject!r} slice {slice_index} frame {frame}: every '
+            'example needs its own id (its evaluation mask and results row). Name single-phase files '
+            '`<subject>_frameYY` and one-slice files `<subject>_frameYY_slice_K`, or give each subject its own name')
+  return counts
+
+
+def _window_weights(source: int, served: int, field_of_view: int) -> np.ndarray:
+  """`[served, source]` weights resampling the `field_of_view` source pixels centred on pixel `source // 2` (the
+  centre `crop_or_pad` keeps) to `served` pixels: linear interpolation, widened by the step when it shrinks
+  (antialiasing, as `jax.image.resize(..., 'linear', antialias=True)`); source pixels outside `[0, source)` are
+  zero, so each row is normalised over the unbounded grid, not over the pixels that exist."""
+  step = field_of_view / served
+  start = source // 2 - field_of_view // 2  # The window's first source pixel, as crop_or_pad's offset.
+  centres = start - 0.5 + (np.arange(served) + 0.5) * step  # Served pixel centres in source pixel coordinates.
+  support = max(step, 1.0)
+  reach = int(np.ceil(support)) + 1
+  grid = np.arange(int(np.floor(centres.min())) - reach, int(np.ceil(centres.max())) + reach + 1)
+  weights = np.maximum(0.0, 1.0 - np.abs(grid[None, :] - centres[:, None]) / support)
+  weights /= weights.sum(axis=1, keepdims=True)
+  inside = (grid >= 0) & (grid < source)
+  out = np.zeros((served, source))
+  out[:, grid[inside]] = weights[:, inside]
+  return out
+
+
+def resample_view(image: np.ndarray, size: Sequence[int], field_of_view: int, is_label: bool = False) -> np.ndarray:
+  """The `field_of_view` x `field_of_view` source pixels around the image centre, resampled to `size`.
+
+  `field_of_view == size` (square) is `ocmr.crop_or_pad`'s centred crop or pad exactly.
+
+  Args:
+    image: real `[H, W]` (a magnitude) or, with `is_label`, integer class labels `[H, W]`.
+    size: served `(H', W')`.
+    field_of_view: the side of the square window, in source pixels.
+    is_label: resample each class's indicator with the image weights and take the argmax (ties: the lower class),
+      so thin structures keep their area instead of aliasing as with nearest neighbours.
+
+  Returns:
+    float32 `[H', W']`, or the labels' dtype with `is_label`.
+  """
+  rows = _window_weights(image.shape[0], int(size[0]), field_of_view)
+  cols = _window_weights(image.shape[1], int(size[1]), field_of_view)
+  if not is_label:
+    return (rows @ np.asarray(image, np.float64) @ cols.T).astype(np.float32)
+  classes = np.arange(int(image.max()) + 1 if image.size else 1)
+  shares = np.stack([rows @ (image == c).astype(np.float64) @ cols.T for c in classes])
+  return classes[np.argmax(shares, axis=0)].astype(image.dtype)
+
+
+def place_view(values: np.ndarray, source_size: Sequence[int], field_of_view: int, is_label: bool = False
+               ) -> np.ndarray:
+  """The inverse placement of `resample_view`, as a prediction is written on its file's grid: served `[n, h, w]`
+  values resampled (linear; labels through their class indicators) to the `field_of_view` window, then put on the
+  source's `(H, W)` grid around its centre (zero / background outside the window).
+
+  Returns:
+    `[n, H, W]`: float32, or the labels' dtype with `is_label`.
+  """
+  values = np.asarray(values)
+  rows = _window_weights(values.shape[1], field_of_view, values.shape[1])  # [F, h]: served -> window
+  cols = _window_weights(values.shape[2], field_of_view, values.shape[2])
+  if is_label:
+    classes = np.arange(int(values.max()) + 1 if values.size else 1)
+    shares = np.stack([rows @ (values == c).astype(np.float64) @ cols.T for c in classes])  # [C, n, F, F]
+    window = classes[np.argmax(shares, axis=0)].astype(values.dtype)
+  else:
+    window = (rows @ values.astype(np.float64) @ cols.T).astype(np.float32)
+  return ocmr.crop_or_pad(window, source_size)
 
 
 def load_examples(image_path: str, label_path: str, image_size: Sequence[int],
                   label_mapping: Sequence[int] = ACDC_LABEL_MAPPING, phase_seed: int = 0, root: Optional[str] = None,
-                  labelled_only: bool = True) -> List[Dict[str, Any]]:
+                  labelled_only: bool = True, field_of_view: int = 0) -> List[Dict[str, Any]]:
   """Reads one image file and its labels into examples like `ocmr.load_examples`.
 
   Args:
     image_path, label_path: a pair from `find_pairs` (label_path None: no labels, every example unlabelled).
-    image_size: `(H, W)` every image and label map is centred-cropped or zero-padded to (`ocmr.crop_or_pad`).
+    image_size: `(H, W)` every image and label map is served at: centred-cropped or zero-padded to it
+      (`ocmr.crop_or_pad`), or with `field_of_view` resampled to it.
     label_mapping: value `v` of the label file becomes `label_mapping[v]` (our classes, `labels.CLASS_NAMES`).
     phase_seed: seed of the synthetic phase.
     root: the folder the keys and `file_name` are relative to (the file's folder when None).
     labelled_only: skip unlabelled (slice, frame) pairs (False: serve them with `has_labels=False` and an all-zero
       segmentation).
+    field_of_view: 0, or the side in source pixels of the square around the image centre that is served
+      (`resample_view`); the synthetic phase is then drawn on the served grid.
 
   Returns:
     One dict per example: `image` complex64 `[H, W]` (magnitude times `exp(i synthetic_phase)`, max magnitude 1),
-    `segmentation` uint8 `[H, W]`, `subject_id`, `file_name` (path under root), `slice`, `frame` (the cine frame,
-    `cine_frame` for a single-phase file), `scale` (the magnitude was divided by it), `has_labels`.
+    `segmentation` uint8 `[H, W]`, `subject_id`, `file_name` (path under root), `slice` (`named_slice` for the
+    2-D slice layout), `frame` (the cine frame, `cine_frame` for a single-phase file), `scale` (the magnitude was
+    divided by it), `has_labels`.
   """
   magnitude, label, labelled = read_pair(image_path, label_path)
-  ours = labels_format.remap(label, label_mapping, label_path)
+  try:
+    ours = labels_format.remap(label, label_mapping, label_path)
+  except ValueError as e:  # A label value the mapping has no entry for (a 5, a 255).
+    raise MagnitudeFormatError(f'{e}; config.label_mapping gives our class for each label value v of the files '
+                               "(ACDC's (0, 3, 2, 1), M&Ms' (0, 1, 2, 3)) and needs an entry for every value they "
+                               'hold') from None
   if np.any(ours >= labels_format.NUM_CLASSES):
     raise MagnitudeFormatError(f'{label_path}: label_mapping {tuple(label_mapping)} maps to values outside our '
                                f'classes 0..{labels_format.NUM_CLASSES - 1} {labels_format.CLASS_NAMES}')
   root = root or os.path.dirname(os.path.abspath(image_path))
   stem = relative_stem(image_path, root)
   file_name = os.path.relpath(os.path.abspath(image_path), os.path.abspath(root)).replace(os.sep, '/')
-  first = _first_frame(image_path, magnitude)
+  first_slice, first_frame = _first_indices(image_path, magnitude)
   examples = []
   for s in range(magnitude.shape[0]):
     for t in range(magnitude.shape[1]):
       if labelled_only and not labelled[s, t]:
         continue
       # Keyed by the file's stem and array indices: unique within the folder.
-      phase = synthetic_phase(magnitude.shape[2:], phase_seed, f'{stem}/slice{s:02d}/frame{t:03d}')
-      image = (magnitude[s, t] * np.exp(1j * phase)).astype(np.complex64)
-      image, scale = ocmr.normalize(ocmr.crop_or_pad(image, image_size))
+      key = f'{stem}/slice{s:02d}/frame{t:03d}'
       segmentation = ours[s, t] if labelled[s, t] else np.zeros_like(ours[s, t])
+      if field_of_view:
+        served = resample_view(magnitude[s, t], image_size, field_of_view)
+        image = served * np.exp(1j * synthetic_phase(served.shape, phase_seed, key))
+        segmentation = resample_view(segmentation, image_size, field_of_view, is_label=True)
+      else:
+        image = ocmr.crop_or_pad(magnitude[s, t] * np.exp(1j * synthetic_phase(magnitude.shape[2:], phase_seed, key)),
+                                 image_size)
+        segmentation = ocmr.crop_or_pad(segmentation, image_size)
+      if not np.any(image):  # The slice has signal (read_pair checked it), but none inside the served window.
+        window = (f'{field_of_view}x{field_of_view} field of view' if field_of_view else
+                  f'{image_size[0]}x{image_size[1]} crop to config.image_size')
+        raise MagnitudeFormatError(f'{image_path}: slice {first_slice + s} frame {first_frame + t} is all zero inside '
+                                   f'the central {window} (its signal lies outside it): expected the heart near the '
+                                   'image centre, or a larger image_size / field_of_view.')
+      image, scale = ocmr.normalize(image.astype(np.complex64))
       examples.append({
           'image': image.astype(np.complex64),
-          'segmentation': ocmr.crop_or_pad(segmentation, image_size).astype(np.uint8),
+          'segmentation': segmentation.astype(np.uint8),
           'subject_id': subject_id(image_path),
           'file_name': file_name,
-          'slice': s,
-          'frame': first + t,
+          'slice': first_slice + s,
+          'frame': first_frame + t,
           'scale': scale,
           'has_labels': bool(labelled[s, t]),
       })

@@ -1,11 +1,13 @@
-"""Reconstruction and segmentation networks, and `get_model`, which builds one from a config's `model` dict.
+"""Reconstruction and segmentation networks, registered by name; `get_model` builds one from a config's `model` dict.
 
 Every top-level model is called as `model.apply(variables, zero_filled, kspace, mask, train=...)` with
 `zero_filled` float32 `[B, H, W, 2]` (real, imaginary), `kspace` complex64 `[B, H, W]` (measured, zero outside the
-mask) and `mask` bool `[B, 1, W]`. Solo reconstruction models ('unet', 'cascade') return `recon` float32
-`[B, H, W, 2]`; joint models return `(recon, seg_logits float32 [B, H, W, num_classes])`.
+mask) and `mask` bool `[B, 1, W]`, and returns a `ModelOutput`: solo reconstruction models ('unet', 'cascade') its
+`recon` float32 `[B, H, W, 2]`; joint models also its `seg_logits` float32 `[B, H, W, num_classes]`.
 
-Model dicts (`config.model`), by name; every field but 'name' is optional and defaults to the module's:
+The built-in models are registered below as a research user registers their own (`register`, models/registry.py:
+what the training system knows of each model). Model dicts (`config.model`), by name; every field but 'name' is
+optional and defaults to the module's:
   unet               features, norm, residual, normalize                        -> UNet (out_channels=2)
   cascade            num_cascades, num_layers, features, activation, dc_noise_level, learnable_noise_level
                                                                                 -> CascadeNet
@@ -20,18 +22,29 @@ but a runtime setting of models/layers.py (`layers.set_impls`, from `config.conv
 every choice computes the same function with the same parameters.
 """
 
-import dataclasses
-from typing import Any, Callable, Dict, Mapping
+from typing import Mapping, Optional
 
-import flax.linen as nn
-import jax.numpy as jnp
-
+from segrecon_jax.models import registry
 from segrecon_jax.models.cascade import CascadeNet
 from segrecon_jax.models.manet import MANET_PRESETS
 from segrecon_jax.models.manet import MANet
 from segrecon_jax.models.multidecoder import MultiDecoderUNet
 from segrecon_jax.models.outputs import ModelOutput
 from segrecon_jax.models.outputs import ReconOnly
+from segrecon_jax.models.registry import JOINT
+from segrecon_jax.models.registry import MODELS
+from segrecon_jax.models.registry import ModelSpec
+from segrecon_jax.models.registry import RECONSTRUCTION
+from segrecon_jax.models.registry import SEGMENTATION
+from segrecon_jax.models.registry import TASKS
+from segrecon_jax.models.registry import display_name
+from segrecon_jax.models.registry import get_model
+from segrecon_jax.models.registry import has_upconv
+from segrecon_jax.models.registry import reconstruction_params
+from segrecon_jax.models.registry import register
+from segrecon_jax.models.registry import segments
+from segrecon_jax.models.registry import segments_reconstruction
+from segrecon_jax.models.registry import spec
 from segrecon_jax.models.segrecon import SegRecon
 from segrecon_jax.models.segrecon import safe_magnitude
 from segrecon_jax.models.unet import UNet
@@ -39,36 +52,12 @@ from segrecon_jax.models.unet import UNetDecoder
 from segrecon_jax.models.unet import UNetEncoder
 from segrecon_jax.models.unet import UNetRecon
 
-# Module fields that get_model sets itself (never from the config dict).
-_MANAGED_FIELDS = ('parent', 'name', 'dtype', 'bn_axis_name')
 _JOINT_FIELDS = ('recon', 'seg', 'stop_gradient')
+_build = registry.build_module
+_check_fields = registry.check_fields
 
 
-def _module_fields(cls) -> tuple:
-  return tuple(f.name for f in dataclasses.fields(cls) if f.name not in _MANAGED_FIELDS)
-
-
-def _check_fields(fields: Mapping[str, Any], valid, where: str) -> None:
-  unknown = sorted(set(fields) - set(valid))
-  if unknown:
-    raise ValueError(f'{where}: unknown field(s) {unknown}; valid fields are {sorted(valid)}.')
-
-
-def _hashable(value):
-  return tuple(value) if isinstance(value, list) else value
-
-
-def _build(cls, fields: Mapping[str, Any], where: str, dtype, bn_axis_name, defaults=None, fixed=None) -> nn.Module:
-  """`cls(**defaults, **fields, **fixed)` after checking `fields` against the module's fields less `fixed`."""
-  fixed = dict(fixed or {})
-  _check_fields(fields, set(_module_fields(cls)) - set(fixed), where)
-  kwargs = dict(defaults or {})
-  kwargs.update({k: _hashable(v) for k, v in fields.items()})
-  kwargs.update(fixed)
-  return cls(**kwargs, dtype=dtype, bn_axis_name=bn_axis_name)
-
-
-def _sub(fields: Mapping[str, Any], key: str, where: str) -> Dict[str, Any]:
+def _sub(fields, key: str, where: str):
   value = fields.get(key, {})
   if not isinstance(value, Mapping):
     raise ValueError(f'{where}: field {key!r} must be a dict of sub-network fields, got {value!r}.')
@@ -95,8 +84,7 @@ def _multidecoder_unet(fields, dtype, bn_axis_name):
   return _build(MultiDecoderUNet, fields, "model 'multidecoder_unet'", dtype, bn_axis_name)
 
 
-def _segrecon(fields, dtype, bn_axis_name, recon_net, seg_net, where):
-  _check_fields(fields, _JOINT_FIELDS, where)
+def _segrecon(fields, dtype, bn_axis_name, recon_net, seg_net):
   return SegRecon(recon_net=recon_net, seg_net=seg_net, stop_gradient=bool(fields.get('stop_gradient', False)),
                   dtype=dtype, bn_axis_name=bn_axis_name)
 
@@ -106,7 +94,7 @@ def _unet_unet(fields, dtype, bn_axis_name):
   recon = _unet_recon(_sub(fields, 'recon', where), dtype, bn_axis_name, where=f'{where} recon')
   seg = _build(UNet, _sub(fields, 'seg', where), f'{where} seg', dtype, bn_axis_name, defaults={'out_channels': 4},
                fixed={'residual': False})
-  return _segrecon(fields, dtype, bn_axis_name, recon, seg, where)
+  return _segrecon(fields, dtype, bn_axis_name, recon, seg)
 
 
 def _manet(fields, dtype, bn_axis_name, where):
@@ -114,7 +102,7 @@ def _manet(fields, dtype, bn_axis_name, where):
   preset = fields.pop('preset', None)
   if preset is not None and preset not in MANET_PRESETS:
     raise ValueError(f'{where}: unknown MANet preset {preset!r}; valid presets are {sorted(MANET_PRESETS)}.')
-  _check_fields(fields, set(_module_fields(MANet)) | {'preset'}, where)
+  _check_fields(fields, set(registry.module_fields(MANet)) | {'preset'}, where)
   return _build(MANet, fields, where, dtype, bn_axis_name, defaults=MANET_PRESETS[preset] if preset else None)
 
 
@@ -122,73 +110,52 @@ def _cascade_manet(fields, dtype, bn_axis_name):
   where = "model 'cascade_manet'"
   recon = _cascade_net(_sub(fields, 'recon', where), dtype, bn_axis_name, where=f'{where} recon')
   seg = _manet(_sub(fields, 'seg', where), dtype, bn_axis_name, f'{where} seg')
-  return _segrecon(fields, dtype, bn_axis_name, recon, seg, where)
+  return _segrecon(fields, dtype, bn_axis_name, recon, seg)
 
 
-@dataclasses.dataclass(frozen=True)
-class ModelSpec:
-  """What the registry knows of a model: its builder and what it can do."""
-  build: Callable[..., nn.Module]  # (fields without 'name', dtype, bn_axis_name) -> module.
-  display_name: str  # The method's name in the paper's tables.
-  segments: bool  # Has a segmentation output (trained with the Dice term, evaluated with Dice).
-  upconv: bool = False  # Has U-Net up-convolutions (the runtime setting upconv_impl changes how they run).
+def _size_multiple(module) -> int:
+  """The factor H and W must be a multiple of: the U-Nets halve them len(features) - 1 times, MANet encoder_depth
+  times; the cascades take any size."""
+  multiple = 1
+  if isinstance(module, (UNet, MultiDecoderUNet)):
+    multiple = 2 ** (len(module.features) - 1)
+  elif isinstance(module, MANet):
+    multiple = 2 ** int(module.encoder_depth)
+  for field in ('net', 'recon_net', 'seg_net'):
+    child = getattr(module, field, None)
+    if child is not None:
+      multiple = max(multiple, _size_multiple(child))
+  return multiple
 
 
-MODELS: Dict[str, ModelSpec] = {
-    'unet': ModelSpec(_unet, 'UNet', segments=False, upconv=True),
-    'cascade': ModelSpec(_cascade, 'CascadeNet', segments=False),
-    'multidecoder_unet': ModelSpec(_multidecoder_unet, 'Multi-Decoder UNet', segments=True, upconv=True),
-    'unet_unet': ModelSpec(_unet_unet, 'UNet -> UNet', segments=True, upconv=True),
-    'cascade_manet': ModelSpec(_cascade_manet, 'CascadeNet -> MANet', segments=True),
-}
+def _segmentation_outputs(module) -> Optional[int]:
+  """The number of segmentation logits a joint model outputs."""
+  module = getattr(module, 'seg_net', module)
+  if isinstance(module, (MANet, MultiDecoderUNet)):
+    return int(module.num_classes)
+  if isinstance(module, UNet):
+    return int(module.out_channels)
+  return None
 
 
-def spec(model_config) -> ModelSpec:
-  """The registry entry of `model_config` (a name, a Mapping or a ConfigDict with 'name')."""
-  if isinstance(model_config, str) or model_config is None:
-    name = model_config
-  else:
-    name = dict(model_config).get('name')
-  if name not in MODELS:
-    raise ValueError(f'unknown model name {name!r}; valid names are {sorted(MODELS)}.')
-  return MODELS[name]
-
-
-def segments(model_config) -> bool:
-  """Whether the model has a segmentation output."""
-  return spec(model_config).segments
-
-
-def display_name(model_config) -> str:
-  """The method's name as the paper's tables print it (without the '(S)' of stabilization)."""
-  return spec(model_config).display_name
-
-
-def has_upconv(model_config) -> bool:
-  """Whether the model has U-Net up-convolutions (so the runtime setting upconv_impl applies to it)."""
-  return spec(model_config).upconv
-
-
-def get_model(model_config, dtype=jnp.float32, bn_axis_name=None) -> nn.Module:
-  """The model named by `model_config['name']`, built from the other fields (see the module docstring).
-
-  Args:
-    model_config: a Mapping or an ml_collections ConfigDict with 'name' and the model's fields.
-    dtype: computation dtype of every network (e.g. jnp.bfloat16); parameters stay float32.
-    bn_axis_name: the pmap axis name over which BatchNorm averages batch statistics ('batch'), or None.
-
-  Raises:
-    ValueError: unknown name or field, listing the valid ones.
-  """
-  if hasattr(model_config, 'to_dict'):
-    model_config = model_config.to_dict()
-  fields = dict(model_config)
-  entry = spec(fields.pop('name', None))
-  return entry.build(fields, dtype, bn_axis_name)
+register('unet', _unet, display_name='UNet', task=RECONSTRUCTION, upconv=True, size_multiple=_size_multiple,
+         fields=tuple(f for f in registry.module_fields(UNet) if f != 'out_channels'))
+register('cascade', _cascade, display_name='CascadeNet', task=RECONSTRUCTION, size_multiple=_size_multiple,
+         fields=registry.module_fields(CascadeNet))
+register('multidecoder_unet', _multidecoder_unet, display_name='Multi-Decoder UNet', task=JOINT, upconv=True,
+         size_multiple=_size_multiple, num_classes=_segmentation_outputs, num_classes_field='num_classes',
+         fields=registry.module_fields(MultiDecoderUNet))
+register('unet_unet', _unet_unet, display_name='UNet -> UNet', task=JOINT, upconv=True, size_multiple=_size_multiple,
+         num_classes=_segmentation_outputs, num_classes_field='seg.out_channels', fields=_JOINT_FIELDS)
+register('cascade_manet', _cascade_manet, display_name='CascadeNet -> MANet', task=JOINT,
+         size_multiple=_size_multiple, num_classes=_segmentation_outputs, num_classes_field='seg.num_classes',
+         fields=_JOINT_FIELDS)
+registry.BUILT_IN = frozenset(MODELS)
 
 
 __all__ = [
-    'CascadeNet', 'MANet', 'MANET_PRESETS', 'MODELS', 'ModelOutput', 'ModelSpec', 'MultiDecoderUNet',
-    'ReconOnly', 'SegRecon', 'UNet', 'UNetDecoder', 'UNetEncoder', 'UNetRecon',
-    'display_name', 'get_model', 'has_upconv', 'safe_magnitude', 'segments', 'spec',
+    'CascadeNet', 'JOINT', 'MANet', 'MANET_PRESETS', 'MODELS', 'ModelOutput', 'ModelSpec', 'MultiDecoderUNet',
+    'RECONSTRUCTION', 'ReconOnly', 'SEGMENTATION', 'SegRecon', 'TASKS', 'UNet', 'UNetDecoder', 'UNetEncoder',
+    'UNetRecon', 'display_name', 'get_model', 'has_upconv', 'reconstruction_params', 'register', 'safe_magnitude',
+    'segments', 'segments_reconstruction', 'spec',
 ]

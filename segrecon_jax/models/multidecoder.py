@@ -57,3 +57,9 @@ class MultiDecoderUNet(nn.Module):
     if self.normalize:
       recon = recon * std + mean
     return ModelOutput(recon=recon, seg_logits=seg_logits.astype(jnp.float32))
+
+  @nn.nowrap
+  def reconstruction_params(self, params):
+    """The parameters that compute the reconstruction (models/registry.py): the shared `encoder` and the
+    `recon_decoder` (the segmentation term reaches only the encoder, so its gradient is zero on the decoder)."""
+    return {'encoder': params['encoder'], 'recon_decoder': params['recon_decoder']}

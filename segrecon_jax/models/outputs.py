@@ -10,12 +10,13 @@ Dtype = Any
 
 
 class ModelOutput(NamedTuple):
-  """`recon`: float32 `[B, H, W, 2]` (real, imaginary); `seg_logits`: float32 `[B, H, W, num_classes]` or None.
+  """`recon`: float32 `[B, H, W, 2]` (real, imaginary), or None for a segmentation model (registry.SEGMENTATION);
+  `seg_logits`: float32 `[B, H, W, num_classes]`, or None for a reconstruction model.
 
   A NamedTuple, so it is a pytree (it passes through `jit`, `pmap` and `grad`) and a joint model's output still
   unpacks as `recon, seg_logits = model.apply(...)`.
   """
-  recon: Array
+  recon: Optional[Array] = None
   seg_logits: Optional[Array] = None
 
 

@@ -48,5 +48,14 @@ class SegRecon(nn.Module):
   def __call__(self, x: Array, kspace: Array, mask: Array, *, train: bool) -> ModelOutput:
     recon = self.recon_net(x, kspace, mask, train=train).astype(jnp.float32)
     seg_input = jax.lax.stop_gradient(recon) if self.stop_gradient else recon
-    seg_logits = self.seg_net(safe_magnitude(seg_input), train=train)
-    return ModelOutput(recon=recon, seg_logits=seg_logits.astype(jnp.float32))
+    return ModelOutput(recon=recon, seg_logits=self.segment(seg_input, train=train))
+
+  def segment(self, recon: Array, *, train: bool) -> Array:
+    """`seg_net` on the magnitude of reconstructions `[B, H, W, 2]`: float32 logits `[B, H, W, num_classes]` (the
+    registry's segmentation of a given reconstruction, which the pseudo-attention differentiates)."""
+    return self.seg_net(safe_magnitude(recon), train=train).astype(jnp.float32)
+
+  @nn.nowrap
+  def reconstruction_params(self, params):
+    """The parameters that compute the reconstruction: `recon_net`'s (models/registry.py)."""
+    return {'recon_net': params['recon_net']}

@@ -11,8 +11,10 @@ comparison and the pseudo-attention) on any data, and writes docs/results.md fro
 
 Each run is `main.py` in its own process with its own workdir (`ROOT/<experiment>_x<R>[_stab]/seed<k>`,
 `ROOT/sweep/...`, `ROOT/losses/...`); finished runs (with metrics.json) are skipped and an interrupted one resumes
-from its checkpoint, so a study stopped at any point continues where it stopped. Before starting, the runner prints
-how many runs are left, their training steps and, with `--seconds_per_step`, the expected duration.
+from its checkpoint, so a study stopped at any point continues where it stopped. Ctrl-C (or SIGTERM) is sent on to
+the running runs, which write their checkpoints, and the study says how to resume once they have exited. Before
+starting, the runner prints how many runs are left, their training steps and, with `--seconds_per_step`, the
+expected duration.
 
 Modules: `plan` (what runs, where, with which flags), `runner` (the processes), `results` (reading runs),
 `claims` (the paper's claims and their cross-seed verdicts, on `segrecon_jax.stats`), `report` and `figures`

@@ -13,10 +13,11 @@ For a model trained with `stop_gradient=True` the gradient is computed all the s
 loss would send to the reconstruction network, had training not cut it.
 """
 
+import dataclasses
 import functools
 import json
 import os
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -43,11 +44,6 @@ ATTENTION_DIR = 'attention'  # Under the workdir, unless pseudo_attention gets a
 NUM_EXAMPLES = 3  # Example slices in the figure: the lowest, the median and the highest energy share.
 
 
-def _segment(module, recon):
-  """`SegRecon`'s segmentation path on reconstructions `[B, H, W, 2]`: the segmentation network on the magnitude."""
-  return module.seg_net(models.safe_magnitude(recon), train=False)
-
-
 def attention_step(variables, batch, *, model, config) -> Dict[str, jax.Array]:
   """The eval step's reconstruction of a batch and each slice's segmentation-loss gradient on it.
 
@@ -63,7 +59,7 @@ def attention_step(variables, batch, *, model, config) -> Dict[str, jax.Array]:
   recon = model.apply(variables, zero_filled, measured, masks, train=False).recon.astype(jnp.float32)
 
   def slice_losses(recon):
-    logits = model.apply(variables, recon, method=_segment)
+    logits = model.apply(variables, recon, train=False, method='segment')  # The model's segmentation of a recon.
     return losses.generalized_dice_loss(logits.astype(jnp.float32), batch['segmentation'], config.num_classes)
 
   seg_loss, vjp_fn = jax.vjp(slice_losses, recon)
@@ -160,12 +156,26 @@ def _check_model(config):
     raise config_checks.ConfigError(
         f'config.model.name={config.model.name!r} ({models.display_name(config.model)}) has no segmentation '
         'output: pseudo-attention needs a model that segments.')
-  if not isinstance(steps.create_model(config, bn_axis_name=None), models.SegRecon):
+  if not (models.spec(config.model).reconstructs
+          and models.segments_reconstruction(steps.create_model(config, bn_axis_name=None))):
     raise config_checks.ConfigError(
         f'config.model.name={config.model.name!r} ({models.display_name(config.model)}): its segmentation does not '
-        'see the reconstruction (both decoders read the shared encoder), so there is no gradient of the '
-        'segmentation loss on the reconstruction to show; pseudo-attention needs a reconstruction network followed '
-        'by a segmentation network on its output (models.SegRecon).')
+        'see the reconstruction (e.g. both decoders read a shared encoder), so there is no gradient of the '
+        'segmentation loss on the reconstruction to show; pseudo-attention needs a model that segments a given '
+        'reconstruction, with a `segment(recon, *, train)` method (models.SegRecon; models/registry.py).')
+
+
+@dataclasses.dataclass(frozen=True)
+class _Slice:
+  """One test slice the pseudo-attention measured."""
+  id: str
+  index: int
+  energy_share: float  # Of the Dice gradient's energy, inside the heart box.
+  area_share: float  # Of the image, the heart box.
+  seg_loss: float
+  gradient: np.ndarray  # |d seg_loss / d recon| float32 [H, W].
+  image: np.ndarray  # The reference image [H, W, 2].
+  segmentation: np.ndarray  # The reference labels [H, W].
 
 
 def pseudo_attention(config, workdir: str, out_dir: Optional[str] = None) -> Dict[str, Any]:
@@ -173,7 +183,7 @@ def pseudo_attention(config, workdir: str, out_dir: Optional[str] = None) -> Dic
 
   The record holds the mean energy share of `|g|^2` inside the heart box and the box's mean area share, each with
   a 95% bootstrap interval over slices, the ratio of the two means, and every slice's values under its id
-  (`inference.example_id`) and split index. Slices without heart labels (no box) and slices whose gradient is zero
+  (`input_pipeline.example_id`) and split index. Slices without heart labels (no box) and slices whose gradient is zero
   everywhere are left out and listed by id. Single process only.
 
   Returns:
@@ -189,7 +199,7 @@ def pseudo_attention(config, workdir: str, out_dir: Optional[str] = None) -> Dic
   step = jax.jit(functools.partial(attention_step, model=model, config=config))
   margin = steps.focus_margin_pixels(config, input_pipeline.image_shape(eval_source)[0])
 
-  kept = []  # (id, index, energy share, area share, seg loss, |g|, image, box) of every slice used.
+  kept: List[_Slice] = []  # Every slice used.
   skipped = {'no_heart': [], 'zero_gradient': []}
   for batch in input_pipeline.eval_batches(eval_source, config):
     out = jax.device_get(step(variables, {k: batch[k] for k in ('image', 'segmentation', 'mask_id')}))
@@ -197,27 +207,27 @@ def pseudo_attention(config, workdir: str, out_dir: Optional[str] = None) -> Dic
     shares, areas = energy_share(magnitude, out['box']), area_share(out['box'])
     for i in np.flatnonzero(batch['valid'] > 0):
       index = int(batch['index'][i])
-      name = inference.example_id(eval_source[index], index)
+      name = input_pipeline.example_id(eval_source[index], index)
       if not out['has_heart'][i]:
         skipped['no_heart'].append(name)
       elif not np.isfinite(shares[i]):
         skipped['zero_gradient'].append(name)
       else:
-        kept.append((name, index, float(shares[i]), float(areas[i]), float(out['seg_loss'][i]),
-                     magnitude[i].astype(np.float32), batch['image'][i], batch['segmentation'][i]))
+        kept.append(_Slice(name, index, float(shares[i]), float(areas[i]), float(out['seg_loss'][i]),
+                           magnitude[i].astype(np.float32), batch['image'][i], batch['segmentation'][i]))
   if not kept:
     raise ValueError(f'{config.eval_split!r} split: no slice with heart labels and a nonzero gradient '
                      f'({len(skipped["no_heart"])} without heart, {len(skipped["zero_gradient"])} zero gradients)')
-  kept.sort(key=lambda row: row[0])
-  names, indices, shares, areas, seg_losses = (list(column) for column in list(zip(*kept))[:5])
-  summary = bootstrap_summary(np.array(shares), np.array(areas))
+  kept.sort(key=lambda row: row.id)
+  summary = bootstrap_summary(np.array([row.energy_share for row in kept]), np.array([row.area_share for row in kept]))
   record = {
       'model': reporting.method_name(config), 'acceleration': config.acceleration,
       'checkpoint_step': int(meta['step']), 'margin_pixels': margin, 'num_slices': len(kept), **summary,
       'bootstrap': {'resamples': stats.BOOTSTRAP_RESAMPLES, 'seed': stats.BOOTSTRAP_SEED,
                     'interval': '95% percentile, slices resampled with replacement'},
-      'per_slice': {'ids': names, 'index': indices, 'energy_share': shares, 'area_share': areas,
-                    'seg_loss': seg_losses},
+      'per_slice': {key: [getattr(row, field) for row in kept] for key, field in
+                    (('ids', 'id'), ('index', 'index'), ('energy_share', 'energy_share'),
+                     ('area_share', 'area_share'), ('seg_loss', 'seg_loss'))},
       'skipped': skipped,
   }
   out_dir = out_dir or os.path.join(workdir, ATTENTION_DIR)
@@ -229,14 +239,15 @@ def pseudo_attention(config, workdir: str, out_dir: Optional[str] = None) -> Dic
               figure_path=os.path.join(out_dir, 'attention.png'))
 
 
-def _write_figure(path: str, record, kept, config, margin: int) -> None:
-  maps = np.stack([row[5] / row[5].sum() for row in kept])  # Each slice's |g| to unit sum, then the mean.
-  boxes = np.array([reporting.heart_box(row[7], margin) for row in kept])
+def _write_figure(path: str, record, kept: Sequence[_Slice], config, margin: int) -> None:
+  maps = np.stack([row.gradient / row.gradient.sum() for row in kept])  # Each slice's |g| to unit sum, then the mean.
+  boxes = np.array([reporting.heart_box(row.segmentation, margin) for row in kept])
   mean_box = tuple(int(round(v)) for v in boxes.mean(axis=0))
   union_box = (int(boxes[:, 0].min()), int(boxes[:, 1].max()), int(boxes[:, 2].min()), int(boxes[:, 3].max()))
-  by_share = sorted(range(len(kept)), key=lambda j: kept[j][2])
+  by_share = sorted(range(len(kept)), key=lambda j: kept[j].energy_share)
   picks = list(dict.fromkeys(by_share[k] for k in (0, len(by_share) // 2, len(by_share) - 1)))[:NUM_EXAMPLES]
-  examples = [(kept[j][0], kept[j][6], kept[j][5], tuple(boxes[j]), kept[j][2], kept[j][3]) for j in picks]
+  examples = [(kept[j].id, kept[j].image, kept[j].gradient, tuple(boxes[j]), kept[j].energy_share,
+               kept[j].area_share) for j in picks]
   share, area, ratio = record['energy_share'], record['area_share'], record['share_to_area_ratio']
   title = (f'{record["model"]}, x{config.acceleration}: pseudo-attention, |d seg_loss / d recon| on '
            f'{record["num_slices"]} test slices\n'

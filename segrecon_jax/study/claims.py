@@ -6,6 +6,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from segrecon_jax import stats
 from segrecon_jax.study import plan
 from segrecon_jax.study import results as results_lib
+from segrecon_jax.training import reporting
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,12 +21,15 @@ def paper_claims() -> List[Claim]:
   """Each claim of the paper that Tables 1 and 2 test."""
   found = []
   for joint in ('Multi-Decoder UNet', 'UNet -> UNet', 'CascadeNet -> MANet'):
-    found.append(Claim(f'Stabilization helps {joint} on the F- metrics', f'{joint} (S)', joint, plan.FOCUSED))
+    found.append(Claim(f'Stabilization helps {joint} on the F- metrics', reporting.row_name(joint, True), joint,
+                       plan.FOCUSED))
   # Sect. 2.2: without stabilization the joint model may settle where "either network yields undesirably poor
   # performance": the segmentation side of that claim.
   for joint in ('Multi-Decoder UNet', 'UNet -> UNet', 'CascadeNet -> MANet'):
-    found.append(Claim(f'Stabilization helps {joint}\'s segmentation (Dice)', f'{joint} (S)', joint, ('dice_mean',)))
-  for solo, joint in (('UNet', 'UNet -> UNet (S)'), ('CascadeNet', 'CascadeNet -> MANet (S)')):
+    found.append(Claim(f'Stabilization helps {joint}\'s segmentation (Dice)', reporting.row_name(joint, True), joint,
+                       ('dice_mean',)))
+  for solo, joint in (('UNet', reporting.row_name('UNet -> UNet', True)),
+                      ('CascadeNet', reporting.row_name('CascadeNet -> MANet', True))):
     found.append(Claim(f'Segmentation-aware {joint} beats solo {solo} on the F- metrics', joint, solo, plan.FOCUSED))
   for table, solo in ((1, 'UNet'), (2, 'CascadeNet')):
     for _, other, _, _ in (row for row in plan.ROWS if row[0] == table and row[1] != solo):

@@ -1,13 +1,15 @@
 """The study's command line: `python -m segrecon_jax.study run|sweep|losses|attention|report ...`."""
 
 import argparse
+import shlex
+import sys
 from typing import List, Optional
 
 from segrecon_jax.study import plan
 from segrecon_jax.study import report as report_lib
 from segrecon_jax.study import runner
 
-ACTIONS = ('run', 'sweep', 'losses', 'attention', 'report')
+ACTIONS = ('run', 'sweep', 'losses', 'converge', 'baselines', 'attention', 'report')
 
 
 def _ints(text: str) -> List[int]:
@@ -37,7 +39,8 @@ def parse(argv: Optional[List[str]] = None):
   parser.add_argument('--seconds_per_step', type=float, default=None,
                       help='seconds per training step, for the expected duration printed before starting')
   parser.add_argument('--jobs', type=int, default=1,
-                      help='runs trained at once, each its own main.py process (run, sweep, losses)')
+                      help='runs trained at once, each its own main.py process (run, sweep, losses, converge, '
+                      'baselines)')
   parser.add_argument('--out', default='docs/results.md', help='the report (report)')
   args, unknown = parser.parse_known_args(argv)
   overrides = [a for a in unknown if a.startswith('--config.')]
@@ -46,6 +49,14 @@ def parse(argv: Optional[List[str]] = None):
     parser.error(f'unrecognized arguments: {" ".join(others)} (config settings are passed as --config.<field>=<value>)')
   if args.action == 'report' and overrides:
     parser.error('report reads the settings the runs were started with (ROOT/study.json); it takes no --config.*')
+  if args.jobs < 1:
+    parser.error(f'--jobs={args.jobs}: runs trained at once must be at least 1')
+  for name, kind in (('seeds', int), ('tables', int), ('accelerations', int), ('weights', float)):
+    try:
+      _ = [kind(part) for part in getattr(args, name).split(',') if part.strip()]
+    except ValueError:
+      parser.error(f'--{name}={getattr(args, name)}: expected {"integers" if kind is int else "numbers"}, '
+                   'separated by commas')
   unknown_tables = sorted(set(_ints(args.tables)) - set(plan.TABLES))
   if unknown_tables:
     parser.error(f'--tables={args.tables}: the paper has tables {list(plan.TABLES)}, not {unknown_tables}')
@@ -57,7 +68,27 @@ def parse(argv: Optional[List[str]] = None):
 
 
 def main(argv: Optional[List[str]] = None) -> None:
+  """The command line: a refusal or failed runs (`plan.StudyError`) end with one paragraph and exit code 2; a signal
+  that stopped the runs (`runner.StudyInterrupted`), or a Ctrl-C outside them, with how to resume and 128 + the
+  signal's number."""
+  argv = sys.argv[1:] if argv is None else list(argv)
   args, settings = parse(argv)
+  prog = f'python -m segrecon_jax.study {args.action}'
+  resume = f'To resume, run the same command again: python -m segrecon_jax.study {shlex.join(argv)}'
+  try:
+    _run(args, settings)
+  except plan.StudyError as e:
+    sys.stderr.write(f'{prog}: {e}\n')
+    sys.exit(2)
+  except runner.StudyInterrupted as e:
+    sys.stderr.write(f'{prog}: {e} {resume}\n')
+    sys.exit(e.exit_code)
+  except KeyboardInterrupt:  # Ctrl-C before or between the runs: no run was running.
+    sys.stderr.write(f'{prog}: SIGINT: stopped. {resume}\n')
+    sys.exit(130)
+
+
+def _run(args, settings) -> None:
   seeds, accelerations = _ints(args.seeds), _ints(args.accelerations)
   if args.action == 'report':
     print(report_lib.report(args.root, args.out, settings))
@@ -69,8 +100,19 @@ def main(argv: Optional[List[str]] = None) -> None:
     runs = plan.sweep_runs(args.root, settings, seeds, [float(w) for w in args.weights.split(',')], accelerations)
   elif args.action == 'losses':
     runs = plan.loss_runs(args.root, settings, seeds, [m for m in args.methods.split(',') if m], accelerations)
+  elif args.action in ('converge', 'baselines'):
+    schedule = runner.run_config(plan.table_runs(args.root, settings, seeds[:1], [2], accelerations[:1],
+                                                 ['cascade'])[0].flags)
+    if args.action == 'converge':
+      runs = plan.converge_runs(args.root, settings, seeds, schedule.num_epochs, schedule.patience, accelerations)
+    else:  # The baselines start from finished runs: those first, then the baselines.
+      first, runs = plan.baseline_runs(args.root, settings, seeds, schedule.num_epochs, accelerations)
+      runner.check_runs(first + runs)
+      plan.save_settings(args.root, settings)
+      runner.run_all(first, args.seconds_per_step, args.jobs)
   else:
     runs = plan.attention_runs(args.root, settings, seeds, accelerations)
+  runner.check_runs(runs)  # Check first, record after: a refused call leaves no study.json behind.
   plan.save_settings(args.root, settings)
   if args.action == 'attention':
     runner.attention_all(runs)

@@ -1,7 +1,7 @@
 """The study's figures: Fig. 2-like comparisons, the loss-weight curves, the loss trade-off and training curves."""
 
 import os
-from typing import Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 
@@ -44,6 +44,23 @@ def fig2(root: str, out_dir: str, margin_fraction: float, data_name: str) -> Lis
   return paths
 
 
+def _finish_method_plot(fig, ax, path: str, title: str, colors: Dict[str, Any], markers: Dict[int, str],
+                        xlabel: str) -> None:
+  """The legend (a colour per method, a marker per acceleration), axes and title of a per-method plot against solo
+  CascadeNet's F-PSNR, saved to `path`."""
+  handles = [plt.Line2D([], [], color=color, marker='o', linestyle='none', label=l) for l, color in colors.items()]
+  handles += [plt.Line2D([], [], color='black', marker=m, linestyle='none', label=f'x{a}') for a, m in markers.items()]
+  ax.legend(handles=handles, fontsize=7, loc='best')
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel('F-PSNR - F-PSNR(solo CascadeNet) (dB)')
+  ax.grid(True, alpha=0.3)
+  ax.set_title(title, fontsize=9)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
 def tradeoff(path: str, points: Sequence[Tuple[str, int, Tuple[float, float, float], Tuple[float, float, float]]],
              title: str) -> None:
   """F-PSNR gain against global PSNR cost, both paired against solo reconstruction, one point per (method,
@@ -62,17 +79,7 @@ def tradeoff(path: str, points: Sequence[Tuple[str, int, Tuple[float, float, flo
   ax.axhline(0, color='grey', linewidth=0.8)
   ax.axvline(0, color='grey', linewidth=0.8)
   ax.axvline(-0.5, color='grey', linewidth=0.8, linestyle=':')
-  handles = [plt.Line2D([], [], color=colors[l], marker='o', linestyle='none', label=l) for l in labels]
-  handles += [plt.Line2D([], [], color='black', marker=m, linestyle='none', label=f'x{a}') for a, m in markers.items()]
-  ax.legend(handles=handles, fontsize=7, loc='best')
-  ax.set_xlabel('PSNR - PSNR(solo CascadeNet) (dB)')
-  ax.set_ylabel('F-PSNR - F-PSNR(solo CascadeNet) (dB)')
-  ax.grid(True, alpha=0.3)
-  ax.set_title(title, fontsize=9)
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  _finish_method_plot(fig, ax, path, title, colors, markers, 'PSNR - PSNR(solo CascadeNet) (dB)')
 
 
 def curves(path: str, series: Dict[str, Dict[str, Tuple[np.ndarray, np.ndarray]]],
@@ -128,3 +135,62 @@ def loss_weight_figure(path: str, series, panels, title: str = '') -> None:
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fig.savefig(path, dpi=120)
   plt.close(fig)
+
+
+def difference_curves(path: str, series: Dict[str, Dict[str, Dict[int, Tuple[np.ndarray, np.ndarray]]]],
+                      panels: Sequence[Tuple[str, str]], title: str) -> None:
+  """Paired differences of eval means against the training step: one panel per metric, a thin line per seed and
+  acceleration, the mean over seeds thick.
+
+  Args:
+    series: acceleration label -> {metric tag: {seed: (steps `[n]`, differences `[n]`)}}.
+    panels: (metric name, metric tag).
+  """
+  fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), squeeze=False)
+  for ax, (name, tag) in zip(axes[0], panels):
+    for i, (acceleration, tags) in enumerate(series.items()):
+      color = plt.cm.tab10(i % 10)
+      per_seed = tags.get(tag, {})
+      for steps, differences in per_seed.values():
+        ax.plot(steps, differences, color=color, alpha=0.35, linewidth=0.9)
+      common = sorted(set.intersection(*(set(s.tolist()) for s, _ in per_seed.values()))) if per_seed else []
+      if common:
+        mean = [np.mean([dict(zip(s.tolist(), d))[step] for s, d in per_seed.values()]) for step in common]
+        ax.plot(common, mean, color=color, linewidth=2.2, marker='.', label=f'{acceleration} ({len(per_seed)} seeds)')
+    ax.axhline(0, color='grey', linewidth=0.8)
+    ax.set_xlabel('training step')
+    ax.set_ylabel(f'{name} difference (dB)')
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+  fig.suptitle(title, fontsize=9)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def pareto(path: str, points: Sequence[Dict], front: Sequence[int], title: str) -> None:
+  """Focal gain against segmentation quality: one point per (method, acceleration) with 95% intervals on both axes,
+  the Pareto-front points ringed and joined per acceleration.
+
+  Args:
+    points: {'label', 'acceleration', 'dice': (mean, low, high), 'gain': (mean, low, high)}.
+    front: indices into `points` on the front.
+  """
+  fig, ax = plt.subplots(figsize=(8, 5.5))
+  markers = {4: 'o', 8: 's'}
+  labels = list(dict.fromkeys(p['label'] for p in points))
+  colors = {label: plt.cm.tab10(i % 10) for i, label in enumerate(labels)}
+  for p in points:
+    (x, x_low, x_high), (y, y_low, y_high) = p['dice'], p['gain']
+    ax.errorbar([x], [y], xerr=[[x - x_low], [x_high - x]], yerr=[[y - y_low], [y_high - y]], capsize=3,
+                marker=markers.get(p['acceleration'], 'D'), color=colors[p['label']], linestyle='none')
+  for acceleration, marker in markers.items():
+    on_front = sorted((points[i]['dice'][0], points[i]['gain'][0]) for i in front
+                      if points[i]['acceleration'] == acceleration)
+    if on_front:
+      xs, ys = zip(*on_front)
+      ax.plot(xs, ys, color='black', linewidth=0.8, linestyle='--')
+      ax.scatter(xs, ys, s=220, facecolors='none', edgecolors='black', marker=marker)
+  ax.axhline(0, color='grey', linewidth=0.8)
+  _finish_method_plot(fig, ax, path, title, colors, markers, 'mean foreground Dice')

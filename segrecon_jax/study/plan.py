@@ -8,13 +8,15 @@ import os
 from typing import List, Optional, Sequence, Tuple
 
 from segrecon_jax import models
+from segrecon_jax.training import reporting
+from segrecon_jax.training import workdir
 
 # (table, experiment config, stabilization), in the paper's order.
 _EXPERIMENTS = ((1, 'unet', False), (1, 'multidecoder_unet', False), (1, 'multidecoder_unet', True),
                 (1, 'unet_unet', False), (1, 'unet_unet', True), (2, 'cascade', False), (2, 'cascade_manet', False),
                 (2, 'cascade_manet', True))
 # (table, method as the paper names it (the registry's display name), experiment config, stabilization)
-ROWS = tuple((table, models.display_name(experiment) + (' (S)' if stabilized else ''), experiment, stabilized)
+ROWS = tuple((table, reporting.row_name(models.display_name(experiment), stabilized), experiment, stabilized)
              for table, experiment, stabilized in _EXPERIMENTS)
 ACCELERATIONS = (4, 8)
 TABLES = (1, 2)
@@ -93,7 +95,12 @@ LOSS_INGREDIENTS = (
 )
 
 LOSS_BASELINES = ((models.display_name('cascade'), 'cascade', False),
-                  (models.display_name('cascade_manet') + ' (S), w = 1', 'cascade_manet', True))
+                  (reporting.row_name(models.display_name('cascade_manet'), True) + ', w = 1', 'cascade_manet', True))
+
+class StudyError(ValueError):
+  """A call the study refuses, or runs that failed: the command line prints the message as one paragraph and exits
+  with code 2 (as main.py does for a user error)."""
+
 
 # Fields every run of the study sets itself: overrides may not touch them.
 MANAGED_FIELDS = ('seed', 'acceleration', 'stabilization', 'workdir', 'progress_bar')
@@ -133,14 +140,11 @@ def save_settings(root: str, settings: Settings) -> None:
   trained on other data or at another scale must not mix into its tables)."""
   recorded = load_settings(root)
   if recorded is not None and recorded != settings:
-    raise ValueError(f'{os.path.join(root, SETTINGS_FILE)} records the study settings {recorded.describe()}, but '
+    raise StudyError(f'{os.path.join(root, SETTINGS_FILE)} records the study settings {recorded.describe()}, but '
                      f'this call has {settings.describe()}: use the same settings, or another --root')
   if recorded is None:
-    os.makedirs(root, exist_ok=True)
-    temporary = os.path.join(root, SETTINGS_FILE + '.tmp')
-    with open(temporary, 'w') as f:
-      json.dump({'switch': settings.switch, 'overrides': list(settings.overrides)}, f, indent=2)
-    os.replace(temporary, os.path.join(root, SETTINGS_FILE))
+    workdir.write_text_atomic(os.path.join(root, SETTINGS_FILE),
+                              json.dumps({'switch': settings.switch, 'overrides': list(settings.overrides)}, indent=2))
 
 
 def load_settings(root: str) -> Optional[Settings]:
@@ -210,7 +214,7 @@ def loss_methods(names: Optional[Sequence[str]] = None) -> List[LossMethod]:
   known = {m.name: m for m in LOSS_METHODS}
   unknown = sorted(set(names or ()) - set(known))
   if unknown:
-    raise ValueError(f'unknown loss method(s) {unknown}: known are {sorted(known)}')
+    raise StudyError(f'--methods: unknown loss method(s) {unknown}: known are {sorted(known)}')
   return [m for m in LOSS_METHODS if not names or m.name in names]
 
 
@@ -234,3 +238,76 @@ def attention_runs(root: str, settings: Settings, seeds: Sequence[int],
       segmenting = [m.name for m in LOSS_METHODS if models.segments(m.experiment)]
       runs += loss_runs(root, settings, [seed], segmenting, [acceleration])
   return runs
+
+
+# Convergence (docs/results.md): solo CascadeNet and the recommended joint model trained CONVERGENCE_FACTOR times the
+# switch's epochs (the ramp and the evaluations scaled alike), evaluated CONVERGENCE_POINTS times along the way, so
+# the paired gain can be drawn against training steps.
+CONVERGENCE_FACTOR = 4
+CONVERGENCE_POINTS = 8
+RECOMMENDED = 'grad_norm_0.1'  # The loss method the README recommends (LOSS_METHODS).
+CONVERGENCE_METHODS = (('cascade', models.display_name('cascade'), 'cascade', False, ()),
+                       (RECOMMENDED, next(m.label for m in LOSS_METHODS if m.name == RECOMMENDED), 'cascade_manet',
+                        True, next(m.overrides for m in LOSS_METHODS if m.name == RECOMMENDED)))
+
+
+def converge_dir(root: str, name: str, acceleration: int, seed: int) -> str:
+  return os.path.join(root, 'converge', f'{name}_x{acceleration}', f'seed{seed}')
+
+
+def converge_runs(root: str, settings: Settings, seeds: Sequence[int], epochs: int, patience: int,
+                  accelerations: Sequence[int] = ACCELERATIONS) -> List[Run]:
+  """Every (convergence method, acceleration, seed) at CONVERGENCE_FACTOR x `epochs` (the switch's num_epochs) with
+  the ramp over CONVERGENCE_FACTOR x `patience` epochs."""
+  total = CONVERGENCE_FACTOR * epochs
+  every = max(total // CONVERGENCE_POINTS, 1)
+  schedule = (('num_epochs', total), ('patience', CONVERGENCE_FACTOR * patience), ('eval_every_epochs', every),
+              ('checkpoint_every_epochs', every))
+  return [Run(f'{label} x{acceleration} seed {seed}, {CONVERGENCE_FACTOR}x the epochs',
+              _flags(settings, experiment, acceleration, stabilized, seed, fields + schedule),
+              converge_dir(root, name, acceleration, seed))
+          for seed in seeds for acceleration in accelerations
+          for name, label, experiment, stabilized, fields in CONVERGENCE_METHODS]
+
+
+# Baselines beside end-to-end training (docs/results.md), each from a solo CascadeNet:
+#   two_stage   Table 2's solo CascadeNet run, frozen, then MANet trained on its outputs for the switch's epochs
+#               (training/warm_start.py: init_from, freeze_recon; stop_gradient spares the frozen backward pass).
+#   finetune    solo CascadeNet for the first half of the switch's epochs (ROOT/baselines/pretrain_x<R>), then the
+#               joint model with the recommended balancing from it for the second half: the same total steps as the
+#               end-to-end runs. Not stabilized: the ramp is a cold start's curriculum, and the network starts
+#               trained at 1 / R.
+BASELINES = ('two_stage', 'finetune')
+BASELINE_LABELS = {'two_stage': 'two-stage: CascadeNet, then MANet on its frozen outputs',
+                   'finetune': 'CascadeNet pretrained, then fine-tuned jointly (grad-norm 0.1)',
+                   'pretrain': 'CascadeNet, first half of the epochs (the fine-tune\'s start)'}
+
+
+def baseline_dir(root: str, name: str, acceleration: int, seed: int) -> str:
+  return os.path.join(root, 'baselines', f'{name}_x{acceleration}', f'seed{seed}')
+
+
+def baseline_runs(root: str, settings: Settings, seeds: Sequence[int], epochs: int,
+                  accelerations: Sequence[int] = ACCELERATIONS) -> Tuple[List[Run], List[Run]]:
+  """(the runs the baselines start from: Table 2's solo CascadeNet and the half-length pretraining; the baselines
+  themselves), for every acceleration and seed. The second list needs the first finished."""
+  first, second = [], []
+  pretrain_epochs = max(epochs // 2, 1)
+  recommended = next(m.overrides for m in LOSS_METHODS if m.name == RECOMMENDED)
+  for seed in seeds:
+    for acceleration in accelerations:
+      first += table_runs(root, settings, [seed], [2], [acceleration], ['cascade'])
+      pretrain = baseline_dir(root, 'pretrain', acceleration, seed)
+      first.append(Run(f'{BASELINE_LABELS["pretrain"]} x{acceleration} seed {seed}',
+                       _flags(settings, 'cascade', acceleration, False, seed, (('num_epochs', pretrain_epochs),)),
+                       pretrain))
+      solo = run_dir(root, 'cascade', acceleration, False, seed)
+      second.append(Run(f'{BASELINE_LABELS["two_stage"]} x{acceleration} seed {seed}',
+                        _flags(settings, 'cascade_manet', acceleration, False, seed,
+                               (('init_from', solo), ('freeze_recon', True), ('model.stop_gradient', True))),
+                        baseline_dir(root, 'two_stage', acceleration, seed)))
+      second.append(Run(f'{BASELINE_LABELS["finetune"]} x{acceleration} seed {seed}',
+                        _flags(settings, 'cascade_manet', acceleration, False, seed,
+                               recommended + (('init_from', pretrain), ('num_epochs', epochs - pretrain_epochs))),
+                        baseline_dir(root, 'finetune', acceleration, seed)))
+  return first, second

@@ -9,10 +9,13 @@ import numpy as np
 
 from segrecon_jax import models
 from segrecon_jax import stats
+from segrecon_jax.study import baselines
 from segrecon_jax.study import claims as claims_lib
 from segrecon_jax.study import figures
 from segrecon_jax.study import plan
 from segrecon_jax.study import results as results_lib
+from segrecon_jax.training import reporting
+from segrecon_jax.training import workdir
 
 SWEEP_METRICS = (('PSNR', 'psnr'), ('F-PSNR', 'f_psnr'), ('Dice', 'dice_mean'))
 # The loss comparison's columns: absolute values, then differences paired against solo CascadeNet.
@@ -134,7 +137,7 @@ def scale_description(root: str, results, settings: Optional[plan.Settings]) -> 
       f'(b1 {config["b1"]}, b2 {config["b2"]}, '
       + ('constant' if config.get('lr_schedule', 'constant') == 'constant' else
          f'{config["lr_schedule"]} decay to 0 over the run') + ').')
-  stabilized = next((m['config'] for (method, _), m in metas.items() if method.endswith('(S)')), config)
+  stabilized = next((m['config'] for (method, _), m in metas.items() if method.endswith(reporting.STABILIZED)), config)
   levels = stabilized.get('schedule_levels')
   acs_lines = sorted({(a, m['config']['num_acs']) for (_, a), m in metas.items()})
   lines.append(f'Stabilization (the (S) rows): P = {stabilized["patience"]} epochs, eps = {stabilized["eps"]}, '
@@ -142,7 +145,7 @@ def scale_description(root: str, results, settings: Optional[plan.Settings]) -> 
                + 'ACS lines: ' + ', '.join(f'{acs} at x{a}' for a, acs in acs_lines)
                + f'; F- box margin {config["focus_margin_fraction"]:.4g} of the image side.')
   for (method, acceleration), m in metas.items():
-    if acceleration == max(a for (x, a) in metas if x == method) and not method.endswith('(S)'):
+    if acceleration == max(a for (x, a) in metas if x == method) and not method.endswith(reporting.STABILIZED):
       lines.append(f'- {method}: model `{json.dumps(m["config"]["model"], sort_keys=True)}`')
   return '\n'.join(lines) + '\n'
 
@@ -362,7 +365,7 @@ def attention_section(root: str, figure_dir: str) -> Tuple[str, List[str]]:
                      f'{interval(record["share_to_area_ratio"], 1)} |')
   paths = []
   os.makedirs(figure_dir, exist_ok=True)
-  flagship = models.display_name(plan.SWEEP_EXPERIMENT) + ' (S)'
+  flagship = reporting.row_name(models.display_name(plan.SWEEP_EXPERIMENT), True)
   for acceleration in plan.ACCELERATIONS:
     seeds = found.get((flagship, acceleration), {})
     if seeds:
@@ -393,9 +396,52 @@ STATISTICS_TEXT = (
     '**partly** supported when some but not all lie above 0, and **inconclusive** when every interval holds 0.\n')
 
 
+def beyond_the_tables(root: str, figure_dir: str) -> List[str]:
+  """The convergence, baselines and Pareto sections, where their runs exist."""
+  text = []
+  curve_path = os.path.join(figure_dir, 'convergence.png')
+  convergence = baselines.convergence_section(root, curve_path)
+  if convergence:
+    text += [
+        '## Does the gain survive longer training?\n',
+        f'Generated from `python -m segrecon_jax.study converge --root={root} --seeds=...`: solo CascadeNet and '
+        f'{plan.CONVERGENCE_METHODS[1][1]}, each trained {plan.CONVERGENCE_FACTOR} times the switch\'s epochs (the ramp '
+        'and the cosine decay stretched alike) and evaluated along the way. Differences are the joint model minus '
+        'solo, each seed against the same seed; "at the end" per slice with 95% intervals over seeds and slices.\n',
+        convergence, _image(curve_path)]
+  table = baselines.baselines_section(root)
+  if table:
+    text += [
+        '## Against two-stage and pretrain-then-fine-tune pipelines\n',
+        f'Generated from `python -m segrecon_jax.study baselines --root={root} --seeds=...` beside the end-to-end '
+        'runs, all at the switch\'s total steps. Two-stage: Table 2\'s solo CascadeNet, frozen, then MANet trained '
+        'on its outputs (its Dice is the segmentation reference). Fine-tune: solo CascadeNet for half the epochs, '
+        'then joint training with grad-norm balancing at ratio 0.1 from it for the other half. "- solo": paired '
+        'per slice against solo CascadeNet; "Dice - two-stage": paired per slice; 95% intervals over seeds and '
+        'slices. Target: F-PSNR and F-SSIM above solo (intervals excluding 0), PSNR not below solo\'s, Dice within '
+        f'{baselines.DICE_MARGIN} of two-stage.\n', table]
+  pareto_path = os.path.join(figure_dir, 'pareto.png')
+  front = baselines.pareto_section(root, pareto_path)
+  if front:
+    text += ['## Focal gain against segmentation\n', front, _image(pareto_path)]
+  return text
+
+
+def check_root(root: str) -> None:
+  """Raises `plan.StudyError` for a root that does not exist or holds no study (neither its study.json nor a
+  finished run), so a typo in --root is not reported as an empty study."""
+  if not os.path.isdir(root):
+    raise plan.StudyError(f'--root={root}: no such folder; the root is the folder that `study run` (or sweep, '
+                          'losses) was given as --root.')
+  if plan.load_settings(root) is None and not any('metrics.json' in names for _, _, names in os.walk(root)):
+    raise plan.StudyError(f'--root={root} holds no study: no {plan.SETTINGS_FILE} and no finished run (a workdir '
+                          'with metrics.json) under it; the root is the folder that `study run` was given as --root.')
+
+
 def report(root: str, out: str, settings: Optional[plan.Settings] = None) -> str:
   """Writes the report of the runs under `root` to `out` (figures in `figures/<out's name>/` beside it, so that
-  several reports share a folder) and returns its path."""
+  several reports share a folder) and returns its path; a root that holds no study is refused (`check_root`)."""
+  check_root(root)
   settings = plan.load_settings(root) or settings
   results = results_lib.collect(root)
   verdicts = claims_lib.evaluate(results)
@@ -459,6 +505,7 @@ def report(root: str, out: str, settings: Optional[plan.Settings] = None) -> str
           '### What each ingredient adds\n',
           'Two methods that differ in one ingredient, paired slice by slice on the seeds both ran (with it minus '
           'without it; 95% intervals over seeds and slices).\n', ingredients]
+  text += beyond_the_tables(root, figure_dir)
   attention_table, attention_figures = attention_section(root, figure_dir)
   if attention_table:
     text += [
@@ -475,8 +522,5 @@ def report(root: str, out: str, settings: Optional[plan.Settings] = None) -> str
   if fig_paths:
     text += ['## Figures\n'] + [_image(p) for p in fig_paths]
   os.makedirs(out_dir, exist_ok=True)
-  temporary = out + '.tmp'
-  with open(temporary, 'w') as f:
-    f.write('\n'.join(text))
-  os.replace(temporary, out)
+  workdir.write_text_atomic(out, '\n'.join(text))
   return out

@@ -36,7 +36,7 @@ def read_run(workdir: str) -> Dict[str, Any]:
           'scalars': writer_lib.read_scalars(workdir)}
 
 
-def _row_runs(parent: str) -> Dict[int, Dict[str, Any]]:
+def row_runs(parent: str) -> Dict[int, Dict[str, Any]]:
   return {seed: read_run(workdir) for seed, workdir in seed_dirs(parent)}
 
 
@@ -45,7 +45,7 @@ def collect(root: str) -> Dict[Tuple[str, int], Dict[int, Dict[str, Any]]]:
   results = {}
   for _, method, experiment, stabilized in plan.ROWS:
     for acceleration in plan.ACCELERATIONS:
-      runs = _row_runs(os.path.dirname(plan.run_dir(root, experiment, acceleration, stabilized, 0)))
+      runs = row_runs(os.path.dirname(plan.run_dir(root, experiment, acceleration, stabilized, 0)))
       if runs:
         results[(method, acceleration)] = runs
   return results
@@ -62,7 +62,7 @@ def collect_sweep(root: str) -> Dict[Tuple[int, float], Dict[int, Dict[str, Any]
   folder = os.path.join(root, 'sweep')
   for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
     match = re.fullmatch(rf'{plan.SWEEP_EXPERIMENT}_x(\d+)_stab_w(.+)', name)
-    runs = _row_runs(os.path.join(folder, name)) if match else {}
+    runs = row_runs(os.path.join(folder, name)) if match else {}
     if runs:
       results[(int(match.group(1)), float(match.group(2)))] = runs
   return results
@@ -74,12 +74,12 @@ def collect_losses(root: str) -> Dict[Tuple[str, int], Dict[int, Dict[str, Any]]
   results = {}
   for method in plan.LOSS_METHODS:
     for acceleration in plan.ACCELERATIONS:
-      runs = _row_runs(os.path.dirname(plan.loss_dir(root, method.name, acceleration, 0)))
+      runs = row_runs(os.path.dirname(plan.loss_dir(root, method.name, acceleration, 0)))
       if runs:
         results[(method.name, acceleration)] = runs
   for label, experiment, stabilized in plan.LOSS_BASELINES:
     for acceleration in plan.ACCELERATIONS:
-      runs = _row_runs(os.path.dirname(plan.run_dir(root, experiment, acceleration, stabilized, 0)))
+      runs = row_runs(os.path.dirname(plan.run_dir(root, experiment, acceleration, stabilized, 0)))
       if runs:
         results[(label, acceleration)] = runs
   return results

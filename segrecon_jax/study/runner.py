@@ -3,16 +3,19 @@
 import collections
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 from absl import flags as absl_flags
 from ml_collections import config_flags
 
 from segrecon_jax import settings
 from segrecon_jax.study import plan
+from segrecon_jax.training import config_checks
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -29,9 +32,10 @@ def run_config(flags: Sequence[str]):
                                   sys_argv=argv)
   try:
     values(argv)
+    config_checks.check_tuple_overrides_once(values, argv)
   except (absl_flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
-    raise ValueError(f'the study cannot set up the run {" ".join(flags)}: {type(e).__name__} {e} (a config '
-                     'override names no field of the config, or has a value of the wrong type)') from e
+    raise plan.StudyError(f'the study cannot set up the run {" ".join(flags)}: {type(e).__name__}: {e} (a config '
+                          'override names no field of the config, or has a value of the wrong type)') from e
   return values.config
 
 
@@ -111,40 +115,123 @@ def _log(run: plan.Run) -> str:
   return os.path.join(run.workdir, 'log.txt')
 
 
+class StudyInterrupted(Exception):
+  """SIGINT, SIGTERM or SIGHUP stopped the study: the running runs were sent it (`ForwardedSignals`) and waited for;
+  `exit_code` is the shell's code for the signal (128 + its number)."""
+
+  def __init__(self, message: str, signum: int):
+    super().__init__(message)
+    self.exit_code = 128 + signum
+
+
+class ForwardedSignals:
+  """`with ForwardedSignals(running) as stop:` sends each SIGINT, SIGTERM or SIGHUP the study receives on to the
+  `main.py` processes that `running()` returns, and records it (`stop.signum`, `stop.count`) so that no further run
+  starts.
+
+  On the first signal each run stops after its current step and writes its checkpoint (main.py's own handling); on
+  a second one it stops at once, without one. The runs are started in sessions of their own, so a Ctrl-C at the
+  terminal reaches them once, through here, not a second time from the terminal; a hangup (the terminal closed),
+  which their sessions no longer get, is sent on as SIGTERM. A signal the study was started ignoring (nohup, a
+  background job) stays ignored, as it is in the runs. Handlers are installed from the main thread only (Python's
+  rule) and the previous ones come back at exit.
+  """
+
+  FORWARDED = {signal.SIGINT: signal.SIGINT, signal.SIGTERM: signal.SIGTERM, signal.SIGHUP: signal.SIGTERM}
+
+  def __init__(self, running: Callable[[], List[subprocess.Popen]]):
+    self.signum: Optional[int] = None
+    self.count = 0
+    self._running = running
+    self._previous = {}
+
+  def __enter__(self) -> 'ForwardedSignals':
+    if threading.current_thread() is threading.main_thread():
+      for signum in self.FORWARDED:
+        if signal.getsignal(signum) is not signal.SIG_IGN:
+          self._previous[signum] = signal.signal(signum, self._handle)
+    return self
+
+  def __exit__(self, *exc) -> None:
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
+    self._previous.clear()
+
+  def _handle(self, signum, frame) -> None:
+    del frame
+    self.signum, self.count = signum, self.count + 1
+    processes = self._running()
+    for process in processes:
+      process.send_signal(self.FORWARDED[signum])
+    then = ('they stop at once, without a checkpoint' if self.count > 1 else
+            'each stops after its current step and writes its checkpoint (send it again to stop them at once, '
+            'without one)')
+    try:
+      os.write(2, f'[study] {signal.Signals(signum).name} received: sent to the {len(processes)} running run(s); '
+                  f'{then}. No further run starts; waiting for them to exit.\n'.encode())
+    except OSError:  # No terminal left to say it on (a hangup).
+      pass
+
+  def forward_to(self, process: subprocess.Popen) -> None:
+    """Sends the signal received so far to a process started just as it came."""
+    if self.signum is not None:
+      process.send_signal(self.FORWARDED[self.signum])
+
+
+def check_runs(runs: Sequence[plan.Run]) -> None:
+  """Parses every run's config as main.py will (`run_config`), so a bad override is refused before anything is
+  recorded or started."""
+  for run in runs:
+    run_config(run.flags)
+
+
 def run_all(runs: Sequence[plan.Run], seconds_per_step: Optional[float] = None, jobs: int = 1) -> None:
   """Prints the plan, then trains and evaluates every run without metrics.json, one `main.py` process each (an
   interrupted run resumes from its workdir's checkpoint), `jobs` processes at a time (more than one shares an
   accelerator or the CPU cores between runs; on a GPU, set XLA_PYTHON_CLIENT_PREALLOCATE=false so that each process
   takes only the memory it uses). With several jobs every run is tried, with one the first failure stops the rest;
-  the error names each failed run and its log."""
-  if jobs < 1:
-    raise ValueError(f'jobs must be at least 1, not {jobs}')
-  for run in runs:
-    run_config(run.flags)  # Every override checked before the first run starts.
+  `plan.StudyError` then names each failed run and its log. A SIGINT, SIGTERM or SIGHUP is sent on to the running
+  runs (`ForwardedSignals`), which are waited for; then `StudyInterrupted`. The runs' configs are checked by the
+  caller (`check_runs`)."""
   todo = [run for run in runs if not is_finished(run.workdir)]
   print_plan(todo, len(runs) - len(todo), seconds_per_step)
-  waiting, running, failed = list(todo), [], []
-  while waiting or running:
-    while waiting and len(running) < jobs:
-      run = waiting.pop(0)
-      command = _main_command(run)
-      print(f'[study] {run.label}: {" ".join(command[1:])}', flush=True)
-      os.makedirs(run.workdir, exist_ok=True)
-      with open(_log(run), 'a') as log:
-        running.append((run, subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)))
-    finished = [(run, process) for run, process in running if process.poll() is not None]
-    if not finished:
-      time.sleep(0.2)
-    for run, process in finished:
-      running.remove((run, process))
-      if process.returncode:
-        failed.append(run)
-        print(f'[study] FAILED (exit {process.returncode}): {run.label}; see {_log(run)}', flush=True)
-        if jobs == 1:
-          waiting.clear()  # One at a time: stop at the first failure, as before.
+  waiting, running, failed, stopped = list(todo), [], [], []
+  with ForwardedSignals(lambda: [process for _, process in running]) as stop:
+    while running or (waiting and stop.signum is None):
+      while waiting and len(running) < jobs and stop.signum is None:
+        run = waiting.pop(0)
+        command = _main_command(run)
+        print(f'[study] {run.label}: {" ".join(command[1:])}', flush=True)
+        os.makedirs(run.workdir, exist_ok=True)
+        with open(_log(run), 'a') as log:
+          running.append((run, subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                                                start_new_session=True)))
+        stop.forward_to(running[-1][1])
+      finished = [(run, process) for run, process in running if process.poll() is not None]
+      if not finished:
+        time.sleep(0.2)
+      for run, process in finished:
+        running.remove((run, process))
+        if process.returncode and stop.signum is not None:
+          stopped.append((run, process.returncode))
+        elif process.returncode:
+          failed.append(run)
+          print(f'[study] FAILED (exit {process.returncode}): {run.label}; see {_log(run)}', flush=True)
+          if jobs == 1:
+            waiting.clear()  # One at a time: stop at the first failure, as before.
+  if stop.signum is not None:
+    how = (' at once, without a checkpoint (the last one of each workdir is kept)' if stop.count > 1 else
+           ', each after its current step with a checkpoint (main.py\'s own handling; a run not yet training has '
+           'none to write)')
+    raise StudyInterrupted(
+        f'{signal.Signals(stop.signum).name}: the study stopped. {len(stopped)} run(s) were stopped{how}'
+        + (': ' + '; '.join(f'{run.label} (exit {code}, log: {_log(run)})' for run, code in stopped) if stopped else '')
+        + f'; {len(waiting)} run(s) not started' + (f'; {len(failed)} failed before the signal' if failed else '')
+        + '. Finished runs are skipped on resume, and a stopped run resumes from its checkpoint.', stop.signum)
   if failed:
-    raise RuntimeError(f'{len(failed)} run(s) failed: ' + '; '.join(
-        f'{run.label} (log: {_log(run)})' for run in failed))
+    raise plan.StudyError(f'{len(failed)} run(s) failed: ' + '; '.join(
+        f'{run.label} (log: {_log(run)})' for run in failed) + '. Each log ends with the reason; once fixed, run '
+        'the same command again: finished runs are skipped.')
 
 
 def attention_all(runs: Sequence[plan.Run]) -> None:
@@ -156,4 +243,8 @@ def attention_all(runs: Sequence[plan.Run]) -> None:
     command = _main_command(run, '--mode=attention')
     print(f'[study] attention of {run.label}: {" ".join(command[1:])}', flush=True)
     with open(_log(run), 'a') as log:
-      subprocess.run(command, cwd=REPO, check=True, stdout=log, stderr=subprocess.STDOUT)
+      try:
+        subprocess.run(command, cwd=REPO, check=True, stdout=log, stderr=subprocess.STDOUT)
+      except subprocess.CalledProcessError as e:
+        raise plan.StudyError(f'the pseudo-attention of {run.label} failed (exit {e.returncode}); its log, '
+                              f'{_log(run)}, ends with the reason') from None

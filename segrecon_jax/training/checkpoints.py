@@ -16,10 +16,12 @@ the bad steps aside (`<workdir>/corrupt_checkpoints/<step>`), so it never writes
 A checkpoint is written only when every array of the state is finite (`non_finite_arrays`, checked by the loop).
 """
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -46,7 +48,12 @@ class CorruptCheckpointError(ResumeError):
 
 
 def checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(max_to_keep=config.max_checkpoints_to_keep, create=True)
+  """The orbax manager of `<workdir>/checkpoints`. Saves write their arrays in the background, but create their
+  folders in the caller's thread: a folder that cannot be made (a read-only or forbidden checkpoints/) fails the
+  `save` call itself. Made in the background, its failure left orbax's writer threads waiting for a folder that
+  never came (orbax's 300 s coordination timeout), and the process could not exit while they waited."""
+  options = ocp.CheckpointManagerOptions(max_to_keep=config.max_checkpoints_to_keep, create=True,
+                                         async_options=ocp.AsyncOptions(create_directories_asynchronously=False))
   return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), 'checkpoints'), options=options,
                                item_names=('state', 'meta'))
 
@@ -72,6 +79,32 @@ def non_finite_arrays(tree) -> List[str]:
   return bad
 
 
+# TensorStore (orbax's array writer) reports a failure of the machine (a full disk, a read-only or forbidden folder)
+# as a ValueError whose text carries the errno, not as an OSError.
+_OS_ERROR_CODE = re.compile(r"\[os_error_code='?(\d+)'?\]")
+_FAILED_FILE = re.compile(r'(?:local file|Failed writing:) "([^"]+)"')
+
+
+@contextlib.contextmanager
+def _writing(what: str):
+  """Turns TensorStore's report of a failed write into the OSError it stands for, naming the file."""
+  try:
+    yield
+  except ValueError as e:
+    code = _OS_ERROR_CODE.search(str(e))
+    if code is None:
+      raise
+    failed = _FAILED_FILE.findall(str(e))
+    number = int(code.group(1))
+    raise OSError(number, os.strerror(number), failed[-1] if failed else what) from e
+
+
+def wait(manager) -> None:
+  """Waits for the checkpoint being written in the background; a write the machine refused is an OSError."""
+  with _writing(str(manager.directory)):
+    manager.wait_until_finished()
+
+
 def save_checkpoint(manager, host_state, epoch: int, config, data_info, steps_into_epoch: int = 0) -> None:
   """Saves the host train state (`parallel.unreplicate` of the replicated one) with its epoch, config, data
   description and integrity record; every process calls it.
@@ -81,8 +114,9 @@ def save_checkpoint(manager, host_state, epoch: int, config, data_info, steps_in
   """
   meta = {'epoch': epoch, 'steps_into_epoch': steps_into_epoch, 'step': int(host_state.step), 'seed': config.seed,
           'config': config.to_dict(), 'data': data_info, 'integrity': {'sha256': array_digests(host_state)}}
-  manager.save(int(host_state.step), args=ocp.args.Composite(
-      state=ocp.args.StandardSave(host_state), meta=ocp.args.JsonSave(jsonable(meta))))
+  with _writing(os.path.join(str(manager.directory), str(int(host_state.step)))):
+    manager.save(int(host_state.step), args=ocp.args.Composite(
+        state=ocp.args.StandardSave(host_state), meta=ocp.args.JsonSave(jsonable(meta))))
 
 
 def integrity_problem(state, meta: Dict[str, Any]) -> Optional[str]:

@@ -1,16 +1,28 @@
 """Checks of an experiment config's values before anything runs: each bad value gets one paragraph naming the field."""
 
+import collections
 import numbers
 import os
-from typing import Optional, Tuple
+import re
+from typing import Optional, Sequence, Tuple
+
+from absl import flags
 
 from segrecon_jax import models
+from segrecon_jax import mri
 from segrecon_jax import settings
 from segrecon_jax.models import layers
+from segrecon_jax.training import balancing
+from segrecon_jax.training import steps
+from segrecon_jax.training import warm_start
 
 
-class ConfigError(ValueError):
-  """A config field with a value the run cannot use."""
+# JAX keys (`jax.random.PRNGKey`, `jax.random.key`) keep a seed's low 32 bits (64-bit mode is off): seed 2**32 gives
+# the keys of seed 0. The seeds that map one-to-one onto keys are 0 .. KEY_SEEDS - 1.
+KEY_SEEDS = 2**32
+
+
+ConfigError = settings.ConfigError  # Declared with the fields, so that any layer may raise it.
 
 
 def _number(config, field: str):
@@ -46,21 +58,25 @@ def check_config(config) -> None:
   _integer(config, 'num_acs', 0, 'the number of autocalibration lines must be an integer >= 0 (the paper: 8)')
   for field in ('seed', 'eval_mask_seed'):
     if field in config:
-      _integer(config, field, 0, 'seeds must be integers >= 0')
+      _check_key_seed(config, field)
   _at_least(config, 'compile_workers', 0, 'compile threads must be >= 0 (0 = 1 on CPU, 2 on a GPU/TPU host)')
   if not 0 <= _number(config, 'focus_margin_fraction') < 0.5:
     raise ConfigError(f'config.focus_margin_fraction={config.focus_margin_fraction!r}: the margin around the heart '
                       'box is a share of the image side in [0, 0.5) (the paper: 8 / 128 = 0.0625).')
   if not _number(config, 'learning_rate') > 0:
     raise ConfigError(f'config.learning_rate={config.learning_rate!r}: must be > 0 (the paper: 1e-4).')
-  if config.get('lr_schedule', 'constant') not in ('constant', 'cosine'):
-    raise ConfigError(f"config.lr_schedule={config.lr_schedule!r}: expected 'constant' (the paper's Adam) or "
-                      "'cosine' (decay to 0 over the run).")
   for field in ('b1', 'b2'):
     if not 0 <= _number(config, field) < 1:
       raise ConfigError(f'config.{field}={config[field]!r}: Adam betas must lie in [0, 1) (the paper: b1=0.99).')
+  try:
+    steps.create_optimizer(config)  # Its schedules (steps.LR_SCHEDULES) are the valid config.lr_schedule values.
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
   for field in ('recon_loss_weight', 'seg_loss_weight'):
     _at_least(config, field, 0, 'loss weights must be >= 0')
+  problem = warm_start.check(config) if 'init_from' in config else None
+  if problem:
+    raise ConfigError(problem)
   if config.stabilization:
     _at_least(config, 'patience', 1, 'the stabilization ramp needs P >= 1 epochs')
     if not 0 < _number(config, 'eps') < 1:
@@ -75,21 +91,33 @@ def check_config(config) -> None:
       raise ConfigError(f'config.{field}={config[field]!r}: expected one of {valid} (runtime only: how the layers '
                         'are computed; see segrecon_jax/models/layers.py).')
   try:
-    segments = models.segments(config.model)
+    entry = models.spec(config.model)
     model = models.get_model(config.model)
   except (TypeError, ValueError) as e:
     raise ConfigError(f'config.model: {e}') from None
-  if config.stabilization and not segments:
+  if config.stabilization and not entry.segments:
     raise ConfigError(f'config.stabilization=True needs a joint model; {config.model.name!r} reconstructs only '
                       '(use the x4 or x8 preset).')
-  _check_loss_fields(config, segments)
+  _check_loss_fields(config, entry)
   _check_manual_dir(config)
   shape = _served_image_shape(config)
   if shape is not None:
-    _check_image_fits_model(config, model, shape)
+    _check_image_fits_model(config, entry.size_multiple(model), shape)
     _check_masks(config, shape[1])
-  if segments:
-    _check_classes(config, model)
+  if entry.segments:
+    _check_classes(config, entry, model)
+
+
+def _check_key_seed(config, field: str) -> None:
+  """A seed of JAX keys: an integer in 0 .. KEY_SEEDS - 1, the range where different seeds give different keys."""
+  value = _number(config, field)
+  if 0 <= value < KEY_SEEDS and float(value).is_integer():  # The range first: float() of a huge int overflows.
+    return
+  detail = ''
+  if isinstance(value, numbers.Integral) and value >= KEY_SEEDS:
+    detail = (f": JAX keys keep only a seed's low 32 bits, so it would run with the keys of seed {value % KEY_SEEDS}"
+              if value < 2**63 else ': JAX cannot make a key of it (a 64-bit signed integer at most)')
+  raise ConfigError(f'config.{field}={value!r}: seeds must be integers >= 0 and < 2**32 = {KEY_SEEDS}{detail}.')
 
 
 def _check_declared(config) -> None:
@@ -98,38 +126,34 @@ def _check_declared(config) -> None:
   unknown = sorted(set(config.keys()) - set(settings.BY_NAME)) if hasattr(config, 'keys') else []
   if unknown:
     raise ConfigError(f'config.{", config.".join(unknown)}: not a config field; every field is declared, with its '
-                      'role, in segrecon_jax/settings.py (remove the field, or declare it there).')
+                      'role, in segrecon_jax/settings.py (remove the field, or declare it there; a registered '
+                      'loss-balancing scheme declares its own when it is registered).')
 
 
-def _check_loss_fields(config, segments: bool) -> None:
-  """The loss balancing and explicit focus of configs/default.py's Loss section."""
-  balancing = config.get('loss_balancing', 'none')
-  if balancing not in ('none', 'grad_norm', 'uncertainty'):
-    raise ConfigError(f"config.loss_balancing={balancing!r}: expected 'none' (the fixed seg_loss_weight), "
-                      "'grad_norm' (equal gradient norms on the reconstruction network) or 'uncertainty' (Kendall "
-                      "et al.'s learned weights).")
-  if balancing != 'none' and not segments:
-    raise ConfigError(f'config.loss_balancing={balancing!r} balances the reconstruction and Dice terms; '
-                      f"{config.model.name!r} reconstructs only and has one term (use 'none').")
-  if balancing == 'grad_norm':
-    if config.model.get('stop_gradient', False):
-      raise ConfigError("config.loss_balancing='grad_norm' sets the Dice weight from the Dice term's gradient on "
-                        'the reconstruction network, which config.model.stop_gradient=True cuts (use \'none\').')
-    if not _number(config, 'balance_ratio') > 0:
-      raise ConfigError(f'config.balance_ratio={config.balance_ratio!r}: the wanted ratio of the Dice term\'s '
-                        'gradient norm to the l1-l2 term\'s must be > 0 (1 = equal norms).')
-    if not 0 <= _number(config, 'balance_momentum') < 1:
-      raise ConfigError(f'config.balance_momentum={config.balance_momentum!r}: the moving average\'s momentum '
-                        'must lie in [0, 1) (0 = this step\'s norms only).')
-  if balancing == 'uncertainty' and not _number(config, 'uncertainty_learning_rate') > 0:
-    raise ConfigError(f'config.uncertainty_learning_rate={config.uncertainty_learning_rate!r}: must be > 0.')
+def _check_loss_fields(config, entry: models.ModelSpec) -> None:
+  """The loss balancing and explicit focus of configs/default.py's Loss section, for the model of registry `entry`.
+  The balancing scheme (training/balancing.py) checks the fields it reads."""
+  name = config.get('loss_balancing', balancing.NONE)
+  one_term = 'reconstructs only' if entry.task == models.RECONSTRUCTION else 'segments only'
+  try:
+    scheme = balancing.get(name)
+    if name != balancing.NONE and entry.task != models.JOINT:
+      raise ValueError(f'config.loss_balancing={name!r} balances the reconstruction and Dice terms; '
+                       f"{config.model.name!r} {one_term} and has one term (use 'none').")
+    scheme.check(config)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
   if 'focus_weight' in config:
     _at_least(config, 'focus_weight', 0, 'the extra weight of the heart box\'s pixels must be >= 0 (0 = no focus)')
+  focus = config.get('focus_weight', 0.0)
+  if focus and not entry.reconstructs:
+    raise ConfigError(f'config.focus_weight={focus!r} weighs the pixels of the reconstruction term; '
+                      f'{config.model.name!r} segments only and has none (use 0).')
   source = config.get('focus_source', 'reference')
   if source not in ('reference', 'prediction'):
     raise ConfigError(f"config.focus_source={source!r}: expected 'reference' (the reference labels) or "
                       "'prediction' (the segmentation network's own argmax).")
-  if config.get('focus_weight', 0.0) and source == 'prediction' and not segments:
+  if focus and source == 'prediction' and not entry.segments:
     raise ConfigError(f"config.focus_source='prediction' takes the focus box from the segmentation network; "
                       f"{config.model.name!r} reconstructs only (use 'reference').")
 
@@ -173,23 +197,8 @@ def _check_masks(config, width: int) -> None:
                       'or use larger images.')
 
 
-def _size_multiple(module) -> int:
-  """The factor H and W must be a multiple of: the U-Nets halve them len(features) - 1 times, MANet encoder_depth
-  times; the cascades take any size."""
-  multiple = 1
-  if isinstance(module, (models.UNet, models.MultiDecoderUNet)):
-    multiple = 2 ** (len(module.features) - 1)
-  elif isinstance(module, models.MANet):
-    multiple = 2 ** int(module.encoder_depth)
-  for field in ('net', 'recon_net', 'seg_net'):
-    child = getattr(module, field, None)
-    if child is not None:
-      multiple = max(multiple, _size_multiple(child))
-  return multiple
-
-
-def _check_image_fits_model(config, model, shape: Tuple[int, int]) -> None:
-  multiple = _size_multiple(model)
+def _check_image_fits_model(config, multiple: int, shape: Tuple[int, int]) -> None:
+  """H and W are multiples of the model's `multiple` (its registry entry's `size_multiple`)."""
   if shape[0] % multiple or shape[1] % multiple:
     size = 'config.image_size' if config.get('image_size') is not None else 'the image size'
     raise ConfigError(f'{size}={config.get("image_size") or shape[0]!r}: model {config.model.name!r} halves the '
@@ -210,20 +219,11 @@ def data_label_classes(config) -> Optional[int]:
   return labels.NUM_CLASSES
 
 
-def _segmentation_outputs(module) -> Optional[int]:
-  """The number of segmentation logits a joint model outputs (None: a reconstruction-only model)."""
-  module = getattr(module, 'seg_net', module)
-  if isinstance(module, (models.MANet, models.MultiDecoderUNet)):
-    return int(module.num_classes)
-  if isinstance(module, models.UNet):
-    return int(module.out_channels)
-  return None
-
-
-def _check_classes(config, model) -> None:
-  """The label set comes from the data: num_classes and the model's segmentation outputs must both cover it."""
+def _check_classes(config, entry: models.ModelSpec, model) -> None:
+  """The label set comes from the data: num_classes and the model's segmentation outputs (as its registry `entry`
+  counts them, where it does) must both cover it."""
   classes = data_label_classes(config)
-  outputs = _segmentation_outputs(model)
+  outputs = entry.num_classes(model) if entry.num_classes is not None else None
   if classes is not None and config.num_classes != classes:
     from segrecon_jax.data import labels  # pylint: disable=g-import-not-at-top
     effect = ('fewer would drop labels from the loss and the metrics' if config.num_classes < classes
@@ -232,8 +232,7 @@ def _check_classes(config, model) -> None:
                       f'values (0..{classes - 1}: {", ".join(labels.CLASS_NAMES)}), so num_classes must be '
                       f'{classes} ({effect}).')
   if outputs is not None and outputs != config.num_classes:
-    field = {'unet_unet': 'model.seg.out_channels', 'cascade_manet': 'model.seg.num_classes',
-             'multidecoder_unet': 'model.num_classes'}.get(config.model.name, 'the model\'s segmentation outputs')
+    field = f'model.{entry.num_classes_field}'
     raise ConfigError(f'config.{field}={outputs}: the model outputs {outputs} segmentation logits, but '
                       f'config.num_classes={config.num_classes}; set {field}={config.num_classes}.')
 
@@ -256,6 +255,12 @@ def _check_data_fields(config) -> None:
       _at_least(config, field, 0, 'seeds must be integers >= 0')
       if int(config[field]) != config[field]:
         raise ConfigError(f'config.{field}={config[field]!r}: seeds must be integers >= 0.')
+  field_of_view = value('field_of_view')
+  if field_of_view is not None and (isinstance(field_of_view, bool) or not isinstance(field_of_view, int)
+                                    or field_of_view < 0):
+    raise ConfigError(f'config.field_of_view={field_of_view!r}: expected 0 (each image centre-cropped or zero-padded '
+                      'to image_size) or the side, in source pixels, of the square around the image centre that is '
+                      'resampled to image_size (e.g. 160 for ACDC).')
   mapping = value('label_mapping')
   if mapping is not None:
     num_classes = data_label_classes(config) or value('num_classes') or 4
@@ -265,3 +270,57 @@ def _check_data_fields(config) -> None:
                         f'files, our class at position v (0..{num_classes - 1}: background, LV blood pool, '
                         'myocardium, RV blood pool); ACDC (1 RV, 2 myocardium, 3 LV) is (0, 3, 2, 1), M&Ms '
                         '(1 LV, 2 myocardium, 3 RV) is (0, 1, 2, 3).')
+
+
+def check_tuple_overrides_once(flag_values: flags.FlagValues, argv: Sequence[str], name: str = 'config') -> None:
+  """Raises ConfigError when a tuple field of the config flag `name` is given more than once in `argv`.
+
+  ml_collections joins the values of a repeated tuple override (`--config.model.seg.features='(4,8)'` and then
+  `'(8,16)'` set (4, 8, 8, 16)), while every other flag keeps its last value; which of the two a user meant cannot
+  be told, so a tuple field is set by one value, the whole tuple. Call after `flag_values(argv)` parsed the flags.
+  """
+  given = collections.defaultdict(list)
+  args = list(argv[1:])
+  for i, arg in enumerate(args):
+    if arg == '--':  # absl: the arguments after it are not flags
+      break
+    match = re.fullmatch(rf'--?({re.escape(name)}\.[^=]+)(?:=(.*))?', arg, re.DOTALL)
+    if match:  # `--config.x=v`, or `--config.x v` with the value in the next argument
+      given[match.group(1)].append(match.group(2) if match.group(2) is not None else
+                                   (args[i + 1] if i + 1 < len(args) else ''))
+  for field, values in given.items():
+    if len(values) > 1 and field in flag_values and isinstance(flag_values[field], flags.MultiFlag):
+      flag = flag_values[field]
+      raise ConfigError(f'--{field} is given {len(values)} times ({", ".join(map(repr, values))}), which '
+                        f'ml_collections would join into {tuple(flag.value)}: a tuple field takes one value, the '
+                        f"whole tuple. Give it once, e.g. --{field}='{flag.parser.parse(values[-1])}' for the last "
+                        'one.')
+
+
+def check_masks_fit(config, width: int, what: str) -> None:
+  """The check of the masks that needs the data's width: a clear error, before any tracing, when the target masks
+  would keep fewer lines than the ACS block."""
+  lines = mri.num_sampled_lines(width, 1.0 / config.acceleration)
+  if lines < config.num_acs:
+    raise ConfigError(f'config.acceleration={config.acceleration} keeps {lines} of the {width} phase-encode lines '
+                      f'of {what}, fewer than config.num_acs={config.num_acs} autocalibration lines: lower num_acs '
+                      'or use larger images')
+
+
+def flag_error_message(error: BaseException, argv) -> str:
+  """The paragraph for a command line that absl or ml_collections refused: a missing config file, a config file that
+  raised (its last line), an override that names no field or has a bad value."""
+  config = next((a.split('=', 1)[1] for a in argv[1:] if a.startswith('--config=')), None)
+  config_file = config.split(':', 1)[0] if config else None
+  if config_file and not os.path.isfile(config_file):
+    return (f'--config={config}: no such config file {config_file!r} (from {os.getcwd()}); the experiment configs '
+            'are configs/*.py, e.g. --config=configs/cascade_manet.py:x8_stab.')
+  message = str(error).strip().replace('\\n', ' ').replace('\n', ' ').replace("\\'", "'")
+  if len(message) > 1 and message[0] == message[-1] and message[0] in '\'"':
+    message = message[1:-1]
+  if 'Traceback (most recent call last)' in message:  # a config file's own exception: its last line says it
+    raised = list(re.finditer(r'\b[A-Za-z_.]*(Error|Exception): ', message))
+    message = message.split('Traceback (most recent call last):')[0] + (message[raised[-1].start():] if raised else '')
+  overrides = [a for a in argv[1:] if a.startswith('--config.')]
+  return (f'bad flag {" ".join(overrides) or " ".join(argv[1:])}: {message}\n'
+          'Every field of the config and its meaning is in configs/default.py (and the experiment file).')

@@ -11,12 +11,13 @@ import contextlib
 import functools
 import logging
 import os
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import jax
 import numpy as np
 
 from segrecon_jax.training import checkpoints
+from segrecon_jax.training import config_checks
 from segrecon_jax.training import input_pipeline
 from segrecon_jax.training import parallel
 from segrecon_jax.training import prediction_io
@@ -40,6 +41,10 @@ def log_results(what: str, results: Dict[str, float]) -> None:
                int(results.get('num_examples', 0)))
 
 
+class EmptyReferenceError(ValueError):
+  """The split holds an example whose fully sampled image is all zero: its PSNR and SSIM are undefined."""
+
+
 class EvalResults(dict):
   """The means of an evaluation (metric name -> float, as before), with `per_slice` holding every slice's values.
 
@@ -50,21 +55,9 @@ class EvalResults(dict):
   per_slice: Optional[Dict[str, Any]] = None
 
 
-def example_id(example: Mapping[str, Any], index: int) -> str:
-  """The stable name of an example, `subject_id/slice/frame`, or its position in the split without a subject id."""
-  subject = example.get('subject_id') if hasattr(example, 'get') else None
-  if subject is None:
-    return str(int(index))
-  if isinstance(subject, np.ndarray):
-    subject = subject.item()
-  if isinstance(subject, bytes):
-    subject = subject.decode('utf-8')
-  return f'{subject}/{int(example.get("slice", 0))}/{int(example.get("frame", 0))}'
-
-
 class _IdRecordingSource:
-  """A random-access source that notes `example_id` of every example read through it, so the eval loop knows its
-  examples' ids without reading them twice."""
+  """A random-access source that notes `input_pipeline.example_id` of every example read through it, so the eval loop
+  knows its examples' ids without reading them twice."""
 
   def __init__(self, source):
     self._source = source
@@ -75,7 +68,7 @@ class _IdRecordingSource:
 
   def __getitem__(self, index):
     example = self._source[index]
-    self.ids[int(index)] = example_id(example, int(index))
+    self.ids[int(index)] = input_pipeline.example_id(example, int(index))
     return example
 
 
@@ -85,7 +78,11 @@ def _is_focused(key: str) -> bool:
 
 def evaluate_state(p_eval_step, state, eval_source, config) -> Tuple[EvalResults, Optional[Dict[str, np.ndarray]]]:
   """Means over the eval split (F- metrics over examples with heart labels), every slice's metrics
-  (`EvalResults.per_slice`) and a few examples for summaries."""
+  (`EvalResults.per_slice`) and a few examples for summaries.
+
+  Raises `EmptyReferenceError`, naming the examples, when a fully sampled image of the split is all zero: their PSNR
+  and SSIM are undefined (NaN, see `metrics`), so no mean over the split can be given.
+  """
   sums, counts, images = collections.defaultdict(float), collections.defaultdict(float), None
   source = _IdRecordingSource(eval_source)
   collected = collections.defaultdict(list)
@@ -103,6 +100,7 @@ def evaluate_state(p_eval_step, state, eval_source, config) -> Tuple[EvalResults
       counts[key] += float(np.sum(weight))
     collected['index'].append(batch['index'])
     collected['valid'].append(batch['valid'])
+    collected['empty_reference'].append(np.max(np.abs(batch['image']), axis=(-2, -1)) == 0)
     if images is None:
       images = dict(parallel.unshard(outputs), image=batch['image'], segmentation=batch['segmentation'])
   sums, counts = _allgather_sums(sums, counts)
@@ -110,9 +108,26 @@ def evaluate_state(p_eval_step, state, eval_source, config) -> Tuple[EvalResults
   results['num_examples'] = counts['mse']
   # Every host's share to every host (a collective: all hosts take part), kept on process 0.
   gathered = parallel.gather_to_host({k: np.concatenate(v) for k, v in collected.items()})
+  _check_no_empty_reference(gathered.pop('empty_reference'), gathered, source.ids, eval_source, config)
   if jax.process_index() == 0:
     results.per_slice = _per_slice(gathered, source.ids, eval_source)
   return results, images
+
+
+def _check_no_empty_reference(empty: np.ndarray, gathered: Dict[str, np.ndarray], ids: Dict[int, str], eval_source,
+                              config) -> None:
+  """Raises `EmptyReferenceError` naming the valid examples whose fully sampled image is all zero (on every host:
+  `gathered` holds every host's share)."""
+  indices = [int(i) for i in np.asarray(gathered['index'])[(np.asarray(gathered['valid']) > 0) & empty]]
+  if not indices:
+    return
+  names = sorted(ids[i] if i in ids else input_pipeline.example_id(eval_source[i], i) for i in indices)
+  shown = ', '.join(names[:5]) + (f' and {len(names) - 5} more' if len(names) > 5 else '')
+  raise EmptyReferenceError(
+      f'the {config.eval_split} split of {config.dataset}/{config.dataset_config} holds {len(names)} example(s) whose '
+      f'fully sampled image is all zero ({shown}): PSNR and SSIM are relative to the image\'s peak, undefined '
+      'there, so no mean over the split can be given. An image with nothing in it is an input error: remove it '
+      'from the data and prepare the dataset again.')
 
 
 def _per_slice(gathered: Dict[str, np.ndarray], ids: Dict[int, str], eval_source) -> Dict[str, Any]:
@@ -120,7 +135,7 @@ def _per_slice(gathered: Dict[str, np.ndarray], ids: Dict[int, str], eval_source
   host evaluated have their ids read from the source here."""
   valid = np.asarray(gathered['valid']) > 0
   indices = [int(i) for i in np.asarray(gathered['index'])[valid]]
-  names = [ids[i] if i in ids else example_id(eval_source[i], i) for i in indices]
+  names = [ids[i] if i in ids else input_pipeline.example_id(eval_source[i], i) for i in indices]
   order = sorted(range(len(names)), key=lambda j: names[j])
   metrics = {k: np.asarray(v, np.float64)[valid][order] for k, v in sorted(gathered.items())
              if k not in ('index', 'valid')}
@@ -159,7 +174,7 @@ def restore_for_inference(config, workdir: str):
   eval_source = input_pipeline.load_split(config, config.eval_split)
   model, tx = steps.create_model(config), steps.create_optimizer(config)
   shape = input_pipeline.image_shape(eval_source)
-  steps.check_masks_fit(config, shape[-1], f'{config.dataset}/{config.dataset_config}')
+  config_checks.check_masks_fit(config, shape[-1], f'{config.dataset}/{config.dataset_config}')
   template = steps.initial_state(config, model, tx, shape)  # Its values are replaced by the checkpoint's.
   data_info = input_pipeline.data_info(config)
   state, meta = checkpoints.restore_checkpoint(
@@ -183,36 +198,6 @@ def evaluate(config, workdir: str) -> EvalResults:
 def eval_dir(workdir: str, config) -> str:
   """Where `evaluate` writes: `<workdir>/eval/<eval split>_x<R>`."""
   return output_dir(workdir, EVAL_DIR, config.eval_split, config)
-
-
-def write_predicted_labels(out_dir: str, input_path: str, examples, seg: np.ndarray, file_shape, **attrs) -> str:
-  """The predicted segmentation of a file as its label file `out_dir/labels/<stem>.h5` (`ocmr` label format).
-
-  Each prediction is centre-cropped or padded back to the file's own image size (`ocmr.crop_or_pad`, the inverse
-  placement of the one the reader applied), and every frame is marked unlabelled (`labelled = 0`): a person
-  accepts a frame by correcting it and setting its `labelled` to 1.
-
-  Args:
-    out_dir: the prediction folder of the file.
-    input_path: the OCMR file.
-    examples: `ocmr.load_examples(..., labelled_only=False)` of it, in the order of `seg`.
-    seg: int `[num_examples, H, W]` predicted labels at the model's size.
-    file_shape: `(H, W)` of the file's images (`ocmr.read_header(...)['image_shape']`).
-    **attrs: informational attributes stored in the file.
-
-  Returns:
-    The label file's path.
-  """
-  from segrecon_jax.data import labels as labels_format  # pylint: disable=g-import-not-at-top
-  from segrecon_jax.data import ocmr  # pylint: disable=g-import-not-at-top
-  num_slices = max(e['slice'] for e in examples) + 1
-  num_frames = max(e['frame'] for e in examples) + 1
-  masks = np.zeros((num_slices, num_frames) + tuple(file_shape), np.uint8)
-  for example, labels in zip(examples, seg):
-    masks[example['slice'], example['frame']] = ocmr.crop_or_pad(np.asarray(labels, np.uint8), file_shape)
-  path = os.path.join(out_dir, 'labels', ocmr.subject_id(input_path) + '.h5')
-  return labels_format.write_label_file(path, masks, np.zeros(masks.shape[:2], np.uint8),
-                                        os.path.basename(input_path), origin='prediction', **attrs)
 
 
 def _predict_arrays(p_eval_step, state, source, config) -> Dict[str, np.ndarray]:
@@ -240,10 +225,11 @@ def predict(config, workdir: str, input_path: str = '', out_dir: str = '') -> st
   eval split; training passes `<workdir>/predictions`, its own record), `<workdir>/predict/<file stem>_x<R>` (a
   file) or `<workdir>/predict/<folder name>_x<R>/<file's path in the folder without suffix>` (each file of a
   folder; every frame; without its labels the reference segmentation maps are all background and the figures have
-  no focus box), and for each file `recon.nii.gz` and `seg.nii.gz` on the file's voxel grid (`prediction_io.write_nifti`). For an OCMR file
-  and a model that segments, also writes the predicted segmentation as a label file `<that folder>/labels/<stem>.h5`
-  in the project's format with every frame unlabelled (`write_predicted_labels`), to start labelling from. Returns
-  the prediction folder (of the split, the file, or the folder holding the files' folders).
+  no focus box), and for each file `recon.nii.gz` and `seg.nii.gz` on the file's voxel grid, the segmentation in the
+  file's own label values (`prediction_io.write_nifti`). For a model that segments, a layout with label files of its
+  own also writes the predicted segmentation as one (`Layout.write_predicted_labels`; OCMR: `<that folder>/labels/
+  <stem>.h5` in the project's format with every frame unlabelled), to start labelling from. Returns the prediction
+  folder (of the split, the file, or the folder holding the files' folders).
   """
   parallel.check_batch_size(config.eval_batch_size, 'eval_batch_size')
   if input_path and jax.process_count() > 1:
@@ -275,10 +261,12 @@ def _predict(config, workdir: str, input_path: str, out_dir: str) -> str:
                                            arrays)
     written = prediction_io.write_nifti(file_dir, loaded, arrays)
     logging.info('%s: predictions in %s (NIfTI: %s)', item.path, file_dir, ', '.join(map(os.path.basename, written)))
-    if item.kind == prediction_io.OCMR and 'seg' in arrays:
-      file_shape = loaded.volume_shape[:2]
-      label_path = write_predicted_labels(file_dir, item.path, loaded.examples, arrays['seg'], file_shape,
-                                          model=reporting.method_name(config), checkpoint_step=int(meta['step']))
+    label_path = None
+    if 'seg' in arrays:
+      label_path = item.layout.write_predicted_labels(file_dir, item.path, loaded.examples, arrays['seg'],
+                                                      loaded.geometry, model=reporting.method_name(config),
+                                                      checkpoint_step=int(meta['step']))
+    if label_path:
       logging.info('%s: predicted labels written to %s (every frame unlabelled until a person accepts it; see '
                    'tfds_ocmr/README.md, Labels)', item.path, label_path)
     out_dirs.append(file_dir)

@@ -12,7 +12,7 @@ import json
 import logging
 import zlib
 import os
-from typing import Any, Dict, Iterator, Mapping, Tuple
+from typing import Any, Dict, Iterator, Mapping, Optional, Tuple
 
 import grain
 import jax
@@ -122,9 +122,11 @@ def check_source(config, dataset_builder) -> None:
   """Raises StaleDatasetError unless a dataset prepared from a manual_dir was prepared from the files now in
   `config.manual_dir` (tfds_ocmr's `SOURCE_RECORD`: names, sizes, modification times, sha256) by readers of this
   version (`READER_VERSION`)."""
-  if config.dataset != 'ocmr' or getattr(dataset_builder.builder_config, 'source', 'phantom') == 'phantom':
+  if config.dataset != 'ocmr':
     return
   import tfds_ocmr  # pylint: disable=g-import-not-at-top
+  if not tfds_ocmr.ocmr.layout_of(dataset_builder.builder_config).reads_manual_dir:  # e.g. the phantom
+    return
   dataset_dir = os.fspath(dataset_builder.data_dir)
   recorded = tfds_ocmr.ocmr.read_source_record(dataset_dir)
   remedy = (f'Delete {os.path.dirname(dataset_dir)} to prepare it again from '
@@ -181,22 +183,35 @@ def data_info(config) -> Dict[str, Any]:
   return json.loads(json.dumps(info))  # The form a checkpoint's JSON gives back (nested tuples -> lists).
 
 
+def _subject(example: Mapping[str, Any]) -> Optional[str]:
+  """The example's subject id as text (TFDS decodes it as bytes), or None for an example without one."""
+  subject = example.get('subject_id') if hasattr(example, 'get') else None
+  if isinstance(subject, np.ndarray):
+    subject = subject.item()
+  if isinstance(subject, bytes):
+    subject = subject.decode('utf-8')
+  return None if subject is None else str(subject)
+
+
+def example_id(example: Mapping[str, Any], index: int) -> str:
+  """The stable name of an example, `subject_id/slice/frame` (its evaluation mask's key and its row in the per-slice
+  results), or its position `index` in the split for an example without a subject id (`predict --input`'s frames)."""
+  subject = _subject(example)
+  if subject is None:
+    return str(int(index))
+  return f'{subject}/{int(example.get("slice", 0))}/{int(example.get("frame", 0))}'
+
+
 def mask_id(example: Mapping[str, Any], index: int) -> int:
-  """The eval-mask key of an example: a CRC-32 of `subject/slice/frame`, in [0, 2**31).
+  """The eval-mask key of an example: a CRC-32 of its `example_id`, in [0, 2**31).
 
   It depends on what the example is, not on where it sits in its split, so every model sees the same mask on it,
   also after the dataset is rebuilt, its split reshuffled or other subjects added. An example without a subject id
   (e.g. `predict --input`'s frames) falls back to `index`.
   """
-  subject = example.get('subject_id') if hasattr(example, 'get') else None
-  if subject is None:
+  if _subject(example) is None:
     return int(index)
-  if isinstance(subject, bytes):
-    subject = subject.decode('utf-8')
-  if isinstance(subject, np.ndarray):
-    subject = subject.item().decode('utf-8') if isinstance(subject.item(), bytes) else str(subject.item())
-  key = f'{subject}/{int(example.get("slice", 0))}/{int(example.get("frame", 0))}'
-  return zlib.crc32(key.encode('utf-8')) & 0x7FFFFFFF
+  return zlib.crc32(example_id(example, index).encode('utf-8')) & 0x7FFFFFFF
 
 
 def decode(example: Mapping[str, Any], index: int) -> Dict[str, np.ndarray]:

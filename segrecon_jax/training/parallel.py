@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from segrecon_jax import settings
 from segrecon_jax.models import layers
 
 AXIS_NAME = 'batch'  # The pmap axis: gradients, BatchNorm statistics and metrics are averaged over it.
@@ -194,6 +195,9 @@ def _call_with_static(pmapped: Callable, value, *args):
 
 
 _DISTRIBUTED = {'initialized': False}  # jax.distributed.initialize() runs once per process.
+# How long jax.distributed.initialize() waits for every process of the job to connect (JAX's default, passed so that
+# the waiting message states the limit in force); past it JAX ends the process (DEADLINE_EXCEEDED).
+DISTRIBUTED_TIMEOUT_SECONDS = 300
 
 
 def setup_runtime(config) -> None:
@@ -213,9 +217,29 @@ def setup_runtime(config) -> None:
     if config.get('coordinator_address'):
       kwargs = dict(coordinator_address=config.coordinator_address, num_processes=config.num_processes,
                     process_id=config.process_id)
+      if not 0 <= config.process_id < config.num_processes:
+        raise settings.ConfigError(
+            f'config.num_processes={config.num_processes}, config.process_id={config.process_id}: with '
+            f'config.coordinator_address={config.coordinator_address!r} give the number of processes of the job '
+            '(>= 1) and this process\'s id, 0 .. num_processes - 1 (0 on the coordinator\'s host).')
+      # The connection blocks until every process has come: say for whom this process waits, and how long.
+      logging.warning('process %d of %d: waiting up to %d s for the coordinator %s and the other %d process(es) to '
+                      'connect (jax.distributed.initialize); past that, JAX ends this process (DEADLINE_EXCEEDED).',
+                      config.process_id, config.num_processes, DISTRIBUTED_TIMEOUT_SECONDS,
+                      config.coordinator_address, config.num_processes - 1)
     if 'cpu' in os.environ.get('JAX_PLATFORMS', ''):
       jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-    jax.distributed.initialize(**kwargs)
+    try:
+      jax.distributed.initialize(initialization_timeout=DISTRIBUTED_TIMEOUT_SECONDS, **kwargs)
+    except ValueError as e:
+      if kwargs or 'coordinator_address' not in str(e):
+        raise
+      raise settings.ConfigError(  # JAX found no cluster (SLURM, Open MPI, a TPU pod) to read it from.
+          'config.distributed=True with config.coordinator_address empty: no cluster (SLURM, Open MPI, a TPU pod) '
+          'was detected to find the other processes from. Set --config.coordinator_address=HOST:PORT (the host of '
+          'process 0 and a free port), --config.num_processes=N and --config.process_id=i (0 .. N-1, a different one '
+          'on each process), or leave config.distributed False for one process (docs/usage.md, Several hosts).'
+      ) from None
     _DISTRIBUTED['initialized'] = True
   if config.compilation_cache_dir:
     cache_dir = os.path.expanduser(config.compilation_cache_dir)

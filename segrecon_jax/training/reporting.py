@@ -22,9 +22,16 @@ TABLE_COLUMNS = (('MSE (x10^3)', 'mse_x1e3'), ('PSNR', 'psnr'), ('SSIM', 'ssim')
 LABEL_COLORS = np.array([[0, 0, 0, 0], [1.0, 0.2, 0.2, 0.45], [0.2, 1.0, 0.2, 0.45], [0.2, 0.4, 1.0, 0.45]])
 
 
+STABILIZED = '(S)'  # The paper's mark of a row trained with the stabilization curriculum.
+
+
+def row_name(display_name: str, stabilized: bool) -> str:
+  """A method's name in the tables: the model's display name, with the paper's " (S)" when stabilized."""
+  return f'{display_name} {STABILIZED}' if stabilized else display_name
+
+
 def method_name(config) -> str:
-  name = models.display_name(config.model)
-  return name + (' (S)' if config.stabilization else '')
+  return row_name(models.display_name(config.model), config.stabilization)
 
 
 def results_table(rows) -> str:

@@ -19,7 +19,9 @@ from segrecon_jax import losses
 from segrecon_jax import metrics as metrics_lib
 from segrecon_jax import models
 from segrecon_jax import mri
+from segrecon_jax.training import balancing
 from segrecon_jax.training import parallel
+from segrecon_jax.training import warm_start
 
 # Traces of the train step's mask sampler, keyed by sampled fraction (each distinct fraction compiles it once), and
 # of its update, keyed by the masks' shape (compiled once for every fraction).
@@ -29,7 +31,7 @@ TRAIN_UPDATE_TRACES = collections.Counter()
 
 @flax.struct.dataclass
 class TrainState:
-  """`loss_state`: the state of the loss balancing (`initial_loss_state`); `{}` with fixed weights."""
+  """`loss_state`: the state of the loss-balancing scheme (`initial_loss_state`); `{}` with fixed weights."""
   step: jax.Array
   params: Any
   batch_stats: Any
@@ -46,26 +48,27 @@ def create_model(config, bn_axis_name: Any = parallel.AXIS_NAME):
   return models.get_model(config.model, dtype=dtype, bn_axis_name=bn_axis_name)
 
 
+# The learning rates of `config.lr_schedule`: name -> (what it is, (learning rate, total steps) -> Adam's rate).
+LR_SCHEDULES = {
+    'constant': ("the paper's Adam", lambda learning_rate, total_steps: learning_rate),
+    'cosine': ('decay to 0 over the run', lambda learning_rate, total_steps: optax.cosine_decay_schedule(
+        learning_rate, decay_steps=max(int(total_steps), 1))),
+}
+
+
 def create_optimizer(config, total_steps: int = 1) -> optax.GradientTransformation:
   """Adam at `config.learning_rate`, constant (the paper) or, with `config.lr_schedule='cosine'`, decayed along a
   half cosine to 0 over `total_steps` (the run's `num_epochs` x steps per epoch). The optimizer state has the same
-  structure for every `total_steps`, so restoring needs no step count."""
-  if config.lr_schedule == 'constant':
-    learning_rate = config.learning_rate
-  elif config.lr_schedule == 'cosine':
-    learning_rate = optax.cosine_decay_schedule(config.learning_rate, decay_steps=max(int(total_steps), 1))
-  else:
-    raise ValueError(f"config.lr_schedule={config.lr_schedule!r}: expected 'constant' (the paper) or 'cosine'")
-  return optax.adam(learning_rate, b1=config.b1, b2=config.b2)
+  structure for every `total_steps`, so restoring needs no step count.
 
-
-def check_masks_fit(config, width: int, what: str) -> None:
-  """A clear config error, before any tracing, when the target masks would keep fewer lines than the ACS block."""
-  lines = mri.num_sampled_lines(width, 1.0 / config.acceleration)
-  if lines < config.num_acs:
-    raise ValueError(f'config.acceleration={config.acceleration} keeps {lines} of the {width} phase-encode lines '
-                     f'of {what}, fewer than config.num_acs={config.num_acs} autocalibration lines: lower num_acs '
-                     'or use larger images')
+  Raises:
+    ValueError: a schedule not in `LR_SCHEDULES` (the config checks build the optimizer once to ask).
+  """
+  if config.lr_schedule not in LR_SCHEDULES:
+    described = [f'{name!r} ({what})' for name, (what, _) in LR_SCHEDULES.items()]
+    raise ValueError(f'config.lr_schedule={config.lr_schedule!r}: expected {" or ".join(described)}.')
+  learning_rate = LR_SCHEDULES[config.lr_schedule][1](config.learning_rate, total_steps)
+  return warm_start.trainable(config, optax.adam(learning_rate, b1=config.b1, b2=config.b2))
 
 
 def initial_state(config, model, tx, shape: Tuple[int, int]) -> TrainState:
@@ -90,29 +93,9 @@ def initial_state(config, model, tx, shape: Tuple[int, int]) -> TrainState:
 
 
 def initial_loss_state(config):
-  """The state of `config.loss_balancing`, carried in `TrainState.loss_state` (and so checkpointed and resumed).
-
-  'none': `{}`. 'grad_norm': `{'seg_weight'}`, the Dice term's weight (the moving average of
-  `losses.grad_norm_seg_weight`); `config.seg_loss_weight` until the first step replaces it. 'uncertainty':
-  `{'log_variances': {'recon', 'seg'}, 'opt_state'}`, Kendall et al.'s s_i (0 until the first step sets them) and
-  their own Adam state (`log_variance_optimizer`).
-  """
-  if config.loss_balancing == 'grad_norm':
-    return {'seg_weight': jnp.asarray(config.seg_loss_weight, jnp.float32)}
-  if config.loss_balancing == 'uncertainty':
-    log_variances = {'recon': jnp.zeros((), jnp.float32), 'seg': jnp.zeros((), jnp.float32)}
-    return {'log_variances': log_variances, 'opt_state': log_variance_optimizer(config).init(log_variances)}
-  if config.loss_balancing != 'none':
-    raise ValueError(f"config.loss_balancing={config.loss_balancing!r}: expected 'none', 'grad_norm' or "
-                     "'uncertainty'")
-  return {}
-
-
-def log_variance_optimizer(config) -> optax.GradientTransformation:
-  """Adam of the uncertainty weights' log-variances: `config.uncertainty_learning_rate`, constant, the model's
-  betas. Their own rate, since the s_i must follow the logarithm of losses that shrink many-fold during training,
-  which the model's small (and decaying) rate would not let them do."""
-  return optax.adam(config.uncertainty_learning_rate, b1=config.b1, b2=config.b2)
+  """The state of the scheme `config.loss_balancing` (training/balancing.py), carried in `TrainState.loss_state`
+  (and so checkpointed and resumed): `{}` for 'none'."""
+  return balancing.get(config.loss_balancing).init(config)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -137,46 +120,41 @@ def undersample_batch(image, keys, sampled_fraction: float, num_acs: int):
 
 
 def compute_losses(config, recon, seg_logits, batch, loss_state=None):
-  """The training loss and its terms (`recon_loss`, `seg_loss` for a model that segments, `loss`), batch means.
+  """The training loss and its terms (`recon_loss` for a model that reconstructs, `seg_loss` for one that segments,
+  `loss`), batch means.
 
-  The reconstruction term is weighted per pixel by `focus_pixel_weights` when `config.focus_weight > 0`. The terms
-  are combined with the weights of `loss_term_weights(config, loss_state)`: the fixed `recon_loss_weight` and
-  `seg_loss_weight` without `loss_state` or with 'none'; with 'uncertainty', Kendall et al.'s
-  `sum_i exp(-s_i) w_i L_i + s_i` (`losses.uncertainty_weighted_loss`).
+  The reconstruction term is weighted per pixel by `focus_pixel_weights` when `config.focus_weight > 0`. A joint
+  model's two terms are combined by the scheme `config.loss_balancing` (training/balancing.py) with `loss_state`,
+  or with the fixed `recon_loss_weight` and `seg_loss_weight` without one; a model with one term has its fixed
+  weight.
   """
-  target = mri.complex_to_channels(batch['image'])
-  recon_loss = jnp.mean(losses.l1_l2_loss(recon.astype(jnp.float32), target,
-                                          pixel_weights=focus_pixel_weights(config, seg_logits, batch)))
-  terms = {'recon_loss': recon_loss}
-  loss = config.recon_loss_weight * recon_loss
+  terms = {}
+  if recon is not None:
+    target = mri.complex_to_channels(batch['image'])
+    recon_loss = jnp.mean(losses.l1_l2_loss(recon.astype(jnp.float32), target,
+                                            pixel_weights=focus_pixel_weights(config, seg_logits, batch)))
+    terms['recon_loss'] = recon_loss
   if seg_logits is not None:
     seg_loss = jnp.mean(losses.generalized_dice_loss(seg_logits.astype(jnp.float32), batch['segmentation'],
                                                      config.num_classes))
     terms['seg_loss'] = seg_loss
-    if loss_state and config.loss_balancing == 'uncertainty':
-      log_variances = loss_state['log_variances']
-      loss = losses.uncertainty_weighted_loss(
-          (config.recon_loss_weight * recon_loss, config.seg_loss_weight * seg_loss),
-          (log_variances['recon'], log_variances['seg']))
-    else:
-      loss = loss + loss_term_weights(config, loss_state)[1] * seg_loss
+  if seg_logits is None:
+    loss = config.recon_loss_weight * recon_loss
+  elif recon is None:
+    loss = config.seg_loss_weight * seg_loss
+  else:
+    scheme = balancing.get(balancing.NONE if loss_state is None else config.loss_balancing)
+    loss = scheme.loss(config, recon_loss, seg_loss, loss_state)
   terms['loss'] = loss
   return loss, terms
 
 
 def loss_term_weights(config, loss_state=None):
-  """(reconstruction weight, Dice weight) that multiply the two terms in the loss (the effective weights).
-
-  The fixed config weights without `loss_state` or with 'none'; with 'grad_norm', the stored Dice weight; with
-  'uncertainty', `w_i exp(-s_i)` (the loss also holds `sum_i s_i`, whose gradient on the model is zero).
-  """
-  if not loss_state or config.loss_balancing == 'none':
+  """(reconstruction weight, Dice weight) that multiply a joint model's two terms in the loss (the effective
+  weights): the scheme's (`balancing.Scheme.weights`), or the fixed config weights without `loss_state`."""
+  if loss_state is None:
     return config.recon_loss_weight, config.seg_loss_weight
-  if config.loss_balancing == 'grad_norm':
-    return config.recon_loss_weight, loss_state['seg_weight']
-  log_variances = loss_state['log_variances']
-  return (config.recon_loss_weight * jnp.exp(-log_variances['recon']),
-          config.seg_loss_weight * jnp.exp(-log_variances['seg']))
+  return balancing.get(config.loss_balancing).weights(config, loss_state)
 
 
 def focus_pixel_weights(config, seg_logits, batch):
@@ -185,19 +163,15 @@ def focus_pixel_weights(config, seg_logits, batch):
 
   The region is the F- metrics' heart box (`metrics.box_mask` with the margin of `focus_margin_pixels`), from the
   reference labels (`config.focus_source='reference'`: a training-time oracle) or from the segmentation network's
-  argmax (`'prediction'`, no gradient through it). A slice without heart gets uniform weights.
+  argmax (`'prediction'`, no gradient through it; the config checks hold it to models that segment). A slice without
+  heart gets uniform weights.
   """
   if not config.focus_weight:
     return None
-  if config.focus_source == 'reference':
-    labels = batch['segmentation']
-  elif config.focus_source == 'prediction':
-    if seg_logits is None:
-      raise ValueError(f"config.focus_source='prediction' needs a model that segments; {config.model.name!r} "
-                       "reconstructs only (use 'reference')")
+  if config.focus_source == 'prediction':
     labels = jnp.argmax(jax.lax.stop_gradient(seg_logits), axis=-1)
   else:
-    raise ValueError(f"config.focus_source={config.focus_source!r}: expected 'reference' or 'prediction'")
+    labels = batch['segmentation']
   region = metrics_lib.box_mask(labels, focus_margin_pixels(config, labels.shape[-2]))
   return losses.focus_pixel_weights(region, config.focus_weight)
 
@@ -230,50 +204,46 @@ def train_step(state: TrainState, batch, rng, sampled_fraction: float, *, model,
 def train_update(state: TrainState, batch, masks, *, model, tx, config):
   """The optimizer step for the given masks bool `[b, 1, W]` (from `sample_train_masks`); runs under
   `parallel.pmap`. A step whose loss or gradients are not finite leaves the state unchanged and reports
-  `finite = 0`; the host loop stops on it. With `config.log_loss_grad_norms` and a model that segments, the terms
-  also hold `recon_grad_norm` and `seg_grad_norm` (`_grads_with_term_norms`); the update is unchanged.
+  `finite = 0`; the host loop stops on it. With `config.log_loss_grad_norms` and a joint model, the terms also hold
+  `recon_grad_norm` and `seg_grad_norm` (`_grads_with_term_norms`); the update is unchanged.
 
-  A model that segments also logs `seg_weight_effective`, the weight that multiplies the Dice term in this step's
-  loss (`config.seg_loss_weight` with 'none'). `config.loss_balancing='grad_norm'` sets it from this step's
-  gradient norms (`_grad_norm_balanced_grads`; the norms are logged too); 'uncertainty' logs `recon_weight_effective`
-  and the log-variances `log_variance_recon`, `log_variance_seg` used in this step, then updates them
-  (`_updated_log_variances`).
+  A joint model's two terms are weighed by the scheme `config.loss_balancing` (training/balancing.py), whose state
+  is `state.loss_state`; the step logs the scheme's `logged` scalars, at least `seg_weight_effective`, the weight
+  that multiplies the Dice term in this step's loss (`config.seg_loss_weight` with 'none'). A scheme that reads
+  the gradient norms ('grad_norm') sets that weight from this step's norms (`_norm_balanced_grads`; the norms are
+  logged too); any other trains with its current state, then updates it ('uncertainty': its log-variances).
   """
   TRAIN_UPDATE_TRACES[masks.shape] += 1
   measured = mri.undersample(mri.fft2c(batch['image']), masks)
   zero_filled = mri.complex_to_channels(mri.ifft2c(measured))
-  segments = models.segments(config.model)
+  joint = models.spec(config.model).task == models.JOINT
+  scheme = balancing.get(config.loss_balancing)
 
   def loss_fn(params):
     outputs, updates = model.apply({'params': params, 'batch_stats': state.batch_stats}, zero_filled, measured,
                                    masks, train=True, mutable=['batch_stats'])
-    recon, seg_logits = outputs.recon, outputs.seg_logits
+    recon, seg_logits = model_outputs(config, outputs)
     loss, terms = compute_losses(config, recon, seg_logits, batch, state.loss_state)
     return loss, (terms, updates.get('batch_stats', {}))
 
   loss_state, balance_terms = state.loss_state, {}
-  if segments and config.loss_balancing == 'grad_norm':
-    grads, term_norms, (terms, batch_stats), seg_weight = _grad_norm_balanced_grads(loss_fn, state, model, config)
-    loss_state = {'seg_weight': seg_weight}
-    balance_terms['seg_weight_effective'] = seg_weight
-  elif config.log_loss_grad_norms and segments:
+  if joint and scheme.reads_grad_norms:
+    grads, term_norms, (terms, batch_stats), loss_state = _norm_balanced_grads(loss_fn, state, model, config, scheme)
+  elif config.log_loss_grad_norms and joint:
     grads, term_norms, (terms, batch_stats) = _grads_with_term_norms(
         loss_fn, state.params, model, loss_term_weights(config, state.loss_state))
   else:
     (_, (terms, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     term_norms = {}
-  if segments and config.loss_balancing == 'uncertainty':
-    recon_weight, seg_weight = loss_term_weights(config, state.loss_state)
-    log_variances = state.loss_state['log_variances']
-    balance_terms.update(seg_weight_effective=seg_weight, recon_weight_effective=recon_weight,
-                         log_variance_recon=log_variances['recon'], log_variance_seg=log_variances['seg'])
-    loss_state = _updated_log_variances(state, terms, config)
-  elif segments and config.loss_balancing == 'none':
-    balance_terms['seg_weight_effective'] = jnp.asarray(config.seg_loss_weight, jnp.float32)
+  if joint:
+    balance_terms = scheme.logged(config, loss_state)  # The state this step's loss was weighed with.
+    if not scheme.reads_grad_norms:
+      loss_state = scheme.update(config, state.loss_state, state.step, terms)
   grads = parallel.pmean(grads)  # Average over the 'batch' axis: all devices apply the same update.
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   finite = parallel.all_finite((terms['loss'], grads, loss_state) if loss_state else (terms['loss'], grads))
+  batch_stats = warm_start.frozen_batch_stats(config, state.batch_stats, batch_stats)
   new_state = TrainState(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state,
                          loss_state=loss_state)
   new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
@@ -282,46 +252,33 @@ def train_update(state: TrainState, batch, masks, *, model, tx, config):
   return new_state, parallel.pmean(terms)  # Metrics averaged over the 'batch' axis.
 
 
-def _updated_log_variances(state: TrainState, terms, config):
-  """The uncertainty weights' next state: Adam (`log_variance_optimizer`) on the analytic gradient of
-  `losses.uncertainty_weighted_loss` with respect to the s_i, `1 - exp(-s_i) w_i L_i`, averaged over the 'batch'
-  axis.
-
-  The first step (step 0) instead sets `s_i = log(w_i L_i)` from its losses, the minimum of the uncertainty loss
-  for them (`exp(-s_i) w_i L_i = 1`), so training starts balanced rather than at the fixed weights (s_i = 0); the
-  model's own update of that step used s_i = 0.
-  """
-  weighted = {'recon': config.recon_loss_weight * terms['recon_loss'],
-              'seg': config.seg_loss_weight * terms['seg_loss']}
-  log_variances, opt_state = state.loss_state['log_variances'], state.loss_state['opt_state']
-  names = ('recon', 'seg')
-  grads = losses.uncertainty_log_variance_grads([weighted[k] for k in names], [log_variances[k] for k in names])
-  grads = parallel.pmean(dict(zip(names, grads)))  # Average over the 'batch' axis.
-  updates, new_opt_state = log_variance_optimizer(config).update(grads, opt_state, log_variances)
-  stepped = optax.apply_updates(log_variances, updates)
-  initial = {k: jnp.log(jnp.maximum(v, 1e-12)) for k, v in parallel.pmean(weighted).items()}
-  first = state.step == 0
-  return {'log_variances': jax.tree.map(lambda a, b: jnp.where(first, a, b), initial, stepped),
-          'opt_state': jax.tree.map(lambda a, b: jnp.where(first, a, b), opt_state, new_opt_state)}
+def model_outputs(config, outputs: models.ModelOutput):
+  """(recon, seg_logits) of a model's output, which must hold what its registered task says (models/registry.py):
+  a model registered as JOINT that returns no segmentation would otherwise train as a reconstruction model."""
+  entry = models.spec(config.model)
+  recon, seg_logits = outputs.recon, outputs.seg_logits
+  if (recon is not None) != entry.reconstructs or (seg_logits is not None) != entry.segments:
+    returned = ' and '.join(k for k, v in (('recon', recon), ('seg_logits', seg_logits)) if v is not None) or 'neither'
+    raise ValueError(f'config.model.name={config.model.name!r} is registered with task={entry.task!r}, but its '
+                     f'ModelOutput holds {returned}: a reconstruction model returns recon, a segmentation model '
+                     'seg_logits (recon=None), a joint model both.')
+  return recon, seg_logits
 
 
 def recon_network_params(model, params):
-  """The parameters of `model`'s reconstruction network: the subtrees that compute the reconstruction.
+  """The parameters of `model`'s reconstruction network: the subtrees that compute the reconstruction, as the
+  module's `reconstruction_params` method selects them (`models.reconstruction_params`; all of them without one).
 
-  `SegRecon`: its `recon_net`. `MultiDecoderUNet`: the shared `encoder` and the `recon_decoder` (the network that
-  maps the zero-filled image to the reconstruction; the segmentation term reaches only its encoder, so its
-  gradient is zero on the decoder). Solo reconstruction models: all of them.
+  `SegRecon`: its `recon_net`. `MultiDecoderUNet`: the shared `encoder` and the `recon_decoder`. Solo
+  reconstruction models: all of them.
   """
-  if isinstance(model, models.SegRecon):
-    return {'recon_net': params['recon_net']}
-  if isinstance(model, models.MultiDecoderUNet):
-    return {'encoder': params['encoder'], 'recon_decoder': params['recon_decoder']}
-  return params
+  return models.reconstruction_params(model, params)
 
 
-def _grad_norm_balanced_grads(loss_fn, state: TrainState, model, config):
-  """Gradient-norm balancing: the gradient of `w_r L_r + w_s L_s` with the Dice weight `w_s` set from this step's
-  gradient norms on the reconstruction network (`recon_network_params`), as `losses.grad_norm_seg_weight` says.
+def _norm_balanced_grads(loss_fn, state: TrainState, model, config, scheme: balancing.Scheme):
+  """A scheme that reads the gradient norms (`reads_grad_norms`, e.g. 'grad_norm'): the gradient of
+  `w_r L_r + w_s L_s` with the Dice weight `w_s` of the state that `scheme.update` returns from this step's gradient
+  norms on the reconstruction network (`recon_network_params`).
 
   The two terms' gradients (`w_r L_r` and `L_s` with weight 1) come from one forward pass and a 2-wide backward pass
   (as `_grads_with_term_norms`'s); their norms are taken after averaging over the 'batch' axis, so every device
@@ -329,7 +286,7 @@ def _grad_norm_balanced_grads(loss_fn, state: TrainState, model, config):
 
   Returns:
     (gradient (this device's), {'recon_grad_norm', 'seg_grad_norm'} of the weighted terms, loss_fn's aux with
-    `loss` recomputed at `w_s`, `w_s` float32 `[]`).
+    `loss` recomputed at `w_s`, the scheme's new state).
   """
   def unit_terms(params):
     _, aux = loss_fn(params)
@@ -340,12 +297,13 @@ def _grad_norm_balanced_grads(loss_fn, state: TrainState, model, config):
   one, zero = jnp.ones_like(outputs[0]), jnp.zeros_like(outputs[0])
   (term_grads,) = jax.vmap(vjp_fn)((jnp.stack([one, zero]), jnp.stack([zero, one])))
   norms = jax.vmap(optax.tree.norm)(parallel.pmean(recon_network_params(model, term_grads)))  # Over 'batch'.
-  seg_weight = losses.grad_norm_seg_weight(norms[0], norms[1], state.loss_state['seg_weight'], state.step == 0,
-                                           config.balance_ratio, config.balance_momentum)
+  loss_state = scheme.update(config, state.loss_state, state.step,
+                             dict(terms, recon_grad_norm=norms[0], seg_grad_norm=norms[1]))
+  seg_weight = scheme.weights(config, loss_state)[1]
   grads = jax.tree.map(lambda g: g[0] + seg_weight * g[1], term_grads)
   terms = dict(terms, loss=outputs[0] + seg_weight * outputs[1])
   return grads, {'recon_grad_norm': norms[0], 'seg_grad_norm': seg_weight * norms[1]}, (terms, batch_stats), \
-      seg_weight
+      loss_state
 
 
 def _grads_with_term_norms(loss_fn, params, model, term_weights):
@@ -385,7 +343,9 @@ def eval_step(state: TrainState, batch, *, model, config):
                                                    config.num_acs)
   outputs = model.apply({'params': state.params, 'batch_stats': state.batch_stats}, zero_filled, measured, masks,
                         train=False)
-  recon, seg_logits = outputs.recon, outputs.seg_logits
+  recon, seg_logits = model_outputs(config, outputs)
+  if recon is None:  # A segmentation model: the image it segments, the zero-filled one, stands for its reconstruction.
+    recon = zero_filled
   recon = mri.channels_to_complex(recon.astype(jnp.float32))
   margin = focus_margin_pixels(config, batch['image'].shape[-2])
   results = metrics_lib.reconstruction_metrics(recon, batch['image'], batch['segmentation'], margin=margin)

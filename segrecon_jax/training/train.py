@@ -4,6 +4,10 @@
 checkpoints and the resume policy in `checkpoints.py`, the workdir lock in `workdir.py`, evaluation and predict in
 `inference.py`, device layout in `parallel.py`.
 
+The loop reads top to bottom as step, log, evaluate, checkpoint, stop on a signal; where it starts (`_start`: the
+restored, warm-started or initial state), the compiled programs (`_Programs`) and the log window (`_LogWindow`) are
+their own pieces, and the writer, the bar and the compiles are closed once, however the loop ends.
+
 The step count is the loop's own (it starts at the restored state's step); the progress bar only displays it.
 Train scalars are means over the `log_every_steps` window, read from the devices once per log step (no host sync
 per step), and every log step and eval also logs one line, so batch jobs without a terminal show progress.
@@ -23,6 +27,7 @@ uninterrupted one. A second signal stops at once, without a checkpoint.
 """
 
 import contextlib
+import dataclasses
 import functools
 import itertools
 import logging
@@ -32,7 +37,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Dict, Optional
+from typing import Any, Dict, Optional
 
 import jax
 import ml_collections
@@ -47,6 +52,7 @@ from segrecon_jax.training import input_pipeline
 from segrecon_jax.training import parallel
 from segrecon_jax.training import reporting
 from segrecon_jax.training import steps
+from segrecon_jax.training import warm_start
 from segrecon_jax.training import workdir as workdir_lib
 from segrecon_jax.training import writer as writer_lib
 
@@ -163,166 +169,240 @@ def initial_state(config, model, tx, shape) -> steps.TrainState:
   return state.replace(params=loaded['params'], batch_stats=loaded['batch_stats'], opt_state=tx.init(loaded['params']))
 
 
-def _train_and_evaluate(config, workdir: str, stop: StopSignals) -> Dict[str, float]:
+@dataclasses.dataclass
+class _Start:
+  """What the loop starts from: the data, the model, the host train state (restored, warm-started or initial) and
+  where in the schedule it stands."""
+  train_source: Any
+  eval_source: Any
+  data_info: Dict[str, Any]
+  total_steps: int
+  model: Any
+  tx: Any
+  state: steps.TrainState
+  manager: Any
+  start_epoch: int
+  skip_steps: int  # Steps of start_epoch already trained (a run stopped by a signal).
+  resumed: bool
+
+
+def _start(config, workdir: str) -> _Start:
+  """Reads the splits, builds the model and optimizer, and restores the workdir's latest intact checkpoint (or
+  warm-starts a new run from `config.init_from`)."""
   parallel.check_batch_size(config.batch_size)
   parallel.check_batch_size(config.eval_batch_size, 'eval_batch_size')
   train_source = input_pipeline.load_split(config, config.train_split)
   eval_source = input_pipeline.load_split(config, config.eval_split)
   data_info = input_pipeline.data_info(config)
-  steps_per_epoch = input_pipeline.num_train_steps_per_epoch(train_source, config)
-  total_steps = config.num_epochs * steps_per_epoch
-
+  total_steps = config.num_epochs * input_pipeline.num_train_steps_per_epoch(train_source, config)
   model, tx = steps.create_model(config), steps.create_optimizer(config, total_steps)
   shape = input_pipeline.image_shape(train_source)
-  steps.check_masks_fit(config, shape[-1], f'{config.dataset}/{config.dataset_config}')
+  config_checks.check_masks_fit(config, shape[-1], f'{config.dataset}/{config.dataset_config}')
   state = initial_state(config, model, tx, shape)
   manager = checkpoints.checkpoint_manager(workdir, config)
   restored, meta = checkpoints.restore_checkpoint(
       manager, state, check=lambda meta: checkpoints.check_resume(meta, config, data_info, manager.directory),
       set_aside_corrupt=True)
-  start_epoch, skip_steps = 1, 0  # Steps of start_epoch already trained (a run stopped by a signal).
-  if restored is not None:
-    state, start_epoch, skip_steps = restored, meta['epoch'] + 1, meta.get('steps_into_epoch', 0)
-    logging.info('Resumed from %s at step %d (epoch %d done%s).', manager.directory, int(state.step), meta['epoch'],
-                 f', {skip_steps} steps of epoch {start_epoch}' if skip_steps else '')
-  step = int(state.step)
-  writer = writer_lib.SummaryWriter(workdir)
-  writer.write_hparams(config)
+  if restored is None:
+    template_of = lambda source: steps.initial_state(source, steps.create_model(source),
+                                                     steps.create_optimizer(source), shape)
+    return _Start(train_source, eval_source, data_info, total_steps, model, tx,
+                  warm_start.initialize(config, state, data_info, tx, template_of), manager, 1, 0, False)
+  skip_steps = meta.get('steps_into_epoch', 0)
+  logging.info('Resumed from %s at step %d (epoch %d done%s).', manager.directory, int(restored.step), meta['epoch'],
+               f', {skip_steps} steps of epoch {meta["epoch"] + 1}' if skip_steps else '')
+  return _Start(train_source, eval_source, data_info, total_steps, model, tx, restored, manager, meta['epoch'] + 1,
+                skip_steps, True)
 
-  p_eval_step = parallel.pmap(functools.partial(steps.eval_step, model=model, config=config))
-  state = parallel.replicate(state)
-  rng = parallel.replicate(jax.random.PRNGKey(config.seed + 1))
 
-  # The distinct sampled fractions still to train, in schedule order.
-  fractions = list(dict.fromkeys(steps.sampled_fraction_for_epoch(config, epoch)
-                                 for epoch in range(start_epoch, config.num_epochs + 1)))
-  compiled_steps = None  # compiled.TrainSteps, made at the first batch (it needs the batch's shapes).
-  compiled_eval = None  # The same for the eval step (no static argument).
-  train_step, train_fraction = None, None  # The executable of the current sampled fraction.
-  results = None
-  window = []  # Device metrics of the steps since the last log step, read at the next one.
-  window_start, window_compile_seconds = time.time(), 0.0
-  progress = writer_lib.progress_bar(config, total=total_steps, initial=step)
+class _Programs:
+  """The compiled train step of each sampled fraction and the eval step. `compiled.TrainSteps` needs a batch's
+  shapes, so they are made at the first batch; with `config.compile_ahead` every level of the schedule (in order)
+  and the eval step are queued then. `waited()` is the compile time the loop waited for since it was last read (so
+  the log's steps/s leave it out). A context manager: no compile is left running when training stops."""
 
-  def flush_window(epoch: int, fraction: float, log: bool) -> None:
-    """Checks every step of the window for finiteness; on a log step, writes the window's means."""
-    nonlocal window_start, window_compile_seconds
-    if not window:
+  def __init__(self, model, tx, config, eval_source, p_eval_step, fractions):
+    self._model, self._tx, self._config = model, tx, config
+    self._eval_source, self._p_eval_step, self._fractions = eval_source, p_eval_step, fractions
+    self.steps = None  # compiled.TrainSteps
+    self._eval = None
+    self._fraction, self._step = None, None
+    self._waited = 0.0
+
+  def __enter__(self) -> '_Programs':
+    return self
+
+  def __exit__(self, *exc) -> None:
+    if self.steps is not None:
+      self.steps.close()  # (The eval step shares its thread.)
+
+  def train_step(self, state, batch, rng, fraction: float):
+    """The executable of `fraction`, compiled (or waited for) on its first use."""
+    if self.steps is None:
+      self.steps = compiled.TrainSteps(self._model, self._tx, self._config, state, batch, rng,
+                                       workers=self._config.compile_workers or None)
+      eval_batch = parallel.shard(next(input_pipeline.eval_batches(self._eval_source, self._config)))
+      self._eval = parallel.AheadOfTimeSteps(self._p_eval_step, (state, eval_batch), 'eval step', static=False,
+                                             after=self.steps.masks)
+      if self._config.compile_ahead:
+        for upcoming in self._fractions:
+          self.steps.prefetch(upcoming)
+        self._eval.prefetch(None)
+    if fraction != self._fraction:  # A new level of the schedule (or the first step of this run).
+      first = self._fraction is None
+      self._step, self._fraction = self.steps.get(fraction), fraction
+      self._waited += self.steps.wait_seconds.get(fraction, 0.0) + (
+          self.steps.wait_seconds.get('update', 0.0) if first else 0.0)
+    return self._step
+
+  def eval_step(self):
+    return self._eval.get(None) if self._eval is not None else self._p_eval_step
+
+  def waited(self) -> float:
+    waited, self._waited = self._waited, 0.0
+    return waited
+
+  def summary(self) -> Dict[str, float]:
+    return compile_summary(self.steps)
+
+  def log_summary(self) -> None:
+    if self.steps is None:
       return
-    host = [parallel.unreplicate(terms) for terms in jax.device_get(window)]
-    finite = np.array([h['finite'] for h in host])
-    if finite.min() < 1.0:
-      bad_step = step - len(window) + int(np.argmin(finite)) + 1
-      manager.wait_until_finished()
-      raise NonFiniteError(f'non-finite loss or gradient at step {bad_step} (epoch {epoch}); the update was skipped '
-                           f'and training stopped. {_last_good(manager)}')
-    if not log:
-      return
-    means = {k: float(np.mean([h[k] for h in host])) for k in host[0] if k not in ('finite', 'sampled_fraction')}
-    elapsed = max(time.time() - window_start - window_compile_seconds, 1e-9)
-    steps_per_second = len(window) / elapsed
-    means.update(sampled_fraction=fraction, epoch=epoch, steps_per_second=steps_per_second,
-                 slices_per_second=steps_per_second * config.batch_size)
-    writer.write_scalars(step, {f'train_{k}': v for k, v in means.items()})
-    eta = (total_steps - step) / steps_per_second
-    terms = ' '.join(f'{k} {means[k]:.4f}' for k in ('loss', 'recon_loss', 'seg_loss', 'grad_norm') if k in means)
-    if jax.process_index() == 0:
-      logging.info('step %d/%d epoch %d/%d sampled_fraction %.4f %s | %.2f steps/s, %.1f slices/s, ETA %s', step,
-                   total_steps, epoch, config.num_epochs, fraction, terms, steps_per_second,
-                   means['slices_per_second'], _format_seconds(eta))
-    progress.set_postfix(loss=f"{means['loss']:.4f}", frac=f'{fraction:.3f}',
-                         slices_s=f"{means['slices_per_second']:.1f}")
-    window.clear()
-    window_start, window_compile_seconds = time.time(), 0.0
-
-  def checked_host_state(epoch: int):
-    """The state on the host, after checking every array (params, batch statistics, optimizer state) is finite:
-    a non-finite state is neither evaluated nor checkpointed."""
-    host_state = parallel.unreplicate(state)
-    bad = checkpoints.non_finite_arrays(host_state)
-    if bad:
-      manager.wait_until_finished()
-      raise NonFiniteError(f'non-finite values in the train state after step {step} (epoch {epoch}): '
-                           f'{", ".join(bad[:4])}{", ..." if len(bad) > 4 else ""}; training stopped without '
-                           f'evaluating or writing a checkpoint. {_last_good(manager)}')
-    return host_state
-
-  try:
-    for epoch in range(start_epoch, config.num_epochs + 1):
-      fraction = steps.sampled_fraction_for_epoch(config, epoch)
-      epoch_start = time.time()
-      epoch_steps = skip_steps if epoch == start_epoch else 0
-      batches = input_pipeline.train_batches(train_source, config, epoch)
-      for batch in itertools.islice(batches, epoch_steps, None):  # The same order as an uninterrupted run.
-        batch = parallel.shard(batch)
-        if compiled_steps is None:
-          compiled_steps = compiled.TrainSteps(model, tx, config, state, batch, rng,
-                                            workers=config.compile_workers or None)
-          eval_batch = parallel.shard(next(input_pipeline.eval_batches(eval_source, config)))
-          compiled_eval = parallel.AheadOfTimeSteps(p_eval_step, (state, eval_batch), 'eval step', static=False,
-                                                    after=compiled_steps.masks)
-          if config.compile_ahead:  # Every level of the schedule in order, then the eval step.
-            for upcoming in fractions:
-              compiled_steps.prefetch(upcoming)
-            compiled_eval.prefetch(None)
-        if train_fraction != fraction:  # A new level of the schedule (or the first step of this run).
-          first = train_fraction is None
-          train_step, train_fraction = compiled_steps.get(fraction), fraction
-          window_compile_seconds += compiled_steps.wait_seconds.get(fraction, 0.0) + (
-              compiled_steps.wait_seconds.get('update', 0.0) if first else 0.0)
-        state, terms = train_step(state, batch, rng)
-        step += 1
-        epoch_steps += 1
-        window.append(terms)
-        progress.update(1)
-        if step % config.log_every_steps == 0:
-          flush_window(epoch, fraction, log=True)
-        signum = stop.requested(step, config.log_every_steps)
-        if signum is not None:
-          flush_window(epoch, fraction, log=False)
-          checkpoints.save_checkpoint(manager, checked_host_state(epoch), epoch - 1, config, data_info,
-                                      steps_into_epoch=epoch_steps)
-          manager.wait_until_finished()
-          progress.close()
-          writer.close()
-          raise TrainingInterrupted(
-              f'{signal.Signals(signum).name}: training stopped after step {step} (epoch {epoch}, step '
-              f'{epoch_steps} of it) and wrote its checkpoint to {manager.directory}. To resume, run the same '
-              f'command again{_resume_command()}', signum)
-      flush_window(epoch, fraction, log=False)  # Every step finite before this epoch's checkpoint can be written.
-      writer.write_scalars(step, {**compile_summary(compiled_steps), 'train_epoch_seconds': time.time() - epoch_start})
-      last = epoch == config.num_epochs
-      evaluate = last or epoch % config.eval_every_epochs == 0
-      save = last or epoch % config.checkpoint_every_epochs == 0
-      host_state = checked_host_state(epoch) if evaluate or save else None
-      if evaluate:
-        eval_step = compiled_eval.get(None) if compiled_eval is not None else p_eval_step
-        results, images = inference.evaluate_state(eval_step, state, eval_source, config)
-        writer.write_scalars(step, {f'eval_{k}': v for k, v in results.items()})
-        writer.write_images(step, images, config)
-        inference.log_results(f'eval at step {step} (epoch {epoch})', results)
-      if save:
-        checkpoints.save_checkpoint(manager, host_state, epoch, config, data_info)
-  except BaseException:  # The bar's line ends before main.py's paragraph; scalars.jsonl is closed, not leaked.
-    progress.close()
-    writer.close()
-    raise
-  finally:
-    if compiled_steps is not None:  # Also when training stops early (NonFiniteError): no compile left running.
-      compiled_steps.close()  # (compiled_eval shares its thread.)
-  progress.close()
-  manager.wait_until_finished()
-  if compiled_steps is not None:
-    compile_seconds, wait_seconds = compiled_steps.compile_seconds, compiled_steps.wait_seconds
+    compile_seconds, wait_seconds = self.steps.compile_seconds, self.steps.wait_seconds
     logging.info('Train step compiles: %d, %.1f s of compiling, %.1f s of it waited for (seconds compiled, '
                  'waited: %s).', len(compile_seconds), sum(compile_seconds.values()), sum(wait_seconds.values()),
                  {k if isinstance(k, str) else f'masks {k:.4f}': (round(v, 1), round(wait_seconds.get(k, 0.0), 1))
                   for k, v in compile_seconds.items()})
+
+
+class _LogWindow:
+  """The train metrics of the steps since the last log step, kept on the devices and read at the next one.
+
+  `check` reads them, stops on a non-finite step, and on a log step writes their means (the scalars, a log line
+  and the progress bar's postfix) and starts a new window; otherwise the window goes on into the next log step.
+  """
+
+  def __init__(self, config, total_steps: int, writer, progress, manager):
+    self._config, self._total_steps = config, total_steps
+    self._writer, self._progress, self._manager = writer, progress, manager
+    self._terms = []
+    self._start, self._compile_seconds = time.time(), 0.0
+
+  def add(self, terms, compile_seconds: float) -> None:
+    self._terms.append(terms)
+    self._compile_seconds += compile_seconds
+
+  def check(self, step: int, epoch: int, fraction: float, log: bool) -> None:
+    if not self._terms:
+      return
+    host = [parallel.unreplicate(terms) for terms in jax.device_get(self._terms)]
+    finite = np.array([h['finite'] for h in host])
+    if finite.min() < 1.0:
+      bad_step = step - len(self._terms) + int(np.argmin(finite)) + 1
+      checkpoints.wait(self._manager)
+      raise NonFiniteError(f'non-finite loss or gradient at step {bad_step} (epoch {epoch}); the update was skipped '
+                           f'and training stopped. {_last_good(self._manager)}')
+    if not log:
+      return
+    config = self._config
+    means = {k: float(np.mean([h[k] for h in host])) for k in host[0] if k not in ('finite', 'sampled_fraction')}
+    elapsed = max(time.time() - self._start - self._compile_seconds, 1e-9)
+    steps_per_second = len(self._terms) / elapsed
+    means.update(sampled_fraction=fraction, epoch=epoch, steps_per_second=steps_per_second,
+                 slices_per_second=steps_per_second * config.batch_size)
+    self._writer.write_scalars(step, {f'train_{k}': v for k, v in means.items()})
+    eta = (self._total_steps - step) / steps_per_second
+    terms = ' '.join(f'{k} {means[k]:.4f}' for k in ('loss', 'recon_loss', 'seg_loss', 'grad_norm') if k in means)
+    if jax.process_index() == 0:
+      logging.info('step %d/%d epoch %d/%d sampled_fraction %.4f %s | %.2f steps/s, %.1f slices/s, ETA %s', step,
+                   self._total_steps, epoch, config.num_epochs, fraction, terms, steps_per_second,
+                   means['slices_per_second'], _format_seconds(eta))
+    self._progress.set_postfix(loss=f"{means['loss']:.4f}", frac=f'{fraction:.3f}',
+                               slices_s=f"{means['slices_per_second']:.1f}")
+    self._terms.clear()
+    self._start, self._compile_seconds = time.time(), 0.0
+
+
+def _checked_host_state(state, step: int, epoch: int, manager):
+  """The state on the host, after checking every array (params, batch statistics, optimizer state) is finite: a
+  non-finite state is neither evaluated nor checkpointed."""
+  host_state = parallel.unreplicate(state)
+  bad = checkpoints.non_finite_arrays(host_state)
+  if bad:
+    checkpoints.wait(manager)
+    raise NonFiniteError(f'non-finite values in the train state after step {step} (epoch {epoch}): '
+                         f'{", ".join(bad[:4])}{", ..." if len(bad) > 4 else ""}; training stopped without '
+                         f'evaluating or writing a checkpoint. {_last_good(manager)}')
+  return host_state
+
+
+def _train_and_evaluate(config, workdir: str, stop: StopSignals) -> Dict[str, float]:
+  start = _start(config, workdir)
+  manager, eval_source = start.manager, start.eval_source
+  step = int(start.state.step)
+  state = parallel.replicate(start.state)
+  rng = parallel.replicate(jax.random.PRNGKey(config.seed + 1))
+  p_eval_step = parallel.pmap(functools.partial(steps.eval_step, model=start.model, config=config))
+  epochs = range(start.start_epoch, config.num_epochs + 1)
+  fractions = list(dict.fromkeys(steps.sampled_fraction_for_epoch(config, epoch) for epoch in epochs))
+  results = None
+  # Closed once, in reverse order, however the loop ends: the bar's line ends before main.py's paragraph, and
+  # scalars.jsonl is closed, not leaked.
+  with contextlib.ExitStack() as resources:
+    writer = resources.enter_context(contextlib.closing(
+        writer_lib.SummaryWriter(workdir, resume_step=step if start.resumed else None)))
+    progress = resources.enter_context(writer_lib.progress_bar(config, total=start.total_steps, initial=step))
+    programs = resources.enter_context(_Programs(start.model, start.tx, config, eval_source, p_eval_step, fractions))
+    window = _LogWindow(config, start.total_steps, writer, progress, manager)
+    writer.write_hparams(config)
+    for epoch in epochs:
+      fraction = steps.sampled_fraction_for_epoch(config, epoch)
+      epoch_start = time.time()
+      epoch_steps = start.skip_steps if epoch == start.start_epoch else 0
+      batches = input_pipeline.train_batches(start.train_source, config, epoch)
+      for batch in itertools.islice(batches, epoch_steps, None):  # The same order as an uninterrupted run.
+        batch = parallel.shard(batch)
+        # Step.
+        state, terms = programs.train_step(state, batch, rng, fraction)(state, batch, rng)
+        step, epoch_steps = step + 1, epoch_steps + 1
+        progress.update(1)
+        # Log.
+        window.add(terms, programs.waited())
+        if step % config.log_every_steps == 0:
+          window.check(step, epoch, fraction, log=True)
+        # Stop on a signal, with a checkpoint of the steps taken.
+        signum = stop.requested(step, config.log_every_steps)
+        if signum is not None:
+          window.check(step, epoch, fraction, log=False)
+          checkpoints.save_checkpoint(manager, _checked_host_state(state, step, epoch, manager), epoch - 1, config,
+                                      start.data_info, steps_into_epoch=epoch_steps)
+          checkpoints.wait(manager)
+          raise TrainingInterrupted(
+              f'{signal.Signals(signum).name}: training stopped after step {step} (epoch {epoch}, step '
+              f'{epoch_steps} of it) and wrote its checkpoint to {manager.directory}. To resume, run the same '
+              f'command again{_resume_command()}', signum)
+      window.check(step, epoch, fraction, log=False)  # Every step finite before this epoch's checkpoint is written.
+      writer.write_scalars(step, {**programs.summary(), 'train_epoch_seconds': time.time() - epoch_start})
+      last = epoch == config.num_epochs
+      evaluate = last or epoch % config.eval_every_epochs == 0
+      save = last or epoch % config.checkpoint_every_epochs == 0
+      host_state = _checked_host_state(state, step, epoch, manager) if evaluate or save else None
+      # Evaluate.
+      if evaluate:
+        results, images = inference.evaluate_state(programs.eval_step(), state, eval_source, config)
+        writer.write_scalars(step, {f'eval_{k}': v for k, v in results.items()})
+        writer.write_images(step, images, config)
+        inference.log_results(f'eval at step {step} (epoch {epoch})', results)
+      # Checkpoint.
+      if save:
+        checkpoints.save_checkpoint(manager, host_state, epoch, config, start.data_info)
+    progress.close()
+    checkpoints.wait(manager)
+    programs.log_summary()
+    summary = programs.summary()
   if results is None:  # Resumed after the last epoch: evaluate the restored state.
     results, _ = inference.evaluate_state(p_eval_step, state, eval_source, config)
-  reporting.write_results(workdir, config, results, extra={**compile_summary(compiled_steps),
-                                                           'step': step, 'seed': config.seed,
+  reporting.write_results(workdir, config, results, extra={**summary, 'step': step, 'seed': config.seed,
                                                            'config': checkpoints.jsonable(config.to_dict())},
                           per_slice=results.per_slice)
-  writer.close()
   return results

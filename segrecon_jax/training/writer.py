@@ -8,6 +8,7 @@ import jax
 import numpy as np
 
 from segrecon_jax.training import reporting
+from segrecon_jax.training import workdir as workdir_lib
 
 
 SCALARS_FILE = 'scalars.jsonl'  # Under the workdir: one JSON object per write, {"step": s, "<tag>": value, ...}.
@@ -19,16 +20,29 @@ class SummaryWriter:
   Two backends, as CLU's MultiWriter: TensorBoard event files under `workdir/tensorboard` (tensorboardX, no
   TensorFlow) for people, and `workdir/scalars.jsonl` (`SCALARS_FILE`) for tools such as the study, which read it
   with `read_scalars` and never parse event files. Each line is flushed when written, so a killed run keeps every
-  scalar it logged; a resumed run appends the steps after its checkpoint again, and the later value wins.
+  scalar it logged. A run writes the steps after the one it starts from again, so the scalars an earlier, aborted
+  run logged past that step are dropped when the writer opens (`resume_step`): one row per step and tag remains.
+  TensorBoard hides those steps' old events likewise (tensorboardX's `purge_step`).
   """
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, resume_step: Optional[int] = None):
+    """Opens the writers of `workdir`.
+
+    Args:
+      workdir: the run's folder.
+      resume_step: the step of the checkpoint the run resumes from: rows of later steps are removed from
+        `scalars.jsonl`. None, a run from scratch, removes every row.
+    """
     self._writer = None
     self._jsonl = None
     if jax.process_index() == 0:
       from tensorboardX import SummaryWriter as _Writer  # pylint: disable=g-import-not-at-top
-      self._writer = _Writer(os.path.join(workdir, 'tensorboard'))
-      self._jsonl = open(os.path.join(workdir, SCALARS_FILE), 'a')
+      self._writer = _Writer(os.path.join(workdir, 'tensorboard'),
+                             purge_step=0 if resume_step is None else int(resume_step) + 1)
+      path = os.path.join(workdir, SCALARS_FILE)
+      if resume_step is not None:
+        _drop_rows_after(path, int(resume_step))
+      self._jsonl = open(path, 'w' if resume_step is None else 'a')
 
   def write_scalars(self, step: int, scalars: Dict[str, float]) -> None:
     if self._writer:
@@ -58,6 +72,29 @@ class SummaryWriter:
     if self._writer:
       self._writer.close()
       self._jsonl.close()
+
+
+def _drop_rows_after(path: str, step: int) -> None:
+  """Rewrites `scalars.jsonl` without its rows of steps after `step` and without a last line cut short by a kill
+  (the next row would be appended to it); a line that is not a record stays, for `read_scalars` to name."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    text = f.read()
+  lines = text.split('\n')
+  kept = []
+  for number, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    try:
+      if int(json.loads(line)['step']) <= step:
+        kept.append(line)
+    except (ValueError, KeyError, TypeError):
+      if number != len(lines):  # Not the unterminated last line of a killed run.
+        kept.append(line)
+  rewritten = ''.join(line + '\n' for line in kept)
+  if rewritten != text:
+    workdir_lib.write_text_atomic(path, rewritten)
 
 
 def read_scalars(workdir: str) -> Dict[str, Dict[int, float]]:

@@ -1,0 +1,173 @@
+"""The report's answer beyond the paper's tables: does the gain survive longer training (`study converge`), how it
+compares with two-stage and pretrain-then-fine-tune pipelines (`study baselines`), and the trade-off of every
+method between focal reconstruction gain and Dice (the Pareto figure)."""
+
+import os
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from segrecon_jax import stats
+from segrecon_jax.study import figures
+from segrecon_jax.study import plan
+from segrecon_jax.study import results as results_lib
+
+DIFFERENCES = ('psnr', 'f_psnr', 'f_ssim')
+CURVE_TAGS = (('PSNR', 'eval_psnr'), ('F-PSNR', 'eval_f_psnr'))
+DICE_MARGIN = 0.02  # The target: segments within this much mean Dice of the two-stage baseline.
+
+
+def _rows(parent_of: Any, names: Sequence[str]) -> Dict[Tuple[str, int], Dict[int, Dict[str, Any]]]:
+  found = {}
+  for name in names:
+    for acceleration in plan.ACCELERATIONS:
+      runs = results_lib.row_runs(os.path.dirname(parent_of(name, acceleration)))
+      if runs:
+        found[(name, acceleration)] = runs
+  return found
+
+
+def collect_converge(root: str) -> Dict[Tuple[str, int], Dict[int, Dict[str, Any]]]:
+  return _rows(lambda name, a: plan.converge_dir(root, name, a, 0), [m[0] for m in plan.CONVERGENCE_METHODS])
+
+
+def collect_baselines(root: str) -> Dict[Tuple[str, int], Dict[int, Dict[str, Any]]]:
+  found = _rows(lambda name, a: plan.baseline_dir(root, name, a, 0), plan.BASELINES)
+  for acceleration in plan.ACCELERATIONS:
+    solo = results_lib.row_runs(os.path.dirname(plan.run_dir(root, 'cascade', acceleration, False, 0)))
+    if solo:
+      found[('solo', acceleration)] = solo
+  return found
+
+
+def _cell(record: Optional[Dict[str, Any]], digits: int = 2) -> str:
+  if record is None:
+    return '-'
+  return f'{record["effect"]:+.{digits}f} [{record["low"]:+.{digits}f}, {record["high"]:+.{digits}f}]'
+
+
+def _paired(a, b, key) -> Optional[Dict[str, Any]]:
+  return stats.compare(results_lib.per_slice(a), results_lib.per_slice(b), key, plan.SIGNS.get(key, 1))
+
+
+def _eval_curve(run: Dict[str, Any], tag: str) -> Dict[int, float]:
+  return {int(step): float(value) for step, value in run['scalars'].get(tag, {}).items()}
+
+
+def convergence_section(root: str, figure_path: str) -> str:
+  """The recommended joint model minus solo CascadeNet, both trained CONVERGENCE_FACTOR x the switch's epochs: the
+  paired difference of the eval means at every evaluation (per seed: the same seed's two runs), drawn against the
+  training step, and at the end per slice with intervals."""
+  found = collect_converge(root)
+  solo_name, joint_name = plan.CONVERGENCE_METHODS[0][0], plan.CONVERGENCE_METHODS[1][0]
+  series, lines = {}, []
+  for acceleration in plan.ACCELERATIONS:
+    solo, joint = found.get((solo_name, acceleration)), found.get((joint_name, acceleration))
+    seeds = sorted(set(solo or ()) & set(joint or ()))
+    if not seeds:
+      continue
+    for label, tag in CURVE_TAGS:
+      per_seed = {}
+      for seed in seeds:
+        a, b = _eval_curve(joint[seed], tag), _eval_curve(solo[seed], tag)
+        steps = sorted(set(a) & set(b))
+        per_seed[seed] = (np.array(steps), np.array([a[s] - b[s] for s in steps]))
+      series.setdefault(f'x{acceleration}', {})[tag] = per_seed
+    end = {key: _paired({s: joint[s] for s in seeds}, {s: solo[s] for s in seeds}, key) for key in DIFFERENCES}
+    by_step = series[f'x{acceleration}']['eval_f_psnr']
+    common = sorted(set.intersection(*(set(s.tolist()) for s, _ in by_step.values())))
+    mid = [f'{step}: {np.mean([dict(zip(s.tolist(), d))[step] for s, d in by_step.values()]):+.2f}'
+           for step in common]
+    lines.append(f'| {acceleration} | {len(seeds)} | {int(max(common)) if common else "-"} | '
+                 + ' | '.join(_cell(end[k], 2 if k.endswith('psnr') else 4) for k in DIFFERENCES)
+                 + f' | {", ".join(mid)} |')
+  if not lines:
+    return ''
+  figures.difference_curves(figure_path, series, CURVE_TAGS,
+                            f'{plan.CONVERGENCE_METHODS[1][1]} minus solo CascadeNet, {plan.CONVERGENCE_FACTOR}x the '
+                            'epochs (one line per seed, the mean in black)')
+  header = ('| x | seeds | steps | ' + ' | '.join(f'{plan.NAMES[k]} - solo at the end' for k in DIFFERENCES)
+            + ' | F-PSNR - solo along training (step: mean over seeds of the eval means) |')
+  return '\n'.join([header, '|' + '---|' * (4 + len(DIFFERENCES))] + lines) + '\n'
+
+
+def baseline_rows(root: str) -> List[Dict[str, Any]]:
+  """Each baseline and end-to-end joint method at the study budget: paired differences against solo CascadeNet, its
+  mean Dice (over seeds of the slice means, interval over seeds and slices), its Dice minus the two-stage
+  baseline's (paired per slice), and the target: F-PSNR and F-SSIM above solo with intervals excluding 0, mean
+  PSNR not below solo's, mean Dice within DICE_MARGIN of two-stage."""
+  found = collect_baselines(root)
+  losses = results_lib.collect_losses(root)
+  table2 = results_lib.collect(root)
+  rows = []
+  for acceleration in plan.ACCELERATIONS:
+    solo, two_stage = found.get(('solo', acceleration)), found.get(('two_stage', acceleration))
+    candidates = [(plan.BASELINE_LABELS[name], found.get((name, acceleration))) for name in plan.BASELINES]
+    candidates += [(f'{method}', table2.get((method, acceleration))) for _, method, experiment, _ in plan.ROWS
+                   if experiment == 'cascade_manet']
+    candidates += [(m.label, losses.get((m.name, acceleration))) for m in plan.LOSS_METHODS
+                   if m.experiment == 'cascade_manet']
+    for label, runs in candidates:
+      records = list(results_lib.per_slice(runs).values()) if runs else []
+      if not runs or not records or any('dice_mean' not in record['metrics'] for record in records):
+        continue
+      groups = [np.asarray(record['metrics']['dice_mean'], np.float64) for record in records]
+      groups = [g[np.isfinite(g)] for g in groups]
+      dice = float(np.mean([g.mean() for g in groups]))
+      low, high = (stats.hierarchical_bootstrap_interval(groups) if len(groups) > 1
+                   else stats.bootstrap_interval(groups[0]))
+      row = {'label': label, 'acceleration': acceleration, 'seeds': sorted(runs), 'dice': dice,
+             'dice_interval': (dice, low, high),
+             'differences': {k: _paired(runs, solo, k) if solo else None for k in DIFFERENCES},
+             'dice_vs_two_stage': _paired(runs, two_stage, 'dice_mean') if two_stage else None}
+      d, dice = row['differences'], row['dice_vs_two_stage']
+      row['target'] = bool(all(d[k] is not None and d[k]['low'] > 0 for k in ('f_psnr', 'f_ssim'))
+                           and d['psnr'] is not None and d['psnr']['effect'] >= 0
+                           and dice is not None and dice['effect'] >= -DICE_MARGIN)
+      rows.append(row)
+  return rows
+
+
+def baselines_section(root: str) -> str:
+  rows = baseline_rows(root)
+  if not any(row['label'] in plan.BASELINE_LABELS.values() for row in rows):
+    return ''
+  lines = ['| Method | x | seeds | Dice | Dice - two-stage | ' + ' | '.join(f'{plan.NAMES[k]} - solo' for k in DIFFERENCES)
+           + ' | target |', '|' + '---|' * (6 + len(DIFFERENCES))]
+  for row in rows:
+    lines.append(f'| {row["label"]} | {row["acceleration"]} | {len(row["seeds"])} | {row["dice"]:.3f} | '
+                 f'{_cell(row["dice_vs_two_stage"], 3)} | '
+                 + ' | '.join(_cell(row['differences'][k], 2 if k.endswith('psnr') else 4) for k in DIFFERENCES)
+                 + f' | {"yes" if row["target"] else "no"} |')
+  return '\n'.join(lines) + '\n'
+
+
+def pareto_front(points: Sequence[Tuple[float, float]]) -> List[int]:
+  """Indices of the points no other point beats on both coordinates (higher is better on each)."""
+  front = []
+  for i, (x, y) in enumerate(points):
+    if not any((u >= x and v >= y) and (u > x or v > y) for j, (u, v) in enumerate(points) if j != i):
+      front.append(i)
+  return front
+
+
+def pareto_section(root: str, figure_path: str) -> str:
+  """F-PSNR gain over solo CascadeNet against mean Dice, one point per method and acceleration with intervals, the
+  Pareto front of each acceleration marked."""
+  rows = [r for r in baseline_rows(root) if r['differences']['f_psnr'] is not None]
+  if not rows:
+    return ''
+  points = []
+  for row in rows:
+    f_psnr = row['differences']['f_psnr']
+    points.append({'label': row['label'], 'acceleration': row['acceleration'], 'dice': row['dice_interval'],
+                   'gain': (f_psnr['effect'], f_psnr['low'], f_psnr['high'])})
+  front = set()
+  for acceleration in plan.ACCELERATIONS:
+    indices = [i for i, p in enumerate(points) if p['acceleration'] == acceleration]
+    front |= {indices[k] for k in pareto_front([(points[i]['dice'][0], points[i]['gain'][0]) for i in indices])}
+  figures.pareto(figure_path, points, sorted(front),
+                 'F-PSNR gain over solo CascadeNet against Dice\n(95% intervals over seeds and slices; ringed and '
+                 'joined: the Pareto front of each acceleration)')
+  names = [f'{points[i]["label"]} (x{points[i]["acceleration"]})' for i in sorted(front)]
+  return 'On the Pareto front: ' + '; '.join(names) + '.\n'

@@ -1,0 +1,126 @@
+"""The study beyond the paper's tables: convergence runs, the two-stage and pretrain-then-fine-tune baselines, and the
+Pareto figure, on synthetic run folders."""
+
+import os
+import subprocess
+
+import numpy as np
+import pytest
+
+from segrecon_jax.study import baselines
+from segrecon_jax.study import cli
+from segrecon_jax.study import plan
+from segrecon_jax.study import report
+from segrecon_jax.study import runner
+from tests import study_test
+
+
+def test_convergence_and_baseline_plans():
+  settings = plan.Settings('cpu_study', ('--config.image_size=64',))
+  runs = plan.converge_runs('/r', settings, [1], epochs=16, patience=8, accelerations=[8])
+  assert [r.workdir for r in runs] == ['/r/converge/cascade_x8/seed1', '/r/converge/grad_norm_0.1_x8/seed1']
+  assert runs[1].flags[:3] == ('--config=configs/cascade_manet.py:x8_stab,cpu_study', '--config.loss_balancing=grad_norm',
+                               '--config.balance_ratio=0.1')
+  assert {'--config.num_epochs=64', '--config.patience=32', '--config.eval_every_epochs=8'} <= set(runs[0].flags)
+  first, second = plan.baseline_runs('/r', settings, [0], epochs=16, accelerations=[4])
+  assert [r.workdir for r in first] == ['/r/cascade_x4/seed0', '/r/baselines/pretrain_x4/seed0']
+  assert '--config.num_epochs=8' in first[1].flags
+  two_stage, finetune = second
+  assert {'--config.init_from=/r/cascade_x4/seed0', '--config.freeze_recon=True',
+          '--config.model.stop_gradient=True'} <= set(two_stage.flags)
+  assert {'--config.init_from=/r/baselines/pretrain_x4/seed0', '--config.num_epochs=8',
+          '--config.loss_balancing=grad_norm'} <= set(finetune.flags)
+  assert '_stab' not in finetune.flags[0]
+
+
+def test_baselines_start_after_the_runs_they_start_from(tmp_path, monkeypatch):
+  calls = []
+  monkeypatch.setattr(runner.subprocess, 'Popen', study_test._fake_popen(calls))  # pylint: disable=protected-access
+  cli.main(['baselines', f'--root={tmp_path}', '--switch=cpu_study', '--seeds=0', '--accelerations=4', '--jobs=2'])
+  workdirs = [c[-1].split('=', 1)[1] for c in calls]
+  assert workdirs == [plan.run_dir(str(tmp_path), 'cascade', 4, False, 0),
+                      plan.baseline_dir(str(tmp_path), 'pretrain', 4, 0),
+                      plan.baseline_dir(str(tmp_path), 'two_stage', 4, 0),
+                      plan.baseline_dir(str(tmp_path), 'finetune', 4, 0)]
+  calls.clear()
+  cli.main(['converge', f'--root={tmp_path}', '--switch=cpu_study', '--seeds=0', '--accelerations=4'])
+  assert '--config.num_epochs=64' in calls[0]  # cpu_study: 16 epochs
+
+
+def test_pareto_front():
+  points = [(0.7, -0.5), (0.6, 0.3), (0.5, 0.2), (0.55, 0.4), (0.7, -0.6)]
+  assert baselines.pareto_front(points) == [0, 1, 3]
+
+
+def _metrics(rng, base, psnr, focus, dice):
+  found = study_test.row_metrics(rng, base, 0.0, noise=0.02)
+  found['psnr'] = found['psnr'] + psnr
+  found['f_psnr'] = found['f_psnr'] + focus
+  found['f_ssim'] = found['f_ssim'] + focus / 10
+  found['dice_mean'] = np.clip(dice + rng.normal(0, 0.01, base.size), 0, 1)
+  return found
+
+
+def test_report_answers_convergence_baselines_and_the_target(tmp_path):
+  """The joint model's F-PSNR gain shrinks along training to +0.1 at the end; two-stage segments at 0.80, fine-tune
+  beats solo everywhere but segments at 0.70 (misses the Dice target); a method at +0.3 F-PSNR, +0.1 PSNR and Dice
+  0.79 meets it."""
+  root = str(tmp_path / 'runs')
+  rng = np.random.default_rng(0)
+  ids = [f's{i:02d}/0/0' for i in range(30)]
+  base = rng.normal(28, 1, 30)
+  steps = [100, 200, 300, 400]
+  for acceleration in (4, 8):
+    for seed in (0, 1):
+      write = study_test.write_run
+      write(plan.run_dir(root, 'cascade', acceleration, False, seed), ids, _metrics(rng, base, 0, 0, 0.0))
+      write(plan.baseline_dir(root, 'two_stage', acceleration, seed), ids, _metrics(rng, base, 0, 0, 0.80))
+      write(plan.baseline_dir(root, 'finetune', acceleration, seed), ids, _metrics(rng, base, 0.2, 0.3, 0.70))
+      write(plan.loss_dir(root, 'grad_norm_0.1', acceleration, seed), ids, _metrics(rng, base, 0.1, 0.3, 0.79))
+      solo_curve = [(s, {'eval_psnr': 20 + s / 100, 'eval_f_psnr': 21 + s / 100}) for s in steps]
+      joint_curve = [(s, {'eval_psnr': 20.1 + s / 100, 'eval_f_psnr': 21 + s / 100 + 0.5 - s / 1000}) for s in steps]
+      write(plan.converge_dir(root, 'cascade', acceleration, seed), ids, _metrics(rng, base, 0, 0, 0.0),
+            scalars=solo_curve)
+      write(plan.converge_dir(root, 'grad_norm_0.1', acceleration, seed), ids, _metrics(rng, base, 0.1, 0.1, 0.8),
+            scalars=joint_curve)
+  rows = {(r['label'], r['acceleration']): r for r in baselines.baseline_rows(root)}
+  finetune = rows[(plan.BASELINE_LABELS['finetune'], 8)]
+  assert finetune['differences']['f_psnr']['effect'] == pytest.approx(0.3, abs=0.03)
+  assert finetune['dice_vs_two_stage']['effect'] == pytest.approx(-0.10, abs=0.01) and not finetune['target']
+  recommended = next(m.label for m in plan.LOSS_METHODS if m.name == 'grad_norm_0.1')
+  assert rows[(recommended, 4)]['target'] and rows[(recommended, 8)]['target']
+  assert not rows[(plan.BASELINE_LABELS['two_stage'], 4)]['target']  # no focal gain
+  out = str(tmp_path / 'acdc.md')
+  report.report(root, out)
+  text = open(out).read()
+  convergence = text.split('## Does the gain survive longer training?')[1].split('##')[0]
+  assert '| 4 | 2 | 400 | +0.10 [' in convergence  # F-PSNR ... at the end; PSNR first
+  assert '100: +0.40, 200: +0.30, 300: +0.20, 400: +0.10' in convergence
+  assert '## Against two-stage and pretrain-then-fine-tune pipelines' in text
+  assert 'On the Pareto front:' in text and f'{recommended} (x4)' in text.split('On the Pareto front:')[1]
+  for name in ('convergence.png', 'pareto.png'):
+    assert os.path.getsize(tmp_path / 'figures' / 'acdc' / name) > 1000
+
+
+def test_finished_runs_are_packed_and_resume_a_root_elsewhere(tmp_path):
+  """benchmarks/study_runs.sh keeps what the report and the runner read, not checkpoints; an unpacked root skips its
+  finished runs and reports as the original."""
+  root, copy = str(tmp_path / 'root'), str(tmp_path / 'copy')
+  rng = np.random.default_rng(0)
+  ids = [f's{i:02d}/0/0' for i in range(5)]
+  for seed in (0, 1):
+    study_test.write_run(plan.run_dir(root, 'cascade', 4, False, seed), ids,
+                         _metrics(rng, rng.normal(28, 1, 5), 0, 0, 0.0), scalars=[(1, {'train_loss': 0.5})])
+  unfinished = plan.run_dir(root, 'cascade', 8, False, 0)
+  os.makedirs(os.path.join(unfinished, 'checkpoints', '5'))
+  plan.save_settings(root, plan.Settings('cpu_study'))
+  script = os.path.join(study_test.REPO, 'benchmarks', 'study_runs.sh')
+  archive = str(tmp_path / 'runs.tar.gz')
+  subprocess.run(['bash', script, 'pack', root, archive], check=True, capture_output=True)
+  out = subprocess.run(['bash', script, 'unpack', archive, copy], check=True, capture_output=True, text=True).stdout
+  assert 'unpacked 2 finished run(s)' in out
+  assert plan.load_settings(copy) == plan.Settings('cpu_study')
+  assert sorted(os.listdir(os.path.join(copy, 'cascade_x4', 'seed0'))) == ['metrics.json', 'per_slice.json',
+                                                                          'scalars.jsonl']
+  assert not os.path.exists(os.path.join(copy, 'cascade_x8'))
+  assert report.results_lib.collect(copy).keys() == report.results_lib.collect(root).keys()
