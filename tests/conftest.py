@@ -24,18 +24,28 @@ if _FLAG not in os.environ.get('XLA_FLAGS', ''):
 os.environ.setdefault('JAX_DISABLE_MOST_OPTIMIZATIONS', '1')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
-# One persistent XLA compilation cache for the session, shared by this process and the main.py subprocesses the tests
-# start (they inherit the environment): many tests compile the same tiny programs again (a run and its resume, the
-# same config in several tests), and a cache hit replaces the compile. Tests that set config.compilation_cache_dir
-# themselves still use their own folder.
-if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
-  _CACHE = tempfile.mkdtemp(prefix='segrecon_jax_tests_xla_cache_')
-  atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
-  os.environ['JAX_COMPILATION_CACHE_DIR'] = _CACHE
-  os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
-
 # The repository root (configs/, tfds_ocmr/) is importable without installing the project.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def pytest_configure(config):
+  """One persistent XLA compilation cache, shared by this process and the main.py subprocesses the tests start (they
+  inherit the environment): many tests compile the same tiny programs again (a run and its resume, the same config in
+  several tests), and a cache hit replaces the compile. It lives in pytest's cache folder
+  (.pytest_cache/d/xla_compilation_cache), so a later session reuses every program that has not changed since (an
+  entry is keyed by the program, its compile options and the jax version; `--cache-clear` empties the folder); without
+  pytest's cache (`-p no:cacheprovider`), in a folder of the session's own. Tests that set
+  config.compilation_cache_dir themselves still use their own folder. (pytest calls this before it imports the test
+  modules, so before anything imports jax.)"""
+  if 'JAX_COMPILATION_CACHE_DIR' in os.environ:
+    return
+  if hasattr(config, 'cache'):
+    cache = str(config.cache.mkdir('xla_compilation_cache'))
+  else:
+    cache = tempfile.mkdtemp(prefix='segrecon_jax_tests_xla_cache_')
+    atexit.register(shutil.rmtree, cache, ignore_errors=True)
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = cache
+  os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 
 
 @pytest.fixture(scope='session')

@@ -18,6 +18,7 @@ def options_config(data_dir, num_epochs, **overrides):
                                 checkpoint_every_epochs=1, compile_ahead=False, **overrides)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('overrides', [
     {'loss_balancing': 'grad_norm', 'focus_weight': 3.0, 'focus_source': 'reference'},
     {'loss_balancing': 'uncertainty', 'focus_weight': 3.0, 'focus_source': 'prediction'},

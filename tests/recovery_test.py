@@ -212,6 +212,7 @@ app.run(main.main, flags_parser=main.parse_flags)
 """
 
 
+@pytest.mark.slow
 def test_a_checkpoint_that_cannot_be_written_ends_the_process(data_dir, trained, tmp_path):
   """A resume whose checkpoints/ cannot be written (a read-only mount; a fake here, as chmod does not stop root):
   main.py prints the paragraph and the process ends, exit code 2. The step folder was made by orbax's background
