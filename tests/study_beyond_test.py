@@ -17,8 +17,11 @@ from tests import study_test
 
 def test_convergence_and_baseline_plans():
   settings = plan.Settings('cpu_study', ('--config.image_size=64',))
-  runs = plan.converge_runs('/r', settings, [1], epochs=16, patience=8, accelerations=[8])
+  runs, (long_two_stage,) = plan.converge_runs('/r', settings, [1], epochs=16, patience=8, accelerations=[8])
   assert [r.workdir for r in runs] == ['/r/converge/cascade_x8/seed1', '/r/converge/grad_norm_0.1_x8/seed1']
+  assert long_two_stage.workdir == '/r/converge/two_stage_x8/seed1'
+  assert {'--config.init_from=/r/converge/cascade_x8/seed1', '--config.freeze_recon=True',
+          '--config.num_epochs=64', '--config.eval_every_epochs=8'} <= set(long_two_stage.flags)
   assert runs[1].flags[:3] == ('--config=configs/cascade_manet.py:x8_stab,cpu_study', '--config.loss_balancing=grad_norm',
                                '--config.balance_ratio=0.1')
   assert {'--config.num_epochs=64', '--config.patience=32', '--config.eval_every_epochs=8'} <= set(runs[0].flags)
@@ -45,6 +48,8 @@ def test_baselines_start_after_the_runs_they_start_from(tmp_path, monkeypatch):
   calls.clear()
   cli.main(['converge', f'--root={tmp_path}', '--switch=cpu_study', '--seeds=0', '--accelerations=4'])
   assert '--config.num_epochs=64' in calls[0]  # cpu_study: 16 epochs
+  assert [c[-1].split('=', 1)[1] for c in calls] == [plan.converge_dir(str(tmp_path), name, 4, 0)
+                                                     for name in ('cascade', 'grad_norm_0.1', 'two_stage')]
 
 
 def test_pareto_front():
@@ -83,6 +88,8 @@ def test_report_answers_convergence_baselines_and_the_target(tmp_path):
             scalars=solo_curve)
       write(plan.converge_dir(root, 'grad_norm_0.1', acceleration, seed), ids, _metrics(rng, base, 0.1, 0.1, 0.8),
             scalars=joint_curve)
+      if acceleration == 4:  # x8 has no two-stage run at the longer budget: its target cannot be decided.
+        write(plan.converge_dir(root, 'two_stage', acceleration, seed), ids, _metrics(rng, base, 0, 0, 0.81))
   rows = {(r['label'], r['acceleration']): r for r in baselines.baseline_rows(root)}
   finetune = rows[(plan.BASELINE_LABELS['finetune'], 8)]
   assert finetune['differences']['f_psnr']['effect'] == pytest.approx(0.3, abs=0.03)
@@ -95,6 +102,11 @@ def test_report_answers_convergence_baselines_and_the_target(tmp_path):
   text = open(out).read()
   convergence = text.split('## Does the gain survive longer training?')[1].split('##')[0]
   assert '| 4 | 2 | 400 | +0.10 [' in convergence  # F-PSNR ... at the end; PSNR first
+  x4_line, x8_line = [line for line in convergence.splitlines() if line.startswith(('| 4 |', '| 8 |'))]
+  dice, versus, target = [cell.strip() for cell in x4_line.split('|')[7:10]]
+  assert float(dice) == pytest.approx(0.80, abs=0.005) and float(versus.split()[0]) == pytest.approx(-0.01, abs=0.005)
+  assert target == 'yes'  # within 0.02 Dice of the two-stage baseline at the same budget
+  assert x8_line.split('|')[8:10] == [' - ', ' no two-stage run at this budget ']
   assert '100: +0.40, 200: +0.30, 300: +0.20, 400: +0.10' in convergence
   assert '## Against two-stage and pretrain-then-fine-tune pipelines' in text
   assert 'On the Pareto front:' in text and f'{recommended} (x4)' in text.split('On the Pareto front:')[1]

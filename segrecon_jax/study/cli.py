@@ -103,13 +103,15 @@ def _run(args, settings) -> None:
   elif args.action in ('converge', 'baselines'):
     schedule = runner.run_config(plan.table_runs(args.root, settings, seeds[:1], [2], accelerations[:1],
                                                  ['cascade'])[0].flags)
+    # Both start some runs from finished ones (the two-stage baselines from a solo run): those first, then the rest.
     if args.action == 'converge':
-      runs = plan.converge_runs(args.root, settings, seeds, schedule.num_epochs, schedule.patience, accelerations)
-    else:  # The baselines start from finished runs: those first, then the baselines.
+      first, runs = plan.converge_runs(args.root, settings, seeds, schedule.num_epochs, schedule.patience,
+                                       accelerations)
+    else:
       first, runs = plan.baseline_runs(args.root, settings, seeds, schedule.num_epochs, accelerations)
-      runner.check_runs(first + runs)
-      plan.save_settings(args.root, settings)
-      runner.run_all(first, args.seconds_per_step, args.jobs)
+    runner.check_runs(first + runs)
+    plan.save_settings(args.root, settings)
+    runner.run_all(first, args.seconds_per_step, args.jobs)
   else:
     runs = plan.attention_runs(args.root, settings, seeds, accelerations)
   runner.check_runs(runs)  # Check first, record after: a refused call leaves no study.json behind.

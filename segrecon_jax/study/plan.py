@@ -255,19 +255,32 @@ def converge_dir(root: str, name: str, acceleration: int, seed: int) -> str:
   return os.path.join(root, 'converge', f'{name}_x{acceleration}', f'seed{seed}')
 
 
-def converge_runs(root: str, settings: Settings, seeds: Sequence[int], epochs: int, patience: int,
-                  accelerations: Sequence[int] = ACCELERATIONS) -> List[Run]:
-  """Every (convergence method, acceleration, seed) at CONVERGENCE_FACTOR x `epochs` (the switch's num_epochs) with
-  the ramp over CONVERGENCE_FACTOR x `patience` epochs."""
+def _converge_schedule(epochs: int, patience: int) -> Tuple[Tuple[str, int], ...]:
   total = CONVERGENCE_FACTOR * epochs
   every = max(total // CONVERGENCE_POINTS, 1)
-  schedule = (('num_epochs', total), ('patience', CONVERGENCE_FACTOR * patience), ('eval_every_epochs', every),
-              ('checkpoint_every_epochs', every))
-  return [Run(f'{label} x{acceleration} seed {seed}, {CONVERGENCE_FACTOR}x the epochs',
-              _flags(settings, experiment, acceleration, stabilized, seed, fields + schedule),
-              converge_dir(root, name, acceleration, seed))
-          for seed in seeds for acceleration in accelerations
-          for name, label, experiment, stabilized, fields in CONVERGENCE_METHODS]
+  return (('num_epochs', total), ('patience', CONVERGENCE_FACTOR * patience), ('eval_every_epochs', every),
+          ('checkpoint_every_epochs', every))
+
+
+def converge_runs(root: str, settings: Settings, seeds: Sequence[int], epochs: int, patience: int,
+                  accelerations: Sequence[int] = ACCELERATIONS) -> Tuple[List[Run], List[Run]]:
+  """(every (convergence method, acceleration, seed) at CONVERGENCE_FACTOR x `epochs` (the switch's num_epochs)
+  with the ramp over CONVERGENCE_FACTOR x `patience` epochs; the two-stage baseline at that budget, which starts from
+  the first list's solo run: MANet trained as long on its frozen outputs, the segmentation reference of the target
+  at the longer budget). The second list needs the first finished."""
+  schedule = _converge_schedule(epochs, patience)
+  first = [Run(f'{label} x{acceleration} seed {seed}, {CONVERGENCE_FACTOR}x the epochs',
+               _flags(settings, experiment, acceleration, stabilized, seed, fields + schedule),
+               converge_dir(root, name, acceleration, seed))
+           for seed in seeds for acceleration in accelerations
+           for name, label, experiment, stabilized, fields in CONVERGENCE_METHODS]
+  second = [Run(f'{BASELINE_LABELS["two_stage"]} x{acceleration} seed {seed}, {CONVERGENCE_FACTOR}x the epochs',
+                _flags(settings, 'cascade_manet', acceleration, False, seed,
+                       _two_stage_fields(converge_dir(root, CONVERGENCE_METHODS[0][0], acceleration, seed))
+                       + schedule),
+                converge_dir(root, 'two_stage', acceleration, seed))
+            for seed in seeds for acceleration in accelerations]
+  return first, second
 
 
 # Baselines beside end-to-end training (docs/results.md), each from a solo CascadeNet:
@@ -281,6 +294,10 @@ BASELINES = ('two_stage', 'finetune')
 BASELINE_LABELS = {'two_stage': 'two-stage: CascadeNet, then MANet on its frozen outputs',
                    'finetune': 'CascadeNet pretrained, then fine-tuned jointly (grad-norm 0.1)',
                    'pretrain': 'CascadeNet, first half of the epochs (the fine-tune\'s start)'}
+
+
+def _two_stage_fields(solo_workdir: str) -> Tuple[Tuple[str, object], ...]:
+  return (('init_from', solo_workdir), ('freeze_recon', True), ('model.stop_gradient', True))
 
 
 def baseline_dir(root: str, name: str, acceleration: int, seed: int) -> str:
@@ -303,8 +320,7 @@ def baseline_runs(root: str, settings: Settings, seeds: Sequence[int], epochs: i
                        pretrain))
       solo = run_dir(root, 'cascade', acceleration, False, seed)
       second.append(Run(f'{BASELINE_LABELS["two_stage"]} x{acceleration} seed {seed}',
-                        _flags(settings, 'cascade_manet', acceleration, False, seed,
-                               (('init_from', solo), ('freeze_recon', True), ('model.stop_gradient', True))),
+                        _flags(settings, 'cascade_manet', acceleration, False, seed, _two_stage_fields(solo)),
                         baseline_dir(root, 'two_stage', acceleration, seed)))
       second.append(Run(f'{BASELINE_LABELS["finetune"]} x{acceleration} seed {seed}',
                         _flags(settings, 'cascade_manet', acceleration, False, seed,
