@@ -9,8 +9,9 @@ Presets and switches (`configs/<experiment>.py:<preset>[,<switch>...]`) are pars
             64x64 phantom_medium, trained longer with a faster optimizer)
             paper_regime (cpu_study's data, image size and widths trained with the paper's optimizer for 100
             epochs at batch 16)
-            acdc_study (cpu_study's widths and optimizer on real anatomy: a labelled magnitude folder such as ACDC's
-            2-D slices, `--config.manual_dir=DIR`, served at 64x64 from a 160-pixel field of view)
+            acdc_study (cpu_study's widths, the U-Nets' excepted, and optimizer on real anatomy: a labelled
+            magnitude folder such as ACDC's 2-D slices, `--config.manual_dir=DIR`, served at 64x64 from a 160-pixel
+            field of view)
 Each switch is one entry of `SWITCH_FIELDS` below, applied by `apply_switch`.
 
 The fields themselves, with their defaults, roles and meanings, are declared once, in segrecon_jax/settings.py;
@@ -91,6 +92,18 @@ def parse_arg(arg, presets, allow_stabilization=True):
   if unknown:
     raise ValueError(f'Unknown switch(es) {sorted(unknown)} in {arg!r}: valid switches are {list(SWITCHES)}.')
   return dict(valid[parts[0]]), switches
+
+
+UNET_FEATURES = (32, 64, 128, 256)  # The paper's U-Nets (section 2.3): depth 4.
+
+
+def unet_features(switches) -> tuple:
+  """The widths of every U-Net of Table 1: half the paper's under runlocal and the switches that shrink like it,
+  the paper's under acdc_study (on real anatomy, in its 16 epochs at x4, the half-width UNet gains about 1.5 dB
+  over the zero-filled input and the paper's widths about 2; docs/results.md)."""
+  if 'runlocal' in switches and 'acdc_study' not in switches:
+    return tuple(f // 2 for f in UNET_FEATURES)
+  return UNET_FEATURES
 
 
 def small_image_acs(acceleration) -> int:

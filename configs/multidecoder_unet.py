@@ -14,7 +14,7 @@ def get_config(arg=None):
   config, switches = default.build({}, arg)
   config.model = ml_collections.ConfigDict({
       'name': 'multidecoder_unet',
-      'features': (16, 32, 64, 128) if 'runlocal' in switches else (32, 64, 128, 256),
+      'features': default.unet_features(switches),
       'num_classes': config.num_classes,
       'normalize': True,  # Standardized input, un-standardized recon, as configs/unet.py's UNet.
   })

@@ -13,7 +13,7 @@ def get_config(arg=None):
   config, switches = default.build({}, arg, allow_stabilization=False)
   config.model = ml_collections.ConfigDict({
       'name': 'unet',
-      'features': (16, 32, 64, 128) if 'runlocal' in switches else (32, 64, 128, 256),
+      'features': default.unet_features(switches),
       'norm': 'batch',  # BatchNorm after every 3x3 convolution (the paper is silent; models/unet.py).
       'residual': True,  # recon = x + unet(x).
       # Standardize the zero-filled input per example and channel and un-standardize the output (fastMRI's

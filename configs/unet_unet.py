@@ -12,7 +12,7 @@ from configs import default
 
 def get_config(arg=None):
   config, switches = default.build({}, arg)
-  features = (16, 32, 64, 128) if 'runlocal' in switches else (32, 64, 128, 256)
+  features = default.unet_features(switches)
   config.model = ml_collections.ConfigDict({
       'name': 'unet_unet',
       'recon': {'features': features, 'normalize': True},  # As configs/unet.py's UNet.

@@ -256,6 +256,13 @@ def test_every_config_and_preset_builds(experiment):
     assert study_config.model.recon.features == 64 // 4
     assert study_config.model.seg.encoder_widths == (16, 32, 64, 128)
     assert study_config.model.seg.decoder_channels == tuple(c // 4 for c in (256, 128, 64, 32))
+  if experiment in ('unet', 'unet_unet', 'multidecoder_unet'):  # Half the paper's U-Nets, but on real anatomy all.
+    for switch, widths in (('cpu_study', (16, 32, 64, 128)), ('acdc_study', (32, 64, 128, 256))):
+      model = module.get_config(f'{presets[0]},{switch}').model
+      assert {tuple(m.features) for m in (model, model.get('recon'), model.get('seg')) if m and 'features' in m} \
+          == {widths}
+    acdc_cascade = importlib.import_module('configs.cascade').get_config('x4,acdc_study')
+    assert acdc_cascade.model.features == 16  # Table 2's models keep cpu_study's widths there.
   with pytest.raises(ValueError, match='exclude each other'):
     module.get_config(f'{presets[0]},runlocal,demo')
   with pytest.raises(ValueError, match='valid presets'):
