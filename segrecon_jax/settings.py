@@ -91,7 +91,9 @@ FIELDS = (
     # Loss (paper: l1-l2 reconstruction term + Dice segmentation term, equal weights).
     Field('recon_loss_weight', 1.0, TRAINING, 'Weight of the l1 + l2 reconstruction loss.'),
     Field('seg_loss_weight', 1.0, TRAINING,
-          'Weight of the generalized Dice loss (ignored by solo reconstruction models).'),
+          'Weight of the segmentation loss (ignored by solo reconstruction models).'),
+    Field('seg_loss', 'dice', TRAINING,
+          "Segmentation loss: 'dice' (generalized Dice, the paper's) or 'dice_ce' (+ pixel-mean cross-entropy)."),
     # Log the norms of the reconstruction and segmentation terms' gradients with respect to the reconstruction
     # network's parameters (train_recon_grad_norm, train_seg_grad_norm): a second, 2-wide backward pass through the
     # whole model per step (a markedly slower step, docs/benchmarks.md); the sweep turns it on.

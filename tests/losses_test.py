@@ -147,6 +147,33 @@ def np_focus_weights(region, focus_weight):
   return raw / raw.mean(axis=(1, 2), keepdims=True)
 
 
+def test_cross_entropy_and_the_dice_ce_loss_match_numpy():
+  logits, labels = random_logits((2, 16, 16, NUM_CLASSES), 7), heart_labels(seed=7)
+  log_probs = logits.astype(np.float64) - logits.max(-1, keepdims=True)
+  log_probs -= np.log(np.exp(log_probs).sum(-1, keepdims=True))
+  np_ce = -np.take_along_axis(log_probs, labels[..., None], -1)[..., 0].mean(axis=(1, 2))
+  np.testing.assert_allclose(losses.cross_entropy_loss(logits, labels), np_ce, rtol=1e-5)
+  np.testing.assert_allclose(jax.jit(losses.segmentation_loss, static_argnums=(0, 3))('dice_ce', logits, labels,
+                                                                                      NUM_CLASSES),
+                             np_generalized_dice(logits, labels, NUM_CLASSES) + np_ce, rtol=1e-5)
+  np.testing.assert_allclose(losses.segmentation_loss('dice', logits, labels, NUM_CLASSES),
+                             np_generalized_dice(logits, labels, NUM_CLASSES), rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="'ce'.*expected one of"):
+    losses.segmentation_loss('ce', logits, labels, NUM_CLASSES)
+
+
+def test_a_collapsed_class_keeps_a_gradient_only_with_cross_entropy():
+  """A class whose softmax probability is ~0 everywhere (the right ventricle of most ACDC runs): the Dice term's
+  gradient on its logits vanishes with the softmax's derivative, cross-entropy's (p - r per pixel) does not."""
+  logits, labels = random_logits((1, 16, 16, NUM_CLASSES), 8, scale=0.5), heart_labels(batch=1, seed=8)
+  logits[..., 3] -= 30.0  # Class 3 collapsed.
+  def class_3_gradient(name):
+    grad = jax.grad(lambda x: losses.segmentation_loss(name, x, labels, NUM_CLASSES).sum())(logits)
+    return float(np.abs(np.asarray(grad)[..., 3][labels == 3]).max())
+  assert class_3_gradient('dice') < 1e-9
+  assert class_3_gradient('dice_ce') > 1e-3
+
+
 def test_weighted_l1_l2_matches_numpy_and_unit_weights_change_nothing():
   pred, target = random_logits((2, 16, 12, 2), 11), random_logits((2, 16, 12, 2), 12)
   weights = np.random.default_rng(13).uniform(0.1, 3.0, (2, 16, 12)).astype(np.float32)

@@ -28,7 +28,7 @@ def test_every_preset_and_switch_gives_the_config_it_gave_before_the_table():
     experiment, arg = key.split('.py:')
     config = checkpoints.jsonable(importlib.import_module(f'configs.{experiment}').get_config(arg).to_dict())
     added = set(config) - set(want)
-    assert added <= {'field_of_view', 'init_from', 'freeze_recon'}, key
+    assert added <= {'field_of_view', 'init_from', 'freeze_recon', 'seg_loss'}, key
     assert {field: config.pop(field) for field in added} == {field: settings.BY_NAME[field].default
                                                              for field in added}, key
     assert config == want, key
@@ -79,6 +79,11 @@ def test_resume_ignores_stored_fields_that_no_longer_exist_and_still_refuses_cha
   with pytest.raises(checkpoints.ResumeError, match='config.model.added_field'):
     checkpoints.check_inference({'config': dict(stored, model=model), 'data': data}, config, data, 'DIR')
   checkpoints.check_resume({'config': dict(stored, num_epochs=1, conv_impl='xla'), 'data': data}, config, data, 'DIR')
+  del stored['seg_loss']  # A checkpoint from before a field was declared: its default is the old behaviour...
+  checkpoints.check_resume({'config': stored, 'data': data}, config, data, 'DIR')
+  config.seg_loss = 'dice_ce'  # ... and any other value a change.
+  with pytest.raises(checkpoints.ResumeError, match=r"config.seg_loss: '\(absent\)' in the checkpoint, 'dice_ce' now"):
+    checkpoints.check_resume({'config': stored, 'data': data}, config, data, 'DIR')
 
 
 def test_a_field_the_table_does_not_declare_is_a_config_error():

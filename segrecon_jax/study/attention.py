@@ -60,7 +60,8 @@ def attention_step(variables, batch, *, model, config) -> Dict[str, jax.Array]:
 
   def slice_losses(recon):
     logits = model.apply(variables, recon, train=False, method='segment')  # The model's segmentation of a recon.
-    return losses.generalized_dice_loss(logits.astype(jnp.float32), batch['segmentation'], config.num_classes)
+    return losses.segmentation_loss(config.seg_loss, logits.astype(jnp.float32), batch['segmentation'],
+                                    config.num_classes)
 
   seg_loss, vjp_fn = jax.vjp(slice_losses, recon)
   (grad,) = vjp_fn(jnp.ones_like(seg_loss))  # Eval mode keeps slices independent: no cross terms between rows.

@@ -261,7 +261,9 @@ def config_differences(stored: Dict[str, Any], config: ml_collections.ConfigDict
   the top-level fields `only` alone).
 
   A field missing on one side counts as a difference (a model field added by the config changes the model), except
-  a stored top-level field that `settings.py` no longer declares: a removed knob, which the run no longer reads.
+  a stored top-level field that `settings.py` no longer declares (a removed knob, which the run no longer reads) and
+  a top-level field declared since the checkpoint was written that is at its declared default (a new knob's default
+  keeps the behaviour it was added to).
   """
   old, new = flatten(jsonable(stored)), flatten(jsonable(config.to_dict()))
   missing = object()
@@ -273,6 +275,8 @@ def config_differences(stored: Dict[str, Any], config: ml_collections.ConfigDict
     if top not in settings.BY_NAME and key not in new:
       continue
     before, after = old.get(key, missing), new.get(key, missing)
+    if before is missing and key == top and after == jsonable(settings.BY_NAME[top].default):
+      continue
     if before != after:
       differences[key] = tuple('(absent)' if v is missing else v for v in (before, after))
   return differences

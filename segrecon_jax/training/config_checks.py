@@ -8,6 +8,7 @@ from typing import Optional, Sequence, Tuple
 
 from absl import flags
 
+from segrecon_jax import losses
 from segrecon_jax import models
 from segrecon_jax import mri
 from segrecon_jax import settings
@@ -149,6 +150,10 @@ def _check_loss_fields(config, entry: models.ModelSpec) -> None:
   if focus and not entry.reconstructs:
     raise ConfigError(f'config.focus_weight={focus!r} weighs the pixels of the reconstruction term; '
                       f'{config.model.name!r} segments only and has none (use 0).')
+  seg_loss = config.get('seg_loss', 'dice')
+  if seg_loss not in losses.SEG_LOSSES:
+    raise ConfigError(f"config.seg_loss={seg_loss!r}: expected 'dice' (generalized Dice, the paper's) or "
+                      "'dice_ce' (generalized Dice + pixel-mean cross-entropy).")
   source = config.get('focus_source', 'reference')
   if source not in ('reference', 'prediction'):
     raise ConfigError(f"config.focus_source={source!r}: expected 'reference' (the reference labels) or "

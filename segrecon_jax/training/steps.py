@@ -135,8 +135,8 @@ def compute_losses(config, recon, seg_logits, batch, loss_state=None):
                                             pixel_weights=focus_pixel_weights(config, seg_logits, batch)))
     terms['recon_loss'] = recon_loss
   if seg_logits is not None:
-    seg_loss = jnp.mean(losses.generalized_dice_loss(seg_logits.astype(jnp.float32), batch['segmentation'],
-                                                     config.num_classes))
+    seg_loss = jnp.mean(losses.segmentation_loss(config.seg_loss, seg_logits.astype(jnp.float32),
+                                                 batch['segmentation'], config.num_classes))
     terms['seg_loss'] = seg_loss
   if seg_logits is None:
     loss = config.recon_loss_weight * recon_loss
