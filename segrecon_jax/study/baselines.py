@@ -132,13 +132,16 @@ def baseline_rows(root: str) -> List[Dict[str, Any]]:
   table2 = results_lib.collect(root)
   rows = []
   for acceleration in plan.ACCELERATIONS:
-    solo, two_stage = found.get(('solo', acceleration)), found.get(('two_stage', acceleration))
-    candidates = [(plan.BASELINE_LABELS[name], found.get((name, acceleration))) for name in plan.BASELINES]
-    candidates += [(f'{method}', table2.get((method, acceleration))) for _, method, experiment, _ in plan.ROWS
-                   if experiment == 'cascade_manet']
-    candidates += [(m.label, losses.get((m.name, acceleration))) for m in plan.LOSS_METHODS
-                   if m.experiment == 'cascade_manet']
-    for label, runs in candidates:
+    solo = found.get(('solo', acceleration))
+    # (label, runs, the two-stage baseline its Dice is held to: the one with the same segmentation loss)
+    candidates = [(plan.BASELINE_LABELS[name], found.get((name, acceleration)),
+                   'two_stage_ce' if name == 'two_stage_ce' else 'two_stage') for name in plan.BASELINES]
+    candidates += [(f'{method}', table2.get((method, acceleration)), 'two_stage')
+                   for _, method, experiment, _ in plan.ROWS if experiment == 'cascade_manet']
+    candidates += [(m.label, losses.get((m.name, acceleration)), plan.two_stage_reference(m.overrides))
+                   for m in plan.LOSS_METHODS if m.experiment == 'cascade_manet']
+    for label, runs, reference in candidates:
+      two_stage = found.get((reference, acceleration))
       records = list(results_lib.per_slice(runs).values()) if runs else []
       if not runs or not records or any('dice_mean' not in record['metrics'] for record in records):
         continue

@@ -421,7 +421,8 @@ def beyond_the_tables(root: str, figure_dir: str) -> List[str]:
         'runs, all at the switch\'s total steps. Two-stage: Table 2\'s solo CascadeNet, frozen, then MANet trained '
         'on its outputs (its Dice is the segmentation reference). Fine-tune: solo CascadeNet for half the epochs, '
         'then joint training with grad-norm balancing at ratio 0.1 from it for the other half. "- solo": paired '
-        'per slice against solo CascadeNet; "Dice - two-stage": paired per slice; 95% intervals over seeds and '
+        'per slice against solo CascadeNet; "Dice - two-stage": paired per slice against the two-stage baseline '
+        'trained with the same segmentation loss (Dice, or Dice + cross-entropy); 95% intervals over seeds and '
         'slices. Target: F-PSNR and F-SSIM above solo (intervals excluding 0), PSNR not below solo\'s, Dice within '
         f'{baselines.DICE_MARGIN} of two-stage.\n', table]
   pareto_path = os.path.join(figure_dir, 'pareto.png')
