@@ -116,6 +116,9 @@ def test_report_answers_convergence_baselines_and_the_target(tmp_path):
   assert x8_line.split('|')[8:10] == [' - ', ' no two-stage run at this budget ']
   assert '100: +0.40, 200: +0.30, 300: +0.20, 400: +0.10' in convergence
   assert '## Against two-stage and pretrain-then-fine-tune pipelines' in text
+  table = text.split('## Against two-stage and pretrain-then-fine-tune pipelines')[1].split('##')[0]
+  assert '(1 seed) |' not in table  # every row's paired cells rest on all its seeds here
+  assert baselines._fewer_seeds({'seeds': 1}, [0, 1, 2]) == ' (1 seed)'  # pylint: disable=protected-access
   assert 'On the Pareto front:' in text and f'{recommended} (x4)' in text.split('On the Pareto front:')[1]
   for name in ('convergence.png', 'pareto.png'):
     assert os.path.getsize(tmp_path / 'figures' / 'acdc' / name) > 1000

@@ -155,6 +155,13 @@ def baseline_rows(root: str) -> List[Dict[str, Any]]:
   return rows
 
 
+def _fewer_seeds(record: Optional[Dict[str, Any]], seeds: Sequence[int]) -> str:
+  """Says so when a paired cell rests on fewer seeds than its row (only those both sides ran)."""
+  if record is None or record['seeds'] >= len(seeds):
+    return ''
+  return f' ({record["seeds"]} seed{"s" if record["seeds"] > 1 else ""})'
+
+
 def baselines_section(root: str) -> str:
   rows = baseline_rows(root)
   if not any(row['label'] in plan.BASELINE_LABELS.values() for row in rows):
@@ -163,7 +170,7 @@ def baselines_section(root: str) -> str:
            + ' | target |', '|' + '---|' * (6 + len(DIFFERENCES))]
   for row in rows:
     lines.append(f'| {row["label"]} | {row["acceleration"]} | {len(row["seeds"])} | {row["dice"]:.3f} | '
-                 f'{_cell(row["dice_vs_two_stage"], 3)} | '
+                 f'{_cell(row["dice_vs_two_stage"], 3)}{_fewer_seeds(row["dice_vs_two_stage"], row["seeds"])} | '
                  + ' | '.join(_cell(row['differences'][k], 2 if k.endswith('psnr') else 4) for k in DIFFERENCES)
                  + f' | {"yes" if row["target"] else "no"} |')
   return '\n'.join(lines) + '\n'
