@@ -93,6 +93,7 @@ def _run(args, settings) -> None:
   if args.action == 'report':
     print(report_lib.report(args.root, args.out, settings))
     return
+  first = []  # Runs that others start from (the two-stage baselines from a solo run): trained first.
   if args.action == 'run':
     runs = plan.table_runs(args.root, settings, seeds, _ints(args.tables), accelerations,
                            [e for e in args.experiments.split(',') if e])
@@ -103,19 +104,17 @@ def _run(args, settings) -> None:
   elif args.action in ('converge', 'baselines'):
     schedule = runner.run_config(plan.table_runs(args.root, settings, seeds[:1], [2], accelerations[:1],
                                                  ['cascade'])[0].flags)
-    # Both start some runs from finished ones (the two-stage baselines from a solo run): those first, then the rest.
     if args.action == 'converge':
       first, runs = plan.converge_runs(args.root, settings, seeds, schedule.num_epochs, schedule.patience,
                                        accelerations)
     else:
       first, runs = plan.baseline_runs(args.root, settings, seeds, schedule.num_epochs, accelerations)
-    runner.check_runs(first + runs)
-    plan.save_settings(args.root, settings)
-    runner.run_all(first, args.seconds_per_step, args.jobs)
   else:
     runs = plan.attention_runs(args.root, settings, seeds, accelerations)
-  runner.check_runs(runs)  # Check first, record after: a refused call leaves no study.json behind.
+  runner.check_runs(first + runs)  # Check first, record after: a refused call leaves no study.json behind.
   plan.save_settings(args.root, settings)
+  if first:
+    runner.run_all(first, args.seconds_per_step, args.jobs)
   if args.action == 'attention':
     runner.attention_all(runs)
   else:

@@ -11,6 +11,14 @@ from segrecon_jax.training import reporting
 plt = reporting.plt
 
 
+def _save(fig, path: str) -> None:
+  """Lays the figure out, writes it to `path` (its folder made if missing) and frees it."""
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
 def fig2(root: str, out_dir: str, margin_fraction: float, data_name: str) -> List[str]:
   """Fig. 2-like figures per table and acceleration: fully sampled, zero-filled and each row's reconstruction of the
   test slice with the most heart, seed 0 (or the lowest seed a row ran)."""
@@ -55,10 +63,7 @@ def _finish_method_plot(fig, ax, path: str, title: str, colors: Dict[str, Any], 
   ax.set_ylabel('F-PSNR - F-PSNR(solo CascadeNet) (dB)')
   ax.grid(True, alpha=0.3)
   ax.set_title(title, fontsize=9)
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  _save(fig, path)
 
 
 def tradeoff(path: str, points: Sequence[Tuple[str, int, Tuple[float, float, float], Tuple[float, float, float]]],
@@ -101,10 +106,7 @@ def curves(path: str, series: Dict[str, Dict[str, Tuple[np.ndarray, np.ndarray]]
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)
   fig.suptitle(title, fontsize=10)
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  _save(fig, path)
 
 
 def loss_weight_figure(path: str, series, panels, title: str = '') -> None:
@@ -131,10 +133,7 @@ def loss_weight_figure(path: str, series, panels, title: str = '') -> None:
     ax.legend(fontsize=8)
   if title:
     fig.suptitle(title + ' (mean over slices, 95% bootstrap interval)', fontsize=10)
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  _save(fig, path)
 
 
 def difference_curves(path: str, series: Dict[str, Dict[str, Dict[int, Tuple[np.ndarray, np.ndarray]]]],
@@ -163,10 +162,7 @@ def difference_curves(path: str, series: Dict[str, Dict[str, Dict[int, Tuple[np.
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)
   fig.suptitle(title, fontsize=9)
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  _save(fig, path)
 
 
 def pareto(path: str, points: Sequence[Dict], front: Sequence[int], title: str) -> None:
