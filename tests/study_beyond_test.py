@@ -25,6 +25,14 @@ def test_convergence_and_baseline_plans():
   assert runs[1].flags[:3] == ('--config=configs/cascade_manet.py:x8_stab,cpu_study', '--config.loss_balancing=grad_norm',
                                '--config.balance_ratio=0.1')
   assert {'--config.num_epochs=64', '--config.patience=32', '--config.eval_every_epochs=8'} <= set(runs[0].flags)
+  # A method trained with Dice + cross-entropy brings the two-stage baseline with that loss, from the same solo run.
+  runs, two_stages = plan.converge_runs('/r', settings, [1], epochs=16, patience=8, accelerations=[8],
+                                        methods=['grad_norm_0.1', 'grad_norm_0.1_ce'])
+  assert [r.workdir for r in runs][1:] == ['/r/converge/grad_norm_0.1_x8/seed1', '/r/converge/grad_norm_0.1_ce_x8/seed1']
+  assert [r.workdir for r in two_stages] == ['/r/converge/two_stage_x8/seed1', '/r/converge/two_stage_ce_x8/seed1']
+  assert set(two_stages[1].flags) - set(two_stages[0].flags) == {'--config.seg_loss=dice_ce'}
+  with pytest.raises(plan.StudyError, match='grad_norm_01'):
+    plan.converge_runs('/r', settings, [1], epochs=16, patience=8, methods=['grad_norm_01'])
   first, second = plan.baseline_runs('/r', settings, [0], epochs=16, accelerations=[4])
   assert [r.workdir for r in first] == ['/r/cascade_x4/seed0', '/r/baselines/pretrain_x4/seed0']
   assert '--config.num_epochs=8' in first[1].flags
@@ -52,6 +60,11 @@ def test_baselines_start_after_the_runs_they_start_from(tmp_path, monkeypatch):
   assert '--config.num_epochs=64' in calls[0]  # cpu_study: 16 epochs
   assert [c[-1].split('=', 1)[1] for c in calls] == [plan.converge_dir(str(tmp_path), name, 4, 0)
                                                      for name in ('cascade', 'grad_norm_0.1', 'two_stage')]
+  calls.clear()  # Another method: the same solo run (finished, a real runner would skip it), that method's two-stage.
+  cli.main(['converge', f'--root={tmp_path}', '--switch=cpu_study', '--seeds=0', '--accelerations=4',
+            '--methods=grad_norm_0.1_ce'])
+  assert [c[-1].split('=', 1)[1] for c in calls] == [plan.converge_dir(str(tmp_path), name, 4, 0)
+                                                     for name in ('cascade', 'grad_norm_0.1_ce', 'two_stage_ce')]
 
 
 def test_pareto_front():
@@ -95,6 +108,10 @@ def test_report_answers_convergence_baselines_and_the_target(tmp_path):
             scalars=joint_curve)
       if acceleration == 4:  # x8 has no two-stage run at the longer budget: its target cannot be decided.
         write(plan.converge_dir(root, 'two_stage', acceleration, seed), ids, _metrics(rng, base, 0, 0, 0.80))
+        # With cross-entropy: held to the two-stage run with that loss (0.95), which it misses by 0.05.
+        write(plan.converge_dir(root, 'grad_norm_0.1_ce', acceleration, seed), ids,
+              _metrics(rng, base, 0.1, 0.3, 0.90), scalars=joint_curve)
+        write(plan.converge_dir(root, 'two_stage_ce', acceleration, seed), ids, _metrics(rng, base, 0, 0, 0.95))
   rows = {(r['label'], r['acceleration']): r for r in baselines.baseline_rows(root)}
   finetune = rows[(plan.BASELINE_LABELS['finetune'], 8)]
   assert finetune['differences']['f_psnr']['effect'] == pytest.approx(0.3, abs=0.03)
@@ -108,18 +125,22 @@ def test_report_answers_convergence_baselines_and_the_target(tmp_path):
   report.report(root, out)
   text = open(out).read()
   convergence = text.split('## Does the gain survive longer training?')[1].split('##')[0]
-  assert '| 4 | 2 | 400 | +0.10 [' in convergence  # F-PSNR ... at the end; PSNR first
-  x4_line, x8_line = [line for line in convergence.splitlines() if line.startswith(('| 4 |', '| 8 |'))]
-  dice, versus, target = [cell.strip() for cell in x4_line.split('|')[7:10]]
+  assert f'| {recommended} | 4 | 2 | 400 | +0.10 [' in convergence  # F-PSNR ... at the end; PSNR first
+  x4_line, x8_line, ce_line = [line for line in convergence.splitlines() if line.startswith('| CascadeNet')]
+  dice, versus, target = [cell.strip() for cell in x4_line.split('|')[8:11]]
   assert float(dice) == pytest.approx(0.80, abs=0.005) and float(versus.split()[0]) == pytest.approx(0.0, abs=0.005)
   assert target == 'yes', x4_line  # within 0.02 Dice of the two-stage baseline at the same budget
-  assert x8_line.split('|')[8:10] == [' - ', ' no two-stage run at this budget ']
+  assert x8_line.split('|')[9:11] == [' - ', ' no two-stage run at this budget ']
+  dice, versus, target = [cell.strip() for cell in ce_line.split('|')[8:11]]
+  assert float(versus.split()[0]) == pytest.approx(-0.05, abs=0.01) and target == 'no', ce_line
   assert '100: +0.40, 200: +0.30, 300: +0.20, 400: +0.10' in convergence
   assert '## Against two-stage and pretrain-then-fine-tune pipelines' in text
   table = text.split('## Against two-stage and pretrain-then-fine-tune pipelines')[1].split('##')[0]
   assert '(1 seed) |' not in table  # every row's paired cells rest on all its seeds here
   assert baselines._fewer_seeds({'seeds': 1}, [0, 1, 2]) == ' (1 seed)'  # pylint: disable=protected-access
-  assert 'On the Pareto front:' in text and f'{recommended} (x4)' in text.split('On the Pareto front:')[1]
+  # Dice + cross-entropy: the same gain as the recommended option and the higher Dice, on the front at each x.
+  front = text.split('On the Pareto front:')[1].split('\n')[0]
+  assert f'{with_ce["label"]} (x4)' in front and f'{with_ce["label"]} (x8)' in front, front
   for name in ('convergence.png', 'pareto.png'):
     assert os.path.getsize(tmp_path / 'figures' / 'acdc' / name) > 1000
 

@@ -29,7 +29,7 @@ def _rows(parent_of: Any, names: Sequence[str]) -> Dict[Tuple[str, int], Dict[in
 
 def collect_converge(root: str) -> Dict[Tuple[str, int], Dict[int, Dict[str, Any]]]:
   return _rows(lambda name, a: plan.converge_dir(root, name, a, 0),
-               [m[0] for m in plan.CONVERGENCE_METHODS] + ['two_stage'])
+               [plan.CONVERGENCE_SOLO] + [m.name for m in plan.LOSS_METHODS] + ['two_stage', 'two_stage_ce'])
 
 
 def collect_baselines(root: str) -> Dict[Tuple[str, int], Dict[int, Dict[str, Any]]]:
@@ -56,44 +56,49 @@ def _eval_curve(run: Dict[str, Any], tag: str) -> Dict[int, float]:
 
 
 def convergence_section(root: str, figure_path: str) -> str:
-  """The recommended joint model minus solo CascadeNet, both trained CONVERGENCE_FACTOR x the switch's epochs: the
-  paired difference of the eval means at every evaluation (per seed: the same seed's two runs), drawn against the
-  training step, and at the end per slice with intervals."""
+  """Each joint loss method minus solo CascadeNet, both trained CONVERGENCE_FACTOR x the switch's epochs: the paired
+  difference of the eval means at every evaluation (per seed: the same seed's two runs), drawn against the training
+  step, and at the end per slice with intervals; its Dice against the two-stage baseline of its segmentation loss at
+  the same budget."""
   found = collect_converge(root)
-  solo_name, joint_name = plan.CONVERGENCE_METHODS[0][0], plan.CONVERGENCE_METHODS[1][0]
   series, lines = {}, []
-  for acceleration in plan.ACCELERATIONS:
-    solo, joint = found.get((solo_name, acceleration)), found.get((joint_name, acceleration))
-    seeds = sorted(set(solo or ()) & set(joint or ()))
-    if not seeds:
-      continue
-    for label, tag in CURVE_TAGS:
-      per_seed = {}
-      for seed in seeds:
-        a, b = _eval_curve(joint[seed], tag), _eval_curve(solo[seed], tag)
-        steps = sorted(set(a) & set(b))
-        per_seed[seed] = (np.array(steps), np.array([a[s] - b[s] for s in steps]))
-      series.setdefault(f'x{acceleration}', {})[tag] = per_seed
-    end = {key: _paired({s: joint[s] for s in seeds}, {s: solo[s] for s in seeds}, key) for key in DIFFERENCES}
-    dice, dice_interval = _mean_dice({s: joint[s] for s in seeds})
-    two_stage = found.get(('two_stage', acceleration))
-    versus = _paired({s: joint[s] for s in seeds}, two_stage, 'dice_mean') if two_stage else None
-    by_step = series[f'x{acceleration}']['eval_f_psnr']
-    common = sorted(set.intersection(*(set(s.tolist()) for s, _ in by_step.values())))
-    mid = [f'{step}: {np.mean([dict(zip(s.tolist(), d))[step] for s, d in by_step.values()]):+.2f}'
-           for step in common]
-    lines.append(f'| {acceleration} | {len(seeds)} | {int(max(common)) if common else "-"} | '
-                 + ' | '.join(_cell(end[k], 2 if k.endswith('psnr') else 4) for k in DIFFERENCES)
-                 + f' | {dice:.3f} | {_cell(versus, 3)} | {_target(end, versus)} | {", ".join(mid)} |')
+  for method in plan.LOSS_METHODS:
+    for acceleration in plan.ACCELERATIONS:
+      solo, joint = found.get((plan.CONVERGENCE_SOLO, acceleration)), found.get((method.name, acceleration))
+      seeds = sorted(set(solo or ()) & set(joint or ()))
+      if not seeds:
+        continue
+      key = f'{method.name} x{acceleration}'
+      for label, tag in CURVE_TAGS:
+        per_seed = {}
+        for seed in seeds:
+          a, b = _eval_curve(joint[seed], tag), _eval_curve(solo[seed], tag)
+          steps = sorted(set(a) & set(b))
+          per_seed[seed] = (np.array(steps), np.array([a[s] - b[s] for s in steps]))
+        series.setdefault(key, {})[tag] = per_seed
+      runs = {s: joint[s] for s in seeds}
+      end = {k: _paired(runs, {s: solo[s] for s in seeds}, k) for k in DIFFERENCES}
+      segments = all('dice_mean' in r['metrics'] for r in results_lib.per_slice(runs).values())
+      two_stage = found.get((plan.two_stage_reference(method.overrides), acceleration))
+      versus = _paired(runs, two_stage, 'dice_mean') if segments and two_stage else None
+      by_step = series[key]['eval_f_psnr']
+      common = sorted(set.intersection(*(set(s.tolist()) for s, _ in by_step.values())))
+      mid = [f'{step}: {np.mean([dict(zip(s.tolist(), d))[step] for s, d in by_step.values()]):+.2f}'
+             for step in common]
+      lines.append(f'| {method.label} | {acceleration} | {len(seeds)} | {int(max(common)) if common else "-"} | '
+                   + ' | '.join(_cell(end[k], 2 if k.endswith('psnr') else 4) for k in DIFFERENCES)
+                   + f' | {f"{_mean_dice(runs)[0]:.3f}" if segments else "-"} | {_cell(versus, 3)} | '
+                   f'{_target(end, versus) if segments else "-"} | {", ".join(mid)} |')
   if not lines:
     return ''
   figures.difference_curves(figure_path, series, CURVE_TAGS,
-                            f'{plan.CONVERGENCE_METHODS[1][1]} minus solo CascadeNet, {plan.CONVERGENCE_FACTOR}x the '
-                            'epochs (one line per seed, the mean in black)')
-  header = ('| x | seeds | steps | ' + ' | '.join(f'{plan.NAMES[k]} - solo at the end' for k in DIFFERENCES)
+                            f'Joint minus solo CascadeNet, {plan.CONVERGENCE_FACTOR}x the epochs (one line per seed, '
+                            'the mean thick)')
+  header = ('| method | x | seeds | steps | '
+            + ' | '.join(f'{plan.NAMES[k]} - solo at the end' for k in DIFFERENCES)
             + ' | Dice | Dice - two-stage | target | F-PSNR - solo along training (step: mean over seeds of the eval '
             'means) |')
-  return '\n'.join([header, '|' + '---|' * (7 + len(DIFFERENCES))] + lines) + '\n'
+  return '\n'.join([header, '|' + '---|' * (8 + len(DIFFERENCES))] + lines) + '\n'
 
 
 def _mean_dice(runs: Dict[int, Dict[str, Any]]) -> Tuple[float, Tuple[float, float, float]]:

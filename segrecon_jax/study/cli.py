@@ -34,7 +34,8 @@ def parse(argv: Optional[List[str]] = None):
   parser.add_argument('--accelerations', default='4,8', help='comma-separated accelerations')
   parser.add_argument('--weights', default=','.join(f'{w:g}' for w in plan.SWEEP_WEIGHTS),
                       help='comma-separated seg_loss_weight values (sweep)')
-  parser.add_argument('--methods', default='', help='comma-separated subset of the loss methods (losses): '
+  parser.add_argument('--methods', default='', help='comma-separated loss methods (losses: a subset, default all; '
+                      f'converge: those trained beside solo CascadeNet, default {plan.RECOMMENDED}): '
                       + ', '.join(m.name for m in plan.LOSS_METHODS))
   parser.add_argument('--seconds_per_step', type=float, default=None,
                       help='seconds per training step, for the expected duration printed before starting')
@@ -106,7 +107,7 @@ def _run(args, settings) -> None:
                                                  ['cascade'])[0].flags)
     if args.action == 'converge':
       first, runs = plan.converge_runs(args.root, settings, seeds, schedule.num_epochs, schedule.patience,
-                                       accelerations)
+                                       accelerations, [m for m in args.methods.split(',') if m])
     else:
       first, runs = plan.baseline_runs(args.root, settings, seeds, schedule.num_epochs, accelerations)
   else:

@@ -246,15 +246,14 @@ def attention_runs(root: str, settings: Settings, seeds: Sequence[int],
   return runs
 
 
-# Convergence (docs/results.md): solo CascadeNet and the recommended joint model trained CONVERGENCE_FACTOR times the
-# switch's epochs (the ramp and the evaluations scaled alike), evaluated CONVERGENCE_POINTS times along the way, so
-# the paired gain can be drawn against training steps.
+# Convergence (docs/results.md): solo CascadeNet and joint loss methods (by default the recommended one) trained
+# CONVERGENCE_FACTOR times the switch's epochs (the ramp and the evaluations scaled alike), evaluated
+# CONVERGENCE_POINTS times along the way, so the paired gain can be drawn against training steps; beside them the
+# two-stage baseline of each method's segmentation loss at the same budget, its Dice reference.
 CONVERGENCE_FACTOR = 4
 CONVERGENCE_POINTS = 8
 RECOMMENDED = 'grad_norm_0.1'  # The loss method the README recommends (LOSS_METHODS).
-CONVERGENCE_METHODS = (('cascade', models.display_name('cascade'), 'cascade', False, ()),
-                       (RECOMMENDED, next(m.label for m in LOSS_METHODS if m.name == RECOMMENDED), 'cascade_manet',
-                        True, next(m.overrides for m in LOSS_METHODS if m.name == RECOMMENDED)))
+CONVERGENCE_SOLO = 'cascade'  # Folder name of solo CascadeNet under ROOT/converge/.
 
 
 def converge_dir(root: str, name: str, acceleration: int, seed: int) -> str:
@@ -269,23 +268,30 @@ def _converge_schedule(epochs: int, patience: int) -> Tuple[Tuple[str, int], ...
 
 
 def converge_runs(root: str, settings: Settings, seeds: Sequence[int], epochs: int, patience: int,
-                  accelerations: Sequence[int] = ACCELERATIONS) -> Tuple[List[Run], List[Run]]:
-  """(every (convergence method, acceleration, seed) at CONVERGENCE_FACTOR x `epochs` (the switch's num_epochs)
-  with the ramp over CONVERGENCE_FACTOR x `patience` epochs; the two-stage baseline at that budget, which starts from
-  the first list's solo run: MANet trained as long on its frozen outputs, the segmentation reference of the target
-  at the longer budget). The second list needs the first finished."""
+                  accelerations: Sequence[int] = ACCELERATIONS,
+                  methods: Optional[Sequence[str]] = None) -> Tuple[List[Run], List[Run]]:
+  """(solo CascadeNet and every loss method in `methods` (default: RECOMMENDED), for every acceleration and seed, at
+  CONVERGENCE_FACTOR x `epochs` (the switch's num_epochs) with the ramp over CONVERGENCE_FACTOR x `patience` epochs;
+  the two-stage baselines at that budget that those methods' Dice is held to (two_stage_reference), each starting
+  from the first list's solo run: MANet trained as long on its frozen outputs). The second list needs the first
+  finished."""
+  chosen = loss_methods(methods or [RECOMMENDED])
+  references = list(dict.fromkeys(two_stage_reference(m.overrides) for m in chosen if models.segments(m.experiment)))
   schedule = _converge_schedule(epochs, patience)
-  first = [Run(f'{label} x{acceleration} seed {seed}, {CONVERGENCE_FACTOR}x the epochs',
-               _flags(settings, experiment, acceleration, stabilized, seed, fields + schedule),
-               converge_dir(root, name, acceleration, seed))
-           for seed in seeds for acceleration in accelerations
-           for name, label, experiment, stabilized, fields in CONVERGENCE_METHODS]
-  second = [Run(f'{BASELINE_LABELS["two_stage"]} x{acceleration} seed {seed}, {CONVERGENCE_FACTOR}x the epochs',
-                _flags(settings, 'cascade_manet', acceleration, False, seed,
-                       _two_stage_fields(converge_dir(root, CONVERGENCE_METHODS[0][0], acceleration, seed))
-                       + schedule),
-                converge_dir(root, 'two_stage', acceleration, seed))
-            for seed in seeds for acceleration in accelerations]
+  suffix = f', {CONVERGENCE_FACTOR}x the epochs'
+  first, second = [], []
+  for seed in seeds:
+    for acceleration in accelerations:
+      solo = converge_dir(root, CONVERGENCE_SOLO, acceleration, seed)
+      first.append(Run(f'{models.display_name("cascade")} x{acceleration} seed {seed}{suffix}',
+                       _flags(settings, 'cascade', acceleration, False, seed, schedule), solo))
+      first += [Run(f'{m.label} x{acceleration} seed {seed}{suffix}',
+                    _flags(settings, m.experiment, acceleration, m.stabilized, seed, m.overrides + schedule),
+                    converge_dir(root, m.name, acceleration, seed)) for m in chosen]
+      second += [Run(f'{BASELINE_LABELS[name]} x{acceleration} seed {seed}{suffix}',
+                     _flags(settings, 'cascade_manet', acceleration, False, seed,
+                            _two_stage_fields(solo, name) + schedule),
+                     converge_dir(root, name, acceleration, seed)) for name in references]
   return first, second
 
 
@@ -305,8 +311,10 @@ BASELINE_LABELS = {'two_stage': 'two-stage: CascadeNet, then MANet on its frozen
                    'pretrain': 'CascadeNet, first half of the epochs (the fine-tune\'s start)'}
 
 
-def _two_stage_fields(solo_workdir: str) -> Tuple[Tuple[str, object], ...]:
-  return (('init_from', solo_workdir), ('freeze_recon', True), ('model.stop_gradient', True))
+def _two_stage_fields(solo_workdir: str, name: str = 'two_stage') -> Tuple[Tuple[str, object], ...]:
+  """The config of two-stage baseline `name` ('two_stage' or 'two_stage_ce') from that solo run."""
+  seg_loss = (('seg_loss', 'dice_ce'),) if name == 'two_stage_ce' else ()
+  return (('init_from', solo_workdir), ('freeze_recon', True), ('model.stop_gradient', True)) + seg_loss
 
 
 def two_stage_reference(overrides: Sequence[Tuple[str, object]]) -> str:
@@ -334,13 +342,9 @@ def baseline_runs(root: str, settings: Settings, seeds: Sequence[int], epochs: i
                        _flags(settings, 'cascade', acceleration, False, seed, (('num_epochs', pretrain_epochs),)),
                        pretrain))
       solo = run_dir(root, 'cascade', acceleration, False, seed)
-      second.append(Run(f'{BASELINE_LABELS["two_stage"]} x{acceleration} seed {seed}',
-                        _flags(settings, 'cascade_manet', acceleration, False, seed, _two_stage_fields(solo)),
-                        baseline_dir(root, 'two_stage', acceleration, seed)))
-      second.append(Run(f'{BASELINE_LABELS["two_stage_ce"]} x{acceleration} seed {seed}',
-                        _flags(settings, 'cascade_manet', acceleration, False, seed,
-                               _two_stage_fields(solo) + (('seg_loss', 'dice_ce'),)),
-                        baseline_dir(root, 'two_stage_ce', acceleration, seed)))
+      second += [Run(f'{BASELINE_LABELS[name]} x{acceleration} seed {seed}',
+                     _flags(settings, 'cascade_manet', acceleration, False, seed, _two_stage_fields(solo, name)),
+                     baseline_dir(root, name, acceleration, seed)) for name in ('two_stage', 'two_stage_ce')]
       second.append(Run(f'{BASELINE_LABELS["finetune"]} x{acceleration} seed {seed}',
                         _flags(settings, 'cascade_manet', acceleration, False, seed,
                                recommended + (('init_from', pretrain), ('num_epochs', epochs - pretrain_epochs))),

@@ -404,14 +404,15 @@ def beyond_the_tables(root: str, figure_dir: str) -> List[str]:
   if convergence:
     text += [
         '## Does the gain survive longer training?\n',
-        f'Generated from `python -m segrecon_jax.study converge --root={root} --seeds=...`: solo CascadeNet and '
-        f'{plan.CONVERGENCE_METHODS[1][1]}, each trained {plan.CONVERGENCE_FACTOR} times the switch\'s epochs (the ramp '
-        'and the cosine decay stretched alike) and evaluated along the way. Differences are the joint model minus '
-        'solo, each seed against the same seed; "at the end" per slice with 95% intervals over seeds and slices. '
-        'Dice - two-stage: against the two-stage baseline at the same budget (the 4x solo run, frozen, then MANet '
-        'trained as long on its outputs), paired per slice. Target (the issue\'s, at the longer budget): F-PSNR and '
-        f'F-SSIM above solo (intervals excluding 0), PSNR not below solo\'s, Dice within {baselines.DICE_MARGIN} of '
-        'two-stage.\n',
+        f'Generated from `python -m segrecon_jax.study converge --root={root} --seeds=... --methods=...`: solo '
+        f'CascadeNet and each joint loss method in the table (by default {plan.RECOMMENDED}), trained '
+        f'{plan.CONVERGENCE_FACTOR} times the switch\'s epochs (the ramp and the cosine decay stretched alike) and '
+        'evaluated along the way. Differences are the joint model minus solo, each seed against the same seed; "at '
+        'the end" per slice with 95% intervals over seeds and slices. Dice - two-stage: against the two-stage '
+        'baseline at the same budget trained with the method\'s segmentation loss (the 4x solo run, frozen, then '
+        'MANet trained as long on its outputs), paired per slice. Target (the issue\'s, at the longer budget): F-PSNR '
+        f'and F-SSIM above solo (intervals excluding 0), PSNR not below solo\'s, Dice within {baselines.DICE_MARGIN} '
+        'of two-stage.\n',
         convergence, _image(curve_path)]
   table = baselines.baselines_section(root)
   if table:
