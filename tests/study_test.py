@@ -187,11 +187,17 @@ def test_sigint_stops_every_run_with_its_checkpoint_and_says_how_to_resume(tmp_p
 
   monkeypatch.setattr(runner.subprocess, 'Popen', TrainingProcess)
   argv = ['run', f'--root={tmp_path}', '--switch=', '--tables=2', '--seeds=0', '--accelerations=4', '--jobs=2']
+  # As at a terminal, also when the suite itself runs in the background (nohup, `&`), where SIGINT is ignored from
+  # the start and the study rightly leaves it ignored: this test would then wait for a signal that never comes.
+  inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
   try:
     with pytest.raises(SystemExit) as exit_info:
       cli.main(argv)
   except KeyboardInterrupt:
     pytest.fail('the SIGINT escaped as a KeyboardInterrupt')
+  finally:
+    restored = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, inherited)
   err = capfd.readouterr().err
   assert exit_info.value.code == 128 + signal.SIGINT
   assert [p.signals for p in started] == [[signal.SIGINT], [signal.SIGINT]]  # 2 of the 3 runs; the third never
@@ -203,7 +209,7 @@ def test_sigint_stops_every_run_with_its_checkpoint_and_says_how_to_resume(tmp_p
   assert f'CascadeNet x4 seed 0 (exit 130, log: {plan.run_dir(str(tmp_path), "cascade", 4, False, 0)}' in last
   assert '1 run(s) not started' in last
   assert last.endswith(f'To resume, run the same command again: python -m segrecon_jax.study {" ".join(argv)}')
-  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # pytest's own handling is back
+  assert restored is signal.default_int_handler  # the handling from before the study is back
 
 
 def test_run_skips_finished_runs_and_prints_the_plan(tmp_path, monkeypatch, capsys):
