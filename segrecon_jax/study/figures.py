@@ -139,15 +139,15 @@ def loss_weight_figure(path: str, series, panels, title: str = '') -> None:
 def difference_curves(path: str, series: Dict[str, Dict[str, Dict[int, Tuple[np.ndarray, np.ndarray]]]],
                       panels: Sequence[Tuple[str, str]], title: str) -> None:
   """Paired differences of eval means against the training step: one panel per metric, a thin line per seed and
-  acceleration, the mean over seeds thick.
+  series (a method at one acceleration), the mean over seeds thick.
 
   Args:
-    series: acceleration label -> {metric tag: {seed: (steps `[n]`, differences `[n]`)}}.
+    series: series label -> {metric tag: {seed: (steps `[n]`, differences `[n]`)}}.
     panels: (metric name, metric tag).
   """
   fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), squeeze=False)
   for ax, (name, tag) in zip(axes[0], panels):
-    for i, (acceleration, tags) in enumerate(series.items()):
+    for i, (label, tags) in enumerate(series.items()):
       color = plt.cm.tab10(i % 10)
       per_seed = tags.get(tag, {})
       for steps, differences in per_seed.values():
@@ -155,7 +155,8 @@ def difference_curves(path: str, series: Dict[str, Dict[str, Dict[int, Tuple[np.
       common = sorted(set.intersection(*(set(s.tolist()) for s, _ in per_seed.values()))) if per_seed else []
       if common:
         mean = [np.mean([dict(zip(s.tolist(), d))[step] for s, d in per_seed.values()]) for step in common]
-        ax.plot(common, mean, color=color, linewidth=2.2, marker='.', label=f'{acceleration} ({len(per_seed)} seeds)')
+        seeds = f'{len(per_seed)} seed{"s" if len(per_seed) > 1 else ""}'
+        ax.plot(common, mean, color=color, linewidth=2.2, marker='.', label=f'{label} ({seeds})')
     ax.axhline(0, color='grey', linewidth=0.8)
     ax.set_xlabel('training step')
     ax.set_ylabel(f'{name} difference (dB)')
