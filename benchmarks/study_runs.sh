@@ -4,7 +4,7 @@
 # measured, attention.json). The runner skips a run that has metrics.json, so an unpacked root resumes where the
 # packed one stopped, and `study report` regenerates its report.
 #
-#   bash benchmarks/study_runs.sh pack ROOT FILE.tar.gz     # e.g. docs/study/runs/acdc_study.tar.gz
+#   bash benchmarks/study_runs.sh pack ROOT FILE.tar.gz     # kept outside git, e.g. beside ROOT
 #   bash benchmarks/study_runs.sh unpack FILE.tar.gz ROOT   # a run already finished in ROOT is kept
 set -eu -o pipefail
 step=${1:?usage: study_runs.sh pack ROOT FILE | unpack FILE ROOT}
