@@ -31,6 +31,14 @@ def test_convergence_and_baseline_plans():
   assert [r.workdir for r in runs][1:] == ['/r/converge/grad_norm_0.1_x8/seed1', '/r/converge/grad_norm_0.1_ce_x8/seed1']
   assert [r.workdir for r in two_stages] == ['/r/converge/two_stage_x8/seed1', '/r/converge/two_stage_ce_x8/seed1']
   assert set(two_stages[1].flags) - set(two_stages[0].flags) == {'--config.seg_loss=dice_ce'}
+  # Without the ramp: trained at 1 / R from the start like solo, held to the same two-stage as its ramped twin.
+  runs, two_stages = plan.converge_runs('/r', settings, [1], epochs=16, patience=8, accelerations=[8],
+                                        methods=['grad_norm_0.1_ce', 'grad_norm_0.1_ce_noramp'])
+  ramped, unramped = runs[1:]
+  assert [r.workdir for r in two_stages] == ['/r/converge/two_stage_ce_x8/seed1']
+  assert ramped.flags[0].endswith('x8_stab,cpu_study') and unramped.flags[0].endswith(':x8,cpu_study')
+  assert ramped.flags[1:] == unramped.flags[1:]
+  assert plan.two_stage_reference((('seg_loss', 'dice'),)) == plan.two_stage_reference(()) == 'two_stage'
   with pytest.raises(plan.StudyError, match='grad_norm_01'):
     plan.converge_runs('/r', settings, [1], epochs=16, patience=8, methods=['grad_norm_01'])
   first, second = plan.baseline_runs('/r', settings, [0], epochs=16, accelerations=[4])

@@ -29,7 +29,7 @@ def _rows(parent_of: Any, names: Sequence[str]) -> Dict[Tuple[str, int], Dict[in
 
 def collect_converge(root: str) -> Dict[Tuple[str, int], Dict[int, Dict[str, Any]]]:
   return _rows(lambda name, a: plan.converge_dir(root, name, a, 0),
-               [plan.CONVERGENCE_SOLO] + [m.name for m in plan.LOSS_METHODS] + ['two_stage', 'two_stage_ce'])
+               [plan.CONVERGENCE_SOLO] + [m.name for m in plan.LOSS_METHODS] + list(plan.TWO_STAGES))
 
 
 def collect_baselines(root: str) -> Dict[Tuple[str, int], Dict[int, Dict[str, Any]]]:
@@ -140,7 +140,7 @@ def baseline_rows(root: str) -> List[Dict[str, Any]]:
     solo = found.get(('solo', acceleration))
     # (label, runs, the two-stage baseline its Dice is held to: the one with the same segmentation loss)
     candidates = [(plan.BASELINE_LABELS[name], found.get((name, acceleration)),
-                   'two_stage_ce' if name == 'two_stage_ce' else 'two_stage') for name in plan.BASELINES]
+                   name if name in plan.TWO_STAGES else 'two_stage') for name in plan.BASELINES]
     candidates += [(f'{method}', table2.get((method, acceleration)), 'two_stage')
                    for _, method, experiment, _ in plan.ROWS if experiment == 'cascade_manet']
     candidates += [(m.label, losses.get((m.name, acceleration)), plan.two_stage_reference(m.overrides))

@@ -90,6 +90,11 @@ LOSS_METHODS = (
     # with the same segmentation loss (two_stage_ce).
     LossMethod('grad_norm_0.1_ce', 'CascadeNet -> MANet (S), grad-norm 0.1, Dice + cross-entropy', 'cascade_manet',
                True, (('loss_balancing', 'grad_norm'), ('balance_ratio', 0.1), ('seg_loss', 'dice_ce'))),
+    # The same without the stabilization ramp: trained at 1 / R from the first step, like solo CascadeNet, so that
+    # a joint-minus-solo difference holds the loss's share alone, not the curriculum's.
+    LossMethod('grad_norm_0.1_ce_noramp', 'CascadeNet -> MANet, grad-norm 0.1, Dice + cross-entropy (no ramp)',
+               'cascade_manet', False,
+               (('loss_balancing', 'grad_norm'), ('balance_ratio', 0.1), ('seg_loss', 'dice_ce'))),
 )
 # Pairs of loss methods (or baselines) that differ in one ingredient: (with it, without it, what it is). The report
 # pairs them slice by slice, so that each ingredient's own share of a method's gain has its interval.
@@ -98,6 +103,7 @@ LOSS_INGREDIENTS = (
     ('grad_norm_0.1', 'grad_norm', 'grad-norm ratio 0.1 instead of 1'),
     ('grad_norm_0.1', 'w0.01', 'grad-norm ratio 0.1 instead of the fixed w = 0.01'),
     ('grad_norm_0.1_ce', 'grad_norm_0.1', 'cross-entropy added to the Dice term, at grad-norm ratio 0.1'),
+    ('grad_norm_0.1_ce', 'grad_norm_0.1_ce_noramp', 'the stabilization ramp, at grad-norm 0.1, Dice + cross-entropy'),
 )
 
 LOSS_BASELINES = ((models.display_name('cascade'), 'cascade', False),
@@ -311,16 +317,22 @@ BASELINE_LABELS = {'two_stage': 'two-stage: CascadeNet, then MANet on its frozen
                    'pretrain': 'CascadeNet, first half of the epochs (the fine-tune\'s start)'}
 
 
+# The two-stage baselines by the segmentation loss their MANet trains with (losses.SEG_LOSSES; 'dice' is the
+# config's default). A method's Dice is held to the one trained with its own segmentation loss.
+TWO_STAGES = {'two_stage': 'dice', 'two_stage_ce': 'dice_ce'}
+
+
 def _two_stage_fields(solo_workdir: str, name: str = 'two_stage') -> Tuple[Tuple[str, object], ...]:
-  """The config of two-stage baseline `name` ('two_stage' or 'two_stage_ce') from that solo run."""
-  seg_loss = (('seg_loss', 'dice_ce'),) if name == 'two_stage_ce' else ()
+  """The config of two-stage baseline `name` (TWO_STAGES) from that solo run."""
+  seg_loss = (('seg_loss', TWO_STAGES[name]),) if TWO_STAGES[name] != TWO_STAGES['two_stage'] else ()
   return (('init_from', solo_workdir), ('freeze_recon', True), ('model.stop_gradient', True)) + seg_loss
 
 
 def two_stage_reference(overrides: Sequence[Tuple[str, object]]) -> str:
-  """The two-stage baseline whose Dice a method with these config overrides is held to: the one trained with the
-  same segmentation loss."""
-  return 'two_stage_ce' if dict(overrides).get('seg_loss') == 'dice_ce' else 'two_stage'
+  """The two-stage baseline (TWO_STAGES) whose Dice a method with these config overrides is held to: the one
+  trained with the same segmentation loss."""
+  seg_loss = dict(overrides).get('seg_loss', TWO_STAGES['two_stage'])
+  return next(name for name, loss in TWO_STAGES.items() if loss == seg_loss)
 
 
 def baseline_dir(root: str, name: str, acceleration: int, seed: int) -> str:
@@ -344,7 +356,7 @@ def baseline_runs(root: str, settings: Settings, seeds: Sequence[int], epochs: i
       solo = run_dir(root, 'cascade', acceleration, False, seed)
       second += [Run(f'{BASELINE_LABELS[name]} x{acceleration} seed {seed}',
                      _flags(settings, 'cascade_manet', acceleration, False, seed, _two_stage_fields(solo, name)),
-                     baseline_dir(root, name, acceleration, seed)) for name in ('two_stage', 'two_stage_ce')]
+                     baseline_dir(root, name, acceleration, seed)) for name in TWO_STAGES]
       second.append(Run(f'{BASELINE_LABELS["finetune"]} x{acceleration} seed {seed}',
                         _flags(settings, 'cascade_manet', acceleration, False, seed,
                                recommended + (('init_from', pretrain), ('num_epochs', epochs - pretrain_epochs))),
