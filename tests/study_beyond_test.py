@@ -75,6 +75,28 @@ def test_baselines_start_after_the_runs_they_start_from(tmp_path, monkeypatch):
                                                      for name in ('cascade', 'grad_norm_0.1_ce', 'two_stage_ce')]
 
 
+def test_a_run_waits_for_the_run_it_starts_from_only(tmp_path, monkeypatch, capsys):
+  root = str(tmp_path)
+  solo, joint, two_stage = (plan.converge_dir(root, name, 4, 0) for name in ('cascade', 'grad_norm_0.1', 'two_stage'))
+  calls, in_flight = [], []
+  # The joint run takes long: the two-stage run starts once solo has finished, beside it, not after it.
+  monkeypatch.setattr(runner.subprocess, 'Popen', study_test._fake_popen(  # pylint: disable=protected-access
+      calls, in_flight=in_flight, polls={joint: 8}))
+  cli.main(['converge', f'--root={root}', '--switch=cpu_study', '--seeds=0', '--accelerations=4', '--jobs=2'])
+  assert [c[-1].split('=', 1)[1] for c in calls] == [solo, joint, two_stage]
+  assert in_flight == [1, 2, 2]
+  # Its solo run fails: the two-stage run is not started, the other runs are, and the error names both.
+  calls.clear()
+  monkeypatch.setattr(runner.subprocess, 'Popen', study_test._fake_popen(  # pylint: disable=protected-access
+      calls, fail=[solo]))
+  with pytest.raises(SystemExit):
+    cli.main(['converge', f'--root={root}', '--switch=cpu_study', '--seeds=0', '--accelerations=4', '--jobs=2'])
+  assert [c[-1].split('=', 1)[1] for c in calls] == [solo, joint]
+  err = capsys.readouterr()
+  assert f'NOT STARTED: ' in err.out and f'{solo}, did not finish' in err.out
+  assert '1 run(s) failed' in err.err and '1 run(s) were not started' in err.err and 'two-stage' in err.err
+
+
 def test_pareto_front():
   points = [(0.7, -0.5), (0.6, 0.3), (0.5, 0.2), (0.55, 0.4), (0.7, -0.6)]
   assert baselines.pareto_front(points) == [0, 1, 3]

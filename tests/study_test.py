@@ -119,9 +119,10 @@ def test_a_refused_override_records_nothing_and_report_refuses_a_root_without_a_
   assert 'unknown loss method' in _refused(capsys, ['losses', f'--root={root}', '--switch=runlocal', '--methods=nope'])
 
 
-def _fake_popen(calls, fail=(), in_flight=None):
-  """A stand-in for subprocess.Popen: records each command, finishes at its second poll (exit 1 where the workdir
-  is one of `fail`), and records in `in_flight` how many were running whenever one is started."""
+def _fake_popen(calls, fail=(), in_flight=None, polls=None):
+  """A stand-in for subprocess.Popen: records each command, finishes at its second poll (or at `polls[workdir]`;
+  exit 1 where the workdir is one of `fail`), and records in `in_flight` how many were running whenever one is
+  started."""
   running = []
 
   class FakeProcess:
@@ -137,7 +138,7 @@ def _fake_popen(calls, fail=(), in_flight=None):
 
     def poll(self):
       self.polls += 1
-      if self.polls >= 2 and self.returncode is None:
+      if self.polls >= (polls or {}).get(self.workdir, 2) and self.returncode is None:
         self.returncode = 1 if self.workdir in fail else 0
         running.remove(self)
       return self.returncode

@@ -94,7 +94,7 @@ def _run(args, settings) -> None:
   if args.action == 'report':
     print(report_lib.report(args.root, args.out, settings))
     return
-  first = []  # Runs that others start from (the two-stage baselines from a solo run): trained first.
+  first = []  # Runs that others start from (the two-stage baselines from a solo run): listed first.
   if args.action == 'run':
     runs = plan.table_runs(args.root, settings, seeds, _ints(args.tables), accelerations,
                            [e for e in args.experiments.split(',') if e])
@@ -114,9 +114,7 @@ def _run(args, settings) -> None:
     runs = plan.attention_runs(args.root, settings, seeds, accelerations)
   runner.check_runs(first + runs)  # Check first, record after: a refused call leaves no study.json behind.
   plan.save_settings(args.root, settings)
-  if first:
-    runner.run_all(first, args.seconds_per_step, args.jobs)
   if args.action == 'attention':
     runner.attention_all(runs)
-  else:
-    runner.run_all(runs, args.seconds_per_step, args.jobs)
+  else:  # A run that starts from another one waits for it there (runner.starts_from).
+    runner.run_all(first + runs, args.seconds_per_step, args.jobs)

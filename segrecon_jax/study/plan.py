@@ -279,8 +279,8 @@ def converge_runs(root: str, settings: Settings, seeds: Sequence[int], epochs: i
   """(solo CascadeNet and every loss method in `methods` (default: RECOMMENDED), for every acceleration and seed, at
   CONVERGENCE_FACTOR x `epochs` (the switch's num_epochs) with the ramp over CONVERGENCE_FACTOR x `patience` epochs;
   the two-stage baselines at that budget that those methods' Dice is held to (two_stage_reference), each starting
-  from the first list's solo run: MANet trained as long on its frozen outputs). The second list needs the first
-  finished."""
+  from the first list's solo run: MANet trained as long on its frozen outputs), which the runner starts once that run
+  has finished."""
   chosen = loss_methods(methods or [RECOMMENDED])
   references = list(dict.fromkeys(two_stage_reference(m.overrides) for m in chosen if models.segments(m.experiment)))
   schedule = _converge_schedule(epochs, patience)
@@ -342,7 +342,8 @@ def baseline_dir(root: str, name: str, acceleration: int, seed: int) -> str:
 def baseline_runs(root: str, settings: Settings, seeds: Sequence[int], epochs: int,
                   accelerations: Sequence[int] = ACCELERATIONS) -> Tuple[List[Run], List[Run]]:
   """(the runs the baselines start from: Table 2's solo CascadeNet and the half-length pretraining; the baselines
-  themselves), for every acceleration and seed. The second list needs the first finished."""
+  themselves), for every acceleration and seed. Each run of the second list starts from one of the first
+  (`--config.init_from`), which the runner waits for."""
   first, second = [], []
   pretrain_epochs = max(epochs // 2, 1)
   recommended = next(m.overrides for m in LOSS_METHODS if m.name == RECOMMENDED)

@@ -185,21 +185,39 @@ def check_runs(runs: Sequence[plan.Run]) -> None:
     run_config(run.flags)
 
 
+def starts_from(run: plan.Run) -> Optional[str]:
+  """The workdir whose checkpoint the run starts from (`--config.init_from`), if any."""
+  return next((f.split('=', 1)[1] for f in run.flags if f.startswith('--config.init_from=')), None)
+
+
 def run_all(runs: Sequence[plan.Run], seconds_per_step: Optional[float] = None, jobs: int = 1) -> None:
   """Prints the plan, then trains and evaluates every run without metrics.json, one `main.py` process each (an
   interrupted run resumes from its workdir's checkpoint), `jobs` processes at a time (more than one shares an
   accelerator or the CPU cores between runs; on a GPU, set XLA_PYTHON_CLIENT_PREALLOCATE=false so that each process
-  takes only the memory it uses). With several jobs every run is tried, with one the first failure stops the rest;
-  `plan.StudyError` then names each failed run and its log. A SIGINT, SIGTERM or SIGHUP is sent on to the running
-  runs (`ForwardedSignals`), which are waited for; then `StudyInterrupted`. The runs' configs are checked by the
-  caller (`check_runs`)."""
+  takes only the memory it uses). Runs start in their order, except that a run starting from another run of the
+  list (`starts_from`) waits until that one has finished, and is not started if it failed. With several jobs every
+  other run is tried, with one the first failure stops the rest; `plan.StudyError` then names each failed run and
+  its log. A SIGINT, SIGTERM or SIGHUP is sent on to the running runs (`ForwardedSignals`), which are waited for;
+  then `StudyInterrupted`. The runs' configs are checked by the caller (`check_runs`)."""
   todo = [run for run in runs if not is_finished(run.workdir)]
   print_plan(todo, len(runs) - len(todo), seconds_per_step)
-  waiting, running, failed, stopped = list(todo), [], [], []
+  waiting, running, failed, stopped, blocked = list(todo), [], [], [], []
+  pending = {run.workdir for run in todo}  # Not finished yet: what a run starting from one of them waits for.
+
+  def startable() -> Optional[plan.Run]:
+    return next((run for run in waiting if starts_from(run) not in pending), None)
+
   with ForwardedSignals(lambda: [process for _, process in running]) as stop:
     while running or (waiting and stop.signum is None):
-      while waiting and len(running) < jobs and stop.signum is None:
-        run = waiting.pop(0)
+      if not running and startable() is None:  # Everything left starts from a run that failed (or from one of them).
+        for run in waiting:
+          print(f'[study] NOT STARTED: {run.label}: the run it starts from, {starts_from(run)}, did not finish',
+                flush=True)
+        blocked, waiting = list(waiting), []
+        break
+      while waiting and len(running) < jobs and stop.signum is None and startable() is not None:
+        run = startable()
+        waiting.remove(run)
         command = _main_command(run)
         print(f'[study] {run.label}: {" ".join(command[1:])}', flush=True)
         os.makedirs(run.workdir, exist_ok=True)
@@ -212,6 +230,8 @@ def run_all(runs: Sequence[plan.Run], seconds_per_step: Optional[float] = None, 
         time.sleep(0.2)
       for run, process in finished:
         running.remove((run, process))
+        if not process.returncode:
+          pending.discard(run.workdir)
         if process.returncode and stop.signum is not None:
           stopped.append((run, process.returncode))
         elif process.returncode:
@@ -230,8 +250,10 @@ def run_all(runs: Sequence[plan.Run], seconds_per_step: Optional[float] = None, 
         + '. Finished runs are skipped on resume, and a stopped run resumes from its checkpoint.', stop.signum)
   if failed:
     raise plan.StudyError(f'{len(failed)} run(s) failed: ' + '; '.join(
-        f'{run.label} (log: {_log(run)})' for run in failed) + '. Each log ends with the reason; once fixed, run '
-        'the same command again: finished runs are skipped.')
+        f'{run.label} (log: {_log(run)})' for run in failed) + '. Each log ends with the reason' + (
+        f'; {len(blocked)} run(s) were not started, as the run each starts from failed: '
+        + '; '.join(run.label for run in blocked) if blocked else '') + '. Once fixed, run the same command again: '
+        'finished runs are skipped.')
 
 
 def attention_all(runs: Sequence[plan.Run]) -> None:
