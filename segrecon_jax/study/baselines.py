@@ -78,7 +78,7 @@ def convergence_section(root: str, figure_path: str) -> str:
         series.setdefault(key, {})[tag] = per_seed
       runs = {s: joint[s] for s in seeds}
       end = {k: _paired(runs, {s: solo[s] for s in seeds}, k) for k in DIFFERENCES}
-      segments = all('dice_mean' in r['metrics'] for r in results_lib.per_slice(runs).values())
+      segments = _segments(runs)
       two_stage = found.get((plan.two_stage_reference(method.overrides), acceleration))
       versus = _paired(runs, two_stage, 'dice_mean') if segments and two_stage else None
       by_step = series[key]['eval_f_psnr']
@@ -99,6 +99,12 @@ def convergence_section(root: str, figure_path: str) -> str:
             + ' | Dice | Dice - two-stage | target | F-PSNR - solo along training (step: mean over seeds of the eval '
             'means) |')
   return '\n'.join([header, '|' + '---|' * (8 + len(DIFFERENCES))] + lines) + '\n'
+
+
+def _segments(runs: Dict[int, Dict[str, Any]]) -> bool:
+  """Whether the runs wrote per-slice results, every one with Dice (a model that segments)."""
+  records = list(results_lib.per_slice(runs).values())
+  return bool(records) and all('dice_mean' in record['metrics'] for record in records)
 
 
 def _mean_dice(runs: Dict[int, Dict[str, Any]]) -> Tuple[float, Tuple[float, float, float]]:
@@ -147,8 +153,7 @@ def baseline_rows(root: str) -> List[Dict[str, Any]]:
                    for m in plan.LOSS_METHODS if m.experiment == 'cascade_manet']
     for label, runs, reference in candidates:
       two_stage = found.get((reference, acceleration))
-      records = list(results_lib.per_slice(runs).values()) if runs else []
-      if not runs or not records or any('dice_mean' not in record['metrics'] for record in records):
+      if not runs or not _segments(runs):
         continue
       dice, dice_interval = _mean_dice(runs)
       row = {'label': label, 'acceleration': acceleration, 'seeds': sorted(runs), 'dice': dice,
