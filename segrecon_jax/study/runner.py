@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from typing import Callable, List, Optional, Sequence, Tuple
 
@@ -16,6 +15,7 @@ from ml_collections import config_flags
 from segrecon_jax import settings
 from segrecon_jax.study import plan
 from segrecon_jax.training import config_checks
+from segrecon_jax.training import signals
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -124,7 +124,7 @@ class StudyInterrupted(Exception):
     self.exit_code = 128 + signum
 
 
-class ForwardedSignals:
+class ForwardedSignals(signals.SignalHandlers):
   """`with ForwardedSignals(running) as stop:` sends each SIGINT, SIGTERM or SIGHUP the study receives on to the
   `main.py` processes that `running()` returns, and records it (`stop.signum`, `stop.count`) so that no further run
   starts.
@@ -133,29 +133,17 @@ class ForwardedSignals:
   a second one it stops at once, without one. The runs are started in sessions of their own, so a Ctrl-C at the
   terminal reaches them once, through here, not a second time from the terminal; a hangup (the terminal closed),
   which their sessions no longer get, is sent on as SIGTERM. A signal the study was started ignoring (nohup, a
-  background job) stays ignored, as it is in the runs. Handlers are installed from the main thread only (Python's
-  rule) and the previous ones come back at exit.
+  background job) stays ignored (`KEEP_IGNORED`).
   """
 
   FORWARDED = {signal.SIGINT: signal.SIGINT, signal.SIGTERM: signal.SIGTERM, signal.SIGHUP: signal.SIGTERM}
+  SIGNALS = tuple(FORWARDED)
+  KEEP_IGNORED = True
 
   def __init__(self, running: Callable[[], List[subprocess.Popen]]):
     self.signum: Optional[int] = None
     self.count = 0
     self._running = running
-    self._previous = {}
-
-  def __enter__(self) -> 'ForwardedSignals':
-    if threading.current_thread() is threading.main_thread():
-      for signum in self.FORWARDED:
-        if signal.getsignal(signum) is not signal.SIG_IGN:
-          self._previous[signum] = signal.signal(signum, self._handle)
-    return self
-
-  def __exit__(self, *exc) -> None:
-    for signum, handler in self._previous.items():
-      signal.signal(signum, handler)
-    self._previous.clear()
 
   def _handle(self, signum, frame) -> None:
     del frame

@@ -35,7 +35,6 @@ import os
 import shlex
 import signal
 import sys
-import threading
 import time
 from typing import Any, Dict, Optional
 
@@ -51,6 +50,7 @@ from segrecon_jax.training import inference
 from segrecon_jax.training import input_pipeline
 from segrecon_jax.training import parallel
 from segrecon_jax.training import reporting
+from segrecon_jax.training import signals
 from segrecon_jax.training import steps
 from segrecon_jax.training import warm_start
 from segrecon_jax.training import workdir as workdir_lib
@@ -70,27 +70,15 @@ class TrainingInterrupted(Exception):
     self.exit_code = 128 + signum
 
 
-class StopSignals:
+class StopSignals(signals.SignalHandlers):
   """`with StopSignals() as stop:` turns the first SIGTERM or SIGINT into a request (`stop.signum`) that the loop
-  reads between steps; a second one ends the process at once. Handlers are installed from the main thread only
-  (Python's rule) and the previous ones come back at exit."""
+  reads between steps; a second one ends the process at once. Also where the process was started ignoring them (a
+  background job): a study or a scheduler stops a run with them."""
 
   SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
   def __init__(self):
     self.signum: Optional[int] = None
-    self._previous = {}
-
-  def __enter__(self) -> 'StopSignals':
-    if threading.current_thread() is threading.main_thread():
-      for signum in self.SIGNALS:
-        self._previous[signum] = signal.signal(signum, self._handle)
-    return self
-
-  def __exit__(self, *exc) -> None:
-    for signum, handler in self._previous.items():
-      signal.signal(signum, handler)
-    self._previous.clear()
 
   def _handle(self, signum, frame) -> None:
     del frame
