@@ -68,7 +68,7 @@ def convergence_section(root: str, figure_path: str) -> str:
       seeds = sorted(set(solo or ()) & set(joint or ()))
       if not seeds:
         continue
-      key = f'{method.name} x{acceleration}'
+      key = (method.name, acceleration)
       for label, tag in CURVE_TAGS:
         per_seed = {}
         for seed in seeds:

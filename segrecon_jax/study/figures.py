@@ -136,32 +136,42 @@ def loss_weight_figure(path: str, series, panels, title: str = '') -> None:
   _save(fig, path)
 
 
-def difference_curves(path: str, series: Dict[str, Dict[str, Dict[int, Tuple[np.ndarray, np.ndarray]]]],
+def difference_curves(path: str, series: Dict[Tuple[str, int], Dict[str, Dict[int, Tuple[np.ndarray, np.ndarray]]]],
                       panels: Sequence[Tuple[str, str]], title: str) -> None:
-  """Paired differences of eval means against the training step: one panel per metric, a thin line per seed and
-  series (a method at one acceleration), the mean over seeds thick.
+  """Paired differences of eval means against the training step: a row of panels per metric, a column per
+  acceleration; a colour per method (the same in every panel), a thin line per seed, the mean over seeds thick.
 
   Args:
-    series: series label -> {metric tag: {seed: (steps `[n]`, differences `[n]`)}}.
+    series: (method label, acceleration) -> {metric tag: {seed: (steps `[n]`, differences `[n]`)}}.
     panels: (metric name, metric tag).
   """
-  fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), squeeze=False)
-  for ax, (name, tag) in zip(axes[0], panels):
-    for i, (label, tags) in enumerate(series.items()):
-      color = plt.cm.tab10(i % 10)
-      per_seed = tags.get(tag, {})
-      for steps, differences in per_seed.values():
-        ax.plot(steps, differences, color=color, alpha=0.35, linewidth=0.9)
-      common = sorted(set.intersection(*(set(s.tolist()) for s, _ in per_seed.values()))) if per_seed else []
-      if common:
-        mean = [np.mean([dict(zip(s.tolist(), d))[step] for s, d in per_seed.values()]) for step in common]
-        seeds = f'{len(per_seed)} seed{"s" if len(per_seed) > 1 else ""}'
-        ax.plot(common, mean, color=color, linewidth=2.2, marker='.', label=f'{label} ({seeds})')
-    ax.axhline(0, color='grey', linewidth=0.8)
-    ax.set_xlabel('training step')
-    ax.set_ylabel(f'{name} difference (dB)')
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7)
+  accelerations = sorted({acceleration for _, acceleration in series})
+  methods = list(dict.fromkeys(label for label, _ in series))
+  fig, axes = plt.subplots(len(panels), len(accelerations), figsize=(4.8 * len(accelerations), 3.3 * len(panels)),
+                           squeeze=False, sharex=True)
+  for row, (name, tag) in enumerate(panels):
+    for column, acceleration in enumerate(accelerations):
+      ax = axes[row][column]
+      for (label, series_acceleration), tags in series.items():
+        if series_acceleration != acceleration:
+          continue
+        color = plt.cm.tab10(methods.index(label) % 10)
+        per_seed = tags.get(tag, {})
+        for steps, differences in per_seed.values():
+          ax.plot(steps, differences, color=color, alpha=0.35, linewidth=0.9)
+        common = sorted(set.intersection(*(set(s.tolist()) for s, _ in per_seed.values()))) if per_seed else []
+        if common:
+          mean = [np.mean([dict(zip(s.tolist(), d))[step] for s, d in per_seed.values()]) for step in common]
+          seeds = f'{len(per_seed)} seed{"s" if len(per_seed) > 1 else ""}'
+          ax.plot(common, mean, color=color, linewidth=2.2, marker='.', label=f'{label} ({seeds})')
+      ax.axhline(0, color='grey', linewidth=0.8)
+      ax.set_title(f'x{acceleration}', fontsize=9)
+      if row == len(panels) - 1:
+        ax.set_xlabel('training step')
+      if column == 0:
+        ax.set_ylabel(f'{name} difference (dB)')
+      ax.grid(True, alpha=0.3)
+      ax.legend(fontsize=7)
   fig.suptitle(title, fontsize=9)
   _save(fig, path)
 
