@@ -274,6 +274,16 @@ def test_cross_seed_verdicts_and_report(tmp_path):
   assert '| Solo UNet beats UNet -> UNet on the global metrics |' not in text
   assert 'no per-slice results of both rows yet' not in text
   assert claims.format_verdict(aware) in text
+  # Each row against solo, paired per seed and slice, the interval over both (the same statistics as the claims').
+  assert 'Against solo CascadeNet, paired slice by slice on the seeds both ran' in text
+  paired = text.split('Against solo CascadeNet, paired')[1].split('## Do the paper')[0]
+  psnr = stats.compare(results.per_slice(found[('CascadeNet -> MANet (S)', 4)]),
+                       results.per_slice(found[('CascadeNet', 4)]), 'psnr')
+  per_seed = ' / '.join(f'{e:+.2f}' for e in expected['seed_effects'])
+  assert (f'| CascadeNet -> MANet (S) | 4 | 0, 1, 2 | {psnr["effect"]:+.2f} [{psnr["low"]:+.2f}, {psnr["high"]:+.2f}] '
+          f'| {expected["effect"]:+.2f} [{expected["low"]:+.2f}, {expected["high"]:+.2f}] | ') in paired
+  assert paired.count('| CascadeNet -> MANet ') == 2 and f'| {per_seed} |' in paired
+  assert 'Against solo UNet' not in text  # Table 1 did not run.
   summary = text.split('## Verdicts at a glance')[1].split('## Table 1')[0]
   assert (f'| Segmentation-aware CascadeNet -> MANet (S) beats solo CascadeNet on the F- metrics | **holds**: F-PSNR '
           f'{expected["effect"]:+.2f} [{expected["low"]:+.2f}, {expected["high"]:+.2f}] dB, 3 seeds | not run |'

@@ -82,6 +82,35 @@ def table(results, table_number: int) -> str:
   return '\n'.join(lines) + '\n'
 
 
+def paired_table(results, table_number: int) -> str:
+  """Every row of a paper table against the table's solo reconstruction network (its first row), paired slice by
+  slice on the seeds both ran: `LOSS_DIFFERENCES` with 95% intervals over seeds and slices (over slices only with one
+  seed), and each seed's effect on the headline F-PSNR. Empty when no row has a paired solo run."""
+  methods = [method for number, method, _, _ in plan.ROWS if number == table_number]
+  solo_name, rows = methods[0], methods[1:]
+  header = (['Method', 'x', 'seeds'] + [f'{plan.NAMES[k]} - {solo_name}' for k in LOSS_DIFFERENCES]
+            + [f'F-PSNR - {solo_name} per seed'])
+  lines = []
+  for acceleration in plan.ACCELERATIONS:
+    solo = results_lib.per_slice(results.get((solo_name, acceleration), {}))
+    for method in rows:
+      runs = results_lib.per_slice(results.get((method, acceleration), {}))
+      seeds = sorted(set(runs) & set(solo))
+      if not seeds:
+        continue
+      runs, paired_solo = {s: runs[s] for s in seeds}, {s: solo[s] for s in seeds}
+      found = {key: stats.compare(runs, paired_solo, key, plan.SIGNS.get(key, 1)) for key in LOSS_DIFFERENCES}
+      cells = [_interval_cell(c['effect'], c['low'], c['high'], signed=True, digits=4 if key.endswith('ssim') else 2)
+               if c else '-' for key, c in found.items()]
+      f_psnr = found['f_psnr']
+      per_seed = ' / '.join(f'{e:+.2f}' for e in f_psnr['seed_effects']) if f_psnr and len(seeds) > 1 else '-'
+      lines.append(f'| {method} | {acceleration} | {", ".join(map(str, seeds))} | ' + ' | '.join(cells)
+                   + f' | {per_seed} |')
+  if not lines:
+    return ''
+  return '\n'.join(['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)] + lines) + '\n'
+
+
 def table_seeds(results, table_number: int) -> List[int]:
   return sorted({seed for (method, _), runs in results.items() for seed in runs
                  if any(m == method and n == table_number for n, m, _, _ in plan.ROWS)})
@@ -433,6 +462,15 @@ def beyond_the_tables(root: str, figure_dir: str) -> List[str]:
   return text
 
 
+def _paired_text(results, table_number: int) -> List[str]:
+  paired = paired_table(results, table_number)
+  if not paired:
+    return []
+  solo = next(method for number, method, _, _ in plan.ROWS if number == table_number)
+  return [f'Against solo {solo}, paired slice by slice on the seeds both ran (the row minus solo; 95% intervals over '
+          'seeds and slices, over slices only with one seed):\n', paired]
+
+
 def check_root(root: str) -> None:
   """Raises `plan.StudyError` for a root that does not exist or holds no study (neither its study.json nor a
   finished run), so a typo in --root is not reported as an empty study."""
@@ -472,8 +510,8 @@ def report(root: str, out: str, settings: Optional[plan.Settings] = None) -> str
       'Each cell: the verdict across seeds and the headline effect (F-PSNR for focused claims, PSNR for global ones) '
       'with its 95% interval over seeds and slices; details and every metric below.\n',
       verdict_summary(verdicts),
-      f'## Table 1 (U-Net family; {_seeds_text(t1)})\n', table(results, 1),
-      f'## Table 2 (CascadeNet and MANet; {_seeds_text(t2)})\n', table(results, 2),
+      f'## Table 1 (U-Net family; {_seeds_text(t1)})\n', table(results, 1), *_paired_text(results, 1),
+      f'## Table 2 (CascadeNet and MANet; {_seeds_text(t2)})\n', table(results, 2), *_paired_text(results, 2),
       '## Do the paper\'s claims hold here?\n', STATISTICS_TEXT,
       '\n'.join(claims_lib.format_verdict(v) for v in verdicts if v.metrics) + '\n',
   ]
