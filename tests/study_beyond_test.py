@@ -93,7 +93,7 @@ def test_a_run_waits_for_the_run_it_starts_from_only(tmp_path, monkeypatch, caps
     cli.main(['converge', f'--root={root}', '--switch=cpu_study', '--seeds=0', '--accelerations=4', '--jobs=2'])
   assert [c[-1].split('=', 1)[1] for c in calls] == [solo, joint]
   err = capsys.readouterr()
-  assert f'NOT STARTED: ' in err.out and f'{solo}, did not finish' in err.out
+  assert 'NOT STARTED: ' in err.out and f'{solo}, did not finish' in err.out
   assert '1 run(s) failed' in err.err and '1 run(s) were not started' in err.err and 'two-stage' in err.err
 
 

@@ -43,7 +43,6 @@ import re
 import zlib
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-import h5py
 import numpy as np
 
 from segrecon_jax.data import labels as labels_format
