@@ -95,7 +95,8 @@ def paired_table(results, table_number: int) -> str:
     solo = results_lib.per_slice(results.get((solo_name, acceleration), {}))
     for method in rows:
       runs = results_lib.per_slice(results.get((method, acceleration), {}))
-      seeds = sorted(set(runs) & set(solo))
+      # The seeds whose per-slice results both rows have for the headline metric (the ones its interval covers).
+      seeds = sorted(stats.paired_by_seed(runs, solo, 'f_psnr'))
       if not seeds:
         continue
       runs, paired_solo = {s: runs[s] for s in seeds}, {s: solo[s] for s in seeds}
@@ -103,7 +104,7 @@ def paired_table(results, table_number: int) -> str:
       cells = [_interval_cell(c['effect'], c['low'], c['high'], signed=True, digits=4 if key.endswith('ssim') else 2)
                if c else '-' for key, c in found.items()]
       f_psnr = found['f_psnr']
-      per_seed = ' / '.join(f'{e:+.2f}' for e in f_psnr['seed_effects']) if f_psnr and len(seeds) > 1 else '-'
+      per_seed = ' / '.join(f'{e:+.2f}' for e in f_psnr['seed_effects']) if len(seeds) > 1 else '-'
       lines.append(f'| {method} | {acceleration} | {", ".join(map(str, seeds))} | ' + ' | '.join(cells)
                    + f' | {per_seed} |')
   if not lines:
