@@ -52,27 +52,30 @@ def _seeds_text(seeds: Sequence[int]) -> str:
   return f'{len(seeds)} seed{"s" if len(seeds) != 1 else ""} ({", ".join(map(str, sorted(seeds)))})'
 
 
+def _table_methods(table_number: int) -> List[str]:
+  """The row names of a paper table in the paper's order; the first is its solo reconstruction network."""
+  return [method for number, method, _, _ in plan.ROWS if number == table_number]
+
+
 def table(results, table_number: int) -> str:
   """A paper table: mean ± standard deviation over seeds, the seeds column, the paper's row in italics; only the
   accelerations with runs of the table (a row not run shows '-')."""
   header = ['Method', 'seeds'] + [name for name, _, _ in plan.METRICS] + ['Dice']
   lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
-  methods = [method for number, method, _, _ in plan.ROWS if number == table_number]
+  methods = _table_methods(table_number)
   run_accelerations = [a for a in plan.ACCELERATIONS if any(results.get((m, a)) for m in methods)]
   if not run_accelerations:
     return 'Not run under this root.\n'
   for acceleration in run_accelerations:
     lines.append(f'| **x{acceleration}** |' + ' |' * (len(header) - 1))
-    solo = next(method for number, method, _, _ in plan.ROWS if number == table_number)
+    solo = methods[0]
     inputs = {seed: {'metrics': {k[len('zero_filled_'):]: v for k, v in run['metrics'].items()
                                  if k.startswith('zero_filled_')}}
               for seed, run in results.get((solo, acceleration), {}).items()}
     if inputs:  # The network input, the same test masks for every model: the floor every row should beat.
       cells = [_cell(*summarize(inputs, key)[:2]) for _, key, _ in plan.METRICS]
       lines.append(f'| Zero-filled input | {len(inputs)} | ' + ' | '.join(cells) + ' | |')
-    for number, method, _, _ in plan.ROWS:
-      if number != table_number:
-        continue
+    for method in methods:
       runs = results.get((method, acceleration), {})
       cells = [_cell(*summarize(runs, key)[:2]) for _, key, _ in plan.METRICS]
       dice = _cell(*summarize(runs, 'dice_mean')[:2])
@@ -86,8 +89,7 @@ def paired_table(results, table_number: int) -> str:
   """Every row of a paper table against the table's solo reconstruction network (its first row), paired slice by
   slice on the seeds both ran: `LOSS_DIFFERENCES` with 95% intervals over seeds and slices (over slices only with one
   seed), and each seed's effect on the headline F-PSNR. Empty when no row has a paired solo run."""
-  methods = [method for number, method, _, _ in plan.ROWS if number == table_number]
-  solo_name, rows = methods[0], methods[1:]
+  solo_name, *rows = _table_methods(table_number)
   header = (['Method', 'x', 'seeds'] + [f'{plan.NAMES[k]} - {solo_name}' for k in LOSS_DIFFERENCES]
             + [f'F-PSNR - {solo_name} per seed'])
   lines = []
@@ -467,9 +469,8 @@ def _paired_text(results, table_number: int) -> List[str]:
   paired = paired_table(results, table_number)
   if not paired:
     return []
-  solo = next(method for number, method, _, _ in plan.ROWS if number == table_number)
-  return [f'Against solo {solo}, paired slice by slice on the seeds both ran (the row minus solo; 95% intervals over '
-          'seeds and slices, over slices only with one seed):\n', paired]
+  return [f'Against solo {_table_methods(table_number)[0]}, paired slice by slice on the seeds both ran (the row '
+          'minus solo; 95% intervals over seeds and slices, over slices only with one seed):\n', paired]
 
 
 def check_root(root: str) -> None:
